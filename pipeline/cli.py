@@ -15,7 +15,7 @@ import sys
 #: Modules that own a sub-command, in the order `cdrpipe --help` lists them.
 COMMAND_MODULES = (
     "pipeline.runners.files",
-    "pipeline.keys_cli",
+    "pipeline.keys",
     "pipeline.broker",
     "pipeline.topics",
 )

@@ -1,0 +1,143 @@
+"""Field actions, registered by name: each turns one raw column into its analytics column.
+
+An action gets the raw column (Polars String, as parsed) and returns the output column(s)
+and a mask of rows whose value it could not process (a DLQ reason, never a crash and
+never a silent null). Actions work on whole columns; the few slow, exact tools they need
+(``phonenumbers``, ``ipaddress``) run once per distinct value through bounded caches.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+
+from pipeline.core.normalise import WITHHELD, PhoneNormaliser, normalise_column, normalise_ips, truncate_ips
+from pipeline.core.tokenise import Tokeniser
+from pipeline.policy import TIME_UNITS, Rule
+
+#: A kept free-text value must look like an enumeration, not like an identifier.
+SAFE_KEEP = r"^[A-Za-z0-9 _.:/+\-]{0,64}$"
+IDENTIFIER_LIKE = r"\d{6,}"
+_CELL = r"^(\d{3})[-:.](\d{2,3})[-:.]([0-9A-Fa-f]{1,8})[-:.]([0-9A-Fa-f]{1,10})$"
+
+
+@dataclass
+class ActionContext:
+    """What actions share within one router: the tokeniser and normalisers (and their caches)."""
+
+    tokeniser: Tokeniser
+    phones: PhoneNormaliser
+
+    def tokens(self, kind: str, canonical: pl.Series) -> pl.Series:
+        """Tokens of a column, computing each distinct value's HMAC once per batch."""
+        distinct = canonical.drop_nulls().unique()
+        if len(distinct) == 0:
+            return pl.Series(canonical.name, [None] * len(canonical), dtype=pl.String)
+        macs = distinct.to_frame("v").select(self.tokeniser.expr(kind, pl.col("v")).alias("t"))["t"]
+        return canonical.replace_strict(distinct, macs, default=None, return_dtype=pl.String)
+
+
+@dataclass
+class ActionResult:
+    """Output columns (name -> column) and the rows the action rejected."""
+
+    columns: dict[str, pl.Series]
+    invalid: pl.Series | None = None
+    detail: str = ""
+
+
+Action = Callable[[ActionContext, Rule, pl.Series], ActionResult]
+ACTIONS: dict[str, Action] = {}
+
+
+def action(name: str) -> Callable[[Action], Action]:
+    """Register an action under the name the policy file uses."""
+    def register(fn: Action) -> Action:
+        ACTIONS[name] = fn
+        return fn
+    return register
+
+
+@action("token")
+def _token(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
+    """Keyed token of the normalised value; numbers also get their class (e164, withheld, …)."""
+    kind = rule.arg or "account"
+    canonical, cls = normalise_column(kind, raw, ctx.phones)
+    columns = {rule.field: ctx.tokens(kind, canonical).alias(rule.field)}
+    if cls is not None:
+        columns[f"{rule.field}_class"] = cls.alias(f"{rule.field}_class")
+        invalid = raw.is_not_null() & cls.is_null()
+    else:
+        invalid = raw.is_not_null() & canonical.is_null()
+    return ActionResult(columns, invalid, f"not a valid {kind}")
+
+
+@action("keep")
+def _keep(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
+    """The value as is, if it looks like an enumeration (short, plain, no identifier-like digit run)."""
+    unsafe = raw.is_not_null() & (~raw.str.contains(SAFE_KEEP) | raw.str.contains(IDENTIFIER_LIKE))
+    return ActionResult({rule.field: raw.alias(rule.field)}, unsafe,
+                        "kept fields must be short plain values without long digit runs; tokenise or drop it")
+
+
+@action("truncate_ip")
+def _truncate_ip(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
+    """The network prefix of the address (``203.0.113.0/24``), never the host."""
+    v4, v6 = (int(x) for x in (rule.arg or "24/48").split("/"))
+    canonical = normalise_ips(raw)
+    return ActionResult({rule.field: truncate_ips(canonical, v4, v6).alias(rule.field)},
+                        raw.is_not_null() & canonical.is_null(), "not a valid IPv4 or IPv6 address")
+
+
+def parse_times(raw: pl.Series) -> pl.Series:
+    """UTC datetimes from ISO-8601 (any offset, naive = UTC), ``YYYY-MM-DD HH:MM:SS`` or epoch (s/ms/µs)."""
+    s = raw.str.strip_chars()
+    number = s.str.contains(r"^\d{9,16}(\.\d+)?$")
+    digits = s.str.replace(r"\.\d+$", "").str.len_chars()
+    as_float = s.cast(pl.Float64, strict=False)
+    micros = (pl.when(digits >= 15).then(as_float).when(digits >= 12).then(as_float * 1e3)
+              .otherwise(as_float * 1e6)).cast(pl.Int64)
+    frame = s.to_frame("s").select(pl.coalesce(
+        pl.when(number).then(micros.cast(pl.Datetime("us", "UTC"))),
+        pl.col("s").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", strict=False, time_unit="us", time_zone="UTC"),
+        pl.col("s").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us")
+        .dt.replace_time_zone("UTC"),
+        pl.col("s").str.to_datetime("%Y-%m-%d %H:%M:%S%.f%#z", strict=False, time_unit="us", time_zone="UTC"),
+        pl.col("s").str.to_datetime("%Y-%m-%d %H:%M:%S%.f", strict=False, time_unit="us")
+        .dt.replace_time_zone("UTC"),
+    ).alias("t"))
+    return frame["t"]
+
+
+def format_times(ts: pl.Series) -> pl.Series:
+    """ISO-8601 UTC text with a ``Z``: the one time format analytics sees."""
+    return ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@action("coarsen_time")
+def _coarsen_time(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
+    """The time cut down to the unit (hour by default): exact times are quasi-identifiers."""
+    ts = parse_times(raw)
+    every = TIME_UNITS[rule.arg or "hour"]
+    return ActionResult({rule.field: format_times(ts.dt.truncate(every)).alias(rule.field)},
+                        raw.is_not_null() & ts.is_null(), "not an ISO-8601 time or epoch seconds")
+
+
+@action("generalise_cell")
+def _generalise_cell(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
+    """MCC-MNC-LAC of an MCC-MNC-LAC-CI cell id: the area, not the antenna."""
+    s = pl.col("c").str.strip_chars()
+    area = raw.to_frame("c").select(pl.concat_str(
+        [s.str.extract(_CELL, 1), s.str.extract(_CELL, 2), s.str.extract(_CELL, 3)], separator="-"))["c"]
+    return ActionResult({rule.field: area.alias(rule.field)}, raw.is_not_null() & area.is_null(),
+                        "cell id is not MCC-MNC-LAC-CI; use drop or token:account in the policy for other formats")
+
+
+@action("drop")
+def _drop(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
+    """Nothing reaches analytics (the raw value is still in the retention vault)."""
+    return ActionResult({})
+
+
+__all__ = ["ACTIONS", "ActionContext", "ActionResult", "WITHHELD", "parse_times", "format_times"]

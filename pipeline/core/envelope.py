@@ -1,0 +1,137 @@
+"""Sealed retention segments: workers encrypt for the vault and can never decrypt.
+
+Each batch gets a fresh 256-bit data key, wrapped once with HPKE (RFC 9180: X25519,
+HKDF-SHA256, AES-256-GCM) to the vault's public key. Raw records are sealed with
+AES-256-GCM in *segments* of many records: one AEAD call per segment costs a few
+hundredths of a microsecond per record, one per record about 1.7 µs. The segment
+header (record ids, lengths, source coordinates, key ids) is the associated data, so a
+record id or an offset cannot be changed without the vault noticing.
+
+Wire form (one JSON object per segment; schema ``schemas/retention-envelope.v1.json``)::
+
+    {"type": "cdr.retention/1", "segment_id": ..., "sealed_at": ..., "vault_kid": ...,
+     "wrapped_key": b64(HPKE enc || ct), "nonce": b64, "record_ids": [...], "lengths": [...],
+     "source": {"name": ..., "partition": [...], "offset": [...]}, "ct": b64(AES-GCM)}
+
+The plaintext is the records' raw bytes joined by ``\n`` (a contiguous slice of an NDJSON
+batch, so sealing needs no copy); ``lengths`` splits it again exactly, even for a record
+that itself contains a newline.
+Nonces, data keys and the clock are injectable so test vectors are exact.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey  # noqa: F401
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ENVELOPE_TYPE = "cdr.retention/1"
+HPKE_INFO = b"cdrpipe/retention/v1"
+_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+class EnvelopeError(Exception):
+    """An envelope could not be opened: wrong key, altered bytes or a malformed header.
+
+    One opaque error on purpose (like Fernet's ``InvalidToken``): the caller learns that it
+    failed and which segment, never which byte or what the plaintext was.
+    """
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Sealer:
+    """Seals segments for one batch under one wrapped data key (make one per batch)."""
+
+    vault_public: X25519PublicKey = field(repr=False)
+    vault_kid: str
+    data_key: bytes = field(default_factory=lambda: AESGCM.generate_key(bit_length=256), repr=False)
+    nonce_source: Callable[[], bytes] = field(default=lambda: os.urandom(12), repr=False)
+    clock: Callable[[], datetime] = field(default=_utc_now, repr=False)
+    segment_ids: Callable[[], str] = field(default=lambda: secrets.token_hex(12), repr=False)
+    wrapped_key: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._aead = AESGCM(self.data_key)
+        self.wrapped_key = base64.b64encode(
+            _SUITE.encrypt(self.data_key, self.vault_public, info=HPKE_INFO)).decode("ascii")
+
+    def seal(self, plaintext: bytes | memoryview, record_ids: Sequence[str], lengths: Sequence[int],
+             source: dict[str, Any]) -> bytes:
+        """One segment envelope (JSON bytes, no newline) holding ``len(record_ids)`` records."""
+        header = {
+            "type": ENVELOPE_TYPE,
+            "segment_id": self.segment_ids(),
+            "sealed_at": self.clock().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "vault_kid": self.vault_kid,
+            "wrapped_key": self.wrapped_key,
+            "nonce": base64.b64encode(self.nonce_source()).decode("ascii"),
+            "record_ids": list(record_ids),
+            "lengths": list(lengths),
+            "source": source,
+        }
+        aad = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
+        ct = self._aead.encrypt(base64.b64decode(header["nonce"]), bytes(plaintext), aad)
+        header["ct"] = base64.b64encode(ct).decode("ascii")
+        return orjson.dumps(header)
+
+
+@dataclass(frozen=True)
+class OpenedRecord:
+    """One raw record out of a segment, with where it came from."""
+
+    record_id: str
+    raw: bytes
+    source_name: str
+    partition: int | None
+    offset: int | None
+
+
+def open_segment(envelope: bytes | dict[str, Any], vault_private: X25519PrivateKey,
+                 vault_kid: str | None = None) -> list[OpenedRecord]:
+    """Decrypt and split one segment; raises :class:`EnvelopeError` on any failure."""
+    try:
+        header = dict(orjson.loads(envelope)) if isinstance(envelope, (bytes, bytearray, str)) else dict(envelope)
+        if header.get("type") != ENVELOPE_TYPE:
+            raise EnvelopeError("not a cdr.retention/1 envelope")
+        if vault_kid is not None and header.get("vault_kid") != vault_kid:
+            raise EnvelopeError(f"segment sealed for vault key {header.get('vault_kid')!r}, "
+                                f"this keyring holds {vault_kid!r}")
+        ct = base64.b64decode(header.pop("ct"), validate=True)
+        data_key = _SUITE.decrypt(base64.b64decode(header["wrapped_key"], validate=True), vault_private,
+                                  info=HPKE_INFO)
+        aad = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
+        plaintext = AESGCM(data_key).decrypt(base64.b64decode(header["nonce"], validate=True), ct, aad)
+        ids, lengths, source = header["record_ids"], header["lengths"], header["source"]
+    except EnvelopeError:
+        raise
+    except (InvalidTag, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        raise EnvelopeError("segment cannot be opened: wrong vault key or altered ciphertext/header") from None
+    except Exception:  # HPKE reports a wrong key with its own exception types
+        raise EnvelopeError("segment cannot be opened: wrong vault key or altered ciphertext/header") from None
+    if len(ids) != len(lengths) or sum(lengths) + len(lengths) - 1 != len(plaintext):
+        raise EnvelopeError("segment header does not match its plaintext")
+    partitions = _expand(source.get("partition"), len(ids))
+    offsets = _expand(source.get("offset"), len(ids))
+    out, pos = [], 0
+    view = memoryview(plaintext)
+    for rid, n, part, off in zip(ids, lengths, partitions, offsets):
+        out.append(OpenedRecord(rid, bytes(view[pos:pos + n]), source.get("name", ""), part, off))
+        pos += n + 1
+    return out
+
+
+def _expand(value: Any, n: int) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value] * n

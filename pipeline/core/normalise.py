@@ -1,0 +1,235 @@
+"""Canonical forms for identifiers, column at a time, so one subscriber gets one token.
+
+Phone numbers go to E.164 with a default region. The common shapes (``+44…``,
+``0044…``, ``07700 900123``, ``tel:``, full-width digits, separators) are settled by
+Polars expressions built from ``phonenumbers``' region metadata (country code, trunk and
+international prefixes); only what those cannot settle goes to ``phonenumbers`` itself,
+once per distinct value, through a bounded cache shared across batches.
+
+Every normaliser returns two columns: the canonical value (null when the input cannot be
+normalised) and a class. Nothing here raises on bad data: a null canonical value with a
+non-null input is how a caller learns the value is invalid.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import lru_cache
+
+import phonenumbers
+import polars as pl
+from phonenumbers import shortnumberinfo
+
+#: Number classes an analytics reader sees next to each token.
+E164, SHORT_CODE, EXTENSION, NON_E164, ALPHANUMERIC, WITHHELD = (
+    "e164", "short_code", "extension", "non_e164", "alphanumeric", "withheld")
+WITHHELD_WORDS = ["", "anonymous", "withheld", "restricted", "private", "unknown", "unavailable",
+                  "anonymous caller", "number withheld", "no caller id", "cli withheld"]
+DEFAULT_CACHE = 1 << 18
+
+_SEPARATORS = r"[\s().\-/\u00a0]"
+_COUNTRY_CODES = {str(cc) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE}
+_CC_BY_LEN = {n: sorted(c for c in _COUNTRY_CODES if len(c) == n) for n in (1, 2, 3)}
+
+
+def _cleaned(raw: pl.Expr) -> pl.Expr:
+    """Full-width digits to ASCII, ``tel:`` and URL-encoded ``+`` undone, separators removed."""
+    text = raw.str.normalize("NFKC").str.strip_chars()
+    text = text.str.replace(r"^(?i)tel:", "").str.replace_all(r"(?i)%2B", "+")
+    return text.str.replace_all(_SEPARATORS, "")
+
+
+def _country_code_len(e164: pl.Expr) -> pl.Expr:
+    """Length of the country code of a ``+digits`` string (country codes are prefix-free)."""
+    expr = pl.lit(None, dtype=pl.Int64)
+    for n in (3, 2, 1):
+        expr = pl.when(e164.str.slice(1, n).is_in(_CC_BY_LEN[n])).then(pl.lit(n, dtype=pl.Int64)).otherwise(expr)
+    return expr
+
+
+class PhoneNormaliser:
+    """Normalise calling/dialled numbers to E.164 (or an explicit class) for one default region."""
+
+    def __init__(self, region: str = "GB", cache_size: int = DEFAULT_CACHE) -> None:
+        region = region.upper()
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if meta is None:
+            raise ValueError(f"unknown region {region!r}: use an ISO 3166 code such as GB, US, DE")
+        self.region = region
+        self._cc = str(meta.country_code)
+        idd = meta.preferred_international_prefix or meta.international_prefix or ""
+        self._idd = idd if idd.isdigit() else None
+        self._trunk = meta.national_prefix if (meta.national_prefix or "").isdigit() else None
+        self._slow = lru_cache(maxsize=cache_size)(self._resolve_slow)
+
+    def __repr__(self) -> str:
+        return f"PhoneNormaliser(region={self.region!r})"
+
+    def _fast_e164(self, d: pl.Expr) -> pl.Expr:
+        """E.164 for the shapes the region metadata settles; null where ``phonenumbers`` must decide."""
+        e = pl.when(d.str.starts_with("+")).then(d)
+        if self._idd:
+            e = e.when(d.str.starts_with(self._idd)).then(pl.lit("+") + d.str.slice(len(self._idd)))
+        if self._trunk:
+            e = e.when(d.str.starts_with(self._trunk) & (d.str.len_chars() > len(self._trunk) + 6)) \
+                 .then(pl.lit("+" + self._cc) + d.str.slice(len(self._trunk)))
+        e = e.otherwise(None)
+        cc_len = _country_code_len(e)
+        ok = e.str.contains(r"^\+[1-9]\d{7,14}$") & cc_len.is_not_null() \
+            & (e.str.slice(cc_len + 1, 1) != "0")
+        return pl.when(ok).then(e).otherwise(None)
+
+    def _resolve_slow(self, text: str) -> tuple[str | None, str | None]:
+        """Exact resolution of one cleaned value with ``phonenumbers`` (cached by the caller)."""
+        digits = text[1:] if text.startswith("+") else text
+        if not digits.isdigit() or not digits.isascii():
+            return None, None
+        if not text.startswith("+") and len(digits) <= 6:
+            try:
+                short = shortnumberinfo.is_valid_short_number_for_region(
+                    phonenumbers.parse(digits, self.region), self.region)
+            except phonenumbers.NumberParseException:
+                short = False
+            return digits, SHORT_CODE if short else EXTENSION
+        candidates = [text] if text.startswith("+") else [text, "+" + text]
+        for candidate in candidates:
+            try:
+                number = phonenumbers.parse(candidate, self.region)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_valid_number(number) or (
+                    candidate is text and phonenumbers.is_possible_number(number)):
+                return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), E164
+        return ("+" + digits if text.startswith("+") else digits), NON_E164
+
+    def normalise(self, raw: pl.Series) -> pl.DataFrame:
+        """Columns ``value`` (canonical text) and ``cls`` for a column of raw numbers."""
+        frame = pl.DataFrame({"raw": raw.cast(pl.String)})
+        d = _cleaned(pl.col("raw"))
+        frame = frame.with_columns(
+            d.alias("d"),
+            pl.col("raw").str.normalize("NFKC").str.strip_chars().str.to_lowercase().is_in(WITHHELD_WORDS)
+            .alias("withheld"),
+            pl.col("raw").str.normalize("NFKC").str.strip_chars()
+            .str.contains(r"^[A-Za-z0-9][A-Za-z0-9 &._\-']{0,10}$").alias("alnum_shape"),
+        ).with_columns(self._fast_e164(pl.col("d")).alias("fast"))
+        frame = frame.with_columns(
+            (pl.col("alnum_shape") & pl.col("raw").str.contains(r"[A-Za-z]") & ~pl.col("withheld")).alias("alpha"))
+        need_slow = (pl.col("raw").is_not_null() & ~pl.col("withheld") & ~pl.col("alpha") & pl.col("fast").is_null())
+        pending = frame.filter(need_slow)["d"].unique()
+        if len(pending):
+            resolved = [self._slow(v) for v in pending.to_list()]
+            slow_value = pl.col("d").replace_strict(pending, [r[0] for r in resolved], default=None,
+                                                    return_dtype=pl.String)
+            slow_cls = pl.col("d").replace_strict(pending, [r[1] for r in resolved], default=None,
+                                                  return_dtype=pl.String)
+        else:
+            slow_value = slow_cls = pl.lit(None, dtype=pl.String)
+        return frame.select(
+            pl.when(pl.col("withheld")).then(None)
+            .when(pl.col("alpha")).then(pl.col("raw").str.normalize("NFKC").str.strip_chars().str.to_uppercase())
+            .when(pl.col("fast").is_not_null()).then(pl.col("fast"))
+            .otherwise(slow_value).alias("value"),
+            pl.when(pl.col("withheld")).then(pl.lit(WITHHELD))
+            .when(pl.col("alpha")).then(pl.lit(ALPHANUMERIC))
+            .when(pl.col("fast").is_not_null()).then(pl.lit(E164))
+            .otherwise(slow_cls).alias("cls"),
+        )
+
+
+_V4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_FAST_V4 = rf"^{_V4}(?:\.{_V4}){{3}}(?::\d{{1,5}})?$"
+_V4_PORT = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$")
+_V6_BRACKET = re.compile(r"^\[([^\]]+)\](?::\d{1,5})?$")
+
+
+@lru_cache(maxsize=DEFAULT_CACHE)
+def canonical_ip(text: str) -> str | None:
+    """One IP in canonical text (v4 dotted, v6 compressed lower case, v4-mapped as v4); None if invalid."""
+    text = text.strip()
+    m = _V6_BRACKET.match(text) or _V4_PORT.match(text)
+    if m:
+        text = m.group(1)
+    text = text.split("%", 1)[0]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.compressed
+
+
+def normalise_ips(raw: pl.Series) -> pl.Series:
+    """Canonical IP text for a column; plain IPv4 (with or without a port) stays in Polars."""
+    frame = pl.DataFrame({"raw": raw.cast(pl.String)}).with_columns(
+        pl.when(pl.col("raw").str.contains(_FAST_V4)).then(pl.col("raw").str.replace(r":\d+$", ""))
+        .alias("fast"))
+    pending = frame.filter(pl.col("raw").is_not_null() & pl.col("fast").is_null())["raw"].unique()
+    if len(pending):
+        slow = pl.col("raw").replace_strict(pending, [canonical_ip(v) for v in pending.to_list()],
+                                            default=None, return_dtype=pl.String)
+    else:
+        slow = pl.lit(None, dtype=pl.String)
+    return frame.select(pl.coalesce(pl.col("fast"), slow).alias("value"))["value"]
+
+
+@lru_cache(maxsize=1 << 16)
+def _truncate_v6(ip: str, bits: int) -> str:
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+
+
+def truncate_ips(canonical: pl.Series, v4_bits: int, v6_bits: int) -> pl.Series:
+    """Network prefixes (``203.0.113.0/24``) of canonical IPs; IPv4 in Polars, IPv6 per distinct value."""
+    block = 1 << (32 - v4_bits)
+    frame = pl.DataFrame({"ip": canonical})
+    octets = [pl.col("ip").str.extract(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)$", i).cast(pl.Int64) for i in (1, 2, 3, 4)]
+    as_int = octets[0] * (1 << 24) + octets[1] * (1 << 16) + octets[2] * (1 << 8) + octets[3]
+    net = as_int - as_int % block
+    v4 = pl.concat_str([(net // (1 << 24)).cast(pl.String), (net // (1 << 16) % 256).cast(pl.String),
+                        (net // (1 << 8) % 256).cast(pl.String), (net % 256).cast(pl.String)], separator=".") \
+        + pl.lit(f"/{v4_bits}")
+    v6_values = frame.filter(pl.col("ip").str.contains(":"))["ip"].unique()
+    v6 = pl.col("ip").replace_strict(v6_values, [_truncate_v6(v, v6_bits) for v in v6_values.to_list()],
+                                     default=None, return_dtype=pl.String) if len(v6_values) else pl.lit(None)
+    return frame.select(pl.when(pl.col("ip").str.contains(":")).then(v6).otherwise(v4).alias("ip"))["ip"]
+
+
+def normalise_digits(raw: pl.Series, min_len: int, max_len: int, keep: int | None = None) -> pl.Series:
+    """Digit identifiers (IMSI, IMEI): separators removed, length checked, optionally cut to ``keep`` digits.
+
+    IMEIs are cut to their 14-digit TAC+serial so an IMEI with or without its check digit,
+    and an IMEISV, give one token.
+    """
+    d = raw.cast(pl.String).str.normalize("NFKC").str.replace_all(r"[\s\-.]", "")
+    ok = d.str.contains(rf"^\d{{{min_len},{max_len}}}$")
+    out = pl.select(pl.when(ok).then(d.str.slice(0, keep) if keep else d).otherwise(None).alias("v"))["v"]
+    return out
+
+
+def normalise_account(raw: pl.Series) -> pl.Series:
+    """Account ids: Unicode-normalised and trimmed; empty means invalid."""
+    v = raw.cast(pl.String).str.normalize("NFKC").str.strip_chars()
+    return pl.select(pl.when(v.str.len_chars() > 0).then(v).otherwise(None).alias("v"))["v"]
+
+
+def normalise_column(kind: str, raw: pl.Series, phones: PhoneNormaliser) -> tuple[pl.Series, pl.Series | None]:
+    """Canonical values (and, for numbers, classes) of one column for a token kind."""
+    if kind == "msisdn":
+        frame = phones.normalise(raw)
+        return frame["value"], frame["cls"]
+    if kind == "ip":
+        return normalise_ips(raw), None
+    if kind == "imsi":
+        return normalise_digits(raw, 6, 15), None
+    if kind == "imei":
+        return normalise_digits(raw, 14, 16, keep=14), None
+    if kind == "account":
+        return normalise_account(raw), None
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def normalise_one(kind: str, value: str, region: str = "GB") -> str | None:
+    """Canonical form of one value, through the same column code (used by `cdrpipe token`)."""
+    canonical, _ = normalise_column(kind, pl.Series([value], dtype=pl.String), PhoneNormaliser(region))
+    return canonical[0]

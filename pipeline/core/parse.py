@@ -1,0 +1,227 @@
+"""Raw bytes to columns: a vectorised screen, Polars' NDJSON reader, and an exact slow path.
+
+Polars parses NDJSON with a fixed schema at under a microsecond a record, but one bad
+line fails the whole call, it skips empty lines, keeps the first of two duplicate keys
+and coerces types silently. So parsing is three steps:
+
+1. **Screen** every line with column expressions (one pass in Rust): empty, not shaped
+   like an object, over the size limit, invalid UTF-8 or a BOM, ``NaN``/``Infinity``,
+   a read field named twice, ``\\u`` escapes, control characters, deep bracket nesting.
+   A flagged line is only *suspect*; the screen never decides alone.
+2. **Slow path** for the few suspects: the standard parsers on the original bytes give
+   an exact verdict, a DLQ reason code, or a clean canonical line.
+3. **Fast path**: clean lines go to ``pl.read_ndjson`` in one call. If that still fails,
+   orjson finds the offending lines (batch-level fallback, rare) and the read is retried.
+
+Nothing raises to the caller: every input line ends as a parsed row or a reason.
+"""
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import polars as pl
+
+DEFAULT_MAX_RECORD_BYTES = 64 * 1024
+DEFAULT_MAX_DEPTH = 32
+_SCREEN_BRACKETS = 16
+_BOM = b"\xef\xbb\xbf"
+
+# Reason codes for lines that never became a row (schemas/dlq-record.v1.json lists all codes).
+EMPTY, BOM, INVALID_UTF8, TOO_LARGE, INVALID_JSON = "empty", "bom", "invalid_utf8", "too_large", "invalid_json"
+NON_FINITE, NOT_OBJECT, DUPLICATE_KEY, TOO_DEEP = "non_finite_number", "not_object", "duplicate_key", "too_deep"
+
+PARSE_REASON_DETAIL = {
+    EMPTY: "the record is empty or only whitespace",
+    BOM: "the record starts with a UTF-8 byte-order mark; export without BOM",
+    INVALID_UTF8: "the record is not valid UTF-8",
+    TOO_LARGE: "the record exceeds the size limit (--max-record-bytes)",
+    INVALID_JSON: "the record is not valid JSON (truncated or malformed)",
+    NON_FINITE: "the record contains NaN or Infinity, which JSON does not allow",
+    NOT_OBJECT: "the record is valid JSON but not an object",
+    DUPLICATE_KEY: "a field appears more than once, so its value is ambiguous",
+    TOO_DEEP: "the record is nested deeper than the limit",
+}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """Rows that parsed (``row`` = position in the batch) and reasons for those that did not."""
+
+    frame: pl.DataFrame
+    reject_rows: list[int]
+    reject_reasons: list[str]
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateKey
+    return out
+
+
+def _depth(value: object, limit: int) -> int:
+    """Nesting depth, stopping early once past ``limit`` (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, (dict, list)):
+            if d > limit:
+                return d
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def classify_line(raw: bytes, max_bytes: int, max_depth: int) -> tuple[str | None, bytes | None]:
+    """Exact verdict for one suspect line: ``(reason, None)`` or ``(None, canonical JSON)``."""
+    if len(raw) > max_bytes:
+        return TOO_LARGE, None
+    stripped = raw.strip(b" \t\r\n")
+    if not stripped:
+        return EMPTY, None
+    if stripped.startswith(_BOM):
+        return BOM, None
+    try:
+        text = stripped.decode("utf-8")
+    except UnicodeDecodeError:
+        return INVALID_UTF8, None
+    if text.count("[") + text.count("{") > max_depth:
+        # Cheap upper bound passed the limit: measure exactly without a recursive parser.
+        depth = cur = 0
+        in_str = esc = False
+        for ch in text:
+            if in_str:
+                esc, in_str = (False, in_str) if esc else (ch == "\\", ch != '"')
+            elif ch == '"':
+                in_str = True
+            elif ch in "[{":
+                cur += 1
+                depth = max(depth, cur)
+            elif ch in "]}":
+                cur -= 1
+        if depth > max_depth:
+            return TOO_DEEP, None
+    try:
+        obj = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError):
+            return INVALID_JSON, None
+        return NON_FINITE, None  # only the stdlib's NaN/Infinity extension makes it parse
+    if not isinstance(obj, dict):
+        return NOT_OBJECT, None
+    try:
+        json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey:
+        return DUPLICATE_KEY, None
+    if _depth(obj, max_depth) > max_depth:
+        return TOO_DEEP, None
+    return None, orjson.dumps(obj)
+
+
+def _screen(lines: pl.Series, fields: Sequence[str], max_bytes: int) -> pl.Series:
+    """True for lines that need the exact slow path (cheap, conservative, one pass)."""
+    line = pl.col("line")
+    body = line.str.strip_chars(" \t\r")
+    suspect = (
+        line.is_null()
+        | (line.str.len_bytes() > max_bytes)
+        | ~body.str.starts_with("{") | ~body.str.ends_with("}")
+        | line.str.contains(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{FFFD}\x{FEFF}]|NaN|Infinity|\\u")
+        | (line.str.count_matches(r"[\[{]") > _SCREEN_BRACKETS)
+    )
+    for f in fields:
+        suspect = suspect | (line.str.count_matches(f'"{f}"', literal=True) > 1)
+    return lines.to_frame("line").select(suspect.alias("s"))["s"]
+
+
+def _lines_column(records: Sequence[bytes], buf: bytes) -> pl.Series:
+    """One String row per record (lossy UTF-8: a bad byte shows as U+FFFD and is screened)."""
+    screen_buf = buf
+    if buf.count(b"\n") != len(records) - 1 or b"\x1f" in buf:
+        # A record with its own newline or our separator byte: blank it for the screen
+        # (it is invalid JSON or multi-line JSON; the slow path judges the original bytes).
+        screen_buf = b"\n".join(b"\x1f" if (b"\n" in r or b"\x1f" in r) else r for r in records)
+    lines = pl.read_csv(io.BytesIO(screen_buf + b"\n"), has_header=False, separator="\x1f", quote_char=None,
+                        schema={"line": pl.String}, encoding="utf8-lossy", truncate_ragged_lines=True,
+                        raise_if_empty=False)["line"]
+    if len(lines) != len(records):  # defensive: alignment is the one thing the screen cannot get wrong
+        lines = pl.Series("line", [r.decode("utf-8", "replace") if b"\n" not in r else "\x1f" for r in records],
+                          dtype=pl.String)
+    return lines
+
+
+def parse_batch(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataType], *,
+                max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth: int = DEFAULT_MAX_DEPTH) -> Parsed:
+    """Parse ``records`` (``buf`` is them joined by newlines) into the fixed ``schema`` columns."""
+    n = len(records)
+    if n == 0:
+        return Parsed(pl.DataFrame(schema=schema).with_columns(pl.lit(0, pl.UInt32).alias("row").head(0)), [], [])
+    lines = _lines_column(records, buf)
+    suspect = _screen(lines, list(schema), max_bytes)
+    suspect_rows = suspect.arg_true().to_list()
+    reject_rows: list[int] = []
+    reject_reasons: list[str] = []
+    extra_rows: list[int] = []
+    extra_lines: list[bytes] = []
+    for i in suspect_rows:
+        reason, canonical = classify_line(records[i], max_bytes, max_depth)
+        if reason is None:
+            extra_rows.append(i)
+            extra_lines.append(canonical)  # type: ignore[arg-type]
+        else:
+            reject_rows.append(i)
+            reject_reasons.append(reason)
+
+    clean = pl.DataFrame({"line": lines, "row": pl.int_range(0, n, dtype=pl.UInt32, eager=True)}) \
+        .filter(~suspect)
+    if extra_rows:
+        clean = pl.concat([clean, pl.DataFrame({"line": [x.decode() for x in extra_lines],
+                                                "row": pl.Series(extra_rows, dtype=pl.UInt32)})])
+    frame = _read_ndjson(clean, schema)
+    if frame is None:  # a line the screen passed still fails the fast reader: find it with orjson
+        bad = []
+        for pos, text in enumerate(clean["line"].to_list()):
+            try:
+                if not isinstance(orjson.loads(text), dict):
+                    bad.append(pos)
+            except orjson.JSONDecodeError:
+                bad.append(pos)
+        rows = clean["row"].to_list()
+        for pos in bad:
+            reason, _ = classify_line(records[rows[pos]], max_bytes, max_depth)
+            reject_rows.append(rows[pos])
+            reject_reasons.append(reason or INVALID_JSON)
+        keep = pl.Series([True] * clean.height)
+        keep = keep.scatter(bad, False) if bad else keep
+        clean = clean.filter(keep)
+        frame = _read_ndjson(clean, schema)
+        if frame is None:  # cannot happen unless orjson and Polars disagree; never lose the rows
+            reject_rows.extend(clean["row"].to_list())
+            reject_reasons.extend([INVALID_JSON] * clean.height)
+            frame = pl.DataFrame(schema=schema).with_columns(pl.Series("row", [], dtype=pl.UInt32))
+    return Parsed(frame, reject_rows, reject_reasons)
+
+
+def _read_ndjson(clean: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
+    if clean.height == 0:
+        return pl.DataFrame(schema=schema).with_columns(pl.Series("row", [], dtype=pl.UInt32))
+    payload = clean["line"].str.join("\n").item().encode("utf-8")
+    try:
+        frame = pl.read_ndjson(io.BytesIO(payload), schema=schema)
+    except Exception:  # Polars raises ComputeError and friends for one bad line
+        return None
+    if frame.height != clean.height:
+        return None
+    frame = frame.with_columns(clean["row"])
+    # Slow-path rows were appended after the clean ones: restore input order when they exist.
+    return frame if clean["row"].is_sorted() else frame.sort("row")

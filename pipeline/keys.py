@@ -1,0 +1,291 @@
+"""Keyrings: which key may do what, kept apart so a worker can never read the vault.
+
+Two files, two trust levels:
+
+* ``worker-keyring.json`` — tokenisation keys (current + previous, each with an id) and
+  the vault's *public* key. A worker can tokenise and seal for the vault, nothing more.
+* ``vault-keyring.json`` — the vault's private key and its blind-index key. Only the
+  vault sink and the lawful-intercept query tools load it.
+
+Secrets never appear in a repr, a log line or an error message: the classes below
+mask them, and loaders report *which file or variable* is wrong, never its content.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives import serialization
+
+WORKER_KEYRING = "worker-keyring.json"
+VAULT_KEYRING = "vault-keyring.json"
+#: Environment variables that carry a whole keyring (how Kubernetes secrets inject them).
+ENV_WORKER_KEYRING_JSON = "CDRPIPE_WORKER_KEYRING_JSON"
+ENV_VAULT_KEYRING_JSON = "CDRPIPE_VAULT_KEYRING_JSON"
+#: Environment variables that name a keyring file (the default for ``--keyring``).
+ENV_KEYRING_FILE = "CDRPIPE_KEYRING"
+ENV_VAULT_KEYRING_FILE = "CDRPIPE_VAULT_KEYRING"
+
+
+class KeyringError(Exception):
+    """A keyring is missing, malformed or of the wrong kind; the message never holds key bytes."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any, what: str, size: int) -> bytes:
+    try:
+        raw = base64.b64decode(str(text), validate=True)
+    except (ValueError, TypeError):
+        raise KeyringError(f"{what} is not valid base64") from None
+    if len(raw) != size:
+        raise KeyringError(f"{what} must be {size} bytes, found {len(raw)}")
+    return raw
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    """A symmetric key with an id; the bytes are hidden from repr and str."""
+
+    kid: str
+    secret: bytes = field(repr=False)
+    created: str = ""
+
+    def __repr__(self) -> str:  # explicit, so no dataclass change can ever expose the bytes
+        return f"SecretKey(kid={self.kid!r}, secret=<redacted>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class WorkerKeyring:
+    """Tokenisation keys (newest first is current) and the vault's public key."""
+
+    token_keys: tuple[SecretKey, ...]
+    vault_kid: str
+    vault_public: X25519PublicKey = field(repr=False)
+
+    @property
+    def current(self) -> SecretKey:
+        return self.token_keys[0]
+
+    def key(self, kid: str) -> SecretKey:
+        for k in self.token_keys:
+            if k.kid == kid:
+                return k
+        raise KeyringError(f"no tokenisation key with id {kid!r} in this keyring")
+
+    def __repr__(self) -> str:
+        kids = [k.kid for k in self.token_keys]
+        return f"WorkerKeyring(token_kids={kids}, vault_kid={self.vault_kid!r})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "cdrpipe.worker-keyring/1",
+            "token_keys": [{"kid": k.kid, "secret": _b64(k.secret), "created": k.created}
+                           for k in self.token_keys],
+            "vault_public_key": {"kid": self.vault_kid, "x25519": _b64(self.vault_public.public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw))},
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> "WorkerKeyring":
+        if not isinstance(doc, dict) or doc.get("type") != "cdrpipe.worker-keyring/1":
+            hint = " (this looks like the vault keyring: workers must use worker-keyring.json)" \
+                if isinstance(doc, dict) and doc.get("type") == "cdrpipe.vault-keyring/1" else ""
+            raise KeyringError(f"{where} is not a cdrpipe worker keyring{hint}")
+        try:
+            keys = tuple(SecretKey(str(k["kid"]), _unb64(k["secret"], f"{where}: token key {k['kid']!r}", 32),
+                                   str(k.get("created", ""))) for k in doc["token_keys"])
+            vpk = doc["vault_public_key"]
+            public = X25519PublicKey.from_public_bytes(_unb64(vpk["x25519"], f"{where}: vault public key", 32))
+            vault_kid = str(vpk["kid"])
+        except (KeyError, TypeError):
+            raise KeyringError(f"{where} is missing token_keys or vault_public_key") from None
+        if not keys:
+            raise KeyringError(f"{where} holds no tokenisation key: run `cdrpipe keys rotate`")
+        return cls(keys, vault_kid, public)
+
+
+@dataclass(frozen=True)
+class VaultKeyring:
+    """The vault's private key (opens retention envelopes) and its blind-index key."""
+
+    vault_kid: str
+    private: X25519PrivateKey = field(repr=False)
+    index_key: SecretKey = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"VaultKeyring(vault_kid={self.vault_kid!r}, index_kid={self.index_key.kid!r})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "cdrpipe.vault-keyring/1",
+            "vault_private_key": {"kid": self.vault_kid, "x25519": _b64(self.private.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))},
+            "index_key": {"kid": self.index_key.kid, "secret": _b64(self.index_key.secret),
+                          "created": self.index_key.created},
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> "VaultKeyring":
+        if not isinstance(doc, dict) or doc.get("type") != "cdrpipe.vault-keyring/1":
+            raise KeyringError(f"{where} is not a cdrpipe vault keyring (expected vault-keyring.json)")
+        try:
+            vpk = doc["vault_private_key"]
+            private = X25519PrivateKey.from_private_bytes(_unb64(vpk["x25519"], f"{where}: vault private key", 32))
+            ik = doc["index_key"]
+            index = SecretKey(str(ik["kid"]), _unb64(ik["secret"], f"{where}: index key", 32), str(ik.get("created", "")))
+            return cls(str(vpk["kid"]), private, index)
+        except (KeyError, TypeError):
+            raise KeyringError(f"{where} is missing vault_private_key or index_key") from None
+
+
+def _now_kid(prefix: str, now: datetime) -> str:
+    return f"{prefix}{now:%Y%m%d}{secrets.token_hex(2)}"
+
+
+def generate(now: datetime | None = None) -> tuple[WorkerKeyring, VaultKeyring]:
+    """Fresh keyrings: one tokenisation key, one vault key pair, one index key."""
+    now = now or datetime.now(timezone.utc)
+    stamp = now.isoformat(timespec="seconds")
+    private = X25519PrivateKey.generate()
+    vault_kid = _now_kid("v", now)
+    worker = WorkerKeyring((SecretKey(_now_kid("k", now), secrets.token_bytes(32), stamp),),
+                           vault_kid, private.public_key())
+    vault = VaultKeyring(vault_kid, private, SecretKey(_now_kid("i", now), secrets.token_bytes(32), stamp))
+    return worker, vault
+
+
+def rotate(keyring: WorkerKeyring, now: datetime | None = None) -> WorkerKeyring:
+    """A keyring with a new current tokenisation key; previous keys stay for verification."""
+    now = now or datetime.now(timezone.utc)
+    new = SecretKey(_now_kid("k", now), secrets.token_bytes(32), now.isoformat(timespec="seconds"))
+    return WorkerKeyring((new, *keyring.token_keys), keyring.vault_kid, keyring.vault_public)
+
+
+def write_private_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write a secret file with mode 0600 from the start (never world-readable, not even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=2)
+        fh.write("\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _read_doc(path: str | os.PathLike[str] | None, env_json: str, env_file: str) -> tuple[Any, str]:
+    if path is None and os.environ.get(env_json):
+        where = f"${env_json}"
+        text = os.environ[env_json]
+    else:
+        path = path or os.environ.get(env_file)
+        if not path:
+            raise KeyringError(f"no keyring given: pass --keyring FILE or set {env_file} or {env_json}")
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise KeyringError(f"cannot read keyring {where}: {exc.strerror}; "
+                               "create one with `cdrpipe keys generate --dir DIR`") from None
+    try:
+        return json.loads(text), where
+    except ValueError:
+        raise KeyringError(f"{where} is not valid JSON") from None
+
+
+def load_worker_keyring(path: str | os.PathLike[str] | None = None) -> WorkerKeyring:
+    """Load from ``path``, else ``$CDRPIPE_WORKER_KEYRING_JSON``, else the file named by ``$CDRPIPE_KEYRING``."""
+    doc, where = _read_doc(path, ENV_WORKER_KEYRING_JSON, ENV_KEYRING_FILE)
+    return WorkerKeyring.from_json(doc, where)
+
+
+def load_vault_keyring(path: str | os.PathLike[str] | None = None) -> VaultKeyring:
+    """Load from ``path``, else ``$CDRPIPE_VAULT_KEYRING_JSON``, else the file named by ``$CDRPIPE_VAULT_KEYRING``."""
+    doc, where = _read_doc(path, ENV_VAULT_KEYRING_JSON, ENV_VAULT_KEYRING_FILE)
+    return VaultKeyring.from_json(doc, where)
+
+
+# ---------------------------------------------------------------- command line
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.cli import UsageError
+    out = Path(args.dir)
+    targets = [out / WORKER_KEYRING, out / VAULT_KEYRING]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not args.force:
+        raise UsageError(f"{', '.join(existing)} already exist; refusing to overwrite keys "
+                         "(that would make old tokens and the vault unreadable). Use --force to replace them.")
+    worker, vault = generate()
+    write_private_json(targets[0], worker.to_json())
+    write_private_json(targets[1], vault.to_json())
+    print(f"wrote {targets[0]} (token key {worker.current.kid}; give to workers)", file=sys.stderr)
+    print(f"wrote {targets[1]} (vault key {vault.vault_kid}; vault only, keep offline)", file=sys.stderr)
+    return 0
+
+
+def _cmd_rotate(args: argparse.Namespace) -> int:
+    from pipeline.cli import FatalError
+    path = Path(args.keyring)
+    try:
+        keyring = load_worker_keyring(path)
+    except KeyringError as exc:
+        raise FatalError(str(exc)) from None
+    rotated = rotate(keyring)
+    write_private_json(path, rotated.to_json())
+    print(f"{path}: new current token key {rotated.current.kid}; previous: "
+          f"{', '.join(k.kid for k in rotated.token_keys[1:])}", file=sys.stderr)
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from pipeline.cli import FatalError, UsageError
+    from pipeline.core.normalise import normalise_one
+    from pipeline.core.tokenise import KINDS, Tokeniser
+    if args.kind not in KINDS:
+        raise UsageError(f"--kind must be one of {', '.join(KINDS)}")
+    try:
+        keyring = load_worker_keyring(args.keyring)
+    except KeyringError as exc:
+        raise FatalError(str(exc)) from None
+    canonical = normalise_one(args.kind, args.value, region=args.region)
+    if canonical is None:
+        raise UsageError(f"the value cannot be normalised as {args.kind} (value not shown)")
+    print(Tokeniser(keyring).token_one(args.kind, canonical))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="generate or rotate keyrings",
+                          description="Create and rotate cdrpipe keyrings (files are written with mode 0600).")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    gen = ksub.add_parser("generate", help="write worker-keyring.json and vault-keyring.json into DIR")
+    gen.add_argument("--dir", required=True, help="directory for the two keyring files")
+    gen.add_argument("--force", action="store_true", help="overwrite existing keyrings (destroys the old keys)")
+    gen.set_defaults(func=_cmd_generate)
+    rot = ksub.add_parser("rotate", help="add a new current tokenisation key, keeping the previous ones")
+    rot.add_argument("--keyring", default=os.environ.get(ENV_KEYRING_FILE), required=not os.environ.get(ENV_KEYRING_FILE),
+                     help=f"worker keyring file to rotate in place (env {ENV_KEYRING_FILE})")
+    rot.set_defaults(func=_cmd_rotate)
+
+    tok = sub.add_parser("token", help="print the token of one value (to answer subject requests)",
+                         description="Normalise VALUE as KIND and print its token under the current key.")
+    tok.add_argument("--keyring", default=None, help=f"worker keyring (env {ENV_KEYRING_FILE} or {ENV_WORKER_KEYRING_JSON})")
+    tok.add_argument("--kind", default="msisdn", help="msisdn, imsi, imei, ip or account (default msisdn)")
+    tok.add_argument("--region", default=os.environ.get("CDRPIPE_REGION", "GB"),
+                     help="default region for national numbers (env CDRPIPE_REGION; default GB)")
+    tok.add_argument("value", help="the identifier, in any format")
+    tok.set_defaults(func=_cmd_token)
