@@ -71,4 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Re-import so `python -m pipeline.cli` shares one module (and one set of error classes) with the commands.
+    from pipeline.cli import main as _main
+    sys.exit(_main())

@@ -60,6 +60,9 @@ class PhoneNormaliser:
         idd = meta.preferred_international_prefix or meta.international_prefix or ""
         self._idd = idd if idd.isdigit() else None
         self._trunk = meta.national_prefix if (meta.national_prefix or "").isdigit() else None
+        lengths = [n for n in (meta.general_desc.possible_length or ()) if n > 0]
+        #: "447700900123": the region's own country code without "+", at the full national length.
+        self._own_cc_len = len(self._cc) + max(lengths) if lengths and max(lengths) >= 9 else None
         self._slow = lru_cache(maxsize=cache_size)(self._resolve_slow)
 
     def __repr__(self) -> str:
@@ -73,6 +76,9 @@ class PhoneNormaliser:
         if self._trunk:
             e = e.when(d.str.starts_with(self._trunk) & (d.str.len_chars() > len(self._trunk) + 6)) \
                  .then(pl.lit("+" + self._cc) + d.str.slice(len(self._trunk)))
+        if self._own_cc_len:
+            e = e.when(d.str.starts_with(self._cc) & (d.str.len_chars() == self._own_cc_len)
+                       & d.str.contains(r"^\d+$")).then(pl.lit("+") + d)
         e = e.otherwise(None)
         cc_len = _country_code_len(e)
         ok = e.str.contains(r"^\+[1-9]\d{7,14}$") & cc_len.is_not_null() \
@@ -103,19 +109,23 @@ class PhoneNormaliser:
         return ("+" + digits if text.startswith("+") else digits), NON_E164
 
     def normalise(self, raw: pl.Series) -> pl.DataFrame:
-        """Columns ``value`` (canonical text) and ``cls`` for a column of raw numbers."""
-        frame = pl.DataFrame({"raw": raw.cast(pl.String)})
-        d = _cleaned(pl.col("raw"))
-        frame = frame.with_columns(
-            d.alias("d"),
-            pl.col("raw").str.normalize("NFKC").str.strip_chars().str.to_lowercase().is_in(WITHHELD_WORDS)
-            .alias("withheld"),
-            pl.col("raw").str.normalize("NFKC").str.strip_chars()
-            .str.contains(r"^[A-Za-z0-9][A-Za-z0-9 &._\-']{0,10}$").alias("alnum_shape"),
-        ).with_columns(self._fast_e164(pl.col("d")).alias("fast"))
-        frame = frame.with_columns(
-            (pl.col("alnum_shape") & pl.col("raw").str.contains(r"[A-Za-z]") & ~pl.col("withheld")).alias("alpha"))
-        need_slow = (pl.col("raw").is_not_null() & ~pl.col("withheld") & ~pl.col("alpha") & pl.col("fast").is_null())
+        """Columns ``value`` (canonical text) and ``cls`` for a column of raw numbers.
+
+        Works on the distinct raw values only (a busy subscriber's number is normalised
+        once per batch), then maps the answers back onto the column.
+        """
+        raw = raw.cast(pl.String).rename("raw")
+        distinct = raw.unique()
+        text = pl.col("raw")
+        if distinct.str.contains(r"[^\x00-\x7F]").any():
+            text = text.str.normalize("NFKC")
+        frame = distinct.to_frame().lazy().with_columns(text.str.strip_chars().alias("t")).with_columns(
+            _cleaned(pl.col("t")).alias("d"),
+            pl.col("t").str.to_lowercase().is_in(WITHHELD_WORDS).alias("withheld"),
+            (pl.col("t").str.contains(r"^[A-Za-z0-9][A-Za-z0-9 &._\-']{0,10}$")
+             & pl.col("t").str.contains(r"[A-Za-z]")).alias("alpha"),
+        ).with_columns(self._fast_e164(pl.col("d")).alias("fast")).collect()
+        need_slow = pl.col("raw").is_not_null() & ~pl.col("withheld") & ~pl.col("alpha") & pl.col("fast").is_null()
         pending = frame.filter(need_slow)["d"].unique()
         if len(pending):
             resolved = [self._slow(v) for v in pending.to_list()]
@@ -125,9 +135,10 @@ class PhoneNormaliser:
                                                   return_dtype=pl.String)
         else:
             slow_value = slow_cls = pl.lit(None, dtype=pl.String)
-        return frame.select(
+        answers = frame.select(
+            pl.col("raw"),
             pl.when(pl.col("withheld")).then(None)
-            .when(pl.col("alpha")).then(pl.col("raw").str.normalize("NFKC").str.strip_chars().str.to_uppercase())
+            .when(pl.col("alpha")).then(pl.col("t").str.to_uppercase())
             .when(pl.col("fast").is_not_null()).then(pl.col("fast"))
             .otherwise(slow_value).alias("value"),
             pl.when(pl.col("withheld")).then(pl.lit(WITHHELD))
@@ -135,6 +146,8 @@ class PhoneNormaliser:
             .when(pl.col("fast").is_not_null()).then(pl.lit(E164))
             .otherwise(slow_cls).alias("cls"),
         )
+        return raw.to_frame().join(answers, on="raw", how="left", nulls_equal=True,
+                                   maintain_order="left").select("value", "cls")
 
 
 _V4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -162,37 +175,48 @@ def canonical_ip(text: str) -> str | None:
 
 def normalise_ips(raw: pl.Series) -> pl.Series:
     """Canonical IP text for a column; plain IPv4 (with or without a port) stays in Polars."""
-    frame = pl.DataFrame({"raw": raw.cast(pl.String)}).with_columns(
+    raw = raw.cast(pl.String).rename("raw")
+    distinct = raw.unique().to_frame().with_columns(
         pl.when(pl.col("raw").str.contains(_FAST_V4)).then(pl.col("raw").str.replace(r":\d+$", ""))
         .alias("fast"))
-    pending = frame.filter(pl.col("raw").is_not_null() & pl.col("fast").is_null())["raw"].unique()
+    pending = distinct.filter(pl.col("raw").is_not_null() & pl.col("fast").is_null())["raw"]
     if len(pending):
         slow = pl.col("raw").replace_strict(pending, [canonical_ip(v) for v in pending.to_list()],
                                             default=None, return_dtype=pl.String)
     else:
         slow = pl.lit(None, dtype=pl.String)
-    return frame.select(pl.coalesce(pl.col("fast"), slow).alias("value"))["value"]
+    answers = distinct.select("raw", pl.coalesce(pl.col("fast"), slow).alias("value"))
+    return raw.to_frame().join(answers, on="raw", how="left", nulls_equal=True, maintain_order="left")["value"]
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=DEFAULT_CACHE)
 def _truncate_v6(ip: str, bits: int) -> str:
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
 def truncate_ips(canonical: pl.Series, v4_bits: int, v6_bits: int) -> pl.Series:
     """Network prefixes (``203.0.113.0/24``) of canonical IPs; IPv4 in Polars, IPv6 per distinct value."""
-    block = 1 << (32 - v4_bits)
     frame = pl.DataFrame({"ip": canonical})
-    octets = [pl.col("ip").str.extract(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)$", i).cast(pl.Int64) for i in (1, 2, 3, 4)]
-    as_int = octets[0] * (1 << 24) + octets[1] * (1 << 16) + octets[2] * (1 << 8) + octets[3]
-    net = as_int - as_int % block
-    v4 = pl.concat_str([(net // (1 << 24)).cast(pl.String), (net // (1 << 16) % 256).cast(pl.String),
-                        (net // (1 << 8) % 256).cast(pl.String), (net % 256).cast(pl.String)], separator=".") \
-        + pl.lit(f"/{v4_bits}")
-    v6_values = frame.filter(pl.col("ip").str.contains(":"))["ip"].unique()
-    v6 = pl.col("ip").replace_strict(v6_values, [_truncate_v6(v, v6_bits) for v in v6_values.to_list()],
-                                     default=None, return_dtype=pl.String) if len(v6_values) else pl.lit(None)
-    return frame.select(pl.when(pl.col("ip").str.contains(":")).then(v6).otherwise(v4).alias("ip"))["ip"]
+    ip = pl.col("ip")
+    if v4_bits % 8 == 0:  # whole octets: a text replacement, no arithmetic
+        keep = v4_bits // 8
+        v4 = ip.str.replace(r"^((?:\d+\.){%d})[\d.]*$" % keep, "${1}") + pl.lit(
+            ".".join(["0"] * (4 - keep)) + f"/{v4_bits}") if keep < 4 else ip + pl.lit("/32")
+        if 0 < keep < 4:
+            v4 = ip.str.replace(r"^((?:\d+\.){%d})[\d.]*$" % keep, "${1}") + pl.lit(
+                ".".join(["0"] * (4 - keep)) + f"/{v4_bits}")
+    else:
+        block = 1 << (32 - v4_bits)
+        octets = [ip.str.extract(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)$", i).cast(pl.Int64) for i in (1, 2, 3, 4)]
+        as_int = octets[0] * (1 << 24) + octets[1] * (1 << 16) + octets[2] * (1 << 8) + octets[3]
+        net = as_int - as_int % block
+        v4 = pl.concat_str([(net // (1 << 24)).cast(pl.String), (net // (1 << 16) % 256).cast(pl.String),
+                            (net // (1 << 8) % 256).cast(pl.String), (net % 256).cast(pl.String)],
+                           separator=".") + pl.lit(f"/{v4_bits}")
+    v6_values = frame.filter(ip.str.contains(":", literal=True))["ip"].unique()
+    v6 = ip.replace_strict(v6_values, [_truncate_v6(v, v6_bits) for v in v6_values.to_list()],
+                           default=None, return_dtype=pl.String) if len(v6_values) else pl.lit(None)
+    return frame.select(pl.when(ip.str.contains(":", literal=True)).then(v6).otherwise(v4).alias("ip"))["ip"]
 
 
 def normalise_digits(raw: pl.Series, min_len: int, max_len: int, keep: int | None = None) -> pl.Series:
