@@ -54,15 +54,21 @@ def _unb64(text: Any, what: str, size: int) -> bytes:
     return raw
 
 
-@dataclass(frozen=True)
 class SecretKey:
-    """A symmetric key with an id; the bytes are hidden from repr and str."""
+    """A symmetric key with an id; the bytes are hidden from repr, str and dataclass introspection."""
 
-    kid: str
-    secret: bytes = field(repr=False)
-    created: str = ""
+    __slots__ = ("kid", "secret", "created")
 
-    def __repr__(self) -> str:  # explicit, so no dataclass change can ever expose the bytes
+    def __init__(self, kid: str, secret: bytes, created: str = "") -> None:
+        self.kid, self.secret, self.created = kid, secret, created
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretKey) and (self.kid, self.secret) == (other.kid, other.secret)
+
+    def __hash__(self) -> int:
+        return hash(self.kid)
+
+    def __repr__(self) -> str:
         return f"SecretKey(kid={self.kid!r}, secret=<redacted>)"
 
     __str__ = __repr__

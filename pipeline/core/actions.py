@@ -91,9 +91,13 @@ def _truncate_ip(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult
 
 
 def parse_times(raw: pl.Series) -> pl.Series:
-    """UTC datetimes from ISO-8601 (any offset, naive = UTC), ``YYYY-MM-DD HH:MM:SS`` or epoch (s/ms/µs)."""
+    """UTC datetimes from ISO-8601 (any offset, naive = UTC), ``YYYY-MM-DD HH:MM:SS`` or epoch.
+
+    Epoch values are told apart by size: up to 11 integer digits are seconds, 12-14
+    milliseconds, 15-16 microseconds (what mediation systems actually emit).
+    """
     s = raw.str.strip_chars()
-    number = s.str.contains(r"^\d{9,16}(\.\d+)?$")
+    number = s.str.contains(r"^\d{1,16}(\.\d+)?$")
     digits = s.str.replace(r"\.\d+$", "").str.len_chars()
     as_float = s.cast(pl.Float64, strict=False)
     micros = (pl.when(digits >= 15).then(as_float).when(digits >= 12).then(as_float * 1e3)

@@ -148,14 +148,17 @@ def _lines_column(records: Sequence[bytes], buf: bytes) -> pl.Series:
     """One String row per record (lossy UTF-8: a bad byte shows as U+FFFD and is screened)."""
     screen_buf = buf
     if buf.count(b"\n") != len(records) - 1 or b"\x1f" in buf:
-        # A record with its own newline or our separator byte: blank it for the screen
-        # (it is invalid JSON or multi-line JSON; the slow path judges the original bytes).
-        screen_buf = b"\n".join(b"\x1f" if (b"\n" in r or b"\x1f" in r) else r for r in records)
-    lines = pl.read_csv(io.BytesIO(screen_buf + b"\n"), has_header=False, separator="\x1f", quote_char=None,
-                        schema={"line": pl.String}, encoding="utf8-lossy", truncate_ragged_lines=True,
-                        raise_if_empty=False)["line"]
-    if len(lines) != len(records):  # defensive: alignment is the one thing the screen cannot get wrong
-        lines = pl.Series("line", [r.decode("utf-8", "replace") if b"\n" not in r else "\x1f" for r in records],
+        # A record with its own newline or our separator byte: a NUL placeholder for the screen
+        # (it is flagged as suspect; the slow path judges the original bytes).
+        screen_buf = b"\n".join(b"\x00" if (b"\n" in r or b"\x1f" in r) else r for r in records)
+    try:
+        lines = pl.read_csv(io.BytesIO(screen_buf + b"\n"), has_header=False, separator="\x1f", quote_char=None,
+                            schema={"line": pl.String}, encoding="utf8-lossy", truncate_ragged_lines=True,
+                            raise_if_empty=False)["line"]
+    except pl.exceptions.PolarsError:
+        lines = None
+    if lines is None or len(lines) != len(records):  # alignment is the one thing the screen cannot get wrong
+        lines = pl.Series("line", [r.decode("utf-8", "replace") if b"\n" not in r else "\x00" for r in records],
                           dtype=pl.String)
     return lines
 

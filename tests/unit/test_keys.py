@@ -1,0 +1,68 @@
+"""Keyrings: two trust levels, 0600 files, env loading, no key bytes in errors."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.keys import (
+    ENV_WORKER_KEYRING_JSON, KeyringError, load_vault_keyring, load_worker_keyring)
+
+
+def test_generate_writes_two_private_files(tmp_path, capsys):
+    assert main(["keys", "generate", "--dir", str(tmp_path)]) == 0
+    for name in ("worker-keyring.json", "vault-keyring.json"):
+        mode = stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+        assert mode == 0o600, name
+    worker = json.loads((tmp_path / "worker-keyring.json").read_text())
+    assert "vault_private_key" not in worker and "index_key" not in worker  # workers can never decrypt the vault
+    assert load_worker_keyring(tmp_path / "worker-keyring.json").vault_kid == \
+        load_vault_keyring(tmp_path / "vault-keyring.json").vault_kid
+    assert main(["keys", "generate", "--dir", str(tmp_path)]) == 2  # refuses to overwrite
+    assert "already exist" in capsys.readouterr().err
+
+
+def test_rotate_keeps_previous_keys(tmp_path):
+    main(["keys", "generate", "--dir", str(tmp_path)])
+    path = tmp_path / "worker-keyring.json"
+    first = load_worker_keyring(path).current.kid
+    assert main(["keys", "rotate", "--keyring", str(path)]) == 0
+    rotated = load_worker_keyring(path)
+    assert rotated.current.kid != first and [k.kid for k in rotated.token_keys][1] == first
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_env_json_loading(tmp_path, monkeypatch):
+    main(["keys", "generate", "--dir", str(tmp_path)])
+    monkeypatch.setenv(ENV_WORKER_KEYRING_JSON, (tmp_path / "worker-keyring.json").read_text())
+    assert load_worker_keyring().current.kid
+
+
+def test_errors_name_the_problem_not_the_key(tmp_path):
+    main(["keys", "generate", "--dir", str(tmp_path)])
+    doc = json.loads((tmp_path / "worker-keyring.json").read_text())
+    secret = doc["token_keys"][0]["secret"]
+    doc["token_keys"][0]["secret"] = secret[:-4] + "!!!!"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(KeyringError) as err:
+        load_worker_keyring(bad)
+    assert secret[:-4] not in str(err.value) and "base64" in str(err.value)
+    with pytest.raises(KeyringError, match="vault keyring"):
+        load_worker_keyring(tmp_path / "vault-keyring.json")
+    with pytest.raises(KeyringError, match="keys generate"):
+        load_worker_keyring(tmp_path / "missing.json")
+
+
+def test_token_command(tmp_path, capsys):
+    main(["keys", "generate", "--dir", str(tmp_path)])
+    k = str(tmp_path / "worker-keyring.json")
+    assert main(["token", "--keyring", k, "--kind", "msisdn", "07700 900123"]) == 0
+    a = capsys.readouterr().out.strip()
+    assert main(["token", "--keyring", k, "--kind", "msisdn", "+44 7700 900123"]) == 0
+    assert capsys.readouterr().out.strip() == a
+    assert main(["token", "--keyring", k, "--kind", "ip", "not-an-ip"]) == 2
+    assert "not-an-ip" not in capsys.readouterr().err

@@ -1,0 +1,96 @@
+"""Normalisation: every format of one subscriber gives one canonical value."""
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from pipeline.core.normalise import (
+    ALPHANUMERIC, E164, EXTENSION, NON_E164, SHORT_CODE, WITHHELD, PhoneNormaliser, canonical_ip, normalise_digits,
+    normalise_ips, normalise_one, truncate_ips)
+
+SAME_GB_NUMBER = ["07700 900123", "07700900123", "+44 7700 900123", "0044 7700900123", "tel:+447700900123",
+                  "\uff10\uff17\uff17\uff10\uff10 \uff19\uff10\uff10\uff11\uff12\uff13", "(+44) 7700-900123",
+                  "+44 (0)7700 900123", "447700900123", "%2B447700900123", "+44.7700.900.123"]
+
+
+def _norm(values, region="GB"):
+    return PhoneNormaliser(region).normalise(pl.Series(values, dtype=pl.String))
+
+
+def test_gb_formats_share_one_e164():
+    out = _norm(SAME_GB_NUMBER)
+    assert out["value"].to_list() == ["+447700900123"] * len(SAME_GB_NUMBER)
+    assert set(out["cls"].to_list()) == {E164}
+
+
+@pytest.mark.parametrize("raw,value,cls", [
+    ("999", "999", SHORT_CODE),
+    ("112", "112", SHORT_CODE),
+    ("1001", "1001", EXTENSION),
+    ("anonymous", None, WITHHELD),
+    ("Withheld", None, WITHHELD),
+    ("", None, WITHHELD),
+    ("HSBC", "HSBC", ALPHANUMERIC),
+    ("Amazon", "AMAZON", ALPHANUMERIC),
+    ("+1 202 555 0123", "+12025550123", E164),
+    ("0049 30 1234567", "+49301234567", E164),
+    ("0039 06 1234 5678", "+390612345678", E164),  # Italy keeps its leading zero
+    ("{\"a\": 1}", None, None),
+    ("sip:not a number", None, None),
+])
+def test_classes(raw, value, cls):
+    out = _norm([raw])
+    assert (out["value"][0], out["cls"][0]) == (value, cls)
+
+
+def test_pbx_number_not_valid_e164_is_kept_as_digits():
+    out = _norm(["12345678"])  # 8 digits, no country context: not a valid GB number
+    assert out["cls"][0] in (NON_E164, E164)
+    assert out["value"][0] is not None and out["value"][0].lstrip("+").isdigit()
+
+
+def test_region_changes_national_numbers():
+    assert _norm(["(202) 555-0123"], "US")["value"][0] == "+12025550123"
+
+
+def test_unknown_region_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown region"):
+        PhoneNormaliser("XX")
+
+
+def test_nulls_stay_null_and_row_order_is_kept():
+    out = _norm([None, "07700 900123", None, "999"])
+    assert out["value"].to_list() == [None, "+447700900123", None, "999"]
+
+
+@pytest.mark.parametrize("raw,canon", [
+    ("203.0.113.7", "203.0.113.7"),
+    ("203.0.113.7:5060", "203.0.113.7"),
+    ("::ffff:203.0.113.7", "203.0.113.7"),
+    ("[2001:DB8::1]:5060", "2001:db8::1"),
+    ("2001:0db8:0000:0000:0000:0000:0000:0001", "2001:db8::1"),
+    ("fe80::1%eth0", "fe80::1"),
+    ("999.1.1.1", None),
+    ("not an ip", None),
+])
+def test_ip_canonical(raw, canon):
+    assert normalise_ips(pl.Series([raw]))[0] == canon
+    assert canonical_ip(raw) == canon
+
+
+def test_ip_truncation():
+    ips = pl.Series(["203.0.113.7", "10.1.2.3", "2001:db8:1:2::1", None])
+    assert truncate_ips(ips, 24, 48).to_list() == ["203.0.113.0/24", "10.1.2.0/24", "2001:db8:1::/48", None]
+    assert truncate_ips(ips, 20, 32).to_list()[:3] == ["203.0.112.0/20", "10.1.0.0/20", "2001:db8::/32"]
+    assert truncate_ips(ips, 16, 64).to_list()[:2] == ["203.0.0.0/16", "10.1.0.0/16"]
+
+
+def test_imei_with_check_digit_or_sv_share_tac_and_serial():
+    out = normalise_digits(pl.Series(["35693803564380", "356938035643809", "35-693803-564380-12"]), 14, 16, keep=14)
+    assert out.to_list() == ["35693803564380"] * 3
+
+
+def test_normalise_one_uses_column_code():
+    assert normalise_one("msisdn", "07700 900123") == "+447700900123"
+    assert normalise_one("imsi", "234 15 0000000001") == "234150000000001"
+    assert normalise_one("ip", "::ffff:10.0.0.1") == "10.0.0.1"
