@@ -29,7 +29,6 @@ DEFAULT_CACHE = 1 << 18
 
 _SEPARATORS = r"[\s().\-/\u00a0]"
 _COUNTRY_CODES = {str(cc) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE}
-_CC_BY_LEN = {n: sorted(c for c in _COUNTRY_CODES if len(c) == n) for n in (1, 2, 3)}
 
 
 def _cleaned(raw: pl.Expr) -> pl.Expr:
@@ -39,12 +38,11 @@ def _cleaned(raw: pl.Expr) -> pl.Expr:
     return text.str.replace_all(_SEPARATORS, "")
 
 
-def _country_code_len(e164: pl.Expr) -> pl.Expr:
-    """Length of the country code of a ``+digits`` string (country codes are prefix-free)."""
-    expr = pl.lit(None, dtype=pl.Int64)
-    for n in (3, 2, 1):
-        expr = pl.when(e164.str.slice(1, n).is_in(_CC_BY_LEN[n])).then(pl.lit(n, dtype=pl.Int64)).otherwise(expr)
-    return expr
+#: ``+`` then a real country code then a national part that does not start with a trunk ``0``
+#: (``+44 07700…`` is a common mistake only ``phonenumbers`` should settle). Country codes are
+#: prefix-free, so the alternation can match one way only.
+_E164_SHAPE = r"^\+[1-9]\d{7,14}$"
+_E164_CC = r"^\+(?:" + "|".join(sorted(_COUNTRY_CODES, key=lambda c: (-len(c), c))) + r")[1-9]"
 
 
 class PhoneNormaliser:
@@ -80,9 +78,7 @@ class PhoneNormaliser:
             e = e.when(d.str.starts_with(self._cc) & (d.str.len_chars() == self._own_cc_len)
                        & d.str.contains(r"^\d+$")).then(pl.lit("+") + d)
         e = e.otherwise(None)
-        cc_len = _country_code_len(e)
-        ok = e.str.contains(r"^\+[1-9]\d{7,14}$") & cc_len.is_not_null() \
-            & (e.str.slice(cc_len + 1, 1) != "0")
+        ok = e.str.contains(_E164_SHAPE) & e.str.contains(_E164_CC)
         return pl.when(ok).then(e).otherwise(None)
 
     def _resolve_slow(self, text: str) -> tuple[str | None, str | None]:

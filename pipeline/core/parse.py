@@ -6,12 +6,14 @@ and coerces types silently. So parsing is three steps:
 
 1. **Screen** every line with column expressions (one pass in Rust): empty, not shaped
    like an object, over the size limit, invalid UTF-8 or a BOM, ``NaN``/``Infinity``,
-   a read field named twice, ``\\u`` escapes, control characters, deep bracket nesting.
+   ``\\u`` escapes, control characters, deep bracket nesting. Lines that name read fields
+   more often than they have non-null values (a duplicate key, say) are re-checked after
+   the fast read.
    A flagged line is only *suspect*; the screen never decides alone.
 2. **Slow path** for the few suspects: the standard parsers on the original bytes give
    an exact verdict, a DLQ reason code, or a clean canonical line.
-3. **Fast path**: clean lines go to ``pl.read_ndjson`` in one call. If that still fails,
-   orjson finds the offending lines (batch-level fallback, rare) and the read is retried.
+3. **Fast path**: clean lines go to ``pl.read_ndjson`` in chunks of a few thousand. If a
+   chunk still fails, orjson finds the offending lines in that chunk only and it is re-read.
 
 Nothing raises to the caller: every input line ends as a parsed row or a reason.
 """
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -28,6 +31,7 @@ import polars as pl
 DEFAULT_MAX_RECORD_BYTES = 64 * 1024
 DEFAULT_MAX_DEPTH = 32
 _SCREEN_BRACKETS = 16
+_CHUNK_LINES = 4096
 _BOM = b"\xef\xbb\xbf"
 
 # Reason codes for lines that never became a row (schemas/dlq-record.v1.json lists all codes).
@@ -128,8 +132,12 @@ def classify_line(raw: bytes, max_bytes: int, max_depth: int) -> tuple[str | Non
     return None, orjson.dumps(obj)
 
 
-def _screen(lines: pl.Series, fields: Sequence[str], max_bytes: int) -> pl.Series:
-    """True for lines that need the exact slow path (cheap, conservative, one pass)."""
+def _screen(lines: pl.Series, fields: Sequence[str], max_bytes: int) -> pl.DataFrame:
+    """Per line: ``suspect`` (needs the exact slow path) and ``keys`` (occurrences of read field names).
+
+    Cheap and conservative, one pass. Duplicate keys are caught after the fast read: a line
+    naming read fields more often than it has non-null read fields is re-checked exactly.
+    """
     line = pl.col("line")
     body = line.str.strip_chars(" \t\r")
     suspect = (
@@ -138,10 +146,12 @@ def _screen(lines: pl.Series, fields: Sequence[str], max_bytes: int) -> pl.Serie
         | ~body.str.starts_with("{") | ~body.str.ends_with("}")
         | line.str.contains(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{FFFD}\x{FEFF}]|NaN|Infinity|\\u")
         | (line.str.count_matches(r"[\[{]") > _SCREEN_BRACKETS)
+        | (line.str.count_matches("{", literal=True) != line.str.count_matches("}", literal=True))
+        | (line.str.count_matches("[", literal=True) != line.str.count_matches("]", literal=True))
     )
-    for f in fields:
-        suspect = suspect | (line.str.count_matches(f'"{f}"', literal=True) > 1)
-    return lines.to_frame("line").select(suspect.alias("s"))["s"]
+    keys = line.str.count_matches('"(?:' + "|".join(re.escape(f) for f in fields) + ')"')
+    return lines.to_frame("line").select(
+        line, pl.int_range(0, pl.len(), dtype=pl.UInt32).alias("row"), suspect.alias("suspect"), keys.alias("keys"))
 
 
 def _lines_column(records: Sequence[bytes], buf: bytes) -> pl.Series:
@@ -169,50 +179,63 @@ def parse_batch(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataT
     n = len(records)
     if n == 0:
         return Parsed(pl.DataFrame(schema=schema).with_columns(pl.lit(0, pl.UInt32).alias("row").head(0)), [], [])
-    lines = _lines_column(records, buf)
-    suspect = _screen(lines, list(schema), max_bytes)
-    suspect_rows = suspect.arg_true().to_list()
+    screened = _screen(_lines_column(records, buf), list(schema), max_bytes)
     reject_rows: list[int] = []
     reject_reasons: list[str] = []
     extra_rows: list[int] = []
-    extra_lines: list[bytes] = []
-    for i in suspect_rows:
-        reason, canonical = classify_line(records[i], max_bytes, max_depth)
-        if reason is None:
-            extra_rows.append(i)
-            extra_lines.append(canonical)  # type: ignore[arg-type]
-        else:
-            reject_rows.append(i)
-            reject_reasons.append(reason)
+    extra_lines: list[str] = []
 
-    clean = pl.DataFrame({"line": lines, "row": pl.int_range(0, n, dtype=pl.UInt32, eager=True)}) \
-        .filter(~suspect)
+    def slow_path(rows: Iterable[int]) -> None:
+        for i in rows:
+            reason, canonical = classify_line(records[i], max_bytes, max_depth)
+            if reason is None:
+                extra_rows.append(i)
+                extra_lines.append(canonical.decode())  # type: ignore[union-attr]
+            else:
+                reject_rows.append(i)
+                reject_reasons.append(reason)
+
+    slow_path(screened.filter(pl.col("suspect"))["row"].to_list())
+    clean = screened.filter(~pl.col("suspect"))
+    # Read in chunks: a line the screen passed can still fail the fast reader (a flipped
+    # quote, say), and then only its chunk pays for orjson to find it.
+    parts = []
+    for chunk in clean.iter_slices(_CHUNK_LINES):
+        part = _read_ndjson(chunk, schema)
+        if part is None:
+            bad = [pos for pos, text in enumerate(chunk["line"].to_list()) if not _is_object(text)]
+            slow_path(chunk["row"].gather(bad).to_list())
+            chunk = chunk.filter(~pl.int_range(0, pl.len()).is_in(bad))
+            part = _read_ndjson(chunk, schema)
+            if part is None:  # orjson and Polars disagree on a line: judge each exactly, never lose one
+                slow_path(chunk["row"].to_list())
+                continue
+        parts.append((part, chunk))
+    frame = pl.concat([p for p, _ in parts]) if parts else _read_ndjson(clean.head(0), schema)
+    clean = pl.concat([c for _, c in parts]) if parts else clean.head(0)
+    # More field names than non-null fields: a duplicate key, a null, or a name inside a value.
+    nonnull = pl.sum_horizontal([pl.col(f).is_not_null().cast(pl.UInt32) for f in schema])
+    recheck = frame.with_columns(clean["keys"]).select(pl.col("keys") != nonnull)["keys"] \
+        if frame.height else pl.Series([], dtype=pl.Boolean)
+    if recheck.any():
+        slow_path(frame.filter(recheck)["row"].to_list())
+        frame = frame.filter(~recheck)
     if extra_rows:
-        clean = pl.concat([clean, pl.DataFrame({"line": [x.decode() for x in extra_lines],
-                                                "row": pl.Series(extra_rows, dtype=pl.UInt32)})])
-    frame = _read_ndjson(clean, schema)
-    if frame is None:  # a line the screen passed still fails the fast reader: find it with orjson
-        bad = []
-        for pos, text in enumerate(clean["line"].to_list()):
-            try:
-                if not isinstance(orjson.loads(text), dict):
-                    bad.append(pos)
-            except orjson.JSONDecodeError:
-                bad.append(pos)
-        rows = clean["row"].to_list()
-        for pos in bad:
-            reason, _ = classify_line(records[rows[pos]], max_bytes, max_depth)
-            reject_rows.append(rows[pos])
-            reject_reasons.append(reason or INVALID_JSON)
-        keep = pl.Series([True] * clean.height)
-        keep = keep.scatter(bad, False) if bad else keep
-        clean = clean.filter(keep)
-        frame = _read_ndjson(clean, schema)
-        if frame is None:  # cannot happen unless orjson and Polars disagree; never lose the rows
-            reject_rows.extend(clean["row"].to_list())
-            reject_reasons.extend([INVALID_JSON] * clean.height)
-            frame = pl.DataFrame(schema=schema).with_columns(pl.Series("row", [], dtype=pl.UInt32))
+        extra = _read_ndjson(pl.DataFrame({"line": extra_lines, "row": pl.Series(extra_rows, dtype=pl.UInt32)}),
+                             schema)
+        if extra is None:  # canonical orjson output always parses; keep the guarantee explicit
+            reject_rows.extend(extra_rows)
+            reject_reasons.extend([INVALID_JSON] * len(extra_rows))
+        else:
+            frame = pl.concat([frame, extra]).sort("row")
     return Parsed(frame, reject_rows, reject_reasons)
+
+
+def _is_object(text: str) -> bool:
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _read_ndjson(clean: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
@@ -225,6 +248,4 @@ def _read_ndjson(clean: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.Data
         return None
     if frame.height != clean.height:
         return None
-    frame = frame.with_columns(clean["row"])
-    # Slow-path rows were appended after the clean ones: restore input order when they exist.
-    return frame if clean["row"].is_sorted() else frame.sort("row")
+    return frame.with_columns(clean["row"])
