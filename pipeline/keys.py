@@ -16,6 +16,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -34,6 +35,16 @@ ENV_VAULT_KEYRING_JSON = "CDRPIPE_VAULT_KEYRING_JSON"
 #: Environment variables that name a keyring file (the default for ``--keyring``).
 ENV_KEYRING_FILE = "CDRPIPE_KEYRING"
 ENV_VAULT_KEYRING_FILE = "CDRPIPE_VAULT_KEYRING"
+
+
+KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def _kid(value: Any, where: str) -> str:
+    kid = str(value)
+    if not KEY_ID.match(kid):
+        raise KeyringError(f"{where}: key ids must be 1-32 characters of A-Z a-z 0-9 _ -")
+    return kid
 
 
 class KeyringError(Exception):
@@ -112,7 +123,7 @@ class WorkerKeyring:
                 if isinstance(doc, dict) and doc.get("type") == "cdrpipe.vault-keyring/1" else ""
             raise KeyringError(f"{where} is not a cdrpipe worker keyring{hint}")
         try:
-            keys = tuple(SecretKey(str(k["kid"]), _unb64(k["secret"], f"{where}: token key {k['kid']!r}", 32),
+            keys = tuple(SecretKey(_kid(k["kid"], where), _unb64(k["secret"], f"{where}: token key {k['kid']!r}", 32),
                                    str(k.get("created", ""))) for k in doc["token_keys"])
             vpk = doc["vault_public_key"]
             public = X25519PublicKey.from_public_bytes(_unb64(vpk["x25519"], f"{where}: vault public key", 32))

@@ -8,7 +8,7 @@ never a silent null). Actions work on whole columns; the few slow, exact tools t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -16,9 +16,10 @@ from pipeline.core.normalise import WITHHELD, PhoneNormaliser, normalise_column,
 from pipeline.core.tokenise import Tokeniser
 from pipeline.policy import TIME_UNITS, Rule
 
-#: A kept free-text value must look like an enumeration, not like an identifier.
+#: A kept free-text value must look like an enumeration, not like an identifier: short, plain,
+#: and with fewer than six digits in all (so "07700 900 123" or "203.0.113.5" never pass).
 SAFE_KEEP = r"^[A-Za-z0-9 _.:/+\-]{0,64}$"
-IDENTIFIER_LIKE = r"\d{6,}"
+MAX_KEPT_DIGITS = 5
 _CELL = r"^(\d{3})[-:.](\d{2,3})[-:.]([0-9A-Fa-f]{1,8})[-:.]([0-9A-Fa-f]{1,10})$"
 
 
@@ -28,6 +29,15 @@ class ActionContext:
 
     tokeniser: Tokeniser
     phones: PhoneNormaliser
+    #: Per-batch results shared between the contract checks and the actions (cleared per batch).
+    batch: dict[str, pl.Series] = field(default_factory=dict)
+
+    def times(self, name: str, raw: pl.Series) -> pl.Series:
+        """Parsed times of a field, computed once per batch."""
+        key = "times:" + name
+        if key not in self.batch:
+            self.batch[key] = parse_times(raw)
+        return self.batch[key]
 
     def tokens(self, kind: str, canonical: pl.Series) -> pl.Series:
         """Tokens of a column, computing each distinct value's HMAC once per batch."""
@@ -76,9 +86,9 @@ def _token(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
 @action("keep")
 def _keep(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
     """The value as is, if it looks like an enumeration (short, plain, no identifier-like digit run)."""
-    unsafe = raw.is_not_null() & (~raw.str.contains(SAFE_KEEP) | raw.str.contains(IDENTIFIER_LIKE))
+    unsafe = raw.is_not_null() & (~raw.str.contains(SAFE_KEEP) | (raw.str.count_matches(r"\d") > MAX_KEPT_DIGITS))
     return ActionResult({rule.field: raw.alias(rule.field)}, unsafe,
-                        "kept fields must be short plain values without long digit runs; tokenise or drop it")
+                        "kept fields must be short plain values with at most 5 digits; tokenise or drop it")
 
 
 @action("truncate_ip")
@@ -122,7 +132,7 @@ def format_times(ts: pl.Series) -> pl.Series:
 @action("coarsen_time")
 def _coarsen_time(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
     """The time cut down to the unit (hour by default): exact times are quasi-identifiers."""
-    ts = parse_times(raw)
+    ts = ctx.times(rule.field, raw)
     every = TIME_UNITS[rule.arg or "hour"]
     return ActionResult({rule.field: format_times(ts.dt.truncate(every)).alias(rule.field)},
                         raw.is_not_null() & ts.is_null(), "not an ISO-8601 time or epoch seconds")

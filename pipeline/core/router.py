@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from datetime import datetime, timezone
 import orjson
 import polars as pl
 
-from pipeline.core.actions import ACTIONS, ActionContext, parse_times
+from pipeline.core.actions import ACTIONS, ActionContext
 from pipeline.core.envelope import Sealer
 from pipeline.core.normalise import PhoneNormaliser, normalise_column
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, PARSE_REASON_DETAIL, parse_batch
@@ -33,6 +34,8 @@ from pipeline.policy import REQUIRED_FIELDS, Policy, load_policy
 MISSING_FIELD, INVALID_FIELD, UNSAFE_VALUE, INVALID_RECORD_ID = (
     "missing_field", "invalid_field", "unsafe_value", "invalid_record_id")
 RECORD_ID = r"^[A-Za-z0-9._:/@+\-]{1,128}$"
+#: A record id that is nothing but 7-16 digits looks like a number, an IMSI or an IMEI: refused.
+IDENTIFIER_SHAPED_ID = r"^\+?\d{7,16}$"
 #: Fields whose tokens decide suppression: a suppressed subscriber as either party, or by IMSI.
 SUPPRESSION_FIELDS = (("cli", "msisdn"), ("dialled", "msisdn"), ("imsi", "imsi"))
 #: The fields every runner reads besides the policy's (raw CDR v1 contract).
@@ -143,13 +146,16 @@ class Router:
         # The raw v1 contract, whatever the policy emits.
         for name in REQUIRED_FIELDS:
             reasons.append((f[name].is_null(), MISSING_FIELD, name, f"{name} is missing or null"))
-        rid_bad = f["record_id"].is_not_null() & ~f["record_id"].str.contains(RECORD_ID)
+        rid_bad = f["record_id"].is_not_null() & (
+            ~f["record_id"].str.contains(RECORD_ID) | f["record_id"].str.contains(IDENTIFIER_SHAPED_ID))
         reasons.append((rid_bad, INVALID_RECORD_ID, "record_id",
-                        "record_id must be 1-128 characters of A-Z a-z 0-9 . _ : / @ + -"))
+                        "record_id must be an opaque id of 1-128 characters of A-Z a-z 0-9 . _ : / @ + - "
+                        "and not a bare number"))
         duration_ok = f["duration"].str.contains(r"^\d{1,9}$")
         reasons.append((f["duration"].is_not_null() & ~duration_ok, INVALID_FIELD, "duration",
                         "duration must be whole seconds >= 0"))
-        start_ts = parse_times(f["start"])
+        self._ctx.batch.clear()
+        start_ts = self._ctx.times("start", f["start"])
         reasons.append((f["start"].is_not_null() & start_ts.is_null(), INVALID_FIELD, "start",
                         "start must be ISO-8601 or epoch seconds"))
 
@@ -202,7 +208,8 @@ class Router:
         part_list = list(partitions) if not isinstance(partitions, int) else None
         coords = pl.DataFrame({"p": part_list if part_list is not None else [partitions] * n, "o": offsets},
                               schema={"p": pl.Int64, "o": pl.Int64})
-        ids = coords.select(pl.concat_str([pl.lit(source.name + ":"), pl.col("p").cast(pl.String), pl.lit(":"),
+        safe_name = re.sub(r"[^A-Za-z0-9._/@+\-]", "_", source.name)[:64] or "source"
+        ids = coords.select(pl.concat_str([pl.lit(safe_name + ":"), pl.col("p").cast(pl.String), pl.lit(":"),
                                            pl.col("o").cast(pl.String)]).alias("record_id"))["record_id"]
         own = f["record_id"]
         own_ok = own.is_not_null() & ~rid_bad.fill_null(False)

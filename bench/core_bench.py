@@ -1,0 +1,75 @@
+"""Benchmark: the vectorised core against the straightforward per-record pipeline.
+
+Both run as whole processes, file to file, on the same seeded workload in the same run;
+the report gives records/s, the ratio and each process's peak memory (max RSS).
+
+    python bench/core_bench.py --records 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cmd: list[str]) -> tuple[float, float, dict]:
+    """Wall seconds, peak RSS in MiB and the JSON summary (last stdout line) of one child process."""
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(cmd[:4])} failed with exit code {proc.returncode}")
+        out.seek(0)
+        summary = json.loads(out.read().decode().strip().splitlines()[-1])
+    return elapsed, usage.ru_maxrss / 1024, summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--workdir", default=str(ROOT / ".cdrpipe" / "bench"))
+    ap.add_argument("--skip-baseline", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    sample = work / f"workload-{args.records}-{args.seed}.jsonl"
+    if not sample.exists():
+        print(f"generating {args.records:,} records (seed {args.seed}) -> {sample}", file=sys.stderr)
+        from pipeline.synthetic import write_sample
+        write_sample(sample, args.records, seed=args.seed)
+    keys = work / "keys"
+    if not (keys / "worker-keyring.json").exists():
+        subprocess.run([sys.executable, "-m", "pipeline.cli", "keys", "generate", "--dir", str(keys)], check=True)
+    keyring = str(keys / "worker-keyring.json")
+    size_mb = sample.stat().st_size / 2**20
+
+    rows = []
+    t, rss, summary = run([sys.executable, "-m", "pipeline.cli", "process", "--quiet", "--keyring", keyring,
+                           "--input", str(sample), "--out-dir", str(work / "out-core")])
+    rows.append(("core (cdrpipe process)", t, rss, summary))
+    if not args.skip_baseline:
+        t, rss, summary = run([sys.executable, str(ROOT / "bench" / "baseline.py"), keyring, str(sample),
+                               str(work / "out-baseline")])
+        rows.append(("per-record baseline", t, rss, summary))
+
+    print(f"workload: {args.records:,} records, {size_mb:,.0f} MiB, seed {args.seed}, {os.cpu_count()} cores")
+    print(f"{'pipeline':<26}{'seconds':>9}{'records/s':>12}{'peak MiB':>10}  counts")
+    for name, t, rss, summary in rows:
+        print(f"{name:<26}{t:>9.2f}{summary['in'] / t:>12,.0f}{rss:>10,.0f}  {json.dumps(summary)}")
+    if len(rows) == 2:
+        print(f"speed-up: {rows[1][1] / rows[0][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
