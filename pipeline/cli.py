@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "pipeline.keys",
     "pipeline.broker",
     "pipeline.topics",
+    "pipeline.vault.cli",
 )
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2

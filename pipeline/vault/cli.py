@@ -1,0 +1,583 @@
+"""`cdrpipe vault …`: ingest, sink, query, purge, audit and status of the retention vault.
+
+Exit codes follow ``pipeline.cli``: 0 done, 1 fatal (including a broken audit chain or a
+record that failed authentication), 2 usage (including a query without a warrant or officer).
+Nothing here prints or logs a key, a target identifier or a raw record, except the query's
+own output (the records the warrant asked for).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import getpass
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from pipeline.cli import FatalError, UsageError
+from pipeline.core.normalise import normalise_one
+from pipeline.keys import ENV_VAULT_KEYRING_FILE, KeyringError, VaultKeyring, load_vault_keyring
+from pipeline.vault.audit import (ENV_AUDIT_KEY, ENV_AUDIT_PUBLIC_KEY, AuditError, AuditLog, AuditSigner,
+                                  load_audit_signer, load_public_key, read_entries, verify_chain)
+from pipeline.vault.export import FORMATS, Delivery, write_csv, write_etsi_xml, write_jsonl
+from pipeline.vault.index import TARGET_KINDS, BlindIndexer
+from pipeline.vault.ingest import Ingester, IngestTotals, WrongVaultKeyError
+from pipeline.vault.keystore import (Keystore, KeystoreError, day_date, day_number, default_keystore_path,
+                                     read_audit_anchor)
+from pipeline.vault.query import Searcher, SearchResult, describe_unreadable
+from pipeline.vault.sink import DEFAULT_BATCH_BYTES, DEFAULT_GROUP, DEFAULT_TOPIC, VaultSink, ingest_file
+from pipeline.vault.store import DAY_US, StoreError, VaultStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION = "12mo"
+#: The shortest period a purge may enforce without --allow-early (IPA 2016 s.87(3): 12 months).
+LEGAL_RETENTION = "12mo"
+_REFERENCE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,126}[\x21-\x7e])?$")
+_RETENTION = re.compile(r"^(\d{1,4})(d|w|mo|y)$")
+
+
+# --------------------------------------------------------------------------- opening the vault
+
+@dataclass
+class Vault:
+    """An open vault: keyring, record store and keystore (close with ``close``)."""
+
+    keyring: VaultKeyring
+    store: VaultStore
+    keystore: Keystore
+
+    def close(self) -> None:
+        self.keystore.close()
+        self.store.close()
+
+
+def _keyring(path: str | None) -> VaultKeyring:
+    try:
+        return load_vault_keyring(path)
+    except KeyringError as exc:
+        raise FatalError(f"{exc} (the vault needs vault-keyring.json, from `cdrpipe keys generate`)") from None
+
+
+@contextmanager
+def open_vault(args: argparse.Namespace, *, create: bool = False) -> Iterator[Vault]:
+    """Load the keyring, then the database and keystore, checking all three belong together."""
+    keyring = _keyring(args.keyring)
+    db = Path(args.db)
+    keystore_path = Path(args.keystore) if args.keystore else default_keystore_path(db)
+    if create and db.exists() and not keystore_path.exists():
+        raise FatalError(f"the vault database {db} exists but its keystore {keystore_path} does not: refusing to "
+                         "create new day keys next to records written under lost ones. Pass --keystore with the "
+                         "vault's key file.")
+    try:
+        store = VaultStore(db, vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid,
+                           region=getattr(args, "region", None) if create else None, create=create)
+    except StoreError as exc:
+        raise FatalError(str(exc)) from None
+    try:
+        keystore = Keystore(keystore_path, keyring, create=create)
+    except KeystoreError as exc:
+        store.close()
+        raise FatalError(str(exc)) from None
+    vault = Vault(keyring, store, keystore)
+    try:
+        yield vault
+    finally:
+        vault.close()
+
+
+def _audit_log(vault: Vault, args: argparse.Namespace) -> AuditLog:
+    try:
+        signer = load_audit_signer(getattr(args, "audit_key", None), args.keyring)
+    except AuditError as exc:
+        raise FatalError(str(exc)) from None
+    return AuditLog(vault.store.conn, anchor=vault.keystore, signer=signer)
+
+
+def _reference(value: str | None, flag: str, what: str) -> str:
+    """A warrant reference or officer id: required, printable ASCII, at most 128 characters."""
+    text = (value or "").strip()
+    if not text:
+        raise UsageError(f"{flag} is required: every access to the vault must name {what}")
+    if not _REFERENCE.match(text):
+        raise UsageError(f"{flag} must be 1-128 printable ASCII characters")
+    return text
+
+
+def _parse_instant(text: str, flag: str, *, end: bool) -> int:
+    """µs since the epoch of an ISO date or date-time (naive = UTC); a bare ``--to`` date includes that day."""
+    value = text.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            day = _dt.date.fromisoformat(value)
+            return (day_number(day) + (1 if end else 0)) * DAY_US
+        when = _dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not an ISO-8601 date or date-time (e.g. 2026-11-01 or "
+                         "2026-11-01T08:00:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    delta = when - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def parse_window(start: str | None, end: str | None) -> tuple[int, int]:
+    """``[from, to)`` in µs; both required, ``from`` before ``to``."""
+    if not start or not end:
+        raise UsageError("--from and --to are required: a warrant covers a time window")
+    lo, hi = _parse_instant(start, "--from", end=False), _parse_instant(end, "--to", end=True)
+    if hi <= lo:
+        raise UsageError("--to must be after --from")
+    return lo, hi
+
+
+def _iso(us: int) -> str:
+    when = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(microseconds=us)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def subtract_period(today: _dt.date, spec: str) -> _dt.date:
+    """``today`` minus a period like ``12mo``, ``400d``, ``2y`` or ``6w`` (calendar months, day clamped)."""
+    match = _RETENTION.match(spec.strip().lower())
+    if not match:
+        raise UsageError(f"--retention {spec!r}: expected a number and a unit: d, w, mo or y (e.g. 12mo)")
+    n, unit = int(match.group(1)), match.group(2)
+    if n <= 0:
+        raise UsageError("--retention must be positive")
+    if unit == "d":
+        return today - _dt.timedelta(days=n)
+    if unit == "w":
+        return today - _dt.timedelta(weeks=n)
+    months = n * 12 if unit == "y" else n
+    index = today.year * 12 + today.month - 1 - months
+    year, month = divmod(index, 12)
+    month += 1
+    last_day = (_dt.date(year + month // 12, month % 12 + 1, 1) - _dt.timedelta(days=1)).day
+    return _dt.date(year, month, min(today.day, last_day))
+
+
+def retention_cutoff(today: _dt.date, spec: str) -> _dt.date:
+    """First day to keep: a day is purged once the period *beginning with* that day has ended (s.87(3))."""
+    return subtract_period(today, spec) + _dt.timedelta(days=1)
+
+
+def _open_output(path: str | None) -> BinaryIO:
+    """The query's output: stdout, or a new file readable by its owner only (it holds raw records)."""
+    if not path or path == "-":
+        return sys.stdout.buffer
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+# --------------------------------------------------------------------------- commands
+
+def _print_summary(totals: IngestTotals, quiet: bool) -> None:
+    if not quiet:
+        days = ", ".join(str(day_date(d)) for d in sorted(totals.days)[:5])
+        more = "…" if len(totals.days) > 5 else ""
+        print(f"vault: {totals.stored:,} records stored, {totals.duplicates:,} already stored, "
+              f"{totals.expired:,} expired (day already purged), {totals.unparsed:,} unparsed (stored unindexed), "
+              f"{totals.quarantined} segments quarantined; days {days}{more}", file=sys.stderr)
+    print(orjson.dumps(totals.summary()).decode())
+
+
+def _check_quarantine(totals: IngestTotals) -> int:
+    if totals.quarantined:
+        raise FatalError(f"{totals.quarantined} segment(s) could not be opened (altered or corrupt); they are kept, "
+                         "still sealed, in the database's quarantine table. Investigate before relying on this run.")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    if args.input != "-" and not os.path.isfile(args.input):
+        raise UsageError(f"--input {args.input}: no such file (expected DIR/retention.jsonl from `cdrpipe process`)")
+    with open_vault(args, create=True) as vault:
+        ingester = Ingester(vault.store, vault.keystore, vault.keyring)
+        try:
+            totals = ingest_file(ingester, args.input, batch_bytes=args.batch_bytes, progress=not args.quiet)
+        except WrongVaultKeyError as exc:
+            raise FatalError(str(exc)) from None
+    _print_summary(totals, args.quiet)
+    return _check_quarantine(totals)
+
+
+def _cmd_sink(args: argparse.Namespace) -> int:
+    from pipeline.topics import parse_x_options
+    bootstrap = args.bootstrap_servers or os.environ.get("CDRPIPE_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set CDRPIPE_BOOTSTRAP_SERVERS")
+    conf = {"bootstrap.servers": bootstrap, **parse_x_options(args.X or [])}
+    with open_vault(args, create=True) as vault:
+        sink = VaultSink(Ingester(vault.store, vault.keystore, vault.keyring), conf, topic=args.topic,
+                         group=args.group, max_messages=args.max_messages)
+        previous = {sig: signal.signal(sig, lambda *_: sink.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            totals = sink.run(idle_exit=args.idle_exit)
+        except WrongVaultKeyError as exc:
+            raise FatalError(str(exc)) from None
+        except Exception as exc:  # confluent-kafka errors: report, never a traceback with config
+            from confluent_kafka import KafkaException
+            if isinstance(exc, KafkaException):
+                raise FatalError(f"Kafka: {exc.args[0].str() if exc.args else exc}; check --bootstrap-servers "
+                                 "and -X settings") from None
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    _print_summary(totals, args.quiet)
+    return _check_quarantine(totals)
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    warrant = _reference(args.warrant, "--warrant", "the warrant reference that authorises it")
+    officer = _reference(args.officer, "--officer", "the authorised officer's id")
+    if args.format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    if (args.target is None) == (not args.unparsed):
+        raise UsageError("give --target VALUE (the identifier, any format) or --unparsed (records that were not JSON)")
+    if args.kind not in TARGET_KINDS:
+        raise UsageError(f"--kind must be one of {', '.join(TARGET_KINDS)}")
+    start_us, end_us = parse_window(args.start, args.end)
+    if args.format == "etsi-xml" and not args.authorised_org:
+        raise UsageError("--format etsi-xml needs --authorised-org (the requesting organisation's id, "
+                         "env CDRPIPE_LI_ORG)")
+    canonical = None
+    if args.target is not None:
+        try:
+            canonical = normalise_one(args.kind, args.target, region=args.region)
+        except ValueError as exc:  # unknown region
+            raise UsageError(str(exc)) from None
+        if canonical is None:
+            raise UsageError(f"--target cannot be read as {args.kind} (value not shown): check the value and --kind")
+
+    with open_vault(args) as vault:
+        audit = _audit_log(vault, args)
+        indexer = BlindIndexer(vault.keyring.index_key)
+        searcher = Searcher(vault.store, vault.keystore, indexer)
+        try:
+            if canonical is not None:
+                result = searcher.search(args.kind, canonical, start_us, end_us)
+            else:
+                result = searcher.search_unparsed(start_us, end_us)
+        except (KeystoreError, StoreError) as exc:
+            raise FatalError(str(exc)) from None
+        fields: dict[str, Any] = {
+            "action": "query" if canonical is not None else "query_unparsed",
+            "officer": officer, "warrant": warrant,
+            "target": {"kind": args.kind, "digest": indexer.audit_digest(args.kind, canonical),
+                       "index_kid": indexer.kid} if canonical is not None else None,
+            "window": {"from": _iso(start_us), "to": _iso(end_us)},
+            "result_count": len(result.records), "unreadable_count": result.unreadable_count,
+            "integrity_failures": len(result.integrity_failures), "format": args.format,
+        }
+        try:
+            entry = audit.append(fields)  # before any output: no audit entry, no records
+        except AuditError as exc:
+            raise FatalError(str(exc)) from None
+        _deliver(result, args, warrant, vault.store.region)
+    log.info("vault query #%d by %s under %s: %d records", entry["seq"], officer, warrant, len(result.records))
+    if result.unreadable:
+        print(f"cdrpipe vault query: note: {describe_unreadable(result)}", file=sys.stderr)
+    if result.mismatches:
+        print(f"cdrpipe vault query: warning: {result.mismatches} index hit(s) were not the target once decrypted "
+              "and were not returned (index collision or altered index rows)", file=sys.stderr)
+    if result.integrity_failures:
+        shown = ", ".join(f"{rid} ({day_date(day)})" for rid, day in result.integrity_failures[:10])
+        more = " …" if len(result.integrity_failures) > 10 else ""
+        raise FatalError(f"{len(result.integrity_failures)} stored record(s) failed authentication (altered "
+                         f"ciphertext) and were NOT returned: {shown}{more}. The other "
+                         f"{len(result.records)} records were delivered; audit entry #{entry['seq']} records both.")
+    return 0
+
+
+def _deliver(result: SearchResult, args: argparse.Namespace, warrant: str, region: str) -> None:
+    out = _open_output(args.output)
+    try:
+        if args.format == "jsonl":
+            write_jsonl(result.records, out)
+        elif args.format == "csv":
+            write_csv(result.records, out)
+        else:
+            delivery = Delivery(request_number=args.request_number or warrant,
+                                authorised_organisation=args.authorised_org, csp_id=args.csp_id,
+                                country_code=(args.country or region).upper()[:2],
+                                created=_dt.datetime.now(_dt.timezone.utc),
+                                complete=not result.integrity_failures)
+            write_etsi_xml(result.records, out, delivery, region)
+        out.flush()
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    today = _dt.datetime.now(_dt.timezone.utc).date()
+    if args.before and args.retention:
+        raise UsageError("give --before DATE or --retention PERIOD, not both")
+    if args.before:
+        try:
+            cutoff = _dt.date.fromisoformat(args.before)
+        except ValueError:
+            raise UsageError(f"--before {args.before!r} is not a date (YYYY-MM-DD)") from None
+    else:
+        cutoff = retention_cutoff(today, args.retention or os.environ.get("CDRPIPE_VAULT_RETENTION",
+                                                                          DEFAULT_RETENTION))
+    legal = retention_cutoff(today, LEGAL_RETENTION)
+    if cutoff > legal and not args.allow_early:
+        raise UsageError(f"purging before {cutoff} would destroy records younger than the legal retention period "
+                         f"(only days before {legal} have completed {LEGAL_RETENTION}). If the retention notice "
+                         "really allows it, add --allow-early.")
+    operator = _reference(args.operator or os.environ.get("CDRPIPE_OPERATOR") or getpass.getuser(),
+                          "--operator", "who runs the purge")
+    with open_vault(args) as vault:
+        audit = _audit_log(vault, args)
+        limit = day_number(cutoff)
+        days = sorted({d for d in [*vault.store.partitions(), *vault.keystore.days()] if d < limit})
+        if args.dry_run:
+            print(orjson.dumps({"cutoff": cutoff.isoformat(), "would_purge": [str(day_date(d)) for d in days]}).decode())
+            return 0
+        gap = audit.gap()
+        if gap is not None:
+            raise FatalError(f"the audit log ends at entry #{gap[0]} but the keystore last saw #{gap[1]}: record the "
+                             "loss with `cdrpipe vault audit acknowledge-gap` first, so this purge can be audited")
+        destroyed = vault.keystore.destroy(days)  # first: once the keys are gone, every copy is unreadable
+        records = vault.store.drop_days(days)
+        try:
+            entry = audit.append({"action": "purge", "operator": operator, "cutoff": cutoff.isoformat(),
+                                  "days": [str(day_date(d)) for d in days], "records_purged": records,
+                                  "keys_destroyed": len(destroyed)})
+        except AuditError as exc:
+            raise FatalError(f"purge done but not audited: {exc}") from None
+    summary = {"cutoff": cutoff.isoformat(), "days_purged": len(days), "keys_destroyed": len(destroyed),
+               "records_purged": records, "audit_seq": entry["seq"]}
+    print(f"vault purge: {len(days)} day(s) before {cutoff} purged, {len(destroyed)} day key(s) destroyed, "
+          f"{records:,} records dropped (audit entry #{entry['seq']})", file=sys.stderr)
+    print(orjson.dumps(summary).decode())
+    return 0
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    try:
+        rows = read_entries(args.db)
+        public = load_public_key(args.public_key) if args.public_key else None
+    except AuditError as exc:
+        raise FatalError(str(exc)) from None
+    keystore = Path(args.keystore) if args.keystore else default_keystore_path(args.db)
+    anchor = read_audit_anchor(keystore) if keystore.is_file() else None
+    verdict = verify_chain(rows, public, anchor)
+    if not verdict.ok:
+        raise FatalError(f"audit log broken at entry #{verdict.first_bad}: {verdict.reason}")
+    checks = ["hash chain"]
+    checks.append(f"signatures ({verdict.signed})" if public is not None else
+                  f"signatures not checked (pass --public-key; {verdict.signed} entries carry one)")
+    checks.append("keystore anchor" if anchor is not None else f"no keystore anchor found at {keystore}")
+    print(f"audit log intact: {verdict.entries} entries; {'; '.join(checks)}", file=sys.stderr)
+    return 0
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    try:
+        rows = read_entries(args.db)
+    except AuditError as exc:
+        raise FatalError(str(exc)) from None
+    out = sys.stdout.buffer
+    for _seq, text in rows:
+        out.write(text.encode("utf-8") + b"\n")
+    return 0
+
+
+def _cmd_audit_keygen(args: argparse.Namespace) -> int:
+    from pipeline.keys import write_private_json
+    path = Path(args.out)
+    if path.exists() and not args.force:
+        raise UsageError(f"{path} already exists; refusing to replace an audit key (use --force)")
+    signer = AuditSigner.generate()
+    write_private_json(path, signer.to_json())
+    print(f"wrote {path} (audit key {signer.kid}); verify with --public-key {signer.public_b64()}", file=sys.stderr)
+    print(signer.public_b64())
+    return 0
+
+
+def _cmd_audit_gap(args: argparse.Namespace) -> int:
+    officer = _reference(args.officer, "--officer", "who records the loss")
+    reason = (args.reason or "").strip()
+    if not reason or len(reason) > 500 or not reason.isprintable():
+        raise UsageError("--reason is required: one printable line (at most 500 characters) saying what was lost")
+    with open_vault(args) as vault:
+        audit = _audit_log(vault, args)
+        gap = audit.gap()
+        if gap is None:
+            print("the audit log matches its anchor: nothing to acknowledge", file=sys.stderr)
+            return 0
+        anchor = vault.keystore.audit_anchor()
+        try:
+            entry = audit.append({"action": "acknowledge_gap", "officer": officer, "reason": reason,
+                                  "lost": {"log_ended_at": gap[0], "anchor_seq": gap[1],
+                                           "anchor_hash": anchor[1] if anchor else None}}, allow_gap=True)
+        except AuditError as exc:
+            raise FatalError(str(exc)) from None
+    print(f"recorded the loss as audit entry #{entry['seq']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with open_vault(args) as vault:
+        counts = vault.store.day_counts()
+        destroyed = vault.keystore.destroyed()
+        live = set(vault.keystore.days())
+        days = [{"day": str(day_date(d)), "records": n,
+                 "key": "live" if d in live else "destroyed" if d in destroyed else "missing"}
+                for d, n in sorted(counts.items())]
+        audit_entries = int(vault.store.conn.execute("SELECT count(*) FROM audit").fetchone()[0])
+        doc = {"db": str(vault.store.path), "keystore": str(vault.keystore.path), "region": vault.store.region,
+               "records": sum(counts.values()), "days": days, "purged_days": len(destroyed),
+               "quarantined_segments": vault.store.quarantined(), "audit_entries": audit_entries}
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+# --------------------------------------------------------------------------- parsers
+
+def _vault_arguments(p: argparse.ArgumentParser, *, region: bool = False) -> None:
+    p.add_argument("--keyring", default=None,
+                   help=f"vault keyring file (env {ENV_VAULT_KEYRING_FILE} or CDRPIPE_VAULT_KEYRING_JSON)")
+    p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
+                   help="vault record database (SQLite; env CDRPIPE_VAULT_DB)")
+    p.add_argument("--keystore", default=os.environ.get("CDRPIPE_VAULT_KEYSTORE"),
+                   help="day-key store, a separate file (env CDRPIPE_VAULT_KEYSTORE; default <db>.keys)")
+    if region:
+        p.add_argument("--region", default=os.environ.get("CDRPIPE_REGION", "GB"),
+                       help="default region for national numbers (env CDRPIPE_REGION; default GB)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `cdrpipe vault` and its actions."""
+    vault = sub.add_parser("vault", help="the retention vault: ingest, query under warrant, purge, audit",
+                           description="Keep every raw call record sealed for the retention period; search it "
+                                       "only under a warrant, with every access in a hash-chained audit log.")
+    vsub = vault.add_subparsers(dest="vault_command", metavar="ACTION")
+
+    def _no_action(_args: argparse.Namespace) -> int:
+        vault.print_help(sys.stderr)
+        return 2
+
+    vault.set_defaults(func=_no_action)
+
+    p = vsub.add_parser("ingest", help="store the records of a retention.jsonl file (idempotent)",
+                        description="Open each sealed segment of --input (DIR/retention.jsonl of `cdrpipe process`; "
+                                    "DLQ lines are accepted too), index and re-encrypt its records per day. A record "
+                                    "id is stored once however often it arrives.")
+    _vault_arguments(p, region=True)
+    p.add_argument("--input", required=True, help="JSONL file of retention envelopes, or - for stdin")
+    p.add_argument("--batch-bytes", type=int, default=DEFAULT_BATCH_BYTES,
+                   help="envelope bytes per transaction (default 16 MiB)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = vsub.add_parser("sink", help="consume cdr.retention into the vault (read_committed)",
+                        description="Consume retention envelopes from Kafka into the vault. Offsets are committed "
+                                    "after each batch is stored; re-delivered records are stored once. SIGTERM "
+                                    "finishes the batch in flight.")
+    _vault_arguments(p, region=True)
+    p.add_argument("--bootstrap-servers", default=None, help="Kafka bootstrap servers (env CDRPIPE_BOOTSTRAP_SERVERS)")
+    p.add_argument("--topic", default=os.environ.get("CDRPIPE_VAULT_TOPIC", DEFAULT_TOPIC),
+                   help=f"topic to consume (env CDRPIPE_VAULT_TOPIC; default {DEFAULT_TOPIC})")
+    p.add_argument("--group", default=os.environ.get("CDRPIPE_VAULT_GROUP", DEFAULT_GROUP),
+                   help=f"consumer group (env CDRPIPE_VAULT_GROUP; default {DEFAULT_GROUP})")
+    p.add_argument("-X", action="append", metavar="KEY=VALUE",
+                   help="librdkafka client setting, repeatable (e.g. -X security.protocol=SASL_SSL)")
+    p.add_argument("--max-messages", type=int, default=64, help="segments per batch (default 64)")
+    p.add_argument("--idle-exit", type=float, default=None,
+                   help="stop after this many seconds without messages (default: run until SIGTERM)")
+    p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
+    p.set_defaults(func=_cmd_sink)
+
+    p = vsub.add_parser("query", help="the records where a target is a party (needs --warrant and --officer)",
+                        description="Return, in time order, the raw records in [--from, --to) where --target is a "
+                                    "party (cli or dialled for msisdn; imsi; imei), given in any format. Refused "
+                                    "without --warrant and --officer; every query is written to the audit log "
+                                    "before any record is delivered. A bare --to date includes that whole day.")
+    _vault_arguments(p, region=True)
+    p.add_argument("--target", default=None, help="the identifier, in any format (never logged or audited in clear)")
+    p.add_argument("--unparsed", action="store_true",
+                   help="instead of a target: records that were not JSON, by the time they were sealed")
+    p.add_argument("--kind", default="msisdn", help="msisdn (default), imsi or imei")
+    p.add_argument("--from", dest="start", default=None, help="window start, ISO-8601 (inclusive)")
+    p.add_argument("--to", dest="end", default=None, help="window end, ISO-8601 (exclusive; a date includes that day)")
+    p.add_argument("--warrant", default=None, help="warrant or authorisation reference (required)")
+    p.add_argument("--officer", default=None, help="id of the authorised officer running the query (required)")
+    p.add_argument("--format", default="jsonl", help="jsonl (default), csv or etsi-xml")
+    p.add_argument("--output", default=None, help="write here (mode 0600) instead of stdout")
+    p.add_argument("--audit-key", default=None,
+                   help=f"Ed25519 audit key file to sign the audit entry (env {ENV_AUDIT_KEY}; default: the "
+                        "vault keyring's optional audit_key)")
+    p.add_argument("--authorised-org", default=os.environ.get("CDRPIPE_LI_ORG"),
+                   help="etsi-xml: authorisedOrganisationID of the requester (env CDRPIPE_LI_ORG)")
+    p.add_argument("--csp-id", default=os.environ.get("CDRPIPE_CSP_ID", "cdrpipe"),
+                   help="etsi-xml: cSPID, the answering provider (env CDRPIPE_CSP_ID)")
+    p.add_argument("--request-number", default=None, help="etsi-xml: requestNumber (default: the warrant reference)")
+    p.add_argument("--country", default=None, help="etsi-xml: countryCode (default: the vault's region)")
+    p.set_defaults(func=_cmd_query)
+
+    p = vsub.add_parser("purge", help="drop expired days and destroy their keys (crypto-shredding)",
+                        description="Drop every day before the cut-off and destroy its day key, so no copy of the "
+                                    "database (backups included) can be read for those days. Default cut-off: "
+                                    "the retention period (env CDRPIPE_VAULT_RETENTION, default 12mo) — a day is "
+                                    "purged once the period beginning with that day has ended. Audited.")
+    _vault_arguments(p)
+    p.add_argument("--before", default=None, help="purge days before this date (YYYY-MM-DD)")
+    p.add_argument("--retention", default=None, help="purge days whose period has ended, e.g. 12mo, 365d, 1y")
+    p.add_argument("--operator", default=None, help="who runs the purge (env CDRPIPE_OPERATOR; default: OS user)")
+    p.add_argument("--audit-key", default=None, help=f"Ed25519 audit key file (env {ENV_AUDIT_KEY})")
+    p.add_argument("--allow-early", action="store_true",
+                   help="allow a cut-off that destroys records younger than 12 months")
+    p.add_argument("--dry-run", action="store_true", help="list the days that would be purged")
+    p.set_defaults(func=_cmd_purge)
+
+    a = vsub.add_parser("audit", help="verify, export or sign the vault's audit log")
+    asub = a.add_subparsers(dest="audit_command", metavar="ACTION")
+
+    def _no_audit_action(_args: argparse.Namespace) -> int:
+        a.print_help(sys.stderr)
+        return 2
+
+    a.set_defaults(func=_no_audit_action)
+    p = asub.add_parser("verify", help="exit 0 if the chain is intact, else name the first bad entry",
+                        description="Check every entry's hash, link, number and (with --public-key) signature, and "
+                                    "the keystore's anchor. Exit 0 when intact, 1 naming the first bad entry.")
+    p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
+                   help="vault record database (env CDRPIPE_VAULT_DB)")
+    p.add_argument("--keystore", default=os.environ.get("CDRPIPE_VAULT_KEYSTORE"),
+                   help="keystore holding the anchor (default <db>.keys; no keyring needed)")
+    p.add_argument("--public-key", default=os.environ.get(ENV_AUDIT_PUBLIC_KEY),
+                   help=f"require every entry signed by this Ed25519 key: base64 or a file (env {ENV_AUDIT_PUBLIC_KEY})")
+    p.set_defaults(func=_cmd_audit_verify)
+    p = asub.add_parser("export", help="print every audit entry as JSONL (to ship to WORM storage)")
+    p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
+                   help="vault record database (env CDRPIPE_VAULT_DB)")
+    p.set_defaults(func=_cmd_audit_export)
+    p = asub.add_parser("keygen", help="write a new Ed25519 audit key file and print its public key")
+    p.add_argument("--out", required=True, help="file to write (mode 0600)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_cmd_audit_keygen)
+    p = asub.add_parser("acknowledge-gap", help="record that audit entries were lost (after a database restore)",
+                        description="Append an entry that records the entries lost since the keystore's anchor, so "
+                                    "queries and purges can resume. The loss stays visible in the log.")
+    _vault_arguments(p)
+    p.add_argument("--officer", default=None, help="who records the loss (required)")
+    p.add_argument("--reason", default=None, help="what happened (required)")
+    p.add_argument("--audit-key", default=None, help=f"Ed25519 audit key file (env {ENV_AUDIT_KEY})")
+    p.set_defaults(func=_cmd_audit_gap)
+
+    p = vsub.add_parser("status", help="records per day, key state, quarantine and audit size (no secrets)")
+    _vault_arguments(p)
+    p.set_defaults(func=_cmd_status)

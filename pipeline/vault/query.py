@@ -1,0 +1,135 @@
+"""Lawful-intercept search: the records where a target is a party, exactly, in time order.
+
+A search normalises nothing itself: the caller passes the target's canonical form (from
+``pipeline.core.normalise``), so ``07700 900123`` and ``+447700900123`` are one target.
+Then, for each stored day in the window: compute that day's blind index of the target, seek
+it in the day's index, decrypt the hits with the day's key, and re-check each decrypted
+record with the pipeline's parser and normalisers. The re-check makes the answer exact by
+construction: an index collision or a forged index row can only cost a decrypt, never put a
+stranger's record into a warrant's answer.
+
+What cannot be returned is reported, never silently skipped: hits in days whose key was
+destroyed by a purge (``unreadable``), and ciphertexts that fail authentication
+(``integrity_failures``: altered bytes, or a ciphertext moved to another record or day).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from pipeline.core.normalise import PhoneNormaliser
+from pipeline.vault.index import BlindIndexer
+from pipeline.vault.ingest import normalised_parties, read_parties
+from pipeline.vault.keystore import KeyDestroyedError, Keystore, RecordIntegrityError, day_date
+from pipeline.vault.store import DAY_US, VaultStore
+
+
+@dataclass(frozen=True)
+class FoundRecord:
+    """One decrypted record and where it came from (the raw bytes are never in the repr)."""
+
+    record_id: str
+    ts_us: int
+    parsed: bool
+    sealed_time: bool
+    source_name: str
+    partition: int | None
+    offset: int | None
+    raw: bytes = field(repr=False)
+
+
+@dataclass
+class SearchResult:
+    """Records found (time order) and everything that matched but cannot be returned."""
+
+    records: list[FoundRecord] = field(default_factory=list)
+    #: Day -> hits whose day key was destroyed (a database copy restored from before a purge).
+    unreadable: dict[int, int] = field(default_factory=dict)
+    #: ``(record_id, day)`` of ciphertexts that failed authentication.
+    integrity_failures: list[tuple[str, int]] = field(default_factory=list)
+    #: Index hits that were not the target once decrypted (collision or forged index row).
+    mismatches: int = 0
+
+    @property
+    def unreadable_count(self) -> int:
+        return sum(self.unreadable.values())
+
+
+def window_days(start_us: int, end_us: int, stored: dict[int, str]) -> list[int]:
+    """Stored days that overlap ``[start_us, end_us)``."""
+    if end_us <= start_us:
+        return []
+    first, last = start_us // DAY_US, (end_us - 1) // DAY_US
+    return [day for day in stored if first <= day <= last]
+
+
+class Searcher:
+    """Runs searches against one store and keystore with one index key."""
+
+    def __init__(self, store: VaultStore, keystore: Keystore, indexer: BlindIndexer) -> None:
+        self.store = store
+        self.keystore = keystore
+        self.indexer = indexer
+        self._phones = PhoneNormaliser(store.region)
+
+    def __repr__(self) -> str:
+        return f"Searcher(store={self.store!r})"
+
+    def search(self, kind: str, canonical: str, start_us: int, end_us: int) -> SearchResult:
+        """Records in ``[start_us, end_us)`` where ``canonical`` (of ``kind``) is a party."""
+        result = SearchResult()
+        stored = self.store.partitions()
+        candidates: list[FoundRecord] = []
+        for day in window_days(start_us, end_us, stored):
+            rows = self.store.find(day, self.indexer.one(kind, day, canonical), start_us, end_us)
+            candidates.extend(self._decrypt(day, stored[day], rows, result))
+        keep = self._is_party(kind, canonical, candidates)
+        result.mismatches = len(candidates) - sum(keep)
+        result.records = sorted((r for r, ok in zip(candidates, keep) if ok), key=lambda r: (r.ts_us, r.record_id))
+        return result
+
+    def search_unparsed(self, start_us: int, end_us: int) -> SearchResult:
+        """Records that were not JSON (so not indexed), sealed within ``[start_us, end_us)``."""
+        result = SearchResult()
+        stored = self.store.partitions()
+        for day in window_days(start_us, end_us, stored):
+            rows = self.store.unparsed(day, start_us, end_us)
+            result.records.extend(self._decrypt(day, stored[day], rows, result))
+        result.records.sort(key=lambda r: (r.ts_us, r.record_id))
+        return result
+
+    def _decrypt(self, day: int, kid: str, rows: list[tuple[object, ...]], result: SearchResult) -> list[FoundRecord]:
+        """Open the day's hits; destroyed keys and failed authentication are counted, not raised."""
+        if not rows:
+            return []
+        try:
+            cipher = self.keystore.cipher_for_read(day, kid)
+        except KeyDestroyedError:
+            result.unreadable[day] = result.unreadable.get(day, 0) + len(rows)
+            return []
+        out = []
+        for _rid, record_id, ts, parsed, sealed_time, src, part, off, ct in rows:
+            try:
+                raw = cipher.open(str(record_id), bytes(ct))  # type: ignore[arg-type]
+            except RecordIntegrityError:
+                result.integrity_failures.append((str(record_id), day))
+                continue
+            out.append(FoundRecord(str(record_id), int(ts), bool(parsed), bool(sealed_time), str(src),  # type: ignore[arg-type]
+                                   part, off, raw))  # type: ignore[arg-type]
+        return out
+
+    def _is_party(self, kind: str, canonical: str, records: list[FoundRecord]) -> list[bool]:
+        """Per record: is ``canonical`` one of its normalised party identifiers (the exact re-check)."""
+        if not records:
+            return []
+        values = normalised_parties(read_parties([r.raw for r in records]), self._phones)
+        rows = set(values.filter((pl.col("kind") == kind) & (pl.col("value") == canonical))["row"].to_list())
+        return [i in rows for i in range(len(records))]
+
+
+def describe_unreadable(result: SearchResult) -> str:
+    """One line for operators: which days held hits that can no longer be decrypted, and why."""
+    days = ", ".join(f"{day_date(d)} ({n})" for d, n in sorted(result.unreadable.items()))
+    return (f"{result.unreadable_count} matching record(s) are in days whose keys were destroyed by a purge: {days}. "
+            "They cannot be read (this database copy predates the purge); they are not returned.")

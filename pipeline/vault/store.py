@@ -1,0 +1,217 @@
+"""The record database: SQLite (WAL), one table pair per day, so queries seek and purges drop.
+
+Layout (``schemas``: see docs/vault.md):
+
+* ``rec_YYYYMMDD(rid, record_id, ts, parsed, sealed_time, src, part, off, ct)`` — one row per
+  record, ``ct`` = nonce || AES-256-GCM under the day's key (``keystore``). ``ts`` is the call
+  start in µs since the epoch, or the segment's ``sealed_at`` when the record has no usable
+  start (``sealed_time = 1``); records that are not JSON at all have ``parsed = 0`` and a
+  small partial index on ``ts`` so they can be listed by time.
+* ``idx_YYYYMMDD(bidx, ts, rid)`` WITHOUT ROWID — one row per (party identifier, record):
+  a lookup is one B-tree seek to ``(bidx, ts range)``, whatever the number of records.
+* ``record_ids(record_id, day)`` WITHOUT ROWID — every stored record id once, across days:
+  ingest is idempotent however often (or however late) a record arrives.
+* ``partitions(day, kid)`` — which day key each day was written with.
+* ``audit(seq, entry)`` — the hash-chained access log (``audit``).
+
+A purge drops whole tables (no row-by-row delete) with ``secure_delete`` on, then removes the
+days' ids; the keystore destroys the keys, which is what makes every copy unreadable.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+from pipeline.vault.keystore import _create_private_file, day_date
+
+STORE_FORMAT = "cdrpipe.vault-store/1"
+DAY_US = 86_400_000_000
+#: Columns of a record row, in table order.
+RECORD_COLUMNS = ("rid", "record_id", "ts", "parsed", "sealed_time", "src", "part", "off", "ct")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS partitions (day INTEGER PRIMARY KEY, kid TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS record_ids (record_id TEXT PRIMARY KEY, day INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (id INTEGER PRIMARY KEY, received_at TEXT NOT NULL, segment_id TEXT,
+                                       reason TEXT NOT NULL, envelope BLOB NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """The database is missing, not a vault, or belongs to other keys; the message says which and what to do."""
+
+
+def rec_table(day: int) -> str:
+    """Name of the day's record table (the day number is an int, so the name is safe to format)."""
+    return f"rec_{day_date(int(day)):%Y%m%d}"
+
+
+def idx_table(day: int) -> str:
+    """Name of the day's blind-index table."""
+    return f"idx_{day_date(int(day)):%Y%m%d}"
+
+
+def _now_text() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class VaultStore:
+    """One record database; single writer (SQLite's lock), any number of readers (WAL)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, vault_kid: str, index_kid: str, region: str | None = None,
+                 create: bool = False, cache_mib: int = 256) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"no vault database at {self.path}: check --db, or fill one with "
+                                 "`cdrpipe vault ingest` / `cdrpipe vault sink`")
+            _create_private_file(self.path)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError:
+            self.conn.close()
+            raise StoreError(f"{self.path} is not an SQLite database (is --db the vault database?)") from None
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
+        self.conn.execute("PRAGMA temp_store=MEMORY")
+        self.conn.executescript(_SCHEMA)
+        meta = dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
+        if not meta:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?)", [
+                ("format", STORE_FORMAT), ("vault_kid", vault_kid), ("index_kid", index_kid),
+                ("region", (region or "GB").upper()), ("created", _now_text())])
+            self.conn.execute("COMMIT")
+            meta = dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
+        if meta.get("format") != STORE_FORMAT:
+            raise StoreError(f"{self.path} is not a cdrpipe vault database")
+        if meta.get("vault_kid") != vault_kid or meta.get("index_kid") != index_kid:
+            raise StoreError(f"{self.path} was created with vault key {meta.get('vault_kid')!r} and index key "
+                             f"{meta.get('index_kid')!r}; the keyring holds {vault_kid!r} and {index_kid!r}: "
+                             "use the vault keyring that created this vault")
+        #: The region national numbers were read with at ingest (fixed for the vault's life).
+        self.region = meta["region"]
+        if region and region.upper() != self.region:
+            raise StoreError(f"{self.path} indexes national numbers as region {self.region}; ingesting with "
+                             f"--region {region.upper()} would index the same number twice. Use {self.region}.")
+
+    def __repr__(self) -> str:
+        return f"VaultStore(path={str(self.path)!r}, region={self.region!r})"
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taken at once, so two writers never interleave)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ partitions
+
+    def partitions(self) -> dict[int, str]:
+        """Day number -> key id of every day with records."""
+        return dict(self.conn.execute("SELECT day, kid FROM partitions ORDER BY day").fetchall())
+
+    def ensure_partition(self, day: int, kid: str) -> int:
+        """Create the day's tables if needed (inside the caller's transaction); return the next free rid."""
+        row = self.conn.execute("SELECT kid FROM partitions WHERE day = ?", (day,)).fetchone()
+        rec, idx = rec_table(day), idx_table(day)
+        if row is None:
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {rec} (rid INTEGER PRIMARY KEY, record_id TEXT NOT NULL, "
+                              "ts INTEGER NOT NULL, parsed INTEGER NOT NULL, sealed_time INTEGER NOT NULL, "
+                              "src TEXT NOT NULL, part INTEGER, off INTEGER, ct BLOB NOT NULL)")
+            self.conn.execute(f"CREATE INDEX IF NOT EXISTS {rec}_unparsed ON {rec} (ts) WHERE parsed = 0")
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {idx} (bidx INTEGER NOT NULL, ts INTEGER NOT NULL, "
+                              "rid INTEGER NOT NULL, PRIMARY KEY (bidx, ts, rid)) WITHOUT ROWID")
+            self.conn.execute("INSERT INTO partitions (day, kid, created) VALUES (?, ?, ?)", (day, kid, _now_text()))
+        elif row[0] != kid:
+            raise StoreError(f"the records of {day_date(day)} were written under day key {row[0]!r} but the "
+                             f"keystore holds {kid!r}: wrong --keystore for this database?")
+        return int(self.conn.execute(f"SELECT coalesce(max(rid), 0) + 1 FROM {rec}").fetchone()[0])
+
+    # ------------------------------------------------------------------ ingest
+
+    def known_ids(self, record_ids: Sequence[str]) -> set[str]:
+        """Which of ``record_ids`` are already stored (one query per call)."""
+        if not record_ids:
+            return set()
+        rows = self.conn.execute("SELECT record_id FROM record_ids WHERE record_id IN "
+                                 "(SELECT value FROM json_each(?))", (orjson.dumps(list(record_ids)),))
+        return {r[0] for r in rows}
+
+    def insert_day(self, day: int, records: Iterable[tuple[object, ...]], index: Iterable[tuple[int, int, int]],
+                   ids: Iterable[tuple[str, int]]) -> None:
+        """Insert one day's records (RECORD_COLUMNS order), index rows ``(bidx, ts, rid)`` and ids."""
+        self.conn.executemany(f"INSERT INTO {rec_table(day)} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+        self.conn.executemany(f"INSERT OR IGNORE INTO {idx_table(day)} VALUES (?, ?, ?)", index)
+        self.conn.executemany("INSERT INTO record_ids (record_id, day) VALUES (?, ?)", ids)
+
+    def quarantine(self, segment_id: str | None, reason: str, envelope: bytes) -> None:
+        """Keep an envelope that could not be opened (still sealed to the vault) for investigation."""
+        self.conn.execute("INSERT INTO quarantine (received_at, segment_id, reason, envelope) VALUES (?, ?, ?, ?)",
+                          (_now_text(), segment_id, reason, envelope))
+
+    # ------------------------------------------------------------------ query
+
+    def find(self, day: int, bidx: int, lo_us: int, hi_us: int) -> list[tuple[object, ...]]:
+        """Records of ``day`` indexed under ``bidx`` with ``lo_us <= ts < hi_us`` (one index seek)."""
+        rec, idx = rec_table(day), idx_table(day)
+        return self.conn.execute(
+            f"SELECT r.rid, r.record_id, r.ts, r.parsed, r.sealed_time, r.src, r.part, r.off, r.ct "
+            f"FROM {idx} AS i JOIN {rec} AS r ON r.rid = i.rid WHERE i.bidx = ? AND i.ts >= ? AND i.ts < ?",
+            (bidx, lo_us, hi_us)).fetchall()
+
+    def unparsed(self, day: int, lo_us: int, hi_us: int) -> list[tuple[object, ...]]:
+        """Records of ``day`` that were not JSON, sealed within ``[lo_us, hi_us)``."""
+        return self.conn.execute(
+            f"SELECT rid, record_id, ts, parsed, sealed_time, src, part, off, ct FROM {rec_table(day)} "
+            "WHERE parsed = 0 AND ts >= ? AND ts < ?", (lo_us, hi_us)).fetchall()
+
+    # ------------------------------------------------------------------ purge and status
+
+    def drop_days(self, days: Sequence[int]) -> int:
+        """Drop the days' tables and ids (secure_delete zeroes the freed pages); returns records dropped."""
+        if not days:
+            return 0
+        self.conn.execute("PRAGMA secure_delete=ON")
+        dropped = 0
+        try:
+            with self.transaction() as conn:
+                for day in days:
+                    rec, idx = rec_table(day), idx_table(day)
+                    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                          (rec,)).fetchone()
+                    if exists:
+                        dropped += int(conn.execute(f"SELECT count(*) FROM {rec}").fetchone()[0])
+                    conn.execute(f"DROP TABLE IF EXISTS {idx}")
+                    conn.execute(f"DROP TABLE IF EXISTS {rec}")
+                    conn.execute("DELETE FROM partitions WHERE day = ?", (day,))
+                conn.execute("DELETE FROM record_ids WHERE day IN (SELECT value FROM json_each(?))",
+                             (orjson.dumps(list(days)),))
+        finally:
+            self.conn.execute("PRAGMA secure_delete=OFF")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return dropped
+
+    def day_counts(self) -> dict[int, int]:
+        """Records per stored day (for ``vault status``)."""
+        return {day: int(self.conn.execute(f"SELECT count(*) FROM {rec_table(day)}").fetchone()[0])
+                for day in self.partitions()}
+
+    def quarantined(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])
