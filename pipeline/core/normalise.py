@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
 import phonenumbers
@@ -45,6 +46,44 @@ _E164_SHAPE = r"^\+[1-9]\d{7,14}$"
 _E164_CC = r"^\+(?:" + "|".join(sorted(_COUNTRY_CODES, key=lambda c: (-len(c), c))) + r")[1-9]"
 
 
+class AnswerCache:
+    """Answers for distinct raw values, kept across batches as one Polars frame (bounded, oldest out).
+
+    Subscribers' numbers and addresses recur batch after batch; looking the distinct values
+    of a batch up in one join is far cheaper than normalising them again, and keeps the
+    per-value Python work (``phonenumbers``, ``ipaddress``) to values never seen before.
+    """
+
+    def __init__(self, compute: Callable[[pl.Series], pl.DataFrame], cap: int = DEFAULT_CACHE) -> None:
+        self._compute = compute
+        self._cap = cap
+        self._table: pl.DataFrame | None = None
+
+    def __len__(self) -> int:
+        return 0 if self._table is None else self._table.height
+
+    def resolve(self, raw: pl.Series) -> pl.DataFrame:
+        """The answer columns for ``raw`` (aligned, same length); computes only unseen values."""
+        raw = raw.cast(pl.String).rename("raw")
+        distinct = raw.unique().drop_nulls().to_frame()
+        if self._table is None:
+            fresh = self._compute(distinct["raw"])
+            self._table = fresh.with_columns(pl.lit(True).alias("_hit"))
+            answers = fresh
+        else:
+            looked = distinct.join(self._table, on="raw", how="left")
+            missing = looked.filter(pl.col("_hit").is_null())["raw"]
+            hits = looked.filter(pl.col("_hit").is_not_null()).drop("_hit")
+            if len(missing):
+                fresh = self._compute(missing)
+                answers = pl.concat([hits, fresh])
+                table = pl.concat([self._table, fresh.with_columns(pl.lit(True).alias("_hit"))])
+                self._table = table.tail(self._cap) if table.height > self._cap else table
+            else:
+                answers = hits
+        return raw.to_frame().join(answers, on="raw", how="left", maintain_order="left").drop("raw")
+
+
 class PhoneNormaliser:
     """Normalise calling/dialled numbers to E.164 (or an explicit class) for one default region."""
 
@@ -62,6 +101,7 @@ class PhoneNormaliser:
         #: "447700900123": the region's own country code without "+", at the full national length.
         self._own_cc_len = len(self._cc) + max(lengths) if lengths and max(lengths) >= 9 else None
         self._slow = lru_cache(maxsize=cache_size)(self._resolve_slow)
+        self._cache = AnswerCache(self._answers, cache_size)
 
     def __repr__(self) -> str:
         return f"PhoneNormaliser(region={self.region!r})"
@@ -107,11 +147,12 @@ class PhoneNormaliser:
     def normalise(self, raw: pl.Series) -> pl.DataFrame:
         """Columns ``value`` (canonical text) and ``cls`` for a column of raw numbers.
 
-        Works on the distinct raw values only (a busy subscriber's number is normalised
-        once per batch), then maps the answers back onto the column.
+        Each distinct raw value is normalised once, then remembered across batches.
         """
-        raw = raw.cast(pl.String).rename("raw")
-        distinct = raw.unique()
+        return self._cache.resolve(raw)
+
+    def _answers(self, distinct: pl.Series) -> pl.DataFrame:
+        """``raw``, ``value``, ``cls`` for distinct non-null raw values (the uncached work)."""
         text = pl.col("raw")
         if distinct.str.contains(r"[^\x00-\x7F]").any():
             text = text.str.normalize("NFKC")
@@ -121,7 +162,7 @@ class PhoneNormaliser:
             (pl.col("t").str.contains(r"^[A-Za-z0-9][A-Za-z0-9 &._\-']{0,10}$")
              & pl.col("t").str.contains(r"[A-Za-z]")).alias("alpha"),
         ).with_columns(self._fast_e164(pl.col("d")).alias("fast")).collect()
-        need_slow = pl.col("raw").is_not_null() & ~pl.col("withheld") & ~pl.col("alpha") & pl.col("fast").is_null()
+        need_slow = ~pl.col("withheld") & ~pl.col("alpha") & pl.col("fast").is_null()
         pending = frame.filter(need_slow)["d"].unique()
         if len(pending):
             resolved = [self._slow(v) for v in pending.to_list()]
@@ -142,8 +183,7 @@ class PhoneNormaliser:
             .when(pl.col("fast").is_not_null()).then(pl.lit(E164))
             .otherwise(slow_cls).alias("cls"),
         )
-        return raw.to_frame().join(answers, on="raw", how="left", nulls_equal=True,
-                                   maintain_order="left").select("value", "cls")
+        return answers
 
 
 _V4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -169,20 +209,35 @@ def canonical_ip(text: str) -> str | None:
     return addr.compressed
 
 
-def normalise_ips(raw: pl.Series) -> pl.Series:
-    """Canonical IP text for a column; plain IPv4 (with or without a port) stays in Polars."""
-    raw = raw.cast(pl.String).rename("raw")
-    distinct = raw.unique().to_frame().with_columns(
+#: Eight groups, no ``::`` and no all-zero group: canonical once lower-cased and stripped of
+#: leading zeros (RFC 5952 compression only concerns zero groups).
+_FULL_V6 = r"^[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){7}$"
+_ZERO_GROUP = r"(?:^|:)0{1,4}(?::|$)"
+
+
+def _ip_answers(distinct: pl.Series) -> pl.DataFrame:
+    """``raw`` and canonical ``value`` for distinct IP texts; plain IPv4 and full IPv6 stay in Polars."""
+    low = pl.col("raw").str.to_lowercase()
+    frame = distinct.to_frame().with_columns(
         pl.when(pl.col("raw").str.contains(_FAST_V4)).then(pl.col("raw").str.replace(r":\d+$", ""))
+        .when(low.str.contains(_FULL_V6) & ~low.str.contains(_ZERO_GROUP))
+        .then(low.str.replace_all(r"(^|:)0+([0-9a-f])", "${1}${2}"))
         .alias("fast"))
-    pending = distinct.filter(pl.col("raw").is_not_null() & pl.col("fast").is_null())["raw"]
+    pending = frame.filter(pl.col("fast").is_null())["raw"]
     if len(pending):
         slow = pl.col("raw").replace_strict(pending, [canonical_ip(v) for v in pending.to_list()],
                                             default=None, return_dtype=pl.String)
     else:
         slow = pl.lit(None, dtype=pl.String)
-    answers = distinct.select("raw", pl.coalesce(pl.col("fast"), slow).alias("value"))
-    return raw.to_frame().join(answers, on="raw", how="left", nulls_equal=True, maintain_order="left")["value"]
+    return frame.select("raw", pl.coalesce(pl.col("fast"), slow).alias("value"))
+
+
+_IP_CACHE = AnswerCache(_ip_answers)
+
+
+def normalise_ips(raw: pl.Series) -> pl.Series:
+    """Canonical IP text for a column (null where the text is not an IP address)."""
+    return _IP_CACHE.resolve(raw)["value"]
 
 
 @lru_cache(maxsize=DEFAULT_CACHE)

@@ -13,6 +13,7 @@ runner (file, Kafka, benchmark) calls it. It guarantees, for every batch:
 from __future__ import annotations
 
 import bisect
+import io
 import itertools
 import re
 from collections import Counter
@@ -77,7 +78,9 @@ class RoutedBatch:
         """The analytics records as NDJSON (one buffer for the batch)."""
         if self.analytics.height == 0:
             return b""
-        return self.analytics.drop("_key").write_ndjson().encode("utf-8")
+        out = io.BytesIO()  # straight to bytes: no intermediate str to encode
+        self.analytics.drop("_key").write_ndjson(out)
+        return out.getvalue()
 
     def analytics_keys(self) -> list[str | None]:
         """Per-record partitioning keys (the caller's token), so a subscriber's calls stay in order."""
