@@ -7,11 +7,13 @@ counts always reconcile; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -19,7 +21,7 @@ from typing import BinaryIO
 import orjson
 
 from pipeline.core.router import CoreConfig, Router, Source, Suppressions
-from pipeline.keys import ENV_KEYRING_FILE, KeyringError, load_worker_keyring
+from pipeline.keys import ENV_KEYRING_FILE, KeyringError, WorkerKeyring, load_worker_keyring
 from pipeline.policy import PolicyError, load_policy
 
 DEFAULT_BATCH_BYTES = 8 << 20
@@ -27,8 +29,8 @@ PROGRESS_SECONDS = 2.0
 OUTPUTS = ("analytics", "retention", "dlq")
 
 
-def iter_line_batches(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) -> Iterator[list[bytes]]:
-    """Lists of lines (without newlines) read in chunks of about ``batch_bytes``; no line is split."""
+def iter_chunks(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) -> Iterator[bytes]:
+    """Chunks of about ``batch_bytes`` that end on a line boundary (newline dropped); no line is split."""
     tail = b""
     while True:
         chunk = stream.read(batch_bytes)
@@ -40,9 +42,41 @@ def iter_line_batches(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) 
             tail = data
             continue
         tail = data[cut + 1:]
-        yield data[:cut].split(b"\n")
+        yield data[:cut]
     if tail:
-        yield tail.split(b"\n")
+        yield tail
+
+
+def iter_line_batches(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) -> Iterator[list[bytes]]:
+    """Lists of lines (without newlines) of about ``batch_bytes`` each."""
+    for chunk in iter_chunks(stream, batch_bytes):
+        yield chunk.split(b"\n")
+
+
+#: What a routed chunk sends back to the writer: three ready buffers, counts, DLQ reasons.
+ChunkResult = tuple[bytes, bytes, bytes, dict[str, int], Counter[str]]
+
+
+def route_chunk(router: Router, name: str, first_line: int, chunk: bytes) -> ChunkResult:
+    """Route one chunk of lines (line numbers from ``first_line``) into three output buffers."""
+    lines = chunk.split(b"\n")
+    routed = router.route(lines, Source(name, 0, range(first_line, first_line + len(lines))))
+    return (routed.analytics_ndjson(), b"".join(x + b"\n" for x in routed.retention),
+            b"".join(x + b"\n" for x in routed.dlq), routed.counts, routed.dlq_reasons)
+
+
+_WORKER_ROUTER: Router | None = None
+
+
+def _init_worker(keyring_doc: dict, config: CoreConfig, tokens: list[str]) -> None:
+    """Build this worker process's router once (keys arrive over the local pipe, never via disk)."""
+    global _WORKER_ROUTER
+    _WORKER_ROUTER = Router(WorkerKeyring.from_json(keyring_doc, "worker pipe"), config, Suppressions(tokens))
+
+
+def _route_in_worker(name: str, first_line: int, chunk: bytes) -> ChunkResult:
+    assert _WORKER_ROUTER is not None
+    return route_chunk(_WORKER_ROUTER, name, first_line, chunk)
 
 
 @dataclass
@@ -75,26 +109,42 @@ def load_suppressions(path: str | None) -> Suppressions:
 
 
 def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes: int = DEFAULT_BATCH_BYTES,
-                 progress: bool = True) -> RunTotals:
-    """Route every line of ``input_path`` (``-`` for stdin) into the three files in ``out_dir``."""
+                 progress: bool = True, workers: int = 1, keyring: WorkerKeyring | None = None) -> RunTotals:
+    """Route every line of ``input_path`` (``-`` for stdin) into the three files in ``out_dir``.
+
+    With ``workers > 1`` chunks are routed in that many processes (one core each) and
+    written back in input order; ``keyring`` must then be given to build their routers.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     totals = RunTotals()
     name = "stdin" if input_path == "-" else os.path.basename(input_path)
     size = None if input_path == "-" else os.path.getsize(input_path)
+    if size is not None and size <= batch_bytes:
+        workers = 1  # one chunk: a pool would only add start-up time
     started = last = time.monotonic()
-    line_no = 0
     stream = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
-    outs = {k: open(out_dir / f"{k}.jsonl", "wb") for k in OUTPUTS}
+    outs = [open(out_dir / f"{k}.jsonl", "wb") for k in OUTPUTS]
+    pool = None
     try:
-        for lines in iter_line_batches(stream, batch_bytes):
-            routed = router.route(lines, Source(name, 0, range(line_no + 1, line_no + 1 + len(lines))))
-            line_no += len(lines)
-            for key, chunk in (("analytics", routed.analytics_ndjson()),
-                               ("retention", b"\n".join(routed.retention)), ("dlq", b"\n".join(routed.dlq))):
-                if chunk:
-                    outs[key].write(chunk if chunk.endswith(b"\n") else chunk + b"\n")
-            totals.counts.update(routed.counts)
-            totals.dlq_reasons.update(routed.dlq_reasons)
+        def chunks() -> Iterator[tuple[int, bytes]]:
+            line = 1
+            for chunk in iter_chunks(stream, batch_bytes):
+                yield line, chunk
+                line += chunk.count(b"\n") + 1
+
+        if workers > 1:
+            assert keyring is not None, "a keyring is needed to start worker processes"
+            os.environ.setdefault("POLARS_MAX_THREADS", "1")  # one core per process, no oversubscription
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                       initargs=(keyring.to_json(), router.config, sorted(router.suppressions.tokens)))
+            results: Iterator[ChunkResult] = _ordered(pool, name, chunks(), depth=workers * 2)
+        else:
+            results = (route_chunk(router, name, first, chunk) for first, chunk in chunks())
+        for *buffers, counts, reasons in results:
+            for fh, buf in zip(outs, buffers):
+                fh.write(buf)
+            totals.counts.update(counts)
+            totals.dlq_reasons.update(reasons)
             now = time.monotonic()
             if progress and now - last >= PROGRESS_SECONDS:
                 last = now
@@ -103,11 +153,25 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
                 print(f"processed {totals.counts['in']:,} records{done}, {rate:,.0f} records/s, "
                       f"dlq {totals.counts['dlq']:,}", file=sys.stderr, flush=True)
     finally:
-        for fh in outs.values():
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        for fh in outs:
             fh.close()
         if stream is not sys.stdin.buffer:
             stream.close()
     return totals
+
+
+def _ordered(pool: ProcessPoolExecutor, name: str, chunks: Iterator[tuple[int, bytes]],
+             depth: int) -> Iterator[ChunkResult]:
+    """Results in input order with at most ``depth`` chunks in flight (memory stays bounded)."""
+    pending: deque[Future[ChunkResult]] = deque()
+    for first, chunk in chunks:
+        pending.append(pool.submit(_route_in_worker, name, first, chunk))
+        if len(pending) >= depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
@@ -127,7 +191,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     started = time.monotonic()
     totals = process_file(router, args.input, Path(args.out_dir), batch_bytes=args.batch_bytes,
-                          progress=not args.quiet)
+                          progress=not args.quiet, workers=max(1, args.workers), keyring=keyring)
     elapsed = time.monotonic() - started
     if totals.dlq_reasons and not args.quiet:
         reasons = ", ".join(f"{k} {v}" for k, v in totals.dlq_reasons.most_common())
@@ -164,5 +228,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", required=True, help="directory for the three output files")
     add_core_arguments(p)
     p.add_argument("--batch-bytes", type=int, default=DEFAULT_BATCH_BYTES, help="bytes read per batch (default 8 MiB)")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("CDRPIPE_WORKERS", os.cpu_count() or 1)),
+                   help="processes routing chunks in parallel (env CDRPIPE_WORKERS; default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_process)

@@ -71,3 +71,15 @@ def test_usage_and_fatal_exit_codes(keydir, tmp_path, capsys):
     assert code == 1 and "keys generate" in capsys.readouterr().err
     assert main(["process", "--keyring", str(keydir / "worker-keyring.json"), "--input", str(inp),
                  "--out-dir", str(tmp_path / "o"), "--region", "XX"]) == 2
+
+
+def test_worker_processes_give_the_same_output_in_order(keydir, tmp_path, capsys):
+    sample = tmp_path / "sample.jsonl"
+    write_sample(sample, 3000, seed=5)
+    outs = {}
+    for workers in ("1", "2"):
+        out_dir = tmp_path / f"w{workers}"
+        assert main(["process", "--keyring", str(keydir / "worker-keyring.json"), "--input", str(sample),
+                     "--out-dir", str(out_dir), "--quiet", "--workers", workers, "--batch-bytes", "40000"]) == 0
+        outs[workers] = (out_dir / "analytics.jsonl").read_bytes(), capsys.readouterr().out.splitlines()[-1]
+    assert outs["1"] == outs["2"]
