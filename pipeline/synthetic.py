@@ -403,7 +403,9 @@ class Population:
         self._space = 100_000 * math.ceil(size / 100_000)
         self._perm = [self._coprime(setup, self._space) for _ in range(3)]
         self._offs = [setup.randrange(self._space) for _ in range(3)]
-        # MSINs spread over their whole range: an affine bijection mod 10**digits.
+        # Numbers and MSINs spread over their whole range: affine bijections mod 10**digits
+        # (a multiplier ending in 1, 3, 7 or 9 is coprime with every 2**a * 5**b).
+        self._spread = setup.randrange(10 ** 8, 10 ** 9) // 10 * 10 + setup.choice((1, 3, 7, 9))
         self._msin_mul = setup.randrange(10 ** 8, 10 ** 9) // 10 * 10 + setup.choice((1, 3, 7, 9))
         self._msin_add = setup.randrange(10 ** 9)
         self.cells: tuple[str, ...] = tuple(
@@ -459,23 +461,25 @@ class Population:
             pick -= entry[2]
         country, cc, _, plmn, msin_digits = entry
         sel = h1 >> 10
-        if country == "GB":
+        if country == "GB":  # the 07700 900000-999999 style block, then the next ones
             nsn = str(7700900000 + v)
             parts: tuple[str, ...] = (nsn[:4], nsn[4:])
-        elif country == "US":
-            nsn = _US_AREAS[sel % len(_US_AREAS)] + "%07d" % (2_000_000 + v)
-            parts = (nsn[:3], nsn[3:6], nsn[6:])
-        elif country == "DE":
-            parts = (_DE_PREFIXES[sel % len(_DE_PREFIXES)], "%08d" % (10_000_000 + v))
-        elif country == "FR":
-            nsn = _FR_PREFIXES[sel % 2] + "%08d" % v
-            parts = (nsn[0], nsn[1:3], nsn[3:5], nsn[5:7], nsn[7:])
-        elif country == "ES":
-            nsn = "6%08d" % v
-            parts = (nsn[:3], nsn[3:6], nsn[6:])
-        else:  # IN
-            nsn = _IN_PREFIXES[sel % 3] + "%09d" % v
-            parts = (nsn[:5], nsn[5:])
+        else:  # spread over the national plan (a bijection mod 2**a * 5**b: still unique)
+            w = i * self._spread + self._offs[0]
+            if country == "US":
+                nsn = _US_AREAS[sel % len(_US_AREAS)] + "%07d" % (2_000_000 + w % 8_000_000)
+                parts = (nsn[:3], nsn[3:6], nsn[6:])
+            elif country == "DE":
+                parts = (_DE_PREFIXES[sel % len(_DE_PREFIXES)], "%08d" % (10 ** 7 + w % 10 ** 7))
+            elif country == "FR":
+                nsn = _FR_PREFIXES[sel % 2] + "%08d" % (w % 10 ** 8)
+                parts = (nsn[0], nsn[1:3], nsn[3:5], nsn[5:7], nsn[7:])
+            elif country == "ES":
+                nsn = "6%08d" % (w % 10 ** 8)
+                parts = (nsn[:3], nsn[3:6], nsn[6:])
+            else:  # IN
+                nsn = _IN_PREFIXES[sel % 3] + "%09d" % (w % 10 ** 9)
+                parts = (nsn[:5], nsn[5:])
         e164 = "+" + cc + "".join(parts)
         msin = (i * self._perm[1] + self._offs[1]) % self._space
         imsi = plmn + "%0*d" % (msin_digits,

@@ -244,6 +244,16 @@ def test_record_ids_unique_and_about_two_percent_missing(big: Any) -> None:
 # --------------------------------------------------------------------------- realism
 
 
+def test_valid_lines_follow_the_raw_cdr_schema(big: Any) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((REPO / "schemas" / "raw-cdr.v1.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    valid = [r for r in big[2] if r is not None]
+    for record in valid[:30_000]:
+        errors = list(validator.iter_errors(record))
+        assert not errors, (record, [e.message for e in errors])
+
+
 def test_population_identities_are_unique_and_well_formed() -> None:
     pop = Population(seed=3, size=20_000)
     subs = list(pop)
