@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from pipeline.core.normalise import WITHHELD, PhoneNormaliser, normalise_column, normalise_ips, truncate_ips
+from pipeline.core.normalise import (
+    WITHHELD, AnswerCache, PhoneNormaliser, normalise_column, normalise_ips, truncate_ips)
 from pipeline.core.tokenise import Tokeniser
 from pipeline.policy import TIME_UNITS, Rule
 
@@ -39,13 +40,25 @@ class ActionContext:
             self.batch[key] = parse_times(raw)
         return self.batch[key]
 
-    def tokens(self, kind: str, canonical: pl.Series) -> pl.Series:
-        """Tokens of a column, computing each distinct value's HMAC once per batch."""
-        distinct = canonical.drop_nulls().unique()
-        if len(distinct) == 0:
-            return pl.Series(canonical.name, [None] * len(canonical), dtype=pl.String)
-        macs = distinct.to_frame("v").select(self.tokeniser.expr(kind, pl.col("v")).alias("t"))["t"]
-        return canonical.replace_strict(distinct, macs, default=None, return_dtype=pl.String)
+    #: Cross-batch answers per kind of work (``token:msisdn``, ``ip:24/48``…), bounded.
+    caches: dict[str, AnswerCache] = field(default_factory=dict)
+
+    def cached(self, key: str, raw: pl.Series, compute: Callable[[pl.Series], pl.DataFrame]) -> pl.DataFrame:
+        """Answers for ``raw`` from the cross-batch cache ``key``; ``compute`` runs on unseen values only."""
+        if key not in self.caches:
+            self.caches[key] = AnswerCache(compute)
+        return self.caches[key].resolve(raw)
+
+    def tokens(self, kind: str, raw: pl.Series) -> pl.DataFrame:
+        """Columns ``token``, ``cls`` (numbers only, else null) and ``valid`` for a raw column."""
+        def compute(distinct: pl.Series) -> pl.DataFrame:
+            canonical, cls = normalise_column(kind, distinct, self.phones)
+            frame = pl.DataFrame({"raw": distinct, "c": canonical,
+                                  "cls": cls if cls is not None else pl.Series([None] * len(distinct), dtype=pl.String)})
+            valid = pl.col("cls").is_not_null() if cls is not None else pl.col("c").is_not_null()
+            return frame.select("raw", self.tokeniser.expr(kind, pl.col("c")).alias("token"), "cls",
+                                valid.alias("valid"))
+        return self.cached("token:" + kind, raw, compute)
 
 
 @dataclass
@@ -73,14 +86,11 @@ def action(name: str) -> Callable[[Action], Action]:
 def _token(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
     """Keyed token of the normalised value; numbers also get their class (e164, withheld, …)."""
     kind = rule.arg or "account"
-    canonical, cls = normalise_column(kind, raw, ctx.phones)
-    columns = {rule.field: ctx.tokens(kind, canonical).alias(rule.field)}
-    if cls is not None:
-        columns[f"{rule.field}_class"] = cls.alias(f"{rule.field}_class")
-        invalid = raw.is_not_null() & cls.is_null()
-    else:
-        invalid = raw.is_not_null() & canonical.is_null()
-    return ActionResult(columns, invalid, f"not a valid {kind}")
+    answers = ctx.tokens(kind, raw)
+    columns = {rule.field: answers["token"].alias(rule.field)}
+    if kind == "msisdn":
+        columns[f"{rule.field}_class"] = answers["cls"].alias(f"{rule.field}_class")
+    return ActionResult(columns, raw.is_not_null() & ~answers["valid"].fill_null(False), f"not a valid {kind}")
 
 
 @action("keep")
@@ -95,9 +105,13 @@ def _keep(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
 def _truncate_ip(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
     """The network prefix of the address (``203.0.113.0/24``), never the host."""
     v4, v6 = (int(x) for x in (rule.arg or "24/48").split("/"))
-    canonical = normalise_ips(raw)
-    return ActionResult({rule.field: truncate_ips(canonical, v4, v6).alias(rule.field)},
-                        raw.is_not_null() & canonical.is_null(), "not a valid IPv4 or IPv6 address")
+
+    def compute(distinct: pl.Series) -> pl.DataFrame:
+        return pl.DataFrame({"raw": distinct, "net": truncate_ips(normalise_ips(distinct), v4, v6)})
+
+    net = ctx.cached(f"ip:{v4}/{v6}", raw, compute)["net"]
+    return ActionResult({rule.field: net.alias(rule.field)}, raw.is_not_null() & net.is_null(),
+                        "not a valid IPv4 or IPv6 address")
 
 
 def parse_times(raw: pl.Series) -> pl.Series:

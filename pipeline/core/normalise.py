@@ -46,12 +46,23 @@ _E164_SHAPE = r"^\+[1-9]\d{7,14}$"
 _E164_CC = r"^\+(?:" + "|".join(sorted(_COUNTRY_CODES, key=lambda c: (-len(c), c))) + r")[1-9]"
 
 
+def map_distinct(raw: pl.Series, compute: Callable[[pl.Series], pl.DataFrame]) -> pl.DataFrame:
+    """Answer columns for ``raw`` computed once per distinct non-null value, aligned with ``raw``.
+
+    ``compute`` gets the distinct values and returns a frame with ``raw`` plus its answers.
+    """
+    raw = raw.cast(pl.String).rename("raw")
+    answers = compute(raw.unique().drop_nulls())
+    return raw.to_frame().join(answers, on="raw", how="left", maintain_order="left").drop("raw")
+
+
 class AnswerCache:
     """Answers for distinct raw values, kept across batches as one Polars frame (bounded, oldest out).
 
     Subscribers' numbers and addresses recur batch after batch; looking the distinct values
-    of a batch up in one join is far cheaper than normalising them again, and keeps the
-    per-value Python work (``phonenumbers``, ``ipaddress``) to values never seen before.
+    of a batch up in one join is far cheaper than normalising and tokenising them again,
+    and keeps the per-value Python work (``phonenumbers``, ``ipaddress``) to values never
+    seen before.
     """
 
     def __init__(self, compute: Callable[[pl.Series], pl.DataFrame], cap: int = DEFAULT_CACHE) -> None:
@@ -64,24 +75,22 @@ class AnswerCache:
 
     def resolve(self, raw: pl.Series) -> pl.DataFrame:
         """The answer columns for ``raw`` (aligned, same length); computes only unseen values."""
-        raw = raw.cast(pl.String).rename("raw")
-        distinct = raw.unique().drop_nulls().to_frame()
+        return map_distinct(raw, self._answers)
+
+    def _answers(self, distinct: pl.Series) -> pl.DataFrame:
         if self._table is None:
-            fresh = self._compute(distinct["raw"])
-            self._table = fresh.with_columns(pl.lit(True).alias("_hit"))
-            answers = fresh
-        else:
-            looked = distinct.join(self._table, on="raw", how="left")
-            missing = looked.filter(pl.col("_hit").is_null())["raw"]
-            hits = looked.filter(pl.col("_hit").is_not_null()).drop("_hit")
-            if len(missing):
-                fresh = self._compute(missing)
-                answers = pl.concat([hits, fresh])
-                table = pl.concat([self._table, fresh.with_columns(pl.lit(True).alias("_hit"))])
-                self._table = table.tail(self._cap) if table.height > self._cap else table
-            else:
-                answers = hits
-        return raw.to_frame().join(answers, on="raw", how="left", maintain_order="left").drop("raw")
+            fresh = self._compute(distinct)
+            self._table = fresh.with_columns(pl.lit(True).alias("_hit")).tail(self._cap)
+            return fresh
+        looked = distinct.to_frame().join(self._table, on="raw", how="left")
+        missing = looked.filter(pl.col("_hit").is_null())["raw"]
+        hits = looked.filter(pl.col("_hit").is_not_null()).drop("_hit")
+        if not len(missing):
+            return hits
+        fresh = self._compute(missing)
+        table = pl.concat([self._table, fresh.with_columns(pl.lit(True).alias("_hit"))])
+        self._table = table.tail(self._cap) if table.height > self._cap else table
+        return pl.concat([hits, fresh])
 
 
 class PhoneNormaliser:
@@ -101,7 +110,6 @@ class PhoneNormaliser:
         #: "447700900123": the region's own country code without "+", at the full national length.
         self._own_cc_len = len(self._cc) + max(lengths) if lengths and max(lengths) >= 9 else None
         self._slow = lru_cache(maxsize=cache_size)(self._resolve_slow)
-        self._cache = AnswerCache(self._answers, cache_size)
 
     def __repr__(self) -> str:
         return f"PhoneNormaliser(region={self.region!r})"
@@ -145,11 +153,8 @@ class PhoneNormaliser:
         return ("+" + digits if text.startswith("+") else digits), NON_E164
 
     def normalise(self, raw: pl.Series) -> pl.DataFrame:
-        """Columns ``value`` (canonical text) and ``cls`` for a column of raw numbers.
-
-        Each distinct raw value is normalised once, then remembered across batches.
-        """
-        return self._cache.resolve(raw)
+        """Columns ``value`` (canonical text) and ``cls`` for a column of raw numbers (each distinct value once)."""
+        return map_distinct(raw, self._answers)
 
     def _answers(self, distinct: pl.Series) -> pl.DataFrame:
         """``raw``, ``value``, ``cls`` for distinct non-null raw values (the uncached work)."""
@@ -232,12 +237,9 @@ def _ip_answers(distinct: pl.Series) -> pl.DataFrame:
     return frame.select("raw", pl.coalesce(pl.col("fast"), slow).alias("value"))
 
 
-_IP_CACHE = AnswerCache(_ip_answers)
-
-
 def normalise_ips(raw: pl.Series) -> pl.Series:
     """Canonical IP text for a column (null where the text is not an IP address)."""
-    return _IP_CACHE.resolve(raw)["value"]
+    return map_distinct(raw, _ip_answers)["value"]
 
 
 @lru_cache(maxsize=DEFAULT_CACHE)
@@ -264,10 +266,19 @@ def truncate_ips(canonical: pl.Series, v4_bits: int, v6_bits: int) -> pl.Series:
         v4 = pl.concat_str([(net // (1 << 24)).cast(pl.String), (net // (1 << 16) % 256).cast(pl.String),
                             (net // (1 << 8) % 256).cast(pl.String), (net % 256).cast(pl.String)],
                            separator=".") + pl.lit(f"/{v4_bits}")
-    v6_values = frame.filter(ip.str.contains(":", literal=True))["ip"].unique()
+    if v6_bits % 16 == 0 and v6_bits < 128:
+        # Eight full non-zero groups (the fast path's canonical form): keep the leading groups.
+        groups = v6_bits // 16
+        v6_fast = pl.when(ip.str.contains(_FULL_V6) & ~ip.str.contains(_ZERO_GROUP)).then(
+            ip.str.extract(r"^((?:[0-9a-f]{1,4}:){%d})" % groups, 1) + pl.lit(f":/{v6_bits}"))
+    else:
+        v6_fast = pl.lit(None, dtype=pl.String)
+    frame = frame.with_columns(v6_fast.alias("v6_fast"))
+    v6_values = frame.filter(ip.str.contains(":", literal=True) & pl.col("v6_fast").is_null())["ip"].unique()
     v6 = ip.replace_strict(v6_values, [_truncate_v6(v, v6_bits) for v in v6_values.to_list()],
                            default=None, return_dtype=pl.String) if len(v6_values) else pl.lit(None)
-    return frame.select(pl.when(ip.str.contains(":", literal=True)).then(v6).otherwise(v4).alias("ip"))["ip"]
+    return frame.select(pl.when(ip.str.contains(":", literal=True)).then(pl.coalesce(pl.col("v6_fast"), v6))
+                        .otherwise(v4).alias("ip"))["ip"]
 
 
 def normalise_digits(raw: pl.Series, min_len: int, max_len: int, keep: int | None = None) -> pl.Series:
@@ -276,7 +287,10 @@ def normalise_digits(raw: pl.Series, min_len: int, max_len: int, keep: int | Non
     IMEIs are cut to their 14-digit TAC+serial so an IMEI with or without its check digit,
     and an IMEISV, give one token.
     """
-    d = raw.cast(pl.String).str.normalize("NFKC").str.replace_all(r"[\s\-.]", "")
+    d = raw.cast(pl.String)
+    if d.str.contains(r"[^\x00-\x7F]").any():
+        d = d.str.normalize("NFKC")
+    d = d.str.replace_all(r"[\s\-.]", "")
     ok = d.str.contains(rf"^\d{{{min_len},{max_len}}}$")
     out = pl.select(pl.when(ok).then(d.str.slice(0, keep) if keep else d).otherwise(None).alias("v"))["v"]
     return out

@@ -26,7 +26,7 @@ import polars as pl
 
 from pipeline.core.actions import ACTIONS, ActionContext
 from pipeline.core.envelope import Sealer
-from pipeline.core.normalise import PhoneNormaliser, normalise_column
+from pipeline.core.normalise import PhoneNormaliser
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, PARSE_REASON_DETAIL, parse_batch
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, Tokeniser
 from pipeline.keys import WorkerKeyring
@@ -181,11 +181,10 @@ class Router:
             if rule is not None and rule.action == "token" and rule.arg == kind:
                 supp_cols.append(out_cols[name])
             else:
-                canonical, cls = normalise_column(kind, f[name], self._ctx.phones)
-                bad = f[name].is_not_null() & (cls.is_null() if cls is not None else canonical.is_null())
+                answers = self._ctx.tokens(kind, f[name])
+                bad = f[name].is_not_null() & ~answers["valid"].fill_null(False)
                 reasons.append((bad, INVALID_FIELD, name, f"{name}: not a valid {kind}"))
-                if self.suppressions.tokens:
-                    supp_cols.append(self._ctx.tokens(kind, canonical))
+                supp_cols.append(answers["token"])
 
         # First failing check per row, as columns (no per-record branching in Python).
         reason = pl.lit(None, dtype=pl.String)
