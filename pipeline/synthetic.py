@@ -99,12 +99,15 @@ _SMS_SENDERS = ("HSBC", "AMAZON", "DPD", "NHSAlert", "Uber", "BARCLAYS", "Royal 
                 "VERIFY", "Monzo", "EE", "Vodafone", "DVLA")
 
 #: GB number formats over (4-digit prefix, 6-digit subscriber part); index = format code.
-_GB_FORMATS = ('"+44%s%s"', '"0%s%s"', '"0%s %s"', '"0044%s%s"', '"+44 %s %s"',
-               '"tel:+44%s%s"', '"(+44) %s-%s"', '"44%s%s"', '"+44%s%s"', '"0%s %s"')
-#: Format codes (0..9) written with full-width digits (U+FF10..U+FF19).
+_GB_FORMATS = ('"+44%s%s"', '"0%s%s"', '"0%s %s"', '"0044 %s%s"', '"+44 %s %s"',
+               '"tel:+44%s%s"', '"(+44) %s-%s"', '"44%s%s"', '"+44%s%s"', '"0%s %s"',
+               '"0044%s%s"')
+#: Format codes written with full-width digits (U+FF10..U+FF19).
 _FW_CODES = frozenset({8, 9})
 #: Share of each format code out of 1024 (E.164 most common, full-width rare).
-_FORMAT_WEIGHTS = (352, 128, 112, 64, 112, 80, 48, 96, 16, 16)
+_FORMAT_WEIGHTS = (352, 128, 112, 32, 112, 80, 48, 96, 16, 16, 32)
+#: Number of number formats (codes 0 .. _FORMATS - 1).
+_FORMATS = len(_FORMAT_WEIGHTS)
 
 # (call_type, status, duration drawn?, count out of 1024).
 _CALL_MIX = (
@@ -171,7 +174,7 @@ _SPECIAL_GROUPS: dict[str, tuple[str, ...]] = {
 
 def _number_tables(specials: tuple[tuple[str, int], ...]
                    ) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
-    """16-bit tables: the number format code (0..9), and the special value that replaces it.
+    """16-bit tables: the number format code, and the special value that replaces it.
 
     ``specials`` are (group, count out of 1024) carved out of plain E.164; the low six bits
     of the random value pick which value of the group. Specials are rare, so they are
@@ -292,6 +295,8 @@ def _positional(template: str, code: int, groups: int) -> str:
 
 def _country_templates(formats: tuple[str, ...]) -> tuple[str, ...]:
     """Templates by format code, all taking the same (ASCII + full-width) argument tuple."""
+    if len(formats) != _FORMATS:
+        raise AssertionError(f"{len(formats)} formats, want {_FORMATS}")
     groups = formats[0].count("%s")
     return tuple(_positional(f, code, groups) for code, f in enumerate(formats))
 
@@ -302,7 +307,7 @@ def _other_formats(cc: str, groups: int) -> tuple[str, ...]:
     spaced = '"+' + cc + " " + " ".join(["%s"] * groups) + '"'
     zero = '"00' + cc + "%s" * groups + '"'
     zero_spaced = '"00' + cc + " " + " ".join(["%s"] * groups) + '"'
-    return (e164, zero, spaced, zero, spaced, e164, zero_spaced, e164, e164, spaced)
+    return (e164, zero_spaced, spaced, zero, spaced, e164, zero_spaced, e164, e164, spaced, zero)
 
 
 _TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -378,7 +383,7 @@ class _Ident:
         self.imei = imei
 
     def number(self, code: int) -> str:
-        """Quoted JSON string of this subscriber's number in format ``code`` (0..9)."""
+        """Quoted JSON string of this subscriber's number in format ``code``."""
         return self.templates[code] % self.parts
 
 
@@ -530,7 +535,7 @@ class Population:
         if not 0 <= i < self.size:
             raise IndexError(i)
         d = self.ident(i)
-        numbers = tuple(dict.fromkeys(d.number(c)[1:-1] for c in range(10)))
+        numbers = tuple(dict.fromkeys(d.number(c)[1:-1] for c in range(_FORMATS)))
         ips = tuple(f[6:-2] for f in d.ips[:-1])
         return Subscriber(i, d.country, d.e164, d.imsi, d.imei, ips[0], d.home_cell,
                           numbers, ips)

@@ -322,6 +322,7 @@ def test_same_subscriber_in_many_formats(big: Any) -> None:
     assert any(f.startswith("(+44) ") for f in all_forms)
     assert any(re.fullmatch(r"07700 \d{6}", f) for f in all_forms)
     assert any(re.fullmatch(r"0044\d{10}", f) for f in all_forms)
+    assert any(re.fullmatch(r"0044 7700\d{6}", f) for f in all_forms)
     assert any(re.fullmatch(r"\+1\d{10}", f) for f in all_forms)
     assert any(re.fullmatch(r"00(49|33|34|91)[\d ]+", f) for f in all_forms)
     assert any(re.fullmatch(r"\+(49|33|34|91) [\d ]+", f) for f in all_forms)
