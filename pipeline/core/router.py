@@ -27,7 +27,8 @@ import polars as pl
 from pipeline.core.actions import ACTIONS, ActionContext
 from pipeline.core.envelope import Sealer
 from pipeline.core.normalise import PhoneNormaliser
-from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, PARSE_REASON_DETAIL, parse_batch
+from pipeline.core.formats import get_format
+from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, PARSE_REASON_DETAIL
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, Tokeniser
 from pipeline.keys import WorkerKeyring
 from pipeline.policy import REQUIRED_FIELDS, Policy, load_policy
@@ -53,6 +54,9 @@ class CoreConfig:
     segment_bytes: int = 256 * 1024
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
+    #: Input format (an adapter in :mod:`pipeline.core.formats`) and its options, e.g. a CSV mapping.
+    format: str = "jsonl"
+    format_options: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ class Router:
         self._clock = clock
         policy_fields = [r.field for r in self.config.policy.rules]
         self._schema = {f: pl.String for f in dict.fromkeys([*CONTRACT_FIELDS, *policy_fields])}
+        self._parse = get_format(self.config.format)
         self._emitted = [r for r in self.config.policy.rules if r.action != "drop"]
         for rule in self.config.policy.rules:
             if rule.action not in ACTIONS:
@@ -142,7 +147,8 @@ class Router:
         n = len(records)
         buf = b"\n".join(records)
         cfg = self.config
-        parsed = parse_batch(records, buf, self._schema, max_bytes=cfg.max_record_bytes, max_depth=cfg.max_depth)
+        parsed = self._parse(records, buf, self._schema, max_bytes=cfg.max_record_bytes, max_depth=cfg.max_depth,
+                             **dict(cfg.format_options))
         f = parsed.frame
         reasons: list[tuple[pl.Expr, str, str | None, str]] = []  # (bad mask, reason, field, detail)
 
@@ -239,7 +245,8 @@ class Router:
 
         # DLQ: parse rejects and invalid rows, each with its own sealed payload.
         dlq_rows = list(zip(parsed.reject_rows, parsed.reject_reasons,
-                            itertools.repeat(None), (PARSE_REASON_DETAIL[r] for r in parsed.reject_reasons)))
+                            itertools.repeat(None), (PARSE_REASON_DETAIL.get(r, "the record could not be read in the input format")
+                                                     for r in parsed.reject_reasons)))
         bad = verdict.with_columns(f["row"]).filter(~valid)
         dlq_rows.extend(zip(bad["row"].to_list(), bad["reason"].to_list(), bad["field"].to_list(),
                             bad["detail"].to_list()))

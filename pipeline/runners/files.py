@@ -176,14 +176,13 @@ def _ordered(pool: ProcessPoolExecutor, name: str, chunks: Iterator[tuple[int, b
 
 def _cmd_process(args: argparse.Namespace) -> int:
     from pipeline.cli import FatalError, UsageError
-    if args.format != "jsonl":
-        raise UsageError(f"--format {args.format} is not supported by this build; use jsonl")
     if args.input != "-" and not os.path.isfile(args.input):
         raise UsageError(f"input file {args.input} does not exist")
     try:
         keyring = load_worker_keyring(args.keyring)
         policy = load_policy(args.policy)
-        config = CoreConfig(policy=policy, region=args.region, max_record_bytes=args.max_record_bytes)
+        config = CoreConfig(policy=policy, region=args.region, max_record_bytes=args.max_record_bytes,
+                            format=args.format)
         router = Router(keyring, config, load_suppressions(args.suppressions))
     except (KeyringError, PolicyError) as exc:
         raise FatalError(str(exc)) from None
