@@ -197,15 +197,24 @@ def _check_quarantine(totals: IngestTotals) -> int:
     return 0
 
 
+def _ingester(vault: Vault) -> Ingester:
+    try:
+        return Ingester(vault.store, vault.keystore, vault.keyring)
+    except StoreError as exc:  # another writer holds the lock
+        raise FatalError(str(exc)) from None
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     if args.input != "-" and not os.path.isfile(args.input):
         raise UsageError(f"--input {args.input}: no such file (expected DIR/retention.jsonl from `cdrpipe process`)")
     with open_vault(args, create=True) as vault:
-        ingester = Ingester(vault.store, vault.keystore, vault.keyring)
+        ingester = _ingester(vault)
         try:
             totals = ingest_file(ingester, args.input, batch_bytes=args.batch_bytes, progress=not args.quiet)
         except WrongVaultKeyError as exc:
             raise FatalError(str(exc)) from None
+        finally:
+            ingester.close()
     _print_summary(totals, args.quiet)
     return _check_quarantine(totals)
 
@@ -217,8 +226,8 @@ def _cmd_sink(args: argparse.Namespace) -> int:
         raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set CDRPIPE_BOOTSTRAP_SERVERS")
     conf = {"bootstrap.servers": bootstrap, **parse_x_options(args.X or [])}
     with open_vault(args, create=True) as vault:
-        sink = VaultSink(Ingester(vault.store, vault.keystore, vault.keyring), conf, topic=args.topic,
-                         group=args.group, max_messages=args.max_messages)
+        ingester = _ingester(vault)
+        sink = VaultSink(ingester, conf, topic=args.topic, group=args.group, max_messages=args.max_messages)
         previous = {sig: signal.signal(sig, lambda *_: sink.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             totals = sink.run(idle_exit=args.idle_exit)
@@ -231,6 +240,7 @@ def _cmd_sink(args: argparse.Namespace) -> int:
                                  "and -X settings") from None
             raise
         finally:
+            ingester.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     _print_summary(totals, args.quiet)

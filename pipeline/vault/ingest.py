@@ -1,19 +1,24 @@
 """The vault's batch transform: sealed segments in, day-encrypted and blind-indexed rows out.
 
-For a batch of retention envelopes (many segments, tens of thousands of records):
+For a batch of retention envelopes (many segments, tens of thousands of records),
+:meth:`Ingester.prepare` does all the CPU work without writing to the database:
 
 1. open each segment with the vault's private key (``pipeline.core.envelope.open_segment``);
    a segment sealed for another vault key stops the run (wrong keyring), one that fails to
    open is quarantined still sealed (nothing is dropped, nothing blocks the stream);
-2. drop record ids already stored, or repeated in the batch (idempotent ingest);
+2. drop record ids already stored, in the batch being written, or repeated in this batch
+   (idempotent ingest);
 3. parse the raw records with the pipeline's own parser, take the call start with the
    pipeline's time parser (else the segment's ``sealed_at``), and normalise ``cli``,
    ``dialled``, ``imsi`` and ``imei`` as columns with the pipeline's normalisers — so the
    vault's "same number" is exactly the pipeline's;
-4. blind-index them per column (``index``), encrypt each raw record under its day's key
-   (``keystore``), and insert each day's rows with ``executemany`` in one transaction.
+4. blind-index them per column (``index``) and encrypt each raw record under its day's key.
 
-Records that are not JSON are stored too, unindexed, under the day of ``sealed_at``.
+:meth:`Ingester.write` then inserts the prepared rows with ``executemany`` in one
+transaction. The two halves can overlap (``sink.BatchPipeline``): SQLite releases the GIL
+while it steps, so one core writes batch *k* while the other prepares batch *k+1*.
+
+Records that are not JSON objects are stored too, unindexed, under the day of ``sealed_at``.
 """
 from __future__ import annotations
 
@@ -45,6 +50,12 @@ PARSE_SCHEMA: dict[str, Any] = {name: pl.String for name in ("cli", "dialled", "
 MAX_PARSE_BYTES = 1 << 20
 PARTY_NAMES = tuple(dict.fromkeys(name for name, _kind in PARTY_FIELDS))
 
+
+class WrongVaultKeyError(Exception):
+    """A segment was sealed for another vault key: this keyring cannot open it (stop, do not skip)."""
+
+
+# --------------------------------------------------------------------------- reading party identifiers
 
 class _Pairs(list):  # type: ignore[type-arg]
     """A JSON object as its key/value pairs, duplicates kept (what ``object_pairs_hook`` returns)."""
@@ -82,8 +93,8 @@ def _lenient_fields(raw: bytes) -> tuple[dict[str, list[str]], str | None] | Non
 class Parties:
     """A batch's party identifiers in long form, plus per-record parse state and start text."""
 
-    parsed: pl.Series   # Boolean per record: a JSON object (strictly or leniently)
-    start: pl.Series    # String per record: the start as written (null if none)
+    parsed: pl.Series     # Boolean per record: a JSON object (strictly or leniently parsed)
+    start: pl.Series      # String per record: the start as written (null if none)
     values: pl.DataFrame  # row (Int64), field (String), raw (String): one row per party value
 
 
@@ -93,36 +104,38 @@ def read_parties(raws: Sequence[bytes]) -> Parties:
     parsed = parse_batch(raws, b"\n".join(raws), PARSE_SCHEMA, max_bytes=MAX_PARSE_BYTES)
     f = parsed.frame.with_columns(pl.col("row").cast(pl.Int64))
     long = [f.select("row", pl.lit(name).alias("field"), pl.col(name).alias("raw")) for name in PARTY_NAMES]
-    ok = [False] * n
-    for row in f["row"].to_list():
-        ok[row] = True
-    start: list[str | None] = [None] * n
-    for row, text in zip(f["row"].to_list(), f["start"].to_list()):
-        start[row] = text
-    extra_rows: list[int] = []
-    extra_fields: list[str] = []
-    extra_values: list[str] = []
+    rows = f["row"]
+    ok = pl.Series("parsed", [False] * n, dtype=pl.Boolean).scatter(rows, True) if f.height else \
+        pl.Series("parsed", [False] * n, dtype=pl.Boolean)
+    start = pl.Series("start", [None] * n, dtype=pl.String)
+    if f.height:
+        start = start.scatter(rows, f["start"])
+    lenient_rows: list[int] = []
+    lenient_starts: list[str | None] = []
+    extra: dict[str, list[Any]] = {"row": [], "field": [], "raw": []}
     for row in parsed.reject_rows:
         lenient = _lenient_fields(raws[row])
         if lenient is None:
             continue
-        ok[row] = True
-        fields, start[row] = lenient
+        fields, first_start = lenient
+        lenient_rows.append(row)
+        lenient_starts.append(first_start)
         for name, vals in fields.items():
-            extra_rows.extend([row] * len(vals))
-            extra_fields.extend([name] * len(vals))
-            extra_values.extend(vals)
-    if extra_rows:
-        long.append(pl.DataFrame({"row": extra_rows, "field": extra_fields, "raw": extra_values},
-                                 schema={"row": pl.Int64, "field": pl.String, "raw": pl.String}))
+            extra["row"].extend([row] * len(vals))
+            extra["field"].extend([name] * len(vals))
+            extra["raw"].extend(vals)
+    if lenient_rows:
+        ok = ok.scatter(lenient_rows, True)
+        start = start.scatter(lenient_rows, pl.Series(lenient_starts, dtype=pl.String))
+        long.append(pl.DataFrame(extra, schema={"row": pl.Int64, "field": pl.String, "raw": pl.String}))
     values = pl.concat(long).filter(pl.col("raw").is_not_null())
-    return Parties(pl.Series("parsed", ok, dtype=pl.Boolean), pl.Series("start", start, dtype=pl.String), values)
+    return Parties(ok, start, values)
 
 
 def normalised_parties(parties: Parties, phones: PhoneNormaliser) -> pl.DataFrame:
     """``row, kind, value``: each party value in the pipeline's canonical form (invalid values dropped)."""
     out = []
-    for kind in dict.fromkeys(k for _f, k in PARTY_FIELDS):
+    for kind in TARGET_KINDS:
         names = [f for f, k in PARTY_FIELDS if k == kind]
         part = parties.values.filter(pl.col("field").is_in(names))
         if part.height == 0:
@@ -134,9 +147,7 @@ def normalised_parties(parties: Parties, phones: PhoneNormaliser) -> pl.DataFram
     return pl.concat(out).filter(pl.col("value").is_not_null())
 
 
-class WrongVaultKeyError(Exception):
-    """A segment was sealed for another vault key: this keyring cannot open it (stop, do not skip)."""
-
+# --------------------------------------------------------------------------- the batch transform
 
 @dataclass
 class IngestTotals:
@@ -162,6 +173,27 @@ class IngestTotals:
                 "quarantined": self.quarantined, "days": len(self.days)}
 
 
+@dataclass
+class DayRows:
+    """One day's rows, ready for ``executemany`` (record ids assigned, ciphertexts made)."""
+
+    day: int
+    kid: str
+    records: list[tuple[Any, ...]]
+    index: list[tuple[int, int]]
+    ids: list[str]
+
+
+@dataclass
+class PreparedBatch:
+    """A batch after :meth:`Ingester.prepare`: everything :meth:`Ingester.write` inserts."""
+
+    days: list[DayRows]
+    quarantine: list[tuple[str | None, str, bytes]]
+    totals: IngestTotals
+    record_ids: frozenset[str]
+
+
 def _sealed_us(text: Any) -> int:
     """``sealed_at`` of a segment in µs since the epoch (the time of records without one of their own)."""
     try:
@@ -175,7 +207,7 @@ def _sealed_us(text: Any) -> int:
 
 
 class Ingester:
-    """Turns batches of envelopes into stored rows; holds the normaliser and index caches across batches."""
+    """Prepares and writes batches for one store; holds the normaliser, index and rid counters across batches."""
 
     def __init__(self, store: VaultStore, keystore: Keystore, keyring: VaultKeyring) -> None:
         self.store = store
@@ -184,11 +216,38 @@ class Ingester:
         self._kid = keyring.vault_kid
         self._indexer = BlindIndexer(keyring.index_key)
         self._phones = PhoneNormaliser(store.region)
+        store.lock_writer()
+        self._reader = store.reader()
+        self._next_rid: dict[int, int] = {}
+        #: Record ids of the batch being written (so the next batch's dedupe sees them before they commit).
+        self.pending_ids: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         return f"Ingester(store={self.store!r}, vault_kid={self._kid!r})"
 
-    def _open(self, envelope: bytes | dict[str, Any], totals: IngestTotals, cols: dict[str, list[Any]]) -> None:
+    def close(self) -> None:
+        self._reader.close()
+
+    def ingest(self, envelopes: Sequence[bytes | dict[str, Any]]) -> IngestTotals:
+        """Prepare and write one batch (one transaction); returns what happened."""
+        return self.write(self.prepare(envelopes))
+
+    # ------------------------------------------------------------------ prepare (CPU, no writes)
+
+    def prepare(self, envelopes: Sequence[bytes | dict[str, Any]]) -> PreparedBatch:
+        """Open, dedupe, parse, index and encrypt a batch; nothing is written to the database."""
+        totals = IngestTotals()
+        quarantine: list[tuple[str | None, str, bytes]] = []
+        cols: dict[str, list[Any]] = {k: [] for k in ("record_id", "raw", "src", "part", "off", "sealed")}
+        for envelope in envelopes:
+            self._open(envelope, totals, cols, quarantine)
+        totals.records = len(cols["record_id"])
+        days = self._rows(cols, totals) if totals.records else []
+        ids = frozenset(rid for d in days for rid in d.ids)
+        return PreparedBatch(days, quarantine, totals, ids)
+
+    def _open(self, envelope: bytes | dict[str, Any], totals: IngestTotals, cols: dict[str, list[Any]],
+              quarantine: list[tuple[str | None, str, bytes]]) -> None:
         """Open one envelope (or a DLQ record's payload) into the column lists, or quarantine it."""
         try:
             header = orjson.loads(envelope) if isinstance(envelope, (bytes, bytearray, memoryview, str)) \
@@ -198,97 +257,118 @@ class Ingester:
         if isinstance(header, dict) and header.get("type") == DLQ_TYPE:
             header = header.get("payload")
         if not isinstance(header, dict) or header.get("type") != ENVELOPE_TYPE:
-            self._quarantine(None, "not a cdr.retention/1 envelope", envelope, totals)
+            body = bytes(envelope) if isinstance(envelope, (bytes, bytearray, memoryview)) else orjson.dumps(envelope)
+            self._quarantine(None, "not a cdr.retention/1 envelope", body, totals, quarantine)
             return
         if header.get("vault_kid") != self._kid:
             raise WrongVaultKeyError(f"segment {header.get('segment_id')!r} is sealed for vault key "
                                      f"{header.get('vault_kid')!r}, this keyring holds {self._kid!r}: run the vault "
                                      "with the vault keyring whose public key the workers use")
         segment_id = str(header.get("segment_id"))
-        raw_header = orjson.dumps(header)
         try:
             sealed = _sealed_us(header.get("sealed_at"))
             opened = open_segment(header, self._private, self._kid)
         except EnvelopeError as exc:
-            self._quarantine(segment_id, str(exc), raw_header, totals)
+            self._quarantine(segment_id, str(exc), orjson.dumps(header), totals, quarantine)
             return
         totals.segments += 1
-        n = len(opened)
-        cols["record_id"].extend(r.record_id for r in opened)
-        cols["raw"].extend(r.raw for r in opened)
-        cols["src"].extend(r.source_name for r in opened)
-        cols["part"].extend(r.partition for r in opened)
-        cols["off"].extend(r.offset for r in opened)
-        cols["sealed"].extend([sealed] * n)
+        cols["record_id"].extend([r.record_id for r in opened])
+        cols["raw"].extend([r.raw for r in opened])
+        cols["src"].extend([r.source_name for r in opened])
+        cols["part"].extend([r.partition for r in opened])
+        cols["off"].extend([r.offset for r in opened])
+        cols["sealed"].extend([sealed] * len(opened))
 
-    def _quarantine(self, segment_id: str | None, reason: str, envelope: Any, totals: IngestTotals) -> None:
-        body = envelope if isinstance(envelope, bytes) else orjson.dumps(envelope)
-        log.error("segment %s could not be opened and was quarantined: %s", segment_id or "(unknown)", reason)
-        self.store.quarantine(segment_id, reason, body)
+    def _quarantine(self, segment_id: str | None, reason: str, body: bytes, totals: IngestTotals,
+                    quarantine: list[tuple[str | None, str, bytes]]) -> None:
+        log.error("segment %s could not be opened and will be quarantined: %s", segment_id or "(unknown)", reason)
+        quarantine.append((segment_id, reason, body))
         totals.quarantined += 1
 
-    def ingest(self, envelopes: Sequence[bytes | dict[str, Any]]) -> IngestTotals:
-        """Store every new record of ``envelopes`` in one transaction; returns what happened."""
-        totals = IngestTotals()
-        cols: dict[str, list[Any]] = {k: [] for k in ("record_id", "raw", "src", "part", "off", "sealed")}
-        with self.store.transaction():
-            for envelope in envelopes:
-                self._open(envelope, totals, cols)
-            totals.records = len(cols["record_id"])
-            if totals.records:
-                self._store(cols, totals)
-        return totals
-
-    def _store(self, cols: dict[str, list[Any]], totals: IngestTotals) -> None:
-        """Dedupe, parse, index, encrypt and insert the opened records (inside the caller's transaction)."""
+    def _rows(self, cols: dict[str, list[Any]], totals: IngestTotals) -> list[DayRows]:
+        """Dedupe, parse, index and encrypt the opened records into per-day rows."""
         batch = pl.DataFrame({"record_id": cols["record_id"], "sealed": cols["sealed"]},
                              schema={"record_id": pl.String, "sealed": pl.Int64}).with_row_index("i")
         first = batch.unique("record_id", keep="first", maintain_order=True)
-        known = self.store.known_ids(first["record_id"].to_list())
+        candidates = first["record_id"].to_list()
+        known = self.store.known_ids(candidates, conn=self._reader)
+        known.update(self.pending_ids.intersection(candidates))
         if known:
             first = first.filter(~pl.col("record_id").is_in(list(known)))
         totals.duplicates = totals.records - first.height
         if first.height == 0:
-            return
+            return []
         take = first["i"].to_list()
         raws_all = cols["raw"]
         raws = [raws_all[i] for i in take]
 
         parties = read_parties(raws)
-        start_us = parse_times(parties.start).dt.epoch("us")
         rows = first.select("record_id", "sealed").with_columns(
-            parties.parsed.alias("parsed"), start_us.alias("start")).with_row_index("row").with_columns(
+            parties.parsed.alias("parsed"), parse_times(parties.start).dt.epoch("us").alias("start")) \
+            .with_row_index("row").with_columns(
             pl.col("row").cast(pl.Int64), pl.coalesce("start", "sealed").alias("ts")).with_columns(
             (pl.col("ts") // DAY_US).alias("day"), pl.col("start").is_null().alias("sealed_time"))
         totals.unparsed = int((~rows["parsed"]).sum())
 
-        # Blind index entries (row, day, ts, bidx) of every normalised party identifier, as columns.
-        values = normalised_parties(parties, self._phones).join(rows.select("row", "day", "ts"), on="row")
+        # Day keys first: records of a purged day are not stored again (the legal period is over).
+        ciphers = {int(d): self.keystore.cipher_for_write(int(d)) for d in rows["day"].unique().to_list()}
+        expired = [d for d, c in ciphers.items() if c is None]
+        if expired:
+            totals.expired = int(rows["day"].is_in(expired).sum())
+            rows = rows.filter(~pl.col("day").is_in(expired))
+        # Row ids: each day continues its own sequence; rows sorted by day so each day is one slice.
+        firsts = {d: self._next_rid.get(d) or self.store.next_rid(d, conn=self._reader)
+                  for d, c in ciphers.items() if c is not None}
+        rows = rows.sort("day", maintain_order=True).with_columns(
+            (pl.col("day").replace_strict(firsts, return_dtype=pl.Int64)
+             + pl.int_range(pl.len(), dtype=pl.Int64).over("day")).alias("rid"))
+        counts = rows.group_by("day", maintain_order=True).len()
+        for day, n in counts.iter_rows():
+            self._next_rid[day] = firsts[day] + n
+
+        # Blind index entries (day, bidx, rid) of every normalised party identifier, as columns.
+        values = normalised_parties(parties, self._phones).join(rows.select("row", "day", "rid"), on="row")
         index = pl.concat([
             values.filter(pl.col("kind") == kind).select(
-                "row", "day", "ts", self._indexer.column(kind, pl.col("day"), pl.col("value")).alias("bidx"))
-            for kind in TARGET_KINDS]).unique(["row", "bidx"])
+                "day", self._indexer.column(kind, pl.col("day"), pl.col("value")).alias("bidx"), "rid")
+            for kind in TARGET_KINDS]).unique().sort("day", "bidx", "rid")
+        index_counts = dict(index.group_by("day").len().iter_rows())
+        bidx_col, idx_rid_col = index["bidx"].to_list(), index["rid"].to_list()
 
-        ids_col, ts_col = rows["record_id"].to_list(), rows["ts"].to_list()
+        order = rows["row"].to_list()
+        ids_col, ts_col, rid_col = rows["record_id"].to_list(), rows["ts"].to_list(), rows["rid"].to_list()
         parsed_col = rows["parsed"].cast(pl.Int8).to_list()
         sealed_col = rows["sealed_time"].cast(pl.Int8).to_list()
-        src, part, off = cols["src"], cols["part"], cols["off"]
-        for (day,), group in rows.select("row", "day").partition_by("day", as_dict=True, maintain_order=True).items():
-            day = int(day)
-            members = group["row"].to_list()
-            cipher = self.keystore.cipher_for_write(day)
-            if cipher is None:  # the day was purged: the legal period is over, do not bring it back
-                totals.expired += len(members)
-                continue
-            next_rid = self.store.ensure_partition(day, cipher.kid)
-            rids = range(next_rid, next_rid + len(members))
-            record_ids = [ids_col[r] for r in members]
-            cts = cipher.seal_many(record_ids, [raws[r] for r in members])
-            records = [(rid, ids_col[r], ts_col[r], parsed_col[r], sealed_col[r], src[take[r]], part[take[r]],
-                        off[take[r]], ct) for rid, r, ct in zip(rids, members, cts)]
-            rid_map = pl.DataFrame({"row": members, "rid": list(rids)}, schema={"row": pl.Int64, "rid": pl.Int64})
-            day_index = index.filter(pl.col("day") == day).join(rid_map, on="row").sort("bidx", "ts", "rid")
-            idx_rows = day_index.select("bidx", "ts", "rid").iter_rows()
-            self.store.insert_day(day, records, idx_rows, zip(record_ids, [day] * len(record_ids)))
-            totals.stored += len(members)
+        raw_col = [raws[r] for r in order]
+        src_all, part_all, off_all = cols["src"], cols["part"], cols["off"]
+        src = [src_all[take[r]] for r in order]
+        part = [part_all[take[r]] for r in order]
+        off = [off_all[take[r]] for r in order]
+        out = []
+        lo = ilo = 0
+        for day, n in counts.iter_rows():
+            hi, ihi = lo + n, ilo + index_counts.get(day, 0)
+            cipher = ciphers[day]
+            assert cipher is not None
+            record_ids = ids_col[lo:hi]
+            cts = cipher.seal_many(record_ids, raw_col[lo:hi])
+            records = list(zip(rid_col[lo:hi], record_ids, ts_col[lo:hi], parsed_col[lo:hi], sealed_col[lo:hi],
+                               src[lo:hi], part[lo:hi], off[lo:hi], cts))
+            out.append(DayRows(day, cipher.kid, records, list(zip(bidx_col[ilo:ihi], idx_rid_col[ilo:ihi])),
+                               record_ids))
+            totals.stored += n
             totals.days.add(day)
+            lo, ilo = hi, ihi
+        return out
+
+    # ------------------------------------------------------------------ write (one transaction)
+
+    def write(self, prepared: PreparedBatch) -> IngestTotals:
+        """Insert a prepared batch in one transaction (safe to run on a writer thread)."""
+        with self.store.transaction():
+            for segment_id, reason, body in prepared.quarantine:
+                self.store.quarantine(segment_id, reason, body)
+            for rows in prepared.days:
+                self.store.ensure_partition(rows.day, rows.kid)
+                self.store.insert_day(rows.day, rows.records, rows.index, rows.ids)
+        return prepared.totals

@@ -1,10 +1,11 @@
 """Feeding the vault: from the ``cdr.retention`` topic (``vault sink``) or from a file (``vault ingest``).
 
-Both read batches of segment envelopes and hand them to :class:`~pipeline.vault.ingest.Ingester`,
-which stores a batch in one database transaction. The Kafka sink reads ``read_committed`` (it
-never sees a worker's aborted transaction) and commits its consumer offsets only after the
-batch is committed to the database. A crash in between re-delivers the batch, and ingest is
-idempotent by record id, so every record is stored exactly once.
+Both read batches of segment envelopes into a :class:`BatchPipeline`: the calling thread
+prepares batch *k+1* (open, parse, index, encrypt) while a writer thread inserts batch *k* in
+one database transaction. The Kafka sink reads ``read_committed`` (it never sees a worker's
+aborted transaction) and commits a batch's consumer offsets only after that batch is
+committed (and synced) to the database. A crash in between re-delivers the batch, and ingest
+is idempotent by record id, so every record is stored exactly once.
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.runners.files import iter_line_batches
 from pipeline.vault.ingest import Ingester, IngestTotals
@@ -37,24 +39,76 @@ def iter_envelope_batches(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYT
             yield batch
 
 
+class BatchPipeline:
+    """Prepares the next batch on the calling thread while one writer thread inserts the last one.
+
+    ``on_written(totals, token)`` runs on the calling thread once a batch is committed (the
+    Kafka sink commits that batch's offsets there). Write errors surface on the next
+    :meth:`submit` or on :meth:`flush`.
+    """
+
+    def __init__(self, ingester: Ingester, on_written: Callable[[IngestTotals, Any], None] | None = None) -> None:
+        self.ingester = ingester
+        self.totals = IngestTotals()
+        self._on_written = on_written
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vault-writer")
+        self._inflight: tuple[Future[IngestTotals], Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"BatchPipeline(ingester={self.ingester!r})"
+
+    def submit(self, envelopes: Sequence[bytes], token: Any = None) -> None:
+        """Prepare ``envelopes`` now, then hand them to the writer once the previous batch is committed."""
+        prepared = self.ingester.prepare(envelopes)
+        self._finish()
+        self.ingester.pending_ids = prepared.record_ids
+        self._inflight = (self._pool.submit(self.ingester.write, prepared), token)
+
+    def _finish(self) -> None:
+        if self._inflight is None:
+            return
+        future, token = self._inflight
+        self._inflight = None
+        totals = future.result()
+        self.totals.add(totals)
+        if self._on_written is not None:
+            self._on_written(totals, token)
+
+    def flush(self) -> None:
+        """Wait until everything submitted is committed."""
+        self._finish()
+        self.ingester.pending_ids = frozenset()
+
+    def close(self) -> None:
+        """Flush, then stop the writer thread."""
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def ingest_file(ingester: Ingester, path: str, *, batch_bytes: int = DEFAULT_BATCH_BYTES,
                 progress: bool = False) -> IngestTotals:
     """Ingest every envelope of ``path`` (``-`` for stdin); each batch is one transaction."""
-    totals = IngestTotals()
     started = last = time.monotonic()
     stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+    pipeline = BatchPipeline(ingester)
     try:
         for batch in iter_envelope_batches(stream, batch_bytes):
-            totals.add(ingester.ingest(batch))
+            pipeline.submit(batch)
             now = time.monotonic()
             if progress and now - last >= 2.0:
                 last = now
-                print(f"ingested {totals.records:,} records ({totals.stored:,} new), "
-                      f"{totals.records / (now - started):,.0f} records/s", file=sys.stderr, flush=True)
+                done = pipeline.totals
+                print(f"ingested {done.records:,} records ({done.stored:,} new), "
+                      f"{done.records / (now - started):,.0f} records/s", file=sys.stderr, flush=True)
     finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
-    return totals
+        try:
+            pipeline.close()
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+    return pipeline.totals
 
 
 class VaultSink:
@@ -90,16 +144,25 @@ class VaultSink:
 
         Raises:
             KafkaException: a fatal consumer error (bad configuration, authorisation).
-            WrongVaultKeyError: a segment sealed for another vault key (offsets are not committed).
+            WrongVaultKeyError: a segment sealed for another vault key (its offsets are not committed).
         """
-        totals = IngestTotals()
         consumer = Consumer(self._config)
-        consumer.subscribe([self.topic])
+
+        def commit(_totals: IngestTotals, offsets: list[TopicPartition]) -> None:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:  # e.g. partitions moved in a rebalance: the new owner re-reads, dedupes
+                log.warning("vault sink: offset commit failed (%s); those records may be re-read and deduplicated",
+                            exc.args[0].str() if exc.args else exc)
+
+        pipeline = BatchPipeline(self.ingester, on_written=commit)
+        consumer.subscribe([self.topic], on_revoke=lambda _c, _parts: pipeline.flush())
         started = last_report = last_data = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 messages = consumer.consume(num_messages=self.max_messages, timeout=self.poll_seconds)
-                values = []
+                values: list[bytes] = []
+                ends: dict[tuple[str, int], int] = {}
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
@@ -109,27 +172,25 @@ class VaultSink:
                         if err.code() != KafkaError._PARTITION_EOF:
                             log.warning("consumer: %s", err.str())
                         continue
+                    ends[(msg.topic(), msg.partition())] = msg.offset() + 1
                     if msg.value():
                         values.append(msg.value())
                 now = time.monotonic()
-                if not messages:
+                if not ends:
                     if idle_exit is not None and now - last_data >= idle_exit:
                         break
                     continue
                 last_data = now
-                if values:
-                    totals.add(self.ingester.ingest(values))
-                try:
-                    consumer.commit(asynchronous=False)
-                except KafkaException as exc:  # nothing to commit after a rebalance: the next batch will
-                    if exc.args and exc.args[0].code() != KafkaError._NO_OFFSET:
-                        raise
+                pipeline.submit(values, [TopicPartition(t, p, o) for (t, p), o in ends.items()])
                 if now - last_report >= PROGRESS_SECONDS:
                     last_report = now
+                    done = pipeline.totals
                     log.info("vault sink: %d records read, %d stored, %d duplicates, %d quarantined (%.0f records/s)",
-                             totals.records, totals.stored, totals.duplicates, totals.quarantined,
-                             totals.records / max(now - started, 1e-9))
+                             done.records, done.stored, done.duplicates, done.quarantined,
+                             done.records / max(now - started, 1e-9))
         finally:
-            consumer.close()
-        return totals
-
+            try:
+                pipeline.close()  # the batch in flight is committed and its offsets too
+            finally:
+                consumer.close()
+        return pipeline.totals

@@ -1,30 +1,36 @@
 """The record database: SQLite (WAL), one table pair per day, so queries seek and purges drop.
 
-Layout (``schemas``: see docs/vault.md):
+Layout (docs/vault.md has the rationale):
 
 * ``rec_YYYYMMDD(rid, record_id, ts, parsed, sealed_time, src, part, off, ct)`` — one row per
   record, ``ct`` = nonce || AES-256-GCM under the day's key (``keystore``). ``ts`` is the call
   start in µs since the epoch, or the segment's ``sealed_at`` when the record has no usable
   start (``sealed_time = 1``); records that are not JSON at all have ``parsed = 0`` and a
   small partial index on ``ts`` so they can be listed by time.
-* ``idx_YYYYMMDD(bidx, ts, rid)`` WITHOUT ROWID — one row per (party identifier, record):
-  a lookup is one B-tree seek to ``(bidx, ts range)``, whatever the number of records.
+* ``idx_YYYYMMDD(bidx, rid)`` WITHOUT ROWID — one row per (party identifier, record): a
+  lookup is one B-tree seek, whatever the number of records; the time window is applied to
+  the few joined record rows. ``bidx`` is 47 bits, so SQLite stores it in 6 bytes.
 * ``record_ids(record_id, day)`` WITHOUT ROWID — every stored record id once, across days:
   ingest is idempotent however often (or however late) a record arrives.
 * ``partitions(day, kid)`` — which day key each day was written with.
 * ``audit(seq, entry)`` — the hash-chained access log (``audit``).
 
-A purge drops whole tables (no row-by-row delete) with ``secure_delete`` on, then removes the
-days' ids; the keystore destroys the keys, which is what makes every copy unreadable.
+Writes use ``synchronous=FULL``: a batch is on disk before the sink commits its Kafka offsets,
+so a power cut cannot lose records the topic no longer holds. One writer per database, enforced
+with a lock file (``<db>.lock``). A purge drops whole tables (no row-by-row delete) with
+``secure_delete`` on, then removes the days' ids; the keystore destroys the keys, which is
+what makes every copy unreadable.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -69,6 +75,7 @@ class VaultStore:
     def __init__(self, path: str | os.PathLike[str], *, vault_kid: str, index_kid: str, region: str | None = None,
                  create: bool = False, cache_mib: int = 256) -> None:
         self.path = Path(path)
+        self._lock: Any = None
         if not self.path.exists():
             if not create:
                 raise StoreError(f"no vault database at {self.path}: check --db, or fill one with "
@@ -80,7 +87,7 @@ class VaultStore:
         except sqlite3.DatabaseError:
             self.conn.close()
             raise StoreError(f"{self.path} is not an SQLite database (is --db the vault database?)") from None
-        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
         self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.executescript(_SCHEMA)
@@ -109,6 +116,28 @@ class VaultStore:
 
     def close(self) -> None:
         self.conn.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def reader(self) -> sqlite3.Connection:
+        """A second connection for reads while this one writes (WAL: it sees committed data)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    def lock_writer(self) -> None:
+        """Become the only ingest/sink writing this database (the lock goes with the process)."""
+        if self._lock is not None:
+            return
+        handle = open(str(self.path) + ".lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StoreError(f"another `cdrpipe vault ingest` or `vault sink` is writing {self.path} (it holds "
+                             f"{self.path}.lock): run one writer per vault database") from None
+        self._lock = handle
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -127,8 +156,8 @@ class VaultStore:
         """Day number -> key id of every day with records."""
         return dict(self.conn.execute("SELECT day, kid FROM partitions ORDER BY day").fetchall())
 
-    def ensure_partition(self, day: int, kid: str) -> int:
-        """Create the day's tables if needed (inside the caller's transaction); return the next free rid."""
+    def ensure_partition(self, day: int, kid: str) -> None:
+        """Create the day's tables if needed (inside the caller's transaction); refuse a different day key."""
         row = self.conn.execute("SELECT kid FROM partitions WHERE day = ?", (day,)).fetchone()
         rec, idx = rec_table(day), idx_table(day)
         if row is None:
@@ -136,30 +165,41 @@ class VaultStore:
                               "ts INTEGER NOT NULL, parsed INTEGER NOT NULL, sealed_time INTEGER NOT NULL, "
                               "src TEXT NOT NULL, part INTEGER, off INTEGER, ct BLOB NOT NULL)")
             self.conn.execute(f"CREATE INDEX IF NOT EXISTS {rec}_unparsed ON {rec} (ts) WHERE parsed = 0")
-            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {idx} (bidx INTEGER NOT NULL, ts INTEGER NOT NULL, "
-                              "rid INTEGER NOT NULL, PRIMARY KEY (bidx, ts, rid)) WITHOUT ROWID")
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {idx} (bidx INTEGER NOT NULL, rid INTEGER NOT NULL, "
+                              "PRIMARY KEY (bidx, rid)) WITHOUT ROWID")
             self.conn.execute("INSERT INTO partitions (day, kid, created) VALUES (?, ?, ?)", (day, kid, _now_text()))
         elif row[0] != kid:
             raise StoreError(f"the records of {day_date(day)} were written under day key {row[0]!r} but the "
                              f"keystore holds {kid!r}: wrong --keystore for this database?")
-        return int(self.conn.execute(f"SELECT coalesce(max(rid), 0) + 1 FROM {rec}").fetchone()[0])
+
+    def next_rid(self, day: int, conn: sqlite3.Connection | None = None) -> int:
+        """The first unused row id of the day's table (1 for a day without records)."""
+        conn = conn or self.conn
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                            (rec_table(day),)).fetchone():
+            return 1
+        return int(conn.execute(f"SELECT coalesce(max(rid), 0) + 1 FROM {rec_table(day)}").fetchone()[0])
 
     # ------------------------------------------------------------------ ingest
 
-    def known_ids(self, record_ids: Sequence[str]) -> set[str]:
+    def known_ids(self, record_ids: Sequence[str], conn: sqlite3.Connection | None = None) -> set[str]:
         """Which of ``record_ids`` are already stored (one query per call)."""
         if not record_ids:
             return set()
-        rows = self.conn.execute("SELECT record_id FROM record_ids WHERE record_id IN "
+        rows = (conn or self.conn).execute("SELECT record_id FROM record_ids WHERE record_id IN "
                                  "(SELECT value FROM json_each(?))", (orjson.dumps(list(record_ids)),))
         return {r[0] for r in rows}
 
-    def insert_day(self, day: int, records: Iterable[tuple[object, ...]], index: Iterable[tuple[int, int, int]],
-                   ids: Iterable[tuple[str, int]]) -> None:
-        """Insert one day's records (RECORD_COLUMNS order), index rows ``(bidx, ts, rid)`` and ids."""
+    def insert_day(self, day: int, records: Iterable[tuple[object, ...]], index: Sequence[tuple[int, int]],
+                   ids: Sequence[str]) -> None:
+        """Insert one day's records (RECORD_COLUMNS order), index rows ``(bidx, rid)`` and record ids."""
         self.conn.executemany(f"INSERT INTO {rec_table(day)} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
-        self.conn.executemany(f"INSERT OR IGNORE INTO {idx_table(day)} VALUES (?, ?, ?)", index)
-        self.conn.executemany("INSERT INTO record_ids (record_id, day) VALUES (?, ?)", ids)
+        # One statement each, so SQLite works through the rows without the GIL (a writer thread
+        # then runs beside the thread preparing the next batch).
+        self.conn.execute(f"INSERT OR IGNORE INTO {idx_table(day)} SELECT value ->> 0, value ->> 1 FROM json_each(?)",
+                          (orjson.dumps(index),))
+        self.conn.execute("INSERT INTO record_ids (record_id, day) SELECT value, ? FROM json_each(?)",
+                          (day, orjson.dumps(ids)))
 
     def quarantine(self, segment_id: str | None, reason: str, envelope: bytes) -> None:
         """Keep an envelope that could not be opened (still sealed to the vault) for investigation."""
@@ -173,7 +213,7 @@ class VaultStore:
         rec, idx = rec_table(day), idx_table(day)
         return self.conn.execute(
             f"SELECT r.rid, r.record_id, r.ts, r.parsed, r.sealed_time, r.src, r.part, r.off, r.ct "
-            f"FROM {idx} AS i JOIN {rec} AS r ON r.rid = i.rid WHERE i.bidx = ? AND i.ts >= ? AND i.ts < ?",
+            f"FROM {idx} AS i JOIN {rec} AS r ON r.rid = i.rid WHERE i.bidx = ? AND r.ts >= ? AND r.ts < ?",
             (bidx, lo_us, hi_us)).fetchall()
 
     def unparsed(self, day: int, lo_us: int, hi_us: int) -> list[tuple[object, ...]]:
