@@ -29,6 +29,7 @@ DEFAULT_GROUP = "cdrpipe-vault"
 DEFAULT_BATCH_BYTES = 16 << 20
 DEFAULT_MAX_MESSAGES = 64
 PROGRESS_SECONDS = 10.0
+ASSIGN_GRACE_SECONDS = 30.0
 
 
 def iter_envelope_batches(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) -> Iterator[list[bytes]]:
@@ -140,7 +141,8 @@ class VaultSink:
         self.stop_event.set()
 
     def run(self, *, idle_exit: float | None = None) -> IngestTotals:
-        """Consume, store, commit offsets; returns the totals when stopped or idle for ``idle_exit`` seconds.
+        """Consume, store, commit offsets; returns the totals when stopped, or idle for ``idle_exit`` seconds
+        after partitions were assigned (or ``ASSIGN_GRACE_SECONDS`` longer if none ever are).
 
         Raises:
             KafkaException: a fatal consumer error (bad configuration, authorisation).
@@ -156,8 +158,15 @@ class VaultSink:
                             exc.args[0].str() if exc.args else exc)
 
         pipeline = BatchPipeline(self.ingester, on_written=commit)
-        consumer.subscribe([self.topic], on_revoke=lambda _c, _parts: pipeline.flush())
-        started = last_report = last_data = time.monotonic()
+        started = last_report = time.monotonic()
+        # The idle clock starts once partitions are assigned (joining a group takes a moment).
+        last_data = started + ASSIGN_GRACE_SECONDS
+
+        def assigned(_consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+            nonlocal last_data
+            last_data = min(last_data, time.monotonic())
+
+        consumer.subscribe([self.topic], on_assign=assigned, on_revoke=lambda _c, _parts: pipeline.flush())
         try:
             while not self.stop_event.is_set():
                 messages = consumer.consume(num_messages=self.max_messages, timeout=self.poll_seconds)

@@ -1,0 +1,159 @@
+"""`cdrpipe vault sink` against the real local broker: read_committed, offsets after storage, stored once.
+
+Retention envelopes are made by the real core (``Router``) and produced transactionally, the
+way workers write ``cdr.retention``; one transaction is aborted and must never reach the vault.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.broker import LocalKafka
+from pipeline.cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, main
+from pipeline.core.router import CoreConfig, Router, Source
+from pipeline.keys import generate, write_private_json
+from pipeline.vault.ingest import Ingester
+from pipeline.vault.keystore import Keystore
+from pipeline.vault.sink import VaultSink
+from pipeline.vault.store import VaultStore
+
+pytestmark = pytest.mark.kafka
+TARGET = "07700 900123"
+
+
+def _lines(prefix: str, n: int, start_day: int = 3) -> list[bytes]:
+    """``n`` raw records ``<prefix>-<i>``; every third one has the target as caller."""
+    return [orjson.dumps({"record_id": f"{prefix}-{i}", "cli": TARGET if i % 3 == 0 else f"07700 9005{i % 100:02d}",
+                          "dialled": "+44 7700 900999", "start": f"2020-01-{start_day + i % 20:02d}T10:00:00Z",
+                          "duration": i}) for i in range(n)]
+
+
+def _envelopes(worker, lines: list[bytes], name: str) -> list[bytes]:
+    """Segment envelopes for ``lines`` from the real core (small segments: several per batch)."""
+    router = Router(worker, CoreConfig(segment_bytes=2048))
+    return router.route(lines, Source(name, 0, range(1, len(lines) + 1))).retention
+
+
+def _produce(kafka: LocalKafka, topic: str, txid: str, batches: list[tuple[list[bytes], bool]]) -> None:
+    """One transaction per ``(values, commit)``: committed or aborted."""
+    producer = Producer({**kafka.admin_config(), "transactional.id": txid, "enable.idempotence": True})
+    producer.init_transactions(30)
+    for values, commit in batches:
+        producer.begin_transaction()
+        for i, value in enumerate(values):
+            producer.produce(topic, value=value, partition=i % 2)
+        producer.flush(30)
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.abort_transaction(30)
+
+
+def _create_topic(kafka: LocalKafka, name: str) -> None:
+    admin = AdminClient(kafka.admin_config())
+    admin.create_topics([NewTopic(name, 2, 1)])[name].result(timeout=30)
+
+
+def _stored_ids(db: Path) -> set[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return {r[0] for r in conn.execute("SELECT record_id FROM record_ids")}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    worker, vault = generate()
+    write_private_json(tmp_path / "worker-keyring.json", worker.to_json())
+    write_private_json(tmp_path / "vault-keyring.json", vault.to_json())
+    return worker, vault, tmp_path / "vault-keyring.json"
+
+
+def test_sink_stores_committed_records_once_and_commits_offsets(kafka, topic_prefix, tmp_path, keys):
+    worker, vault, _path = keys
+    topic = f"{topic_prefix}cdr.retention"
+    _create_topic(kafka, topic)
+    first, aborted = _lines("a", 60), _lines("x", 30)
+    _produce(kafka, topic, f"{topic_prefix}w1", [(_envelopes(worker, first, "cdr.raw"), True),
+                                                 (_envelopes(worker, aborted, "cdr.raw"), False)])
+    db = tmp_path / "vault.db"
+
+    def run_sink() -> dict[str, int]:
+        store = VaultStore(db, vault_kid=vault.vault_kid, index_kid=vault.index_key.kid, region="GB", create=True)
+        keystore = Keystore(str(db) + ".keys", vault, create=True)
+        ingester = Ingester(store, keystore, vault)
+        try:
+            sink = VaultSink(ingester, kafka.admin_config(), topic=topic, group=f"{topic_prefix}vault",
+                             max_messages=4)
+            return sink.run(idle_exit=3.0).summary()
+        finally:
+            ingester.close()
+            keystore.close()
+            store.close()
+
+    totals = run_sink()
+    assert totals["stored"] == 60 and totals["duplicates"] == 0
+    assert _stored_ids(db) == {f"a-{i}" for i in range(60)}  # the aborted transaction never arrived
+
+    # Re-sent records (a worker retried) and new ones: the new are stored, the re-sent are counted once more
+    # as duplicates, and nothing already committed is read again (offsets were committed after storage).
+    again, fresh = first[:20], _lines("b", 15)
+    _produce(kafka, topic, f"{topic_prefix}w1", [(_envelopes(worker, again + fresh, "cdr.raw"), True)])
+    totals = run_sink()
+    assert (totals["stored"], totals["duplicates"], totals["records"]) == (15, 20, 35)
+    assert len(_stored_ids(db)) == 75
+
+    consumer = Consumer({**kafka.admin_config(), "group.id": f"{topic_prefix}vault"})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in (0, 1)], timeout=30)
+        ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in (0, 1)]
+    finally:
+        consumer.close()
+    # Committed up to the end, except the markers of the last transaction (not messages).
+    assert all(end - 1 <= tp.offset <= end for tp, end in zip(committed, ends))
+
+
+def test_cli_sink_passes_settings_through_and_answers_queries(kafka, topic_prefix, tmp_path, keys, capsys):
+    worker, _vault, keyring = keys
+    topic = f"{topic_prefix}cdr.retention"
+    _create_topic(kafka, topic)
+    _produce(kafka, topic, f"{topic_prefix}w2", [(_envelopes(worker, _lines("c", 40), "cdr.raw"), True)])
+    db = tmp_path / "vault.db"
+    argv = ["vault", "sink", "--bootstrap-servers", kafka.bootstrap, "--keyring", str(keyring), "--db", str(db),
+            "--topic", topic, "--group", f"{topic_prefix}g", "-X", "client.id=cdrpipe-vault-test",
+            "--idle-exit", "3", "--quiet"]
+    assert main(argv) == EXIT_OK
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["stored"] == 40
+    assert main(["vault", "query", "--keyring", str(keyring), "--db", str(db), "--target", "+447700900123",
+                 "--from", "2020-01-01", "--to", "2020-01-31", "--warrant", "WR-1", "--officer", "PC-1"]) == EXIT_OK
+    ids = [orjson.loads(line)["record_id"] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(ids) == sorted(f"c-{i}" for i in range(0, 40, 3))
+    assert main(argv[:-5] + ["-X", "nonsense", "--idle-exit", "1"]) == EXIT_USAGE
+
+
+def test_cli_sink_stops_on_a_foreign_vault_key_without_committing(kafka, topic_prefix, tmp_path, keys, capsys):
+    _worker, _vault, keyring = keys
+    stranger = generate()[0]  # a worker configured with another vault's public key
+    topic = f"{topic_prefix}cdr.retention"
+    _create_topic(kafka, topic)
+    _produce(kafka, topic, f"{topic_prefix}w3", [(_envelopes(stranger, _lines("s", 5), "cdr.raw"), True)])
+    db = tmp_path / "vault.db"
+    group = f"{topic_prefix}g"
+    assert main(["vault", "sink", "--bootstrap-servers", kafka.bootstrap, "--keyring", str(keyring), "--db",
+                 str(db), "--topic", topic, "--group", group, "--idle-exit", "3"]) == EXIT_FATAL
+    assert "sealed for vault key" in capsys.readouterr().err
+    consumer = Consumer({**kafka.admin_config(), "group.id": group})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in (0, 1)], timeout=30)
+    finally:
+        consumer.close()
+    assert all(tp.offset < 0 for tp in committed)  # nothing committed: the records wait for the right keyring
+    assert _stored_ids(db) == set()
