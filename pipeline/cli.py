@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "pipeline.broker",
     "pipeline.topics",
     "pipeline.vault.cli",
+    "pipeline.runners.kafka",
+    "pipeline.demo",
 )
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2

@@ -1,0 +1,985 @@
+"""The Kafka worker (`cdrpipe run`): the exactly-once transaction loop around the core.
+
+One loop, one thread: ``consume(batch)`` -> ``Router.route`` -> in one Kafka transaction produce the
+analytics records, the sealed retention segments, the dead letters *and* the consumed offsets
+(``send_offsets_to_transaction`` with the consumer's group metadata) -> commit. A crash anywhere
+leaves either the whole batch committed or none of it, so ``read_committed`` readers see every
+input record exactly once.
+
+Why these choices:
+
+* **Fencing (KIP-447, EOS v2).** A zombie (a worker that paused, lost its partitions and woke up)
+  is fenced by the group: its offsets carry a stale generation, so the broker refuses them and the
+  transaction aborts. The transactional.id is ``cdrpipe-{group}-{input}-{worker id}``, stable per
+  worker slot: a restarted worker with the same id bumps the producer epoch, which aborts its dead
+  predecessor's open transaction at once (instead of after ``transaction.timeout.ms``) and fences
+  the predecessor if it was only paused. The same id is the static ``group.instance.id``, so a
+  restart rejoins without a rebalance. The default worker id is ``{hostname}-{slot}``, the slot
+  being the lowest free one on this host (a file lock), so it is unique among live workers and
+  reused by the next worker after a crash; hostname+pid would be new on every restart.
+* **Rebalancing.** ``cooperative-sticky``; the loop calls ``consume()`` only between transactions,
+  and librdkafka runs the rebalance callbacks inside ``consume()``, so when ``on_revoke`` or
+  ``on_lost`` runs the batch before it is already committed or aborted: revoked partitions never
+  have a batch in flight.
+* **Failures.** Retriable errors are retried with capped exponential backoff; an abortable one
+  aborts the transaction and rewinds the consumer to the batch's first offsets (the batch is routed
+  again, nothing is counted twice); fatal ones (fenced, authorisation, a record too large for an
+  output topic) stop the worker with exit code 1 and a message that says what to do.
+* **Hot path.** No per-record Python logging or exceptions: messages are unpacked with C-level
+  ``map``, outputs are one buffer per batch from the core, and the producer reports only failed
+  deliveries (``delivery.report.only.error``).
+
+Public API:
+    ``Topics``, ``WorkerSettings``          what to read and write, and how
+    ``TransactionLoop(router, settings, metrics=None)``  ``.run() -> WorkerTotals``, ``.request_stop()``
+    ``claim_worker_id(group, input_topic)``  the default, stable-per-slot worker id
+    ``transactional_id(group, input_topic, worker_id)``
+    ``register(subparsers)``                 adds ``cdrpipe run``
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import logging
+import math
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from pipeline.cli import FatalError, UsageError
+from pipeline.core.router import CoreConfig, RoutedBatch, Router, Source
+from pipeline.keys import KeyringError, load_worker_keyring
+from pipeline.metrics import WorkerMetrics
+from pipeline.policy import PolicyError, load_policy
+from pipeline.runners.files import RunTotals, add_core_arguments, load_suppressions
+from pipeline.topics import parse_x_options
+
+log = logging.getLogger(__name__)
+_rdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
+
+DEFAULT_GROUP = "cdrpipe"
+DEFAULT_INPUT, DEFAULT_ANALYTICS, DEFAULT_RETENTION, DEFAULT_DLQ = (
+    "cdr.raw", "cdr.analytics", "cdr.retention", "cdr.dlq")
+DEFAULT_BATCH_SIZE = 20_000  # the core gets faster up to ~20k records a batch; ~16 MB of output per transaction
+DEFAULT_BATCH_TIMEOUT = 0.5
+DEFAULT_PROGRESS_SECONDS = 10.0
+#: Kafka's own default for message.max.bytes / max.message.bytes (1 MiB + record overhead).
+KAFKA_DEFAULT_MAX_MESSAGE = 1_048_588
+#: Headers naming each output's schema, so readers can dispatch without parsing the value.
+ANALYTICS_HEADERS = [("schema", b"cdr.analytics/1")]
+RETENTION_HEADERS = [("schema", b"cdr.retention/1")]
+DLQ_SCHEMA = b"cdr.dlq/1"
+_SEGMENT_PREFIX = b'{"type":"cdr.retention/1","segment_id":"'
+#: Settings the exactly-once guarantee rests on: changing them through -X is refused.
+_PINNED = {
+    "bootstrap.servers": "use --bootstrap-servers",
+    "group.id": "use --group",
+    "transactional.id": "it is derived from --group, --input-topic and --worker-id",
+    "enable.auto.commit": "offsets are committed inside each transaction",
+    "enable.idempotence": "transactions need the idempotent producer",
+    "isolation.level": "the worker must never read aborted input",
+}
+#: Env vars CDRPIPE_X_<NAME>=value become librdkafka settings (name lower-cased, '_' -> '.').
+ENV_X_PREFIX = "CDRPIPE_X_"
+_BACKOFF_START, _BACKOFF_MAX = 0.1, 30.0
+_RETRY_CALLS = 8
+
+#: Errors an operator must fix (retrying cannot help): code -> what to do.
+_OPERATOR_ERRORS: dict[int, str] = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        "grant this worker's principal Read on the input topic and Write on the output topics",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "grant this worker's principal Read on the consumer group",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        "grant this worker's principal Write on transactional ids cdrpipe-* (prefixed ACL)",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED:
+        "grant this worker's principal IdempotentWrite on the cluster",
+    KafkaError.SASL_AUTHENTICATION_FAILED: "check the SASL credentials (-X sasl.username/sasl.password)",
+    KafkaError._AUTHENTICATION: "check the security settings (-X security.protocol, sasl.*, ssl.*)",
+    KafkaError.MSG_SIZE_TOO_LARGE:
+        "raise max.message.bytes of the output topics (see the startup warning) and -X message.max.bytes",
+    KafkaError.RECORD_LIST_TOO_LARGE: "raise max.message.bytes of the output topics",
+}
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+           KafkaError.FENCED_INSTANCE_ID}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The input topic and the three output topics of one worker."""
+
+    input: str = DEFAULT_INPUT
+    analytics: str = DEFAULT_ANALYTICS
+    retention: str = DEFAULT_RETENTION
+    dlq: str = DEFAULT_DLQ
+
+    def with_prefix(self, prefix: str) -> Topics:
+        """The same topics with ``prefix`` prepended (tests give each run its own prefix)."""
+        return Topics(prefix + self.input, prefix + self.analytics, prefix + self.retention,
+                      prefix + self.dlq)
+
+    @property
+    def outputs(self) -> tuple[str, str, str]:
+        """The three output topics, in route order."""
+        return (self.analytics, self.retention, self.dlq)
+
+
+@dataclass
+class WorkerSettings:
+    """Everything the transaction loop needs besides the core (``client`` holds -X overrides)."""
+
+    bootstrap: str
+    worker_id: str
+    group: str = DEFAULT_GROUP
+    topics: Topics = field(default_factory=Topics)
+    client: dict[str, str] = field(default_factory=dict)
+    consumer_client: dict[str, str] = field(default_factory=dict)
+    producer_client: dict[str, str] = field(default_factory=dict)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_timeout: float = DEFAULT_BATCH_TIMEOUT
+    progress_seconds: float = DEFAULT_PROGRESS_SECONDS
+    exit_when_idle: float | None = None
+    call_timeout: float = 60.0
+
+    @property
+    def transactional_id(self) -> str:
+        """This worker's transactional.id (see :func:`transactional_id`)."""
+        return transactional_id(self.group, self.topics.input, self.worker_id)
+
+
+def transactional_id(group: str, input_topic: str, worker_id: str) -> str:
+    """Stable per worker slot, so a restart fences its predecessor and aborts its open transaction."""
+    return f"cdrpipe-{group}-{input_topic}-{worker_id}"
+
+
+_WORKER_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def validate_worker_id(worker_id: str) -> str:
+    """Reject ids Kafka would refuse as group.instance.id (or that hide in logs)."""
+    if not _WORKER_ID.match(worker_id):
+        raise UsageError(f"--worker-id {worker_id!r}: use 1-200 characters from letters, digits, "
+                         "'.', '_' and '-'")
+    return worker_id
+
+
+def claim_worker_id(group: str, input_topic: str, lock_dir: str | os.PathLike[str] | None = None,
+                    hostname: str | None = None) -> tuple[str, IO[str]]:
+    """``{hostname}-{slot}`` with the lowest slot no live worker on this host holds (flock).
+
+    The lock is released when the process dies (even by SIGKILL), so the next worker started on
+    this host takes the slot over, reuses the transactional.id and fences the dead worker's
+    transaction at once. Keep the returned file open for the life of the worker.
+    """
+    base = Path(lock_dir or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    directory = base / "cdrpipe-workers"
+    directory.mkdir(parents=True, exist_ok=True)
+    tag = hashlib.sha256(f"{group}\0{input_topic}".encode()).hexdigest()[:12]
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", hostname or socket.gethostname())[:120] or "worker"
+    for slot in range(4096):
+        fh = open(directory / f"{tag}-{slot}.lock", "a")  # noqa: SIM115 - held until exit
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        return f"{host}-{slot}", fh
+    raise FatalError(f"no free worker slot in {directory}; pass --worker-id")
+
+
+def split_client_overrides(options: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Split -X settings into (both clients, consumer only, producer only) by ``consumer.``/``producer.``."""
+    common: dict[str, str] = {}
+    consumer: dict[str, str] = {}
+    producer: dict[str, str] = {}
+    for key, value in options.items():
+        target, name = common, key
+        if key.startswith("consumer."):
+            target, name = consumer, key[len("consumer."):]
+        elif key.startswith("producer."):
+            target, name = producer, key[len("producer."):]
+        if name in _PINNED:
+            raise UsageError(f"-X {key}: cannot be set here ({_PINNED[name]})")
+        target[name] = value
+    return common, consumer, producer
+
+
+def env_client_options(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """librdkafka settings from CDRPIPE_X_<NAME> variables (e.g. CDRPIPE_X_SASL_PASSWORD)."""
+    env = os.environ if environ is None else environ
+    return {k[len(ENV_X_PREFIX):].lower().replace("_", "."): v for k, v in env.items()
+            if k.startswith(ENV_X_PREFIX) and len(k) > len(ENV_X_PREFIX)}
+
+
+def required_message_bytes(input_max_bytes: int) -> int:
+    """Largest output message a record of ``input_max_bytes`` can become (base64 + envelope header)."""
+    return 4 * math.ceil((input_max_bytes + 16) / 3) + 16 * 1024
+
+
+def consumer_config(s: WorkerSettings, on_error: Callable[[KafkaError], None]) -> dict[str, Any]:
+    """The consumer's librdkafka settings: read_committed, manual offsets, cooperative, static member."""
+    return {
+        "bootstrap.servers": s.bootstrap,
+        "group.id": s.group,
+        "group.instance.id": s.worker_id,
+        "client.id": f"cdrpipe-{s.worker_id}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest",  # a new group must not skip records (legal retention)
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10_000,  # a dead worker's partitions move after 10 s
+        "enable.partition.eof": False,
+        "error_cb": on_error,
+        "logger": _rdkafka_log,
+        **s.client, **s.consumer_client,
+    }
+
+
+def producer_config(s: WorkerSettings, message_max_bytes: int, on_error: Callable[[KafkaError], None],
+                    on_delivery_error: Callable[[KafkaError, Message], None]) -> dict[str, Any]:
+    """The transactional producer's settings: lz4 batches, murmur2 keys like Java clients, errors-only DRs."""
+    return {
+        "bootstrap.servers": s.bootstrap,
+        "transactional.id": s.transactional_id,
+        "client.id": f"cdrpipe-{s.worker_id}",
+        "linger.ms": 20,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        "partitioner": "murmur2_random",  # same key -> same partition as Java/Kafka Streams clients
+        "message.max.bytes": message_max_bytes,
+        "queue.buffering.max.messages": max(100_000, 4 * s.batch_size),
+        "delivery.report.only.error": True,
+        "on_delivery": on_delivery_error,
+        "error_cb": on_error,
+        "logger": _rdkafka_log,
+        **s.client, **s.producer_client,
+    }
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class WorkerTotals(RunTotals):
+    """The file runner's counts plus what only a Kafka worker has: transactions and rebalances."""
+
+    commits: int = 0
+    aborts: int = 0
+    segments: int = 0
+    first_batch_at: float = 0.0  # time.monotonic() when the first batch was routed
+    last_commit_at: float = 0.0  # time.monotonic() of the last commit
+
+    def summary(self) -> dict[str, int]:
+        """Counts for the exit line (in == retention == analytics + dlq + suppressed)."""
+        return {**super().summary(), "commits": self.commits, "aborts": self.aborts}
+
+
+class _Abort(Exception):
+    """The transaction in flight must be aborted and its batch consumed again (``cause`` is a short code)."""
+
+    def __init__(self, cause: str, error: KafkaError | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.error = error
+
+
+@dataclass
+class _Batch:
+    """One routed batch on its way through a transaction."""
+
+    routed: RoutedBatch
+    records: int
+    commit: list[TopicPartition]  # the next offset to read, per partition
+    first: dict[int, int]  # where to rewind to, per partition, if the transaction aborts
+    started: float
+    aborted: str | None = None  # the abort cause, once the transaction thread gave up on it
+    fatal: FatalError | None = None
+
+
+def _segment_key(envelope: bytes) -> bytes:
+    """A retention segment's id (its message key), read from the envelope's fixed-order header."""
+    if envelope.startswith(_SEGMENT_PREFIX):
+        end = envelope.find(b'"', len(_SEGMENT_PREFIX))
+        if end > 0:
+            return envelope[len(_SEGMENT_PREFIX):end]
+    return str(orjson.loads(envelope).get("segment_id", "")).encode()
+
+
+def _error_text(err: KafkaError) -> str:
+    """A KafkaError as its code name and librdkafka's text (never carries record contents)."""
+    return f"{err.name()} ({err.str()})"
+
+
+def _merge_min(into: dict[int, int], offsets: Mapping[int, int]) -> None:
+    """Keep the lowest offset per partition (the rewind point covering every dropped batch)."""
+    for p, o in offsets.items():
+        if o < into.get(p, o + 1):
+            into[p] = o
+
+
+class TransactionLoop:
+    """Consume a batch, route it, and commit its outputs with its offsets in one transaction.
+
+    Two stages overlap: this thread consumes and routes batch N+1 while a transaction thread
+    produces and commits batch N. The transaction thread is the only user of the producer; the
+    consumer stays on this thread. Before routing is handed on, and inside ``on_revoke``/``on_lost``,
+    this thread waits for the transaction in flight, so partitions are never revoked with a batch
+    half-written, and a failed batch is rewound before anything newer is committed.
+    """
+
+    def __init__(self, router: Router, settings: WorkerSettings, metrics: WorkerMetrics | None = None,
+                 progress: Callable[[WorkerTotals, float], None] | None = None) -> None:
+        self.router = router
+        self.settings = settings
+        self.metrics = metrics
+        self.totals = WorkerTotals()
+        self._progress_hook = progress
+        self._stop = False
+        self._abort_in_flight = False
+        self._fatal: KafkaError | None = None
+        self._assigned: set[int] = set()
+        self._revoked_during_consume = False
+        self._delivery_errors: Counter[tuple[str, int]] = Counter()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._txn_thread: ThreadPoolExecutor | None = None
+        self._in_flight: Future[_Batch] | None = None
+        self._rewind: dict[int, int] = {}
+        self._consecutive_aborts = 0
+        self._last_lag: dict[int, int] = {}
+        self._reported_in = 0
+        self._reported_at = time.monotonic()
+
+    # -- control ---------------------------------------------------------------------------
+
+    def request_stop(self, *, abort: bool = False) -> None:
+        """Stop after the batch in flight (commit it); ``abort`` aborts it instead. Signal-safe."""
+        self._stop = True
+        self._abort_in_flight = self._abort_in_flight or abort
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def _on_error(self, err: KafkaError) -> None:
+        """Client-level errors: fatal ones stop the loop; others are logged (librdkafka retries)."""
+        if err.fatal():
+            self._fatal = err
+            self._stop = True
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            log.warning("no Kafka broker reachable at %s; retrying", self.settings.bootstrap)
+        else:
+            log.debug("kafka client: %s", _error_text(err))
+
+    def _on_delivery_error(self, err: KafkaError | None, msg: Message) -> None:
+        """Only failed deliveries arrive here (delivery.report.only.error): count them by topic and code."""
+        if err is not None:
+            self._delivery_errors[(msg.topic() or "?", err.code())] += 1
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned.update(tp.partition for tp in partitions)
+        log.info("worker %s: assigned %d partition(s) of %s %s; now %d", self.settings.worker_id,
+                 len(partitions), self.settings.topics.input, sorted(tp.partition for tp in partitions),
+                 len(self._assigned))
+        if self.metrics:
+            self.metrics.observe_rebalance("assign", len(self._assigned))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The batch in flight commits (or aborts) before librdkafka hands the partitions on.
+        self._settle()
+        self._drop(partitions, "revoke")
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost (session expired): the batch in flight carries a stale generation, so the group
+        # coordinator refuses its offsets and the transaction aborts; nothing is written twice.
+        log.warning("worker %s: lost %d partition(s) (session expired?); another worker owns them now",
+                    self.settings.worker_id, len(partitions))
+        self._settle()
+        self._drop(partitions, "lost")
+
+    def _drop(self, partitions: list[TopicPartition], kind: str) -> None:
+        self._assigned.difference_update(tp.partition for tp in partitions)
+        self._revoked_during_consume = True
+        if kind == "revoke":
+            log.info("worker %s: revoked %d partition(s) %s; now %d", self.settings.worker_id,
+                     len(partitions), sorted(tp.partition for tp in partitions), len(self._assigned))
+        if self.metrics:
+            self.metrics.observe_rebalance(kind, len(self._assigned))
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _output_message_bytes(self) -> int:
+        """The producer's message.max.bytes: enough for any record the input topic accepts.
+
+        Also warns when an output topic's max.message.bytes is smaller than that (a record near
+        the input's limit could then never be committed).
+        """
+        from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+        s = self.settings
+        limits: dict[str, int] = {}
+        try:
+            admin = AdminClient({"bootstrap.servers": s.bootstrap, "logger": _rdkafka_log, **s.client})
+            resources = [ConfigResource(ResourceType.TOPIC, t) for t in (s.topics.input, *s.topics.outputs)]
+            for res, fut in admin.describe_configs(resources, request_timeout=s.call_timeout).items():
+                entry = fut.result(timeout=s.call_timeout).get("max.message.bytes")
+                if entry is not None and entry.value is not None:
+                    limits[res.name] = int(entry.value)
+        except Exception as exc:  # noqa: BLE001 - describe may be denied by ACLs; the check is advisory
+            log.info("could not read topic max.message.bytes (%s); assuming Kafka's default",
+                     type(exc).__name__)
+        needed = required_message_bytes(limits.get(s.topics.input, KAFKA_DEFAULT_MAX_MESSAGE))
+        small = {t: limits.get(t, KAFKA_DEFAULT_MAX_MESSAGE) for t in (s.topics.retention, s.topics.dlq)}
+        small = {t: n for t, n in small.items() if n < needed}
+        if small:
+            log.warning("%s accept(s) messages up to %s bytes, but a record as large as %s allows is "
+                        "sealed into up to %d bytes and would stop this worker: set max.message.bytes=%d "
+                        "on %s", ", ".join(small), "/".join(map(str, small.values())), s.topics.input,
+                        needed, needed, " and ".join(small))
+        configured = s.client.get("message.max.bytes") or s.producer_client.get("message.max.bytes")
+        return int(configured) if configured else max(needed, 1_000_000)
+
+    def _check_topics(self, consumer: Consumer) -> None:
+        """Fail early, with the command to fix it, when a topic does not exist."""
+        s = self.settings
+        try:
+            md = consumer.list_topics(timeout=s.call_timeout)
+        except KafkaException as exc:
+            raise FatalError(f"cannot reach Kafka at {s.bootstrap}: {_error_text(exc.args[0])}; check "
+                             "--bootstrap-servers and the -X security settings") from None
+        missing = [t for t in (s.topics.input, *s.topics.outputs)
+                   if t not in md.topics or md.topics[t].error is not None]
+        if missing:
+            prefix = s.topics.input[:-len(DEFAULT_INPUT)] if s.topics.input.endswith(DEFAULT_INPUT) else ""
+            hint = f" --prefix {prefix}" if prefix else ""
+            raise FatalError(f"topic(s) {', '.join(missing)} do not exist on {s.bootstrap}; create them "
+                             f"with `cdrpipe topics apply --bootstrap-servers {s.bootstrap}{hint}`")
+
+    def _open(self) -> tuple[Consumer, Producer]:
+        """Create the clients, fence any older instance of this worker, then join the group."""
+        s = self.settings
+        try:
+            producer = Producer(producer_config(s, self._output_message_bytes(), self._on_error,
+                                                self._on_delivery_error))
+            consumer = Consumer(consumer_config(s, self._on_error))
+        except KafkaException as exc:
+            raise UsageError(f"invalid Kafka client setting: {exc.args[0].str()}") from None
+        self._check_topics(consumer)
+        self._producer = producer
+        try:
+            self._call(lambda: producer.init_transactions(s.call_timeout), "init_transactions")
+        except _Abort as exc:
+            raise FatalError(f"could not initialise transactions ({exc.cause}); check that the cluster "
+                             "supports transactions (transaction.state.log.* settings)") from None
+        consumer.subscribe([s.topics.input], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        log.info("worker %s: transactional.id %s, group %s, reading %s", s.worker_id,
+                 s.transactional_id, s.group, s.topics.input)
+        return consumer, producer
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _fatal_error(self, err: KafkaError, where: str) -> FatalError:
+        """The exception that ends the run, with what the operator should do."""
+        s = self.settings
+        code = err.code()
+        if code in _FENCED:
+            return FatalError(
+                f"worker {s.worker_id} was fenced during {where} ({err.name()}): another worker with the same "
+                f"id (transactional.id {s.transactional_id}) took over, so this one stops; its batch in flight "
+                "was aborted and nothing is lost. If this is unexpected, give every worker its own --worker-id")
+        if code in _OPERATOR_ERRORS:
+            return FatalError(f"{where} failed: {_error_text(err)}; {_OPERATOR_ERRORS[code]}")
+        return FatalError(f"{where} failed with a fatal Kafka error: {_error_text(err)}; restart the worker "
+                          "(it resumes from the last committed batch)")
+
+    def _call(self, fn: Callable[[], Any], where: str) -> Any:
+        """Run one transactional API call, retrying retriable errors with backoff.
+
+        Raises ``_Abort`` when the transaction must be aborted and ``FatalError`` when the worker must stop.
+        """
+        delay = _BACKOFF_START
+        for attempt in range(1, _RETRY_CALLS + 1):
+            try:
+                return fn()
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.fatal() or err.code() in _FENCED or err.code() in _OPERATOR_ERRORS:
+                    raise self._fatal_error(err, where) from None
+                if err.txn_requires_abort() or not err.retriable() or attempt == _RETRY_CALLS:
+                    raise _Abort(f"{where}:{err.name()}", err) from None
+                log.warning("%s: %s; retry %d in %.1f s", where, _error_text(err), attempt, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+        raise AssertionError("unreachable")
+
+    # -- the transaction thread ----------------------------------------------------------------
+
+    def _produce(self, topic: str, values: Sequence[bytes], keys: Sequence[Any], headers: Any) -> None:
+        """Queue one output's messages; a full local queue is drained by polling, not dropped."""
+        producer = self._producer
+        assert producer is not None
+        produce = producer.produce
+        for value, key in zip(values, keys):
+            try:
+                produce(topic, value, key, headers=headers)
+            except BufferError:
+                while True:
+                    producer.poll(0.05)
+                    try:
+                        produce(topic, value, key, headers=headers)
+                        break
+                    except BufferError:
+                        continue
+
+    def _produce_outputs(self, routed: RoutedBatch) -> None:
+        """Queue the batch's analytics, retention and DLQ messages (inside the open transaction)."""
+        t = self.settings.topics
+        ndjson = routed.analytics_ndjson()
+        if ndjson:
+            lines = ndjson.split(b"\n")
+            if not lines[-1]:
+                lines.pop()
+            keys = routed.analytics_keys()
+            if len(lines) != len(keys):
+                raise FatalError(f"the core returned {len(lines)} analytics lines for {len(keys)} keys; "
+                                 "this is a bug in the core, please report it")
+            self._produce(t.analytics, lines, keys, ANALYTICS_HEADERS)
+        if routed.retention:
+            self._produce(t.retention, routed.retention, list(map(_segment_key, routed.retention)),
+                          RETENTION_HEADERS)
+        for record in routed.dlq:  # the rare path: one small JSON parse per rejected record
+            head = orjson.loads(record)
+            headers = [("schema", DLQ_SCHEMA), ("reason", str(head.get("reason", "")).encode())]
+            self._produce(t.dlq, (record,), (str(head.get("record_id", "")),), headers)
+
+    def _transact(self, batch: _Batch) -> _Batch:
+        """Write one batch and its offsets in one transaction; on failure abort it (transaction thread).
+
+        Returns the batch with ``aborted`` or ``fatal`` set when it was not committed.
+        """
+        producer, consumer, s = self._producer, self._consumer, self.settings
+        assert producer is not None and consumer is not None
+        self._delivery_errors.clear()
+        try:
+            self._call(producer.begin_transaction, "begin_transaction")
+            try:
+                self._produce_outputs(batch.routed)
+            except KafkaException as exc:  # synchronous produce errors (e.g. over message.max.bytes)
+                err = exc.args[0]
+                if err.code() in _OPERATOR_ERRORS or err.fatal():
+                    raise self._fatal_error(err, "produce") from None
+                raise _Abort(f"produce:{err.name()}", err) from None
+            if self._abort_in_flight:
+                raise _Abort("shutdown")
+            # The group metadata (generation, member id) is what fences a zombie: a worker whose
+            # partitions were reassigned has a stale generation and the coordinator refuses these offsets.
+            self._call(lambda: producer.send_offsets_to_transaction(
+                batch.commit, consumer.consumer_group_metadata(), s.call_timeout), "send_offsets_to_transaction")
+            self._call(lambda: producer.commit_transaction(s.call_timeout), "commit_transaction")
+        except _Abort as abort:
+            batch.aborted = abort.cause
+            undeliverable = [(topic, code, n) for (topic, code), n in self._delivery_errors.items()
+                             if code in _OPERATOR_ERRORS]
+            if undeliverable:
+                topic, code, n = undeliverable[0]
+                batch.fatal = FatalError(f"{topic} refused {n} message(s) of a batch: {KafkaError(code).name()}; "
+                                         f"{_OPERATOR_ERRORS[code]}")
+            self._abort_transaction(batch)
+        except FatalError as exc:
+            batch.fatal = exc
+            self._abort_transaction(batch)
+        finally:
+            producer.poll(0)
+        return batch
+
+    def _abort_transaction(self, batch: _Batch) -> None:
+        """Abort the open transaction (its messages become invisible to read_committed readers)."""
+        producer = self._producer
+        assert producer is not None
+        try:
+            self._call(lambda: producer.abort_transaction(self.settings.call_timeout), "abort_transaction")
+        except (_Abort, FatalError) as exc:
+            if batch.fatal is None:
+                batch.fatal = exc if isinstance(exc, FatalError) else FatalError(
+                    f"could not abort a transaction ({exc}); restart the worker (the broker aborts it after "
+                    "transaction.timeout.ms and the batch is read again)")
+
+    # -- this thread -------------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        """Wait for the transaction in flight; count it if committed, else schedule a rewind."""
+        future, self._in_flight = self._in_flight, None
+        if future is None:
+            return
+        batch = future.result()
+        if batch.fatal is not None:
+            raise batch.fatal
+        if batch.aborted is not None:
+            log.warning("worker %s: transaction aborted (%s); %d record(s) will be read again",
+                        self.settings.worker_id, batch.aborted, batch.records)
+            self.totals.aborts += 1
+            if self.metrics:
+                self.metrics.observe_abort(batch.aborted.split(":")[0])
+            _merge_min(self._rewind, batch.first)
+            return
+        self._consecutive_aborts = 0
+        routed = batch.routed
+        self.totals.commits += 1
+        self.totals.counts.update(routed.counts)
+        self.totals.dlq_reasons.update(routed.dlq_reasons)
+        self.totals.segments += len(routed.retention)
+        self.totals.last_commit_at = time.monotonic()
+        if self.metrics:
+            self.metrics.observe_commit(routed.counts, routed.dlq_reasons, batch.records,
+                                        time.monotonic() - batch.started, len(routed.retention))
+
+    def _route(self, msgs: list[Message]) -> _Batch | None:
+        """Unpack a consumed batch with C-level maps and route it through the core."""
+        started = time.monotonic()
+        if not self.totals.first_batch_at:
+            self.totals.first_batch_at = started
+        if any(map(Message.error, msgs)):
+            msgs = self._without_errors(msgs)
+        if self._revoked_during_consume:  # messages fetched before a revoke are no longer ours
+            msgs = [m for m in msgs if m.partition() in self._assigned]
+        self._revoked_during_consume = False
+        if not msgs:
+            return None
+        values = list(map(Message.value, msgs))
+        if None in values:  # tombstones: route as empty records (they reach the DLQ and retention)
+            values = [b"" if v is None else v for v in values]
+        partitions = list(map(Message.partition, msgs))
+        offsets = list(map(Message.offset, msgs))
+        last = dict(zip(partitions, offsets))
+        topic = self.settings.topics.input
+        routed = self.router.route(values, Source(topic, partitions, offsets))
+        return _Batch(routed, len(msgs), [TopicPartition(topic, p, o + 1) for p, o in last.items()],
+                      dict(zip(reversed(partitions), reversed(offsets))), started)
+
+    def _rewind_now(self, dropped: _Batch | None) -> None:
+        """Seek back to the first record of every aborted or dropped batch, then back off."""
+        if dropped is not None:
+            _merge_min(self._rewind, dropped.first)
+        consumer = self._consumer
+        assert consumer is not None
+        topic = self.settings.topics.input
+        rewind, self._rewind = self._rewind, {}
+        for partition, offset in sorted(rewind.items()):
+            if partition not in self._assigned:
+                continue  # its new owner starts from the last committed offset
+            try:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                # Skipping ahead would lose the batch: stop; a restart resumes from the committed offset.
+                raise FatalError(f"could not rewind {topic} partition {partition} after an aborted "
+                                 f"transaction ({_error_text(exc.args[0])}); restart the worker") from None
+        self._consecutive_aborts += 1
+        delay = min(_BACKOFF_START * 2 ** (self._consecutive_aborts - 1), _BACKOFF_MAX)
+        end = time.monotonic() + delay
+        while not self._stop and time.monotonic() < end:
+            time.sleep(min(0.1, delay))
+
+    def _without_errors(self, msgs: list[Message]) -> list[Message]:
+        """Drop error events from a consumed batch; a fatal one ends the run."""
+        kept = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                kept.append(m)
+            elif err.fatal() or err.code() in _FENCED or err.code() in _OPERATOR_ERRORS:
+                raise self._fatal_error(err, "consume")
+            elif err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+                raise FatalError(f"input topic {self.settings.topics.input} does not exist (any more); "
+                                 "create it with `cdrpipe topics apply`")
+            else:
+                log.warning("consumer: %s", _error_text(err))
+        return kept
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def _lags(self) -> dict[int, int]:
+        """Records behind the end of each owned partition, from cached watermarks (no broker call)."""
+        consumer = self._consumer
+        assert consumer is not None
+        topic = self.settings.topics.input
+        tps = [TopicPartition(topic, p) for p in sorted(self._assigned)]
+        if not tps:
+            self._last_lag = {}
+            return {}
+        lags: dict[int, int] = {}
+        try:
+            positions = consumer.position(tps)
+        except KafkaException:
+            return self._last_lag
+        for tp in positions:
+            try:
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and tp.offset >= 0:
+                lags[tp.partition] = max(0, high - tp.offset)
+        self._last_lag = lags
+        return lags
+
+    def _report(self, started: float, final: bool = False) -> None:
+        """One summary line (counts only, never contents) and the progress hook.
+
+        The rate is over the interval since the last line; on the final line, over the time
+        from the first batch read to the last commit (idle time excluded).
+        """
+        t = self.totals
+        c = t.counts
+        now = time.monotonic()
+        if final:
+            busy = (t.last_commit_at - t.first_batch_at) if t.first_batch_at else 0.0
+            rate = c["in"] / busy if busy > 0 else 0.0
+        else:
+            rate = (c["in"] - self._reported_in) / max(now - self._reported_at, 1e-9)
+        self._reported_in, self._reported_at = c["in"], now
+        lag = self._last_lag
+        log.info("worker %s%s: in %s (%s/s), analytics %s, retention %s, dlq %s, suppressed %s; "
+                 "%d commits, %d aborts; lag %s over %d partition(s)",
+                 self.settings.worker_id, " done" if final else "", f"{c['in']:,}", f"{rate:,.0f}",
+                 f"{c['analytics']:,}", f"{c['retention']:,}", f"{c['dlq']:,}", f"{c['suppressed']:,}",
+                 t.commits, t.aborts, f"{sum(lag.values()):,}", len(self._assigned))
+        if self._progress_hook:
+            self._progress_hook(t, now - started)
+
+    # -- run -------------------------------------------------------------------------------
+
+    def run(self) -> WorkerTotals:
+        """Process batches until ``request_stop`` (or idle for ``exit_when_idle`` s); return the totals."""
+        s = self.settings
+        self._consumer, self._producer = self._open()
+        self._txn_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdrpipe-txn")
+        consumer = self._consumer
+        started = last_report = last_lag = last_records = self._reported_at = time.monotonic()
+        try:
+            while not self._stop:
+                msgs = consumer.consume(s.batch_size, s.batch_timeout)
+                if self._fatal is not None:
+                    raise self._fatal_error(self._fatal, "kafka client")
+                batch = self._route(msgs) if msgs else None
+                self._settle()  # the previous transaction must end before the next begins
+                if self._rewind:
+                    self._rewind_now(batch)
+                elif batch is not None:
+                    self._in_flight = self._txn_thread.submit(self._transact, batch)
+                now = time.monotonic()
+                if msgs:
+                    last_records = now
+                if now - last_lag >= min(2.0, s.progress_seconds):
+                    last_lag = now
+                    lags = self._lags()
+                    if self.metrics:
+                        self.metrics.set_lag(lags)
+                if now - last_report >= s.progress_seconds:
+                    last_report = now
+                    self._report(started)
+                if s.exit_when_idle is not None and not msgs and self._in_flight is None \
+                        and now - last_records >= s.exit_when_idle:
+                    log.info("worker %s: no input for %.0f s; exiting", s.worker_id, s.exit_when_idle)
+                    break
+            self._settle()
+            if self._fatal is not None:
+                raise self._fatal_error(self._fatal, "kafka client")
+            self._report(started, final=True)
+            return self.totals
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        """Leave cleanly: wait for (or abandon, on a fatal error) the transaction in flight, close clients."""
+        if self._in_flight is not None:
+            try:
+                self._in_flight.result()
+            except Exception as exc:  # noqa: BLE001 - already failing; the broker aborts what is open
+                log.debug("transaction thread: %s", type(exc).__name__)
+            self._in_flight = None
+        if self._txn_thread is not None:
+            self._txn_thread.shutdown(wait=True)
+            self._txn_thread = None
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError, FatalError) as exc:
+                log.debug("consumer close: %s", type(exc).__name__)
+        if producer is not None:
+            producer.flush(5)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _env_float(name: str, default: float | None) -> float | None:
+    """A float from the environment (flag defaults), or ``default`` when unset."""
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a number") from None
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    """An integer from the environment (flag defaults), or ``default`` when unset."""
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not an integer") from None
+
+
+def build_router(args: argparse.Namespace) -> Router:
+    """The core from the shared flags (keyring, policy, region, suppressions)."""
+    try:
+        keyring = load_worker_keyring(args.keyring)
+        policy = load_policy(args.policy)
+        config = CoreConfig(policy=policy, region=args.region, max_record_bytes=args.max_record_bytes)
+        return Router(keyring, config, load_suppressions(args.suppressions))
+    except (KeyringError, PolicyError) as exc:
+        raise FatalError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[WorkerSettings, IO[str] | None]:
+    """WorkerSettings from the parsed flags (and a held worker-slot lock when the id is defaulted)."""
+    bootstrap = args.bootstrap_servers
+    if not bootstrap:
+        raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set CDRPIPE_BOOTSTRAP_SERVERS "
+                         "(`cdrpipe broker` prints one for local use)")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.batch_timeout <= 0:
+        raise UsageError(f"--batch-timeout must be positive, got {args.batch_timeout}")
+    options = {**env_client_options(), **parse_x_options(args.X or [])}
+    common, consumer, producer = split_client_overrides(options)
+    topics = Topics(args.input_topic, args.analytics_topic, args.retention_topic, args.dlq_topic) \
+        .with_prefix(args.topic_prefix)
+    lock = None
+    worker_id = args.worker_id
+    if worker_id:
+        validate_worker_id(worker_id)
+    else:
+        worker_id, lock = claim_worker_id(args.group, topics.input)
+    settings = WorkerSettings(bootstrap=bootstrap, worker_id=worker_id, group=args.group, topics=topics,
+                              client=common, consumer_client=consumer, producer_client=producer,
+                              batch_size=args.batch_size, batch_timeout=args.batch_timeout,
+                              progress_seconds=args.progress_seconds, exit_when_idle=args.exit_when_idle)
+    return settings, lock
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """`cdrpipe run`: the worker until SIGTERM/SIGINT; prints a JSON summary line on exit."""
+    if args.format != "jsonl":
+        raise UsageError(f"--format {args.format} is not supported by this build; use jsonl")
+    settings, _lock = settings_from_args(args)
+    router = build_router(args)
+    metrics = WorkerMetrics()
+    server = None
+    if args.metrics_port is not None:
+        try:
+            server = metrics.serve(args.metrics_port, args.metrics_addr)
+        except OSError as exc:
+            raise UsageError(f"--metrics-port {args.metrics_port}: {exc.strerror}; choose a free port") from None
+        log.info("metrics on http://%s:%d/metrics", args.metrics_addr, server.server_port)
+    loop = TransactionLoop(router, settings, metrics)
+    signals = {"count": 0}
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        signals["count"] += 1
+        if signals["count"] == 1:
+            log.info("worker %s: %s: finishing the batch in flight, then exiting (again to abort it)",
+                     settings.worker_id, signal.Signals(signum).name)
+        loop.request_stop(abort=signals["count"] > 1)
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        totals = loop.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.shutdown()
+    if totals.dlq_reasons:
+        log.info("dlq reasons: %s", ", ".join(f"{k} {v}" for k, v in totals.dlq_reasons.most_common()))
+    print(orjson.dumps({**totals.summary(), "worker_id": settings.worker_id}).decode(), flush=True)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `cdrpipe run` (the Kafka worker)."""
+    env = os.environ.get
+    p = sub.add_parser(
+        "run", help="run a Kafka worker: cdr.raw -> analytics, retention, dlq (exactly once)",
+        description=("Join the consumer group, read the input topic in batches and write each batch's "
+                     "analytics, retention and DLQ records with its offsets in one Kafka transaction. "
+                     "SIGTERM/SIGINT finish the batch in flight and exit 0 (a second signal aborts it). "
+                     "Prints a JSON summary as the last stdout line. Exit codes: 0 done, 1 fatal, 2 usage. "
+                     f"Any librdkafka setting: -X key=value or env {ENV_X_PREFIX}<KEY> (dots as '_')."))
+    p.add_argument("--bootstrap-servers", default=env("CDRPIPE_BOOTSTRAP_SERVERS"),
+                   help="Kafka bootstrap servers (env CDRPIPE_BOOTSTRAP_SERVERS)")
+    add_core_arguments(p)
+    p.add_argument("--group", default=env("CDRPIPE_GROUP", DEFAULT_GROUP),
+                   help=f"consumer group (env CDRPIPE_GROUP; default {DEFAULT_GROUP})")
+    p.add_argument("--input-topic", default=env("CDRPIPE_INPUT_TOPIC", DEFAULT_INPUT),
+                   help=f"raw CDR topic (env CDRPIPE_INPUT_TOPIC; default {DEFAULT_INPUT})")
+    p.add_argument("--analytics-topic", default=env("CDRPIPE_ANALYTICS_TOPIC", DEFAULT_ANALYTICS),
+                   help=f"env CDRPIPE_ANALYTICS_TOPIC; default {DEFAULT_ANALYTICS}")
+    p.add_argument("--retention-topic", default=env("CDRPIPE_RETENTION_TOPIC", DEFAULT_RETENTION),
+                   help=f"env CDRPIPE_RETENTION_TOPIC; default {DEFAULT_RETENTION}")
+    p.add_argument("--dlq-topic", default=env("CDRPIPE_DLQ_TOPIC", DEFAULT_DLQ),
+                   help=f"env CDRPIPE_DLQ_TOPIC; default {DEFAULT_DLQ}")
+    p.add_argument("--topic-prefix", default=env("CDRPIPE_TOPIC_PREFIX", ""),
+                   help="prepended to all four topic names, as `topics apply --prefix` (env CDRPIPE_TOPIC_PREFIX)")
+    p.add_argument("--worker-id", default=env("CDRPIPE_WORKER_ID"),
+                   help="stable id of this worker instance: keep it across restarts, unique among live workers "
+                        "(env CDRPIPE_WORKER_ID; default HOSTNAME-SLOT, the lowest slot free on this host)")
+    p.add_argument("-X", action="append", metavar="KEY=VALUE",
+                   help="librdkafka setting for both clients, repeatable; prefix consumer. or producer. for one")
+    p.add_argument("--batch-size", type=int, default=_env_int("CDRPIPE_BATCH_SIZE", DEFAULT_BATCH_SIZE),
+                   help=f"max records per transaction (env CDRPIPE_BATCH_SIZE; default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--batch-timeout", type=float,
+                   default=_env_float("CDRPIPE_BATCH_TIMEOUT", DEFAULT_BATCH_TIMEOUT),
+                   help=f"seconds to wait to fill a batch (env CDRPIPE_BATCH_TIMEOUT; default {DEFAULT_BATCH_TIMEOUT})")
+    p.add_argument("--metrics-port", type=int, default=_env_int("CDRPIPE_METRICS_PORT", None),
+                   help="serve Prometheus metrics on this port (env CDRPIPE_METRICS_PORT; 0 picks one; default off)")
+    p.add_argument("--metrics-addr", default=env("CDRPIPE_METRICS_ADDR", "0.0.0.0"),
+                   help="address for the metrics endpoint (env CDRPIPE_METRICS_ADDR; default 0.0.0.0)")
+    p.add_argument("--progress-seconds", type=float,
+                   default=_env_float("CDRPIPE_PROGRESS_SECONDS", DEFAULT_PROGRESS_SECONDS),
+                   help="seconds between summary log lines (env CDRPIPE_PROGRESS_SECONDS; default 10)")
+    p.add_argument("--exit-when-idle", type=float, default=_env_float("CDRPIPE_EXIT_WHEN_IDLE", None),
+                   help="exit 0 after this many seconds without input, for backfills and demos "
+                        "(env CDRPIPE_EXIT_WHEN_IDLE; default: run until stopped)")
+    p.set_defaults(func=_cmd_run)
+
+
+if __name__ == "__main__":
+    from pipeline.cli import main as _main
+    sys.exit(_main(["run", *sys.argv[1:]]))
