@@ -1,0 +1,234 @@
+"""Benchmark: vault ingest records/s and query latency for one target over one month.
+
+A seeded workload of raw CDRs spread evenly over ``--days`` days, in time order (as the sink
+sees them), numbers written in mixed formats (E.164, national, 00-prefixed, spaced, tel:),
+callers drawn from a Zipf-like population. Records are sealed into retention segments the
+way workers seal them (``pipeline.core.envelope.Sealer``, ~256 KiB segments), then ingested
+in batches of 64 segments, one transaction each, exactly as ``cdrpipe vault sink`` does.
+Only the ingest is timed for records/s (generation and sealing are reported separately).
+
+Then, with a fresh connection, one-month queries for targets of every activity level (the
+busiest subscriber, a median one, a quiet one, one given in national format), each timed
+cold (first run) and warm (median of 5), including index seeks, decrypts and the exact re-check.
+Last, the first month is purged (keys destroyed, tables dropped, record ids deleted) and timed.
+
+    python bench/vault_bench.py --records 1000000 --days 365
+    python bench/vault_bench.py --records 10000000 --days 365 --workdir /tmp/vault-bench
+
+Targets (issue 4): ingest >= 50,000 records/s; query < 1 s among 10M stored records.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import random
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.core.envelope import Sealer  # noqa: E402
+from pipeline.core.normalise import normalise_one  # noqa: E402
+from pipeline.keys import generate  # noqa: E402
+from pipeline.vault.index import BlindIndexer  # noqa: E402
+from pipeline.vault.ingest import Ingester, IngestTotals  # noqa: E402
+from pipeline.vault.keystore import Keystore, day_number  # noqa: E402
+from pipeline.vault.query import Searcher  # noqa: E402
+from pipeline.vault.sink import BatchPipeline  # noqa: E402
+from pipeline.vault.store import DAY_US, VaultStore  # noqa: E402
+
+SEGMENT_RECORDS = 900        # ~256 KiB of ~280-byte records, as the worker's default segment_bytes
+SEGMENTS_PER_BATCH = 64      # the sink's default --max-messages
+START = _dt.datetime(2025, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def national(e164: str) -> str:
+    """``+447700900123`` -> ``07700 900123``."""
+    return "0" + e164[3:7] + " " + e164[7:]
+
+
+def formats(e164: str, r: int) -> str:
+    """The same GB number in one of the formats mediation systems write."""
+    if r < 40:
+        return e164
+    if r < 65:
+        return national(e164)
+    if r < 80:
+        return "00" + e164[1:]
+    if r < 90:
+        return f"+44 {e164[3:7]} {e164[7:]}"
+    return "tel:" + e164
+
+
+class Workload:
+    """Seeded records in time order: ``--records`` over ``--days``, Zipf-like callers."""
+
+    def __init__(self, records: int, days: int, subscribers: int, seed: int) -> None:
+        self.records, self.days, self.seed = records, days, seed
+        rng = random.Random(seed)
+        self.numbers = [f"+447700{n:06d}" for n in rng.sample(range(1_000_000), subscribers)]
+        self.imsi = [f"2341500{n:08d}" for n in range(subscribers)]
+        self.imei = [f"35925406{n:07d}" for n in range(subscribers)]
+        weights = [1.0 / (rank + 20) for rank in range(subscribers)]
+        total = 0.0
+        self.cum = []
+        for w in weights:
+            total += w
+            self.cum.append(total)
+
+    def chunks(self, size: int) -> Iterator[list[bytes]]:
+        """Lists of ``size`` raw NDJSON lines, times rising from START across ``days``."""
+        rng = random.Random(self.seed + 1)
+        span = self.days * 86_400
+        base = int(START.timestamp())
+        subs = range(len(self.numbers))
+        for first in range(0, self.records, size):
+            k = min(size, self.records - first)
+            callers = rng.choices(subs, cum_weights=self.cum, k=k)
+            callees = rng.choices(subs, k=k)
+            fmt = [rng.randrange(100) for _ in range(2 * k)]
+            out = []
+            for j in range(k):
+                i = first + j
+                a, b = callers[j], callees[j]
+                t = base + i * span // self.records
+                start = _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") \
+                    if j % 2 else str(t)
+                out.append(
+                    f'{{"record_id":"b-{i:010d}","cli":"{formats(self.numbers[a], fmt[2 * j])}",'
+                    f'"dialled":"{formats(self.numbers[b], fmt[2 * j + 1])}","start":{start if j % 2 == 0 else chr(34) + start + chr(34)},'
+                    f'"duration":{(i * 7919) % 600},"imsi":"{self.imsi[a]}","imei":"{self.imei[a]}",'
+                    f'"cell_id":"234-15-{i % 60000}-{i % 9973}","call_type":"voice","status":"answered"}}'
+                    .encode())
+            yield out
+
+
+def seal(sealer: Sealer, lines: list[bytes], first: int) -> list[bytes]:
+    """Segment envelopes for ``lines``, as a worker seals a batch."""
+    out = []
+    for lo in range(0, len(lines), SEGMENT_RECORDS):
+        part = lines[lo:lo + SEGMENT_RECORDS]
+        ids = [f"b-{first + lo + j:010d}" for j in range(len(part))]
+        out.append(sealer.seal(b"\n".join(part), ids, [len(x) for x in part],
+                               {"name": "cdr.raw", "partition": 0, "offset": list(range(first + lo, first + lo + len(part)))}))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--days", type=int, default=365, help="days the records spread over (default 365)")
+    ap.add_argument("--subscribers", type=int, default=200_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--workdir", default=None, help="where the database goes (default: a temp dir, removed)")
+    ap.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    args = ap.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="vault-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "vault.db"
+    for p in work.glob("vault.db*"):
+        p.unlink()
+    worker, vault = generate()
+    store = VaultStore(db, vault_kid=vault.vault_kid, index_kid=vault.index_key.kid, region="GB", create=True)
+    keystore = Keystore(str(db) + ".keys", vault, create=True)
+    ingester = Ingester(store, keystore, vault)
+    load = Workload(args.records, args.days, args.subscribers, args.seed)
+
+    # Generate and seal ahead (not timed), in groups, then ingest each group through the sink's
+    # two-stage pipeline (timed): prepare on this thread, write on the writer thread.
+    gen_s = seal_s = ingest_s = 0.0
+    batch_records = SEGMENT_RECORDS * SEGMENTS_PER_BATCH
+    pipeline = BatchPipeline(ingester)
+    done, last = 0, time.monotonic()
+    chunks = load.chunks(batch_records)
+    while True:
+        t0 = time.perf_counter()
+        group = []
+        for lines in chunks:
+            group.append(lines)
+            if len(group) == 8:
+                break
+        if not group:
+            break
+        t1 = time.perf_counter()
+        sealed = []
+        for lines in group:
+            sealed.append(seal(Sealer(worker.vault_public, worker.vault_kid), lines, done))
+            done += len(lines)
+        t2 = time.perf_counter()
+        for envelopes in sealed:
+            pipeline.submit(envelopes)
+        pipeline.flush()
+        t3 = time.perf_counter()
+        gen_s += t1 - t0
+        seal_s += t2 - t1
+        ingest_s += t3 - t2
+        if time.monotonic() - last > 10:
+            last = time.monotonic()
+            print(f"  {done:,} records ingested, {done / ingest_s:,.0f} records/s", file=sys.stderr, flush=True)
+    pipeline.close()
+    totals: IngestTotals = pipeline.totals
+    assert totals.stored == args.records, totals.summary()
+    ingester.close()
+    store.close()
+    keystore.close()
+
+    # Query: a fresh process-level connection, one month in the middle of the data.
+    store = VaultStore(db, vault_kid=vault.vault_kid, index_kid=vault.index_key.kid)
+    keystore = Keystore(str(db) + ".keys", vault)
+    searcher = Searcher(store, keystore, BlindIndexer(vault.index_key))
+    mid = START + _dt.timedelta(days=args.days // 2)
+    lo = day_number(mid.date()) * DAY_US
+    hi = lo + min(31, args.days) * DAY_US
+    targets = {"busiest": load.numbers[0], "median": load.numbers[len(load.numbers) // 50],
+               "quiet": load.numbers[-1], "2nd busiest, national format": national(load.numbers[1])}
+    queries = {}
+    for label, number in targets.items():
+        t = time.perf_counter()
+        canonical = normalise_one("msisdn", number, region="GB")  # as `vault query --target` does
+        assert canonical is not None
+        found = searcher.search("msisdn", canonical, lo, hi)
+        cold = time.perf_counter() - t
+        warm = []
+        for _ in range(5):
+            t = time.perf_counter()
+            searcher.search("msisdn", normalise_one("msisdn", number, region="GB") or "", lo, hi)
+            warm.append(time.perf_counter() - t)
+        queries[label] = {"results": len(found.records), "cold_ms": round(cold * 1000, 1),
+                          "warm_median_ms": round(statistics.median(warm) * 1000, 1)}
+    size = sum(p.stat().st_size for p in work.glob("vault.db*"))
+    # Purge the first month: destroy its day keys, drop its tables, delete its record ids.
+    cutoff = day_number(START.date()) + min(31, args.days)
+    days = [d for d in store.partitions() if d < cutoff]
+    t = time.perf_counter()
+    keystore.destroy(days)
+    purged = store.drop_days(days)
+    purge_s = time.perf_counter() - t
+    report = {
+        "records": args.records, "days": args.days, "subscribers": args.subscribers, "seed": args.seed,
+        "ingest_seconds": round(ingest_s, 2), "ingest_records_per_s": round(args.records / ingest_s),
+        "generate_seconds": round(gen_s, 2), "seal_seconds": round(seal_s, 2),
+        "db_bytes_per_record": round(size / args.records, 1), "db_mib": round(size / 2**20),
+        "query_window_days": min(31, args.days), "queries": queries,
+        "purge_days": len(days), "purge_records": purged, "purge_seconds": round(purge_s, 2),
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(report, indent=2))
+    store.close()
+    keystore.close()
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
