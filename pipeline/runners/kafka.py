@@ -830,28 +830,6 @@ class TransactionLoop:
 # --------------------------------------------------------------------------- CLI
 
 
-def _env_float(name: str, default: float | None) -> float | None:
-    """A float from the environment (flag defaults), or ``default`` when unset."""
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a number") from None
-
-
-def _env_int(name: str, default: int | None) -> int | None:
-    """An integer from the environment (flag defaults), or ``default`` when unset."""
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not an integer") from None
-
-
 def build_router(args: argparse.Namespace) -> Router:
     """The core from the shared flags (keyring, policy, region, suppressions)."""
     try:
@@ -933,7 +911,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `cdrpipe run` (the Kafka worker)."""
+    """Add `cdrpipe run` (the Kafka worker); env defaults are strings so argparse checks them like flags."""
     env = os.environ.get
     p = sub.add_parser(
         "run", help="run a Kafka worker: cdr.raw -> analytics, retention, dlq (exactly once)",
@@ -962,19 +940,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "(env CDRPIPE_WORKER_ID; default HOSTNAME-SLOT, the lowest slot free on this host)")
     p.add_argument("-X", action="append", metavar="KEY=VALUE",
                    help="librdkafka setting for both clients, repeatable; prefix consumer. or producer. for one")
-    p.add_argument("--batch-size", type=int, default=_env_int("CDRPIPE_BATCH_SIZE", DEFAULT_BATCH_SIZE),
+    p.add_argument("--batch-size", type=int, default=env("CDRPIPE_BATCH_SIZE", str(DEFAULT_BATCH_SIZE)),
                    help=f"max records per transaction (env CDRPIPE_BATCH_SIZE; default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--batch-timeout", type=float,
-                   default=_env_float("CDRPIPE_BATCH_TIMEOUT", DEFAULT_BATCH_TIMEOUT),
+                   default=env("CDRPIPE_BATCH_TIMEOUT", str(DEFAULT_BATCH_TIMEOUT)),
                    help=f"seconds to wait to fill a batch (env CDRPIPE_BATCH_TIMEOUT; default {DEFAULT_BATCH_TIMEOUT})")
-    p.add_argument("--metrics-port", type=int, default=_env_int("CDRPIPE_METRICS_PORT", None),
+    p.add_argument("--metrics-port", type=int, default=env("CDRPIPE_METRICS_PORT"),
                    help="serve Prometheus metrics on this port (env CDRPIPE_METRICS_PORT; 0 picks one; default off)")
     p.add_argument("--metrics-addr", default=env("CDRPIPE_METRICS_ADDR", "0.0.0.0"),
                    help="address for the metrics endpoint (env CDRPIPE_METRICS_ADDR; default 0.0.0.0)")
     p.add_argument("--progress-seconds", type=float,
-                   default=_env_float("CDRPIPE_PROGRESS_SECONDS", DEFAULT_PROGRESS_SECONDS),
+                   default=env("CDRPIPE_PROGRESS_SECONDS", str(DEFAULT_PROGRESS_SECONDS)),
                    help="seconds between summary log lines (env CDRPIPE_PROGRESS_SECONDS; default 10)")
-    p.add_argument("--exit-when-idle", type=float, default=_env_float("CDRPIPE_EXIT_WHEN_IDLE", None),
+    p.add_argument("--exit-when-idle", type=float, default=env("CDRPIPE_EXIT_WHEN_IDLE"),
                    help="exit 0 after this many seconds without input, for backfills and demos "
                         "(env CDRPIPE_EXIT_WHEN_IDLE; default: run until stopped)")
     p.set_defaults(func=_cmd_run)
