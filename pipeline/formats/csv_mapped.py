@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
@@ -30,12 +30,10 @@ from pipeline.core.formats import register_format
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed
 from pipeline.formats.common import (
     COMMENT_LINE, DURATION_FACTORS, EMPTY, HEADER_LINE, INVALID_CSV, TOO_LARGE, WRONG_COLUMN_COUNT, blank_to_null,
-    empty_frame, field_text, record_lines, row_hash)
+    empty_frame, field_text, number_text, record_lines, row_hash)
 
 _CHUNK_LINES = 1 << 16
 _TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_CONTROL = r"[\x00-\x08\x0b-\x1f]"
-_FIELD_PLACEHOLDER = "\x01"
 
 
 class MappingError(ValueError):
@@ -268,48 +266,46 @@ def split_row(text: str, delimiter: str, quote: str | None) -> list[str | None] 
         i = j + 1
 
 
-def _count_ok(count: pl.Expr, trailing_empty: pl.Expr, layout: Layout) -> pl.Expr:
-    """Whether a row's field count is accepted (exactly, or one more when the last field is empty)."""
-    if not layout.column_counts:
-        return count >= layout.needed
-    ok = pl.lit(False)
-    for c in layout.column_counts:
-        ok = ok | (count == c) | ((count == c + 1) & trailing_empty)
-    return ok
-
-
 def _char_class_escape(char: str) -> str:
     """A character as a regex escape that is safe inside and outside a class (``\\x{7c}``)."""
     return "\\x{%x}" % ord(char)
+
+
+@lru_cache(maxsize=64)
+def row_pattern(layout: Layout) -> str:
+    """One anchored regex for a row Polars reads exactly: plain or fully quoted fields, an accepted count.
+
+    Anything else (spaces around a quoted field, a stray quote, a control character, another
+    column count) does not match and goes to the exact tokenizer. One DFA pass per line.
+    """
+    sep = _char_class_escape(layout.delimiter)
+    ctrl = r"\x00-\x08\x0b-\x1f"
+    if layout.quote:
+        q = _char_class_escape(layout.quote)
+        cell = f"(?:{q}[^{q}{ctrl}]*(?:{q}{q}[^{q}{ctrl}]*)*{q}|[^{sep}{q}{ctrl}]*)"
+    else:
+        cell = f"[^{sep}{ctrl}]*"
+    if layout.column_counts:
+        counts = "|".join(f"(?:{sep}{cell}){{{c - 1}}}(?:{sep})?" for c in sorted(set(layout.column_counts)))
+        rest = f"(?:{counts})"
+    else:
+        rest = f"(?:{sep}{cell}){{{layout.needed - 1},}}"
+    return f"^{cell}{rest}$"
 
 
 def _screen(lines: pl.Series, layout: Layout, max_bytes: int) -> pl.DataFrame:
     """Per line: a sure reject reason (or null) and ``suspect`` (needs the exact tokenizer)."""
     line = pl.col("line")
     text = line.str.strip_prefix("\ufeff").str.strip_suffix("\r")
-    sep = _char_class_escape(layout.delimiter)
     reason = (pl.when(line.str.len_bytes() > max_bytes).then(pl.lit(TOO_LARGE))
               .when(text.str.strip_chars(" \t\r").str.len_bytes() == 0).then(pl.lit(EMPTY)))
     if layout.comment:
         reason = reason.when(text.str.strip_chars_start(" \t").str.starts_with(layout.comment)).then(pl.lit(COMMENT_LINE))
     reason = reason.otherwise(None)
-    if layout.quote:
-        q = _char_class_escape(layout.quote)
-        bare = text.str.replace_all(f"{q}[^{q}]*{q}", _FIELD_PLACEHOLDER)
-        misplaced = bare.str.contains(f"[^{sep}{_FIELD_PLACEHOLDER}]{_FIELD_PLACEHOLDER}|"
-                                      f"{_FIELD_PLACEHOLDER}[^{sep}{_FIELD_PLACEHOLDER}]")
-        odd = (text.str.count_matches(layout.quote, literal=True) % 2) == 1
-        stray = bare.str.contains(layout.quote, literal=True) | text.str.contains(_FIELD_PLACEHOLDER, literal=True)
-        suspect = odd | stray | misplaced
-    else:
-        bare = text
-        suspect = pl.lit(False)
-    count = bare.str.count_matches(layout.delimiter, literal=True) + 1
-    trailing_empty = bare.str.ends_with(layout.delimiter)
-    suspect = suspect | text.str.contains(_CONTROL) | ~_count_ok(count, trailing_empty, layout)
-    return lines.to_frame("line").select(
+    suspect = ~text.str.contains(row_pattern(layout))
+    return lines.to_frame("line").lazy().select(  # lazy: the shared sub-expressions run once
         text.alias("line"), pl.int_range(0, pl.len(), dtype=pl.UInt32).alias("row"), reason.alias("reason"),
-        suspect.alias("suspect"))
+        suspect.alias("suspect")).collect()
 
 
 def _schema(layout: Layout) -> dict[str, pl.DataType]:
@@ -324,6 +320,7 @@ def _read_fast(chunk: pl.DataFrame, layout: Layout) -> pl.DataFrame | None:
     try:
         frame = pl.read_csv(io.BytesIO(payload), has_header=False, separator=layout.delimiter,
                             quote_char=layout.quote, schema=_schema(layout), truncate_ragged_lines=True,
+                            missing_columns="insert",
                             raise_if_empty=False)
     except Exception:  # Polars raises ComputeError and friends for one odd line
         return None
@@ -386,16 +383,20 @@ def _count_accepted(count: int, trailing_empty: bool, layout: Layout) -> bool:
 
 
 def source_expr(target: str, layout: Layout) -> pl.Expr | None:
-    """The transformed value of ``target``: the first non-empty mapped column, else the first one's text."""
+    """The transformed value of ``target``: its first non-blank mapped column (the first one's text if all are)."""
     idx = layout.indices(target)
     if not idx:
         return None
-    opts = dict(time_format=layout.time_format, timezone=layout.timezone, duration_unit=layout.duration_unit)
-    values = [field_text(target, pl.col(f"c{i}").str.strip_chars(" \t"), **opts) for i in idx]
+    return field_text(target, _chosen(idx), time_format=layout.time_format, timezone=layout.timezone,
+                      duration_unit=layout.duration_unit)
+
+
+def _chosen(idx: tuple[int, ...]) -> pl.Expr:
+    """The first non-blank of the columns ``idx`` (so ``src`` wins over the number inside ``clid``)."""
+    values = [pl.col(f"c{i}").str.strip_chars(" \t") for i in idx]
     if len(values) == 1:
         return values[0]
-    first = values[0]
-    return pl.coalesce([blank_to_null(v) for v in values] + [first])
+    return pl.coalesce([blank_to_null(v) for v in values] + [values[0]])
 
 
 def header_mask(layout: Layout) -> pl.Expr:
@@ -409,13 +410,26 @@ def header_mask(layout: Layout) -> pl.Expr:
 
 def to_raw(cells: pl.DataFrame, layout: Layout, schema: dict[str, pl.DataType],
            record_id_base: pl.Expr | None = None) -> pl.DataFrame:
-    """Raw v1 columns (``schema``'s fields as String, plus ``row``) from the cells of readable rows."""
+    """Raw v1 columns (``schema``'s fields as String, plus ``row``) from the cells of readable rows.
+
+    Numbers are transformed once per distinct value (they recur: a subscriber calls often);
+    the other fields are cheap column expressions, evaluated in one lazy plan.
+    """
     constants = dict(layout.constants)
+    opts = dict(time_format=layout.time_format, timezone=layout.timezone, duration_unit=layout.duration_unit)
     cols: list[pl.Expr] = []
+    numbers: list[str] = []
     for name in schema:
-        expr = source_expr(name, layout)
+        idx = layout.indices(name)
         if name == "record_id" and record_id_base is not None:
-            expr = record_id_base
+            expr: pl.Expr | None = record_id_base
+        elif idx and name in ("cli", "dialled"):
+            expr = _chosen(idx)  # transformed per distinct value below
+            numbers.append(name)
+        elif idx:
+            expr = field_text(name, _chosen(idx), **opts)
+        else:
+            expr = None
         if name == "record_id" and layout.record_id_suffix:
             base = expr if expr is not None else pl.lit(None, pl.String)
             expr = pl.concat_str([pl.coalesce(blank_to_null(base), pl.lit(layout.name)), pl.lit("-"),
@@ -423,7 +437,17 @@ def to_raw(cells: pl.DataFrame, layout: Layout, schema: dict[str, pl.DataType],
         if expr is None and name in constants:
             expr = pl.lit(constants[name], pl.String)
         cols.append((expr if expr is not None else pl.lit(None, pl.String)).cast(pl.String).alias(name))
-    return cells.select(*cols, pl.col("row"))
+    frame = cells.lazy().select(*cols, pl.col("row")).collect()
+    for name in numbers:
+        frame = frame.with_columns(per_distinct(frame[name], number_text).alias(name))
+    return frame
+
+
+def per_distinct(values: pl.Series, transform: Callable[[pl.Expr], pl.Expr]) -> pl.Series:
+    """``transform`` applied once per distinct value, aligned with ``values``."""
+    distinct = values.unique().to_frame("v").lazy().with_columns(transform(pl.col("v")).alias("out")).collect()
+    return values.to_frame("v").join(distinct, on="v", how="left", nulls_equal=True,
+                                     maintain_order="left")["out"]
 
 
 def parse_delimited(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataType], layout: Layout,
