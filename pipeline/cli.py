@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "pipeline.keys",
     "pipeline.broker",
     "pipeline.topics",
+    "pipeline.acl",
     "pipeline.vault.cli",
     "pipeline.runners.kafka",
     "pipeline.demo",
