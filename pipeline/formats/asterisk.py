@@ -7,9 +7,12 @@ empty; the display name is never read), ``dst`` -> dialled, ``start`` -> start, 
 One call writes several rows with one ``uniqueid`` (a NO ANSWER leg, then the ANSWERED one),
 so the record id is ``<uniqueid>-<first 8 hex of SHA-256 of the raw row>``: the same row always
 gets the same id (replays and backfills deduplicate), legs of one call differ because their
-rows differ (disposition, answer time, billsec, channel), and it does not depend on batch
-boundaries or offsets, unlike a row counter. A byte-identical row is a true duplicate and
-rightly shares its id. A row without a uniqueid gets ``asterisk-<hash>``.
+rows differ (disposition, answer time, billsec, channel), and it does not depend on offsets
+or on where the row sits in its batch, unlike a row counter. Byte-identical rows do occur (two
+ring-group legs whose channels were blanked): the second and later copies *in one batch* get
+``-2``, ``-3``… appended, so a replay of the same batches gives the same ids; identical legs split
+across two batches would share an id (they are adjacent rows, so this is rare). A row without a
+uniqueid gets ``asterisk-<hash>``.
 
 Asterisk writes local time without a zone unless ``usegmtime=yes``; naive times are read as
 UTC unless a mapping sets ``timezone``. A ``--mapping`` file may override any part of this

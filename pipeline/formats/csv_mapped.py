@@ -432,8 +432,13 @@ def to_raw(cells: pl.DataFrame, layout: Layout, schema: dict[str, pl.DataType],
             expr = None
         if name == "record_id" and layout.record_id_suffix:
             base = expr if expr is not None else pl.lit(None, pl.String)
+            # Byte-identical rows (two legs of a ring group whose channels were blanked, say) are
+            # told apart by their order in the batch: -2, -3... after the first.
+            repeat = pl.int_range(pl.len(), dtype=pl.UInt32).over("line")
             expr = pl.concat_str([pl.coalesce(blank_to_null(base), pl.lit(layout.name)), pl.lit("-"),
-                                  row_hash(pl.col("line"))])
+                                  row_hash(pl.col("line")),
+                                  pl.when(repeat > 0).then(pl.lit("-") + (repeat + 1).cast(pl.String))
+                                  .otherwise(pl.lit(""))])
         if expr is None and name in constants:
             expr = pl.lit(constants[name], pl.String)
         cols.append((expr if expr is not None else pl.lit(None, pl.String)).cast(pl.String).alias(name))
