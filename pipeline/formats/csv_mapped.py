@@ -418,14 +418,16 @@ def to_raw(cells: pl.DataFrame, layout: Layout, schema: dict[str, pl.DataType],
     constants = dict(layout.constants)
     opts = dict(time_format=layout.time_format, timezone=layout.timezone, duration_unit=layout.duration_unit)
     cols: list[pl.Expr] = []
+    extra: list[pl.Expr] = []
     numbers: list[str] = []
     for name in schema:
         idx = layout.indices(name)
         if name == "record_id" and record_id_base is not None:
             expr: pl.Expr | None = record_id_base
         elif idx and name in ("cli", "dialled"):
-            expr = _chosen(idx)  # transformed per distinct value below
+            expr = pl.lit(None, pl.String)  # filled below, once per distinct value of each source column
             numbers.append(name)
+            extra.extend(pl.col(f"c{i}").alias(f"_{name}_{k}") for k, i in enumerate(idx))
         elif idx:
             expr = field_text(name, _chosen(idx), **opts)
         else:
@@ -442,10 +444,14 @@ def to_raw(cells: pl.DataFrame, layout: Layout, schema: dict[str, pl.DataType],
         if expr is None and name in constants:
             expr = pl.lit(constants[name], pl.String)
         cols.append((expr if expr is not None else pl.lit(None, pl.String)).cast(pl.String).alias(name))
-    frame = cells.lazy().select(*cols, pl.col("row")).collect()
+    frame = cells.lazy().select(*cols, pl.col("row"), *extra).collect()
     for name in numbers:
-        frame = frame.with_columns(per_distinct(frame[name], number_text).alias(name))
-    return frame
+        # Each source cleaned on its own, then the first that gives a number: src "" (withheld)
+        # yields to the number in clid, but clid holding only a display name never wins.
+        cleaned = [per_distinct(frame[f"_{name}_{k}"], number_text) for k in range(len(layout.indices(name)))]
+        frame = frame.with_columns(pl.coalesce([*(blank_to_null(pl.lit(c)) for c in cleaned), pl.lit(cleaned[0])])
+                                   .alias(name))
+    return frame.drop([e.meta.output_name() for e in extra])
 
 
 def per_distinct(values: pl.Series, transform: Callable[[pl.Expr], pl.Expr]) -> pl.Series:
