@@ -1,0 +1,99 @@
+"""Command-line options and settings of cdrpipe's faust apps, importable without faust.
+
+``cdrpipe --help`` builds every parser; keeping these here means it does not import faust and
+aiokafka (about a second) just to print help.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.cli import UsageError
+
+ENV_BOOTSTRAP = "CDRPIPE_BOOTSTRAP_SERVERS"
+#: -X keys the faust apps understand (aiokafka is not librdkafka: anything else is refused).
+SUPPORTED_X = ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password",
+               "ssl.ca.location", "ssl.certificate.location", "ssl.key.location")
+#: Kafka's default lower bound for group.min.session.timeout.ms.
+MIN_SESSION_TIMEOUT = 6.0
+
+
+def parse_x(items: Sequence[str] | None) -> dict[str, str]:
+    """``-X key=value`` options as a dict (the same syntax as every other cdrpipe command)."""
+    conf: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"-X {item!r}: expected key=value, e.g. -X security.protocol=SASL_SSL")
+        conf[key.strip()] = value
+    return conf
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """What every faust app of cdrpipe needs to reach Kafka and serve health and metrics."""
+
+    bootstrap: str
+    app_id: str
+    x: Mapping[str, str] = field(default_factory=dict)
+    #: Partitions of the internal topics (repartition and changelog); fixed once created.
+    partitions: int = 3
+    replication_factor: int = 1
+    #: Consumer-group session timeout: how long a SIGKILLed worker blocks its successor's join.
+    session_timeout: float = 30.0
+    web_host: str = "127.0.0.1"
+    #: Port of /health and /metrics; 0 turns the web server off.
+    web_port: int = 6066
+    #: faust's data directory; None makes a temporary one (memory tables keep nothing on disk).
+    data_dir: str | None = None
+    log_level: str = "INFO"
+
+
+def add_app_arguments(p: argparse.ArgumentParser, *, app_id: str, web_port: int) -> None:
+    """Flags every faust app shares: Kafka, security, internal topics, web, session timeout."""
+    p.add_argument("--bootstrap-servers", default=os.environ.get(ENV_BOOTSTRAP),
+                   help=f"Kafka bootstrap servers (env {ENV_BOOTSTRAP})")
+    p.add_argument("-X", action="append", metavar="KEY=VALUE",
+                   help="security setting, repeatable: " + ", ".join(SUPPORTED_X))
+    p.add_argument("--topic-prefix", default="",
+                   help="prepend this to every topic name, the app id included (tests, shared clusters)")
+    p.add_argument("--app-id", default=app_id,
+                   help=f"faust app id = consumer group and prefix of its internal topics (default {app_id})")
+    p.add_argument("--partitions", type=int, default=3,
+                   help="partitions of the app's internal topics when it creates them (default 3)")
+    p.add_argument("--replication-factor", type=int, default=1,
+                   help="replication factor of the internal topics it creates (default 1; use 3 in production)")
+    p.add_argument("--session-timeout", type=float, default=30.0,
+                   help="consumer-group session timeout, seconds (default 30): after a crash the next "
+                        "worker may wait this long to join")
+    p.add_argument("--web-host", default="127.0.0.1", help="address of /health and /metrics (default 127.0.0.1)")
+    p.add_argument("--web-port", type=int, default=web_port,
+                   help=f"port of /health and /metrics (default {web_port}; 0 turns them off)")
+    p.add_argument("--data-dir", default=None,
+                   help="faust data directory (default: a temporary one; tables live in Kafka changelogs)")
+
+
+def app_settings(args: argparse.Namespace) -> AppSettings:
+    """:class:`AppSettings` from the shared flags (see :func:`add_app_arguments`)."""
+    if not args.bootstrap_servers:
+        raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set " + ENV_BOOTSTRAP)
+    if args.partitions < 1 or args.replication_factor < 1:
+        raise UsageError("--partitions and --replication-factor must be at least 1")
+    if not 0 <= args.web_port < 65536:
+        raise UsageError("--web-port must be 0-65535")
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    return AppSettings(bootstrap=args.bootstrap_servers, app_id=args.topic_prefix + args.app_id,
+                       x=parse_x(args.X), partitions=args.partitions,
+                       replication_factor=args.replication_factor, session_timeout=args.session_timeout,
+                       web_host=args.web_host, web_port=args.web_port, data_dir=args.data_dir,
+                       log_level=str(level))
+
+
+def ensure_dir(path: str | None) -> None:
+    """Create a given data directory (faust creates only the last level)."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
