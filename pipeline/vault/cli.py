@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,11 +84,16 @@ def open_vault(args: argparse.Namespace, *, create: bool = False) -> Iterator[Va
                            region=getattr(args, "region", None) if create else None, create=create)
     except StoreError as exc:
         raise FatalError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise FatalError(f"cannot open the vault database {db}: {exc}") from None
     try:
         keystore = Keystore(keystore_path, keyring, create=create)
     except KeystoreError as exc:
         store.close()
         raise FatalError(str(exc)) from None
+    except sqlite3.Error as exc:
+        store.close()
+        raise FatalError(f"cannot open the keystore {keystore_path}: {exc}") from None
     vault = Vault(keyring, store, keystore)
     try:
         yield vault

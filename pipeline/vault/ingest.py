@@ -37,7 +37,7 @@ from pipeline.core.envelope import ENVELOPE_TYPE, EnvelopeError, open_segment
 from pipeline.core.normalise import PhoneNormaliser, normalise_column
 from pipeline.core.parse import parse_batch
 from pipeline.keys import VaultKeyring
-from pipeline.vault.index import PARTY_FIELDS, TARGET_KINDS, BlindIndexer
+from pipeline.vault.index import PARTY_FIELDS, RID_BITS, TARGET_KINDS, BlindIndexer
 from pipeline.vault.keystore import Keystore
 from pipeline.vault.store import DAY_US, VaultStore
 
@@ -180,7 +180,7 @@ class DayRows:
     day: int
     kid: str
     records: list[tuple[Any, ...]]
-    index: list[tuple[int, int]]
+    index: list[int]
     ids: list[str]
 
 
@@ -316,6 +316,8 @@ class Ingester:
         if expired:
             totals.expired = int(rows["day"].is_in(expired).sum())
             rows = rows.filter(~pl.col("day").is_in(expired))
+            if rows.height == 0:
+                return []
         # Row ids: each day continues its own sequence; rows sorted by day so each day is one slice.
         firsts = {d: self._next_rid.get(d) or self.store.next_rid(d, conn=self._reader)
                   for d, c in ciphers.items() if c is not None}
@@ -326,14 +328,15 @@ class Ingester:
         for day, n in counts.iter_rows():
             self._next_rid[day] = firsts[day] + n
 
-        # Blind index entries (day, bidx, rid) of every normalised party identifier, as columns.
+        # Blind index keys (bidx << 32 | rid) of every normalised party identifier, per day, as columns.
         values = normalised_parties(parties, self._phones).join(rows.select("row", "day", "rid"), on="row")
         index = pl.concat([
             values.filter(pl.col("kind") == kind).select(
-                "day", self._indexer.column(kind, pl.col("day"), pl.col("value")).alias("bidx"), "rid")
-            for kind in TARGET_KINDS]).unique().sort("day", "bidx", "rid")
+                "day", (self._indexer.column(kind, pl.col("day"), pl.col("value")) * (1 << RID_BITS)
+                        + pl.col("rid")).alias("k"))
+            for kind in TARGET_KINDS]).unique().sort("day", "k")
         index_counts = dict(index.group_by("day").len().iter_rows())
-        bidx_col, idx_rid_col = index["bidx"].to_list(), index["rid"].to_list()
+        key_col = index["k"].to_list()
 
         order = rows["row"].to_list()
         ids_col, ts_col, rid_col = rows["record_id"].to_list(), rows["ts"].to_list(), rows["rid"].to_list()
@@ -354,8 +357,7 @@ class Ingester:
             cts = cipher.seal_many(record_ids, raw_col[lo:hi])
             records = list(zip(rid_col[lo:hi], record_ids, ts_col[lo:hi], parsed_col[lo:hi], sealed_col[lo:hi],
                                src[lo:hi], part[lo:hi], off[lo:hi], cts))
-            out.append(DayRows(day, cipher.kid, records, list(zip(bidx_col[ilo:ihi], idx_rid_col[ilo:ihi])),
-                               record_ids))
+            out.append(DayRows(day, cipher.kid, records, key_col[ilo:ihi], record_ids))
             totals.stored += n
             totals.days.add(day)
             lo, ilo = hi, ihi

@@ -7,9 +7,9 @@ Layout (docs/vault.md has the rationale):
   start in µs since the epoch, or the segment's ``sealed_at`` when the record has no usable
   start (``sealed_time = 1``); records that are not JSON at all have ``parsed = 0`` and a
   small partial index on ``ts`` so they can be listed by time.
-* ``idx_YYYYMMDD(bidx, rid)`` WITHOUT ROWID — one row per (party identifier, record): a
-  lookup is one B-tree seek, whatever the number of records; the time window is applied to
-  the few joined record rows. ``bidx`` is 47 bits, so SQLite stores it in 6 bytes.
+* ``idx_YYYYMMDD(k INTEGER PRIMARY KEY)`` — one key ``bidx << 32 | rid`` per (party
+  identifier, record): a lookup is one range scan of a rowid B-tree, whatever the number of
+  records; the time window is applied to the few joined record rows.
 * ``record_ids(record_id, day)`` WITHOUT ROWID — every stored record id once, across days:
   ingest is idempotent however often (or however late) a record arrives.
 * ``partitions(day, kid)`` — which day key each day was written with.
@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.vault.index import RID_BITS
 from pipeline.vault.keystore import _create_private_file, day_date
 
 STORE_FORMAT = "cdrpipe.vault-store/1"
@@ -165,8 +166,7 @@ class VaultStore:
                               "ts INTEGER NOT NULL, parsed INTEGER NOT NULL, sealed_time INTEGER NOT NULL, "
                               "src TEXT NOT NULL, part INTEGER, off INTEGER, ct BLOB NOT NULL)")
             self.conn.execute(f"CREATE INDEX IF NOT EXISTS {rec}_unparsed ON {rec} (ts) WHERE parsed = 0")
-            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {idx} (bidx INTEGER NOT NULL, rid INTEGER NOT NULL, "
-                              "PRIMARY KEY (bidx, rid)) WITHOUT ROWID")
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {idx} (k INTEGER PRIMARY KEY)")
             self.conn.execute("INSERT INTO partitions (day, kid, created) VALUES (?, ?, ?)", (day, kid, _now_text()))
         elif row[0] != kid:
             raise StoreError(f"the records of {day_date(day)} were written under day key {row[0]!r} but the "
@@ -190,13 +190,13 @@ class VaultStore:
                                  "(SELECT value FROM json_each(?))", (orjson.dumps(list(record_ids)),))
         return {r[0] for r in rows}
 
-    def insert_day(self, day: int, records: Iterable[tuple[object, ...]], index: Sequence[tuple[int, int]],
+    def insert_day(self, day: int, records: Iterable[tuple[object, ...]], index: Sequence[int],
                    ids: Sequence[str]) -> None:
-        """Insert one day's records (RECORD_COLUMNS order), index rows ``(bidx, rid)`` and record ids."""
+        """Insert one day's records (RECORD_COLUMNS order), index keys ``bidx << 32 | rid`` and record ids."""
         self.conn.executemany(f"INSERT INTO {rec_table(day)} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
         # One statement each, so SQLite works through the rows without the GIL (a writer thread
         # then runs beside the thread preparing the next batch).
-        self.conn.execute(f"INSERT OR IGNORE INTO {idx_table(day)} SELECT value ->> 0, value ->> 1 FROM json_each(?)",
+        self.conn.execute(f"INSERT OR IGNORE INTO {idx_table(day)} SELECT value FROM json_each(?)",
                           (orjson.dumps(index),))
         self.conn.execute("INSERT INTO record_ids (record_id, day) SELECT value, ? FROM json_each(?)",
                           (day, orjson.dumps(ids)))
@@ -209,12 +209,13 @@ class VaultStore:
     # ------------------------------------------------------------------ query
 
     def find(self, day: int, bidx: int, lo_us: int, hi_us: int) -> list[tuple[object, ...]]:
-        """Records of ``day`` indexed under ``bidx`` with ``lo_us <= ts < hi_us`` (one index seek)."""
+        """Records of ``day`` indexed under ``bidx`` with ``lo_us <= ts < hi_us`` (one index range scan)."""
         rec, idx = rec_table(day), idx_table(day)
         return self.conn.execute(
             f"SELECT r.rid, r.record_id, r.ts, r.parsed, r.sealed_time, r.src, r.part, r.off, r.ct "
-            f"FROM {idx} AS i JOIN {rec} AS r ON r.rid = i.rid WHERE i.bidx = ? AND r.ts >= ? AND r.ts < ?",
-            (bidx, lo_us, hi_us)).fetchall()
+            f"FROM {idx} AS i JOIN {rec} AS r ON r.rid = (i.k & {(1 << RID_BITS) - 1}) "
+            "WHERE i.k >= ? AND i.k < ? AND r.ts >= ? AND r.ts < ?",
+            (bidx << RID_BITS, (bidx + 1) << RID_BITS, lo_us, hi_us)).fetchall()
 
     def unparsed(self, day: int, lo_us: int, hi_us: int) -> list[tuple[object, ...]]:
         """Records of ``day`` that were not JSON, sealed within ``[lo_us, hi_us)``."""
