@@ -95,6 +95,7 @@ class Layout:
     record_id_suffix: bool
 
     def indices(self, target: str) -> tuple[int, ...]:
+        """Source columns of ``target`` in priority order (empty if unmapped)."""
         return next((idx for t, idx in self.targets if t == target), ())
 
 
@@ -309,6 +310,7 @@ def _screen(lines: pl.Series, layout: Layout, max_bytes: int) -> pl.DataFrame:
 
 
 def _schema(layout: Layout) -> dict[str, pl.DataType]:
+    """Fixed String columns ``c0..``: nothing is inferred, so a value is never coerced."""
     return {f"c{i}": pl.String for i in range(layout.width)}
 
 
@@ -373,6 +375,7 @@ def read_rows(records: Sequence[bytes], buf: bytes, layout: Layout,
 
 
 def _count_accepted(count: int, trailing_empty: bool, layout: Layout) -> bool:
+    """The slow path's column-count rule, the same as :func:`row_pattern`'s."""
     if not layout.column_counts:
         return count >= layout.needed
     return any(count == c or (count == c + 1 and trailing_empty) for c in layout.column_counts)

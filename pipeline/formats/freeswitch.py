@@ -42,6 +42,7 @@ READ_SCHEMA: dict[str, pl.DataType] = {"variables": pl.Struct({v: pl.String for 
 
 
 def _var(name: str) -> pl.Expr:
+    """A ``variables`` value, blank as null so the next source can fill it."""
     return blank_to_null(pl.col("variables").struct.field(name))
 
 
