@@ -365,7 +365,8 @@ def _cmd_purge(args: argparse.Namespace) -> int:
         if gap is not None:
             raise FatalError(f"the audit log ends at entry #{gap[0]} but the keystore last saw #{gap[1]}: record the "
                              "loss with `cdrpipe vault audit acknowledge-gap` first, so this purge can be audited")
-        destroyed = vault.keystore.destroy(days)  # first: once the keys are gone, every copy is unreadable
+        # First: once the keys are gone, every copy is unreadable (and no late record re-opens a day).
+        destroyed = vault.keystore.destroy(days, before=limit)
         records = vault.store.drop_days(days)
         try:
             entry = audit.append({"action": "purge", "operator": operator, "cutoff": cutoff.isoformat(),

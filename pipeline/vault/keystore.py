@@ -175,6 +175,11 @@ class Keystore:
                                 "altered or belongs to another keyring") from None
         return DayCipher(day, kid, key)
 
+    def purged_before(self) -> int:
+        """Days before this day number were purged: none of their records may be stored again."""
+        row = self._conn.execute("SELECT v FROM meta WHERE k = 'purged_before'").fetchone()
+        return int(row[0]) if row else -(1 << 62)
+
     def cipher_for_write(self, day: int) -> DayCipher | None:
         """The day's cipher, creating its key on first use; ``None`` if the day was already purged."""
         cipher = self._cache.get(day)
@@ -182,7 +187,8 @@ class Keystore:
             return cipher
         row = self._conn.execute("SELECT kid, wrapped FROM day_keys WHERE day = ?", (day,)).fetchone()
         if row is None:
-            if self._conn.execute("SELECT 1 FROM destroyed WHERE day = ?", (day,)).fetchone():
+            if day < self.purged_before() or \
+                    self._conn.execute("SELECT 1 FROM destroyed WHERE day = ?", (day,)).fetchone():
                 return None
             kid = secrets.token_hex(6)
             key = AESGCM.generate_key(bit_length=256)
@@ -222,12 +228,17 @@ class Keystore:
         """Purged days and when their keys were destroyed."""
         return dict(self._conn.execute("SELECT day, destroyed_at FROM destroyed ORDER BY day").fetchall())
 
-    def destroy(self, days: Iterable[int]) -> list[int]:
-        """Delete the keys of ``days`` (crypto-shredding), leave tombstones, and checkpoint the overwrite."""
+    def destroy(self, days: Iterable[int], *, before: int | None = None) -> list[int]:
+        """Delete the keys of ``days`` (crypto-shredding), leave tombstones, and checkpoint the overwrite.
+
+        ``before``: the purge's cut-off day; no key is ever created again for a day before it.
+        """
         now = _utc_now_text()
         done = []
         self._conn.execute("BEGIN IMMEDIATE")
         try:
+            if before is not None and before > self.purged_before():
+                self._conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('purged_before', ?)", (str(before),))
             for day in days:
                 row = self._conn.execute("SELECT kid FROM day_keys WHERE day = ?", (day,)).fetchone()
                 self._conn.execute("DELETE FROM day_keys WHERE day = ?", (day,))

@@ -492,6 +492,28 @@ def test_a_purged_day_is_not_brought_back_by_a_late_record(vault, tmp_path, caps
     assert summary["stored"] == 0 and summary["expired"] == 4 * 7  # January's records: not stored again
     code, out, _ = _query(copy, capsys, A, window=("2020-01-01", "2020-01-31"))
     assert _ids(out) == []
+    # A batch made only of records for purged days stores nothing and says so.
+    jan = tmp_path / "jan.jsonl"
+    jan.write_bytes(b'{"record_id":"late-1","cli":"07700 900123","dialled":"07700 900555",'
+                    b'"start":"2020-01-20T09:00:00Z","duration":1}\n')
+    assert main(["process", "--keyring", str(vault["worker"]), "--input", str(jan), "--out-dir",
+                 str(tmp_path / "o"), "--quiet"]) == EXIT_OK
+    assert main(["vault", "ingest", "--keyring", str(vault["keyring"]), "--db", str(copy["db"]),
+                 "--input", str(tmp_path / "o" / "retention.jsonl"), "--quiet"]) == EXIT_OK
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["records"], summary["stored"], summary["expired"]) == (1, 0, 1)
+
+
+def test_a_file_that_is_not_a_vault_is_refused(vault, tmp_path, capsys):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    code, _, err = _query({**vault, "db": junk}, capsys, A)
+    assert code == EXIT_FATAL and "junk.db" in err
+    keystore_as_db = {**vault, "db": Path(str(vault["db"]) + ".keys")}
+    code, _, err = _query(keystore_as_db, capsys, A)
+    assert code == EXIT_FATAL and "not a cdrpipe vault database" in err
+    code, _, err = _query({**vault, "db": tmp_path / "none.db"}, capsys, A)
+    assert code == EXIT_FATAL and "no vault database" in err
 
 
 # --------------------------------------------------------------------------- leaks

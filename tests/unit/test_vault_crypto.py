@@ -70,8 +70,12 @@ def test_keystore_creates_reuses_and_destroys_day_keys(tmp_path, vault_keyring):
         keystore.cipher_for_read(18262, first.kid)
     assert keystore.cipher_for_write(18262) is None          # a purged day is never re-keyed
     assert set(keystore.destroyed()) == {18262, 18999}
+    keystore.destroy([], before=18300)                       # the purge's cut-off: no day before it comes back
+    assert keystore.cipher_for_write(18250) is None and keystore.cipher_for_write(18300) is not None
+    keystore.destroy([], before=18000)                       # an older cut-off never lowers it
+    assert keystore.cipher_for_write(18299) is None
     with pytest.raises(KeystoreError, match="no key"):
-        keystore.cipher_for_read(18300, "zz")
+        keystore.cipher_for_read(18400, "zz")
     keystore.close()
     assert (path.stat().st_mode & 0o077) == 0
 
