@@ -181,14 +181,20 @@ class Keystore:
         return int(row[0]) if row else -(1 << 62)
 
     def cipher_for_write(self, day: int) -> DayCipher | None:
-        """The day's cipher, creating its key on first use; ``None`` if the day was already purged."""
+        """The day's cipher, creating its key on first use; ``None`` if the day was already purged.
+
+        The purge cut-off is read on every call, so a sink that cached a day's key before a purge
+        (run by another process) drops it instead of writing under a destroyed key.
+        """
+        if day < self.purged_before():
+            self._cache.pop(day, None)
+            return None
         cipher = self._cache.get(day)
         if cipher is not None:
             return cipher
         row = self._conn.execute("SELECT kid, wrapped FROM day_keys WHERE day = ?", (day,)).fetchone()
         if row is None:
-            if day < self.purged_before() or \
-                    self._conn.execute("SELECT 1 FROM destroyed WHERE day = ?", (day,)).fetchone():
+            if self._conn.execute("SELECT 1 FROM destroyed WHERE day = ?", (day,)).fetchone():
                 return None
             kid = secrets.token_hex(6)
             key = AESGCM.generate_key(bit_length=256)

@@ -118,3 +118,14 @@ def test_an_altered_wrapped_key_is_reported(tmp_path, vault_keyring):
 
 def test_day_numbers():
     assert day_number(day_date(18293)) == 18293 and str(day_date(18293)) == "2020-02-01"
+
+
+def test_a_running_writer_drops_a_cached_key_once_another_process_purged_its_day(tmp_path, vault_keyring):
+    path = tmp_path / "v.db.keys"
+    sink_side = Keystore(path, vault_keyring, create=True)
+    assert sink_side.cipher_for_write(18262) is not None     # cached by the long-running sink
+    purge_side = Keystore(path, vault_keyring)                # `cdrpipe vault purge`, another connection
+    purge_side.destroy([18262], before=18263)
+    purge_side.close()
+    assert sink_side.cipher_for_write(18262) is None          # not written under a destroyed key
+    sink_side.close()
