@@ -578,3 +578,34 @@ def test_vault_secrets_and_targets_never_in_logs_errors_or_stored_in_clear(vault
         store.close()
     for s in secrets_:
         assert s not in text
+
+
+def test_overlapping_batches_in_the_two_stage_pipeline_store_each_record_once(vault, tmp_path):
+    """Batch k+1 is prepared while batch k is still being written: its dedupe must see batch k."""
+    from pipeline.vault.ingest import Ingester
+    from pipeline.vault.sink import BatchPipeline
+    keyring = load_vault_keyring(vault["keyring"])
+    envelopes = vault["retention"].read_bytes().splitlines()
+    db = tmp_path / "fresh.db"
+    store = VaultStore(db, vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid, region="GB", create=True)
+    keystore = Keystore(str(db) + ".keys", keyring, create=True)
+    ingester = Ingester(store, keystore, keyring)
+    pipeline = BatchPipeline(ingester)
+    try:
+        for _ in range(3):
+            pipeline.submit(envelopes)  # the same records three times, back to back
+        pipeline.close()
+        totals = pipeline.totals
+        assert (totals.records, totals.stored, totals.duplicates) == (3 * len(vault["lines"]), len(vault["lines"]),
+                                                                     2 * len(vault["lines"]))
+        assert _count_records(db) == len(vault["lines"])
+        with pytest.raises(Exception, match="another `cdrpipe vault ingest`"):
+            other = VaultStore(db, vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid)
+            try:
+                Ingester(other, keystore, keyring)  # a second writer on the same database is refused
+            finally:
+                other.close()
+    finally:
+        ingester.close()
+        keystore.close()
+        store.close()
