@@ -40,3 +40,9 @@ def parse_records(fmt: str, records: Sequence[bytes], buf: bytes, schema: dict[s
                   **options: object) -> Parsed:
     """Parse one batch with the named adapter."""
     return get_format(fmt)(records, buf, schema, **options)
+
+
+try:
+    import pipeline.formats  # noqa: E402,F401  (registers asterisk-csv, freeswitch-json, acc, csv)
+except ImportError:  # partially initialised during a circular import; the next get_format caller has it
+    pass

@@ -126,13 +126,17 @@ class Router:
                  sealer_factory: Callable[[], Sealer] | None = None,
                  clock: Callable[[], datetime] = _utc_now) -> None:
         self.config = config or CoreConfig()
-        self.suppressions = suppressions or Suppressions()
+        # `is None`, not `or`: an empty Suppressions is falsy, and the caller's object must stay
+        # the one a follower updates.
+        self.suppressions = suppressions if suppressions is not None else Suppressions()
         self._ctx = ActionContext(Tokeniser(keyring, self.config.token_bits), PhoneNormaliser(self.config.region))
         self._sealer_factory = sealer_factory or (lambda: Sealer(keyring.vault_public, keyring.vault_kid))
         self._clock = clock
         policy_fields = [r.field for r in self.config.policy.rules]
         self._schema = {f: pl.String for f in dict.fromkeys([*CONTRACT_FIELDS, *policy_fields])}
         self._parse = get_format(self.config.format)
+        from pipeline.formats import FORMAT_REASON_DETAIL  # registered adapters' reason texts
+        self._reason_detail = {**PARSE_REASON_DETAIL, **FORMAT_REASON_DETAIL}
         self._emitted = [r for r in self.config.policy.rules if r.action != "drop"]
         for rule in self.config.policy.rules:
             if rule.action not in ACTIONS:
@@ -245,7 +249,7 @@ class Router:
 
         # DLQ: parse rejects and invalid rows, each with its own sealed payload.
         dlq_rows = list(zip(parsed.reject_rows, parsed.reject_reasons,
-                            itertools.repeat(None), (PARSE_REASON_DETAIL.get(r, "the record could not be read in the input format")
+                            itertools.repeat(None), (self._reason_detail.get(r, "the record could not be read in the input format")
                                                      for r in parsed.reject_reasons)))
         bad = verdict.with_columns(f["row"]).filter(~valid)
         dlq_rows.extend(zip(bad["row"].to_list(), bad["reason"].to_list(), bad["field"].to_list(),

@@ -22,7 +22,8 @@ import orjson
 
 from pipeline.core.router import CoreConfig, Router, Source, Suppressions
 from pipeline.keys import ENV_KEYRING_FILE, KeyringError, WorkerKeyring, load_worker_keyring
-from pipeline.policy import PolicyError, load_policy
+from pipeline.formats import check_format_options, load_mapping
+from pipeline.policy import Policy, PolicyError, load_policy
 
 DEFAULT_BATCH_BYTES = 8 << 20
 PROGRESS_SECONDS = 2.0
@@ -181,8 +182,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     try:
         keyring = load_worker_keyring(args.keyring)
         policy = load_policy(args.policy)
-        config = CoreConfig(policy=policy, region=args.region, max_record_bytes=args.max_record_bytes,
-                            format=args.format)
+        config = core_config(args, policy)
         router = Router(keyring, config, load_suppressions(args.suppressions))
     except (KeyringError, PolicyError) as exc:
         raise FatalError(str(exc)) from None
@@ -202,6 +202,14 @@ def _cmd_process(args: argparse.Namespace) -> int:
     return 0
 
 
+def core_config(args: argparse.Namespace, policy: Policy) -> CoreConfig:
+    """The core's settings from the shared flags; raises ValueError (a usage error) when they don't fit."""
+    options = load_mapping(args.mapping) if args.mapping else ()
+    check_format_options(args.format, options)
+    return CoreConfig(policy=policy, region=args.region, max_record_bytes=args.max_record_bytes,
+                      format=args.format, format_options=options)
+
+
 def add_core_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags every runner of the core shares (file and Kafka), each with an environment variable."""
     parser.add_argument("--keyring", default=None,
@@ -212,6 +220,8 @@ def add_core_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default region for national numbers (env CDRPIPE_REGION; default GB)")
     parser.add_argument("--format", default=os.environ.get("CDRPIPE_FORMAT", "jsonl"),
                         help="input format (env CDRPIPE_FORMAT; default jsonl)")
+    parser.add_argument("--mapping", default=os.environ.get("CDRPIPE_MAPPING"),
+                        help="CSV layout TOML for --format csv/asterisk-csv/acc (env CDRPIPE_MAPPING; docs/formats.md)")
     parser.add_argument("--suppressions", default=os.environ.get("CDRPIPE_SUPPRESSIONS"),
                         help="file of suppressed subscriber tokens, one per line (env CDRPIPE_SUPPRESSIONS)")
     parser.add_argument("--max-record-bytes", type=int, default=64 * 1024,

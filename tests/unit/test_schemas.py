@@ -114,7 +114,8 @@ def test_analytics_schema_is_the_default_policy_allow_list(routed):
 
 
 def test_dlq_reasons_are_every_code_the_core_defines():
-    parse_codes = set(parse.PARSE_REASON_DETAIL)
+    from pipeline.formats import FORMAT_REASON_DETAIL
+    parse_codes = set(parse.PARSE_REASON_DETAIL) | set(FORMAT_REASON_DETAIL)
     router_codes = {router_mod.MISSING_FIELD, router_mod.INVALID_FIELD, router_mod.UNSAFE_VALUE,
                     router_mod.INVALID_RECORD_ID}
     enum = DLQ["properties"]["reason"]["enum"]
