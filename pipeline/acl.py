@@ -175,12 +175,17 @@ def _group(name: str, *, prefix: bool = False) -> Grant:
 
 
 def _app_internal(app_id: str) -> tuple[Grant, ...]:
-    """A faust app's own topics (changelogs, repartition, leader): create, read and write them,
-    its group, and its transactional ids (used when it runs with exactly-once processing)."""
+    """A faust app's own topics (changelogs, repartition, leader), which it creates at start,
+    and its consumer group. No transactional ids: the apps run at-least-once (idempotent
+    tables), so granting them would only widen what a stolen credential can do."""
     return (Grant(ResourceKind.TOPIC, f"{app_id}-",
                   (Operation.CREATE, Operation.READ, Operation.WRITE), Pattern.PREFIX),
-            _group(app_id, prefix=True),
-            Grant(ResourceKind.TRANSACTIONAL_ID, app_id, (Operation.WRITE,), Pattern.PREFIX))
+            _group(app_id, prefix=True))
+
+
+def _sizes(topic: str) -> Grant:
+    """Read a topic's configs: the worker sizes its producer from max.message.bytes."""
+    return Grant(ResourceKind.TOPIC, topic, (Operation.DESCRIBE_CONFIGS,))
 
 
 #: The principals of the pipeline and what each may do. Order: data flow, then consumers.
@@ -193,6 +198,7 @@ MATRIX: tuple[Principal, ...] = (
               "offsets in one transaction",
               (_reads("cdr.raw"), _reads("privacy.suppressions"),
                _writes("cdr.analytics"), _writes("cdr.retention"), _writes("cdr.dlq"),
+               *(_sizes(t) for t in ("cdr.raw", "cdr.analytics", "cdr.retention", "cdr.dlq")),
                _group(WORKER_GROUP),
                Grant(ResourceKind.TRANSACTIONAL_ID, WORKER_TRANSACTIONAL_ID_PREFIX,
                      (Operation.WRITE,), Pattern.PREFIX))),

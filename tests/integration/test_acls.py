@@ -13,10 +13,15 @@ broker cannot even register. That listener is bound to loopback and never advert
 """
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer,
@@ -30,6 +35,8 @@ from pipeline.acl import (MATRIX, RESTRICTED_READERS, WORKER_GROUP,
                           ResourceKind, apply_acls, bindings, current_bindings, principal_for,
                           to_admin_binding, topic_access)
 from pipeline.broker import LocalKafka
+from pipeline.keys import ENV_WORKER_KEYRING_JSON, generate
+from pipeline.synthetic import generate as synthetic_cdrs
 from pipeline.topics import apply_topics, load_topic_policy
 
 pytestmark = pytest.mark.kafka
@@ -303,11 +310,13 @@ def test_worker_commits_a_transaction_with_its_offsets(secure_kafka: SecureKafka
         producer.begin_transaction()
         for topic in ("cdr.analytics", "cdr.retention", "cdr.dlq"):
             producer.produce(topic, b"txn", key=b"k", partition=1)
-        producer.send_offsets_to_transaction([TopicPartition("cdr.raw", 1, 7)],
+        # Commit the partition's end (as if consumed), so the worker run below skips nothing.
+        _low, end = consumer.get_watermark_offsets(TopicPartition("cdr.raw", 1), timeout=15)
+        producer.send_offsets_to_transaction([TopicPartition("cdr.raw", 1, end)],
                                              consumer.consumer_group_metadata(), 15)
         producer.commit_transaction(15)
         committed = consumer.committed([TopicPartition("cdr.raw", 1)], timeout=15)
-        assert committed[0].offset == 7
+        assert committed[0].offset == end
     finally:
         consumer.close()
 
@@ -402,3 +411,79 @@ def test_no_password_reaches_the_broker_log(secure_kafka: SecureKafka) -> None:
     assert "StandardAuthorizer" in text  # the log is the real one, with the config dump
     for secret in (secure_kafka.admin_password, *secure_kafka.passwords.values()):
         assert secret not in text
+
+
+def _count_schema(conf: Mapping[str, str], topic: str, schema: bytes) -> int:
+    """Records of ``topic`` (all partitions, committed only) whose ``schema`` header is ``schema``."""
+    consumer = Consumer({**conf, "group.id": "unused", "enable.auto.commit": "false",
+                         "enable.partition.eof": "true", "isolation.level": "read_committed"})
+    try:
+        n_parts = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(n_parts)])
+        at_end: set[int] = set()
+        count = 0
+        deadline = time.monotonic() + 30
+        while len(at_end) < n_parts:
+            assert time.monotonic() < deadline, f"{topic}: partitions {at_end} of {n_parts} read"
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                elif err.code() != KafkaError.GROUP_AUTHORIZATION_FAILED:  # group unused here
+                    raise AssertionError(f"{topic}: {err}")
+                continue
+            if (b"schema", schema) in [(k.encode(), v) for k, v in (msg.headers() or [])]:
+                count += 1
+        return count
+    finally:
+        consumer.close()
+
+
+def test_the_real_worker_runs_under_its_acls_and_each_reader_gets_its_output(
+        secure_kafka: SecureKafka, tmp_path: Path) -> None:
+    """mediation -> `cdrpipe run` -> analytics, vault and operations, each as its own principal.
+
+    The worker is configured exactly as deploy/k8s/worker.yaml configures it: SASL settings in
+    CDRPIPE_X_* variables, the keyring in CDRPIPE_WORKER_KEYRING_JSON, the worker id from the pod.
+    """
+    lines = [line for chunk in synthetic_cdrs(300, seed=7) for line in chunk.splitlines() if line]
+    delivered: list[KafkaError | None] = []
+    mediation = Producer({**secure_kafka.client("mediation"), **PRODUCER_FAST,
+                          "enable.idempotence": "true"})
+    for line in lines:
+        mediation.produce("cdr.raw", line, on_delivery=lambda err, _m: delivered.append(err))
+    assert mediation.flush(30) == 0 and delivered == [None] * len(lines)
+
+    worker_keyring, _vault_keyring = generate()
+    conf = secure_kafka.client("worker")
+    env = {**os.environ,
+           "CDRPIPE_BOOTSTRAP_SERVERS": secure_kafka.broker.bootstrap,
+           "CDRPIPE_X_SECURITY_PROTOCOL": conf["security.protocol"],
+           "CDRPIPE_X_SASL_MECHANISMS": conf["sasl.mechanisms"],
+           "CDRPIPE_X_SASL_USERNAME": conf["sasl.username"],
+           "CDRPIPE_X_SASL_PASSWORD": conf["sasl.password"],
+           ENV_WORKER_KEYRING_JSON: json.dumps(worker_keyring.to_json()),
+           "CDRPIPE_WORKER_ID": "cdrpipe-worker-0"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--exit-when-idle", "3",
+                           "--progress-seconds", "60"],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    for secret in (conf["sasl.password"], *(k.secret.hex() for k in worker_keyring.token_keys)):
+        assert secret not in output
+    assert proc.returncode == 0, output[-3000:]
+    # DescribeConfigs on its topics: the worker sizes messages from their real limits.
+    assert "could not read topic max.message.bytes" not in output
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["in"] >= len(lines)
+    assert summary["in"] == summary["retention"] \
+        == summary["analytics"] + summary["dlq"] + summary["suppressed"]
+    assert summary["analytics"] > 0 and summary["dlq"] > 0
+
+    assert _count_schema(secure_kafka.client("analytics"), "cdr.analytics",
+                         b"cdr.analytics/1") == summary["analytics"]
+    assert _count_schema(secure_kafka.client("operations"), "cdr.dlq", b"cdr.dlq/1") \
+        == summary["dlq"]
+    assert _count_schema(secure_kafka.client("vault"), "cdr.retention", b"cdr.retention/1") >= 1
