@@ -200,8 +200,11 @@ def _kafka_env(role: str, cluster: str, *, env_x: bool) -> list[dict[str, Any]]:
     return env
 
 
+#: -X settings for commands that take librdkafka-style security settings only as flags
+#: (`vault sink`, the faust apps); ``sasl.mechanism`` is the spelling both librdkafka and the
+#: faust apps accept.
 _X_ARGS = ["-X", "security.protocol=$(KAFKA_SECURITY_PROTOCOL)",
-           "-X", "sasl.mechanisms=$(KAFKA_SASL_MECHANISMS)",
+           "-X", "sasl.mechanism=$(KAFKA_SASL_MECHANISMS)",
            "-X", "sasl.username=$(KAFKA_SASL_USERNAME)",
            "-X", "sasl.password=$(KAFKA_SASL_PASSWORD)",
            "-X", "ssl.ca.location=$(KAFKA_SSL_CA_LOCATION)"]
@@ -232,12 +235,16 @@ def _common_mounts() -> list[dict[str, Any]]:
             {"name": "tmp", "mountPath": "/tmp"}]
 
 
-def _metrics_probes() -> dict[str, Any]:
-    """Liveness and readiness on the Prometheus endpoint each long-running process serves."""
-    probe = {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10,
-             "timeoutSeconds": 3}
-    return {"readinessProbe": {**probe, "failureThreshold": 3},
-            "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 6}}
+def _metrics_probes(ready_path: str = "/metrics") -> dict[str, Any]:
+    """Liveness on the Prometheus endpoint each long-running process serves; readiness there too,
+    or on ``ready_path`` where the app has a real readiness check (the faust apps' /health is
+    503 while tables recover or a rebalance runs; liveness must not restart it for that)."""
+    def probe(path: str) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": 10,
+                "timeoutSeconds": 3}
+    return {"readinessProbe": {**probe(ready_path), "failureThreshold": 3},
+            "livenessProbe": {**probe("/metrics"), "initialDelaySeconds": 30,
+                              "failureThreshold": 6}}
 
 
 def _scrape_annotations() -> dict[str, str]:
@@ -421,11 +428,13 @@ def faust_app_manifests(role: str, command: list[str], cluster: str, image: str,
                         keyring: bool) -> list[dict[str, Any]]:
     """A faust app (privacy or aggregates): one Deployment; faust rebalances over replicas itself."""
     name = principal_for(role).user
-    env = _kafka_env(role, cluster, env_x=True)
+    env = _kafka_env(role, cluster, env_x=False)
     if keyring:  # the privacy app tokenises subjects with the worker keyring, nothing more
         env.append(_secret_env(ENV_WORKER_KEYRING_JSON, "cdrpipe-worker-keyring",
                                "worker-keyring.json"))
-    env.append({"name": "CDRPIPE_METRICS_PORT", "value": str(METRICS_PORT)})
+    args = [*command, "--web-host", "0.0.0.0", "--web-port", str(METRICS_PORT),
+            # internal topics (changelogs, repartition) as durable as the policy's topics
+            "--replication-factor", "3", *_X_ARGS]
     return [{
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "labels": _labels(name)},
@@ -439,10 +448,10 @@ def faust_app_manifests(role: str, command: list[str], cluster: str, image: str,
                     "securityContext": _pod_security(),
                     "terminationGracePeriodSeconds": 60,
                     "containers": [{
-                        "name": role, "image": image, "args": command, "env": env,
+                        "name": role, "image": image, "args": args, "env": env,
                         "workingDir": "/tmp",  # faust writes its data dir here (root is read-only)
                         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-                        **_metrics_probes(),
+                        **_metrics_probes("/health"),
                         "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
                                       "limits": {"memory": "1Gi"}},
                         "securityContext": _container_security(),

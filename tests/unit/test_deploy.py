@@ -276,6 +276,7 @@ def test_workloads_are_scraped_probed_and_locked_down(yaml: ModuleType) -> None:
                 assert annotations["prometheus.io/scrape"] == "true"
                 assert c["livenessProbe"]["httpGet"]["path"] == "/metrics"
                 assert c["readinessProbe"]["httpGet"]["port"] == "metrics"
+                assert annotations["prometheus.io/port"] == str(c["ports"][0]["containerPort"])
 
 
 def test_vault_purge_is_scheduled_at_least_monthly(yaml: ModuleType) -> None:
@@ -365,6 +366,14 @@ def test_every_container_command_is_one_cdrpipe_accepts(
                 pytest.fail(f"{where}: `cdrpipe {' '.join(args)}` does not parse")
             assert callable(getattr(parsed, "func", None)), where
     assert {"run", "vault", "topics"} <= registered, "core commands missing"
+    try:  # the faust apps accept only some -X keys (aiokafka is not librdkafka)
+        supported = set(importlib.import_module("pipeline.privacy.options").SUPPORTED_X)
+    except ModuleNotFoundError:
+        supported = None
+    for where, args, _env in invocations:
+        if supported is not None and args[0] in ("privacy", "aggregates"):
+            keys = {args[i + 1].split("=", 1)[0] for i, a in enumerate(args) if a == "-X"}
+            assert keys <= supported, f"{where}: -X {sorted(keys - supported)} not supported"
     if pending:
         pytest.skip("commands not built yet (checked once they are): " + "; ".join(pending))
 
@@ -433,8 +442,8 @@ def test_compose_apps_run_read_only_with_health_checks(compose: dict[str, Any]) 
         if "cdrpipe" not in svc.get("image", ""):
             continue
         assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"], name
-        if "9100" in " ".join(svc["command"]) or "CDRPIPE_METRICS_PORT" in (svc.get("environment") or {}):
-            assert "9100/metrics" in " ".join(svc["healthcheck"]["test"]), name
+        if "9100" in " ".join(svc["command"]):
+            assert "127.0.0.1:9100/" in " ".join(svc["healthcheck"]["test"]), name
 
 
 def test_dockerfile_is_slim_non_root_and_enters_cdrpipe() -> None:
