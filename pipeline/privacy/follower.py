@@ -56,6 +56,12 @@ _PINNED = {"enable.auto.commit": "false", "enable.auto.offset.store": "false", "
            "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
 
 
+#: Errors that retrying cannot fix.
+_FATAL_CODES = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError._AUTHENTICATION,
+                KafkaError.SASL_AUTHENTICATION_FAILED)
+
+
 class SuppressionLoadError(FatalError):
     """The suppression topic could not be loaded (missing topic, no broker, no permission, timeout)."""
 
@@ -103,6 +109,8 @@ class SuppressionFollower:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.error: BaseException | None = None
+        #: The last transient problem while looking for the topic (for the start timeout's message).
+        self.last_error: str | None = None
         #: Swaps into ``suppressions`` since start, and the monotonic time of the last one.
         self.updates = 0
         self.last_update: float | None = None
@@ -132,9 +140,10 @@ class SuppressionFollower:
             self.stop()
             if error is not None:
                 raise SuppressionLoadError(f"could not load {self.topic}: {error}") from None
+            seen = f" (last error: {self.last_error})" if self.last_error else ""
             raise SuppressionLoadError(
-                f"{self.topic} was not read to its end within {timeout:g} s; check the broker, the topic "
-                "and read permission (the worker must not route analytics without the suppression list)")
+                f"{self.topic} was not read to its end within {timeout:g} s{seen}; check the broker, the "
+                "topic and read permission (the worker must not route analytics without the suppression list)")
         return self
 
     def wait_until_caught_up(self, timeout: float | None = None) -> bool:
@@ -169,8 +178,9 @@ class SuppressionFollower:
         consumer: Consumer | None = None
         try:
             consumer = Consumer(self._conf, logger=log)
-            partitions = self._partitions(consumer)
-            pending = self._end_offsets(consumer, partitions)
+            partitions, pending = self._discover(consumer)
+            if partitions is None:
+                return  # stopped while the topic was not available
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
             known = set(partitions)
             next_metadata = time.monotonic() + self._metadata_interval
@@ -185,8 +195,7 @@ class SuppressionFollower:
                         if err.code() == KafkaError._PARTITION_EOF:
                             pending.pop(msg.partition(), None)
                             continue
-                        if err.fatal() or err.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED,
-                                                         KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                        if err.fatal() or err.code() in _FATAL_CODES:
                             raise KafkaException(err)
                         log.warning("suppression follower: %s (retrying)", err.str())
                         continue
@@ -212,6 +221,25 @@ class SuppressionFollower:
                 except Exception:  # noqa: BLE001  (closing after a failure is best effort)
                     pass
             self._done.set()
+
+    def _discover(self, consumer: Consumer) -> tuple[list[int] | None, dict[int, int]]:
+        """Partitions and end offsets, retried until stopped: right after a topic is created its
+        leaders are not elected yet ("not leader for partition"), which is not a reason to fail.
+        Authorisation failures end the thread at once; the last transient error is kept for
+        ``start()``'s timeout message."""
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                partitions = self._partitions(consumer)
+                return partitions, self._end_offsets(consumer, partitions)
+            except (KafkaException, SuppressionLoadError) as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is not None and (err.fatal() or err.code() in _FATAL_CODES):
+                    raise
+                self.last_error = _describe(exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 1.0)
+        return None, {}
 
     def _partitions(self, consumer: Consumer) -> list[int]:
         md = consumer.list_topics(self.topic, timeout=10)
