@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "pipeline.vault.cli",
     "pipeline.runners.kafka",
     "pipeline.demo",
+    "pipeline.privacy.cli",
+    "pipeline.aggregates.cli",
 )
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
