@@ -329,12 +329,21 @@ class Ingester:
             self._next_rid[day] = firsts[day] + n
 
         # Blind index keys (bidx << 32 | rid) of every normalised party identifier, per day, as columns.
-        values = normalised_parties(parties, self._phones).join(rows.select("row", "day", "rid"), on="row")
-        index = pl.concat([
-            values.filter(pl.col("kind") == kind).select(
-                "day", (self._indexer.column(kind, pl.col("day"), pl.col("value")) * (1 << RID_BITS)
-                        + pl.col("rid")).alias("k"))
-            for kind in TARGET_KINDS]).unique().sort("day", "k")
+        # Day and rid are gathered by row number (no join); repeats (a self-call) are left to INSERT OR IGNORE.
+        m = len(raws)
+        day_of = pl.Series([None] * m, dtype=pl.Int64).scatter(rows["row"], rows["day"])
+        rid_of = pl.Series([None] * m, dtype=pl.Int64).scatter(rows["row"], rows["rid"])
+        keys = []
+        for kind in TARGET_KINDS:
+            part = parties.values.filter(pl.col("field").is_in([f for f, k in PARTY_FIELDS if k == kind]))
+            if part.height == 0:
+                continue
+            canonical, _cls = normalise_column(kind, part["raw"], self._phones)
+            at = part["row"]
+            keys.append(pl.DataFrame({"day": day_of.gather(at), "rid": rid_of.gather(at), "v": canonical})
+                        .drop_nulls().select("day", (self._indexer.column(kind, pl.col("day"), pl.col("v"))
+                                                     * (1 << RID_BITS) + pl.col("rid")).alias("k")))
+        index = pl.concat(keys).sort("day", "k") if keys else pl.DataFrame(schema={"day": pl.Int64, "k": pl.Int64})
         index_counts = dict(index.group_by("day").len().iter_rows())
         key_col = index["k"].to_list()
 
