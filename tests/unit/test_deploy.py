@@ -29,7 +29,7 @@ from pipeline.topics import load_topic_policy
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
-COMPOSE = DEPLOY / "docker-compose.yml"
+COMPOSE = DEPLOY / "compose.yaml"
 POLICY = {s.name: s for s in load_topic_policy(DEPLOY / "topics.toml")}
 
 #: The access the brief asks for, written out by hand (not derived from the matrix).
@@ -383,7 +383,7 @@ def test_every_container_command_is_one_cdrpipe_accepts(
 
 @pytest.fixture(scope="module")
 def compose(yaml: ModuleType) -> dict[str, Any]:
-    """deploy/docker-compose.yml, parsed (merge keys resolved)."""
+    """deploy/compose.yaml, parsed (merge keys resolved)."""
     return yaml.safe_load(COMPOSE.read_text())
 
 
