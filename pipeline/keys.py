@@ -276,12 +276,14 @@ def _cmd_token(args: argparse.Namespace) -> int:
         raise UsageError(f"--kind must be one of {', '.join(KINDS)}")
     try:
         keyring = load_worker_keyring(args.keyring)
+        if args.kid:
+            keyring.key(args.kid)
     except KeyringError as exc:
         raise FatalError(str(exc)) from None
     canonical = normalise_one(args.kind, args.value, region=args.region)
     if canonical is None:
         raise UsageError(f"the value cannot be normalised as {args.kind} (value not shown)")
-    print(Tokeniser(keyring).token_one(args.kind, canonical))
+    print(Tokeniser(keyring, kid=args.kid).token_one(args.kind, canonical))
     return 0
 
 
@@ -304,5 +306,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tok.add_argument("--kind", default="msisdn", help="msisdn, imsi, imei, ip or account (default msisdn)")
     tok.add_argument("--region", default=os.environ.get("CDRPIPE_REGION", "GB"),
                      help="default region for national numbers (env CDRPIPE_REGION; default GB)")
+    tok.add_argument("--kid", default=None,
+                     help="token under this older key id (data tokenised before a rotation); default: current key")
     tok.add_argument("value", help="the identifier, in any format")
     tok.set_defaults(func=_cmd_token)

@@ -66,3 +66,17 @@ def test_token_command(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == a
     assert main(["token", "--keyring", k, "--kind", "ip", "not-an-ip"]) == 2
     assert "not-an-ip" not in capsys.readouterr().err
+
+
+def test_token_under_an_older_key(tmp_path, capsys):
+    main(["keys", "generate", "--dir", str(tmp_path)])
+    k = str(tmp_path / "worker-keyring.json")
+    main(["token", "--keyring", k, "+447700900123"])
+    before = capsys.readouterr().out.strip()
+    old_kid = before.split(":")[0]
+    main(["keys", "rotate", "--keyring", k])
+    main(["token", "--keyring", k, "+447700900123"])
+    assert capsys.readouterr().out.strip() != before
+    assert main(["token", "--keyring", k, "--kid", old_kid, "07700 900123"]) == 0
+    assert capsys.readouterr().out.strip() == before
+    assert main(["token", "--keyring", k, "--kid", "nope", "07700 900123"]) == 1
