@@ -187,7 +187,11 @@ class SuppressionFollower:
             if not pending:
                 self._swap()
             while not self._stop.is_set():
-                msgs = consumer.consume(1000, self._poll_timeout)
+                # Wait for one record, then take what else is there without waiting: consume(n, t)
+                # would hold every update back for the whole timeout unless n records arrive.
+                msgs = consumer.consume(1, self._poll_timeout)
+                if msgs:
+                    msgs += consumer.consume(999, 0)
                 changed = False
                 for msg in msgs:
                     err = msg.error()
