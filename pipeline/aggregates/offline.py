@@ -11,6 +11,12 @@ people who made the calls; k distinct callers means no figure describes fewer th
 Calls with a withheld number count as calls but never as callers, so they cannot lift a group of
 k-1 known callers over the threshold.
 
+Why the count is taken *per tokenisation key*: a token carries its key id (``kid:hex``), and after
+a key rotation one subscriber has an old and a new token. A window that straddles the rotation
+(late records, a rolling restart) would count that subscriber twice, and k-1 real subscribers
+could look like k. Each subscriber appears at most once per key, so the largest per-key count is
+a lower bound of the distinct subscribers; that bound decides release and is what is published.
+
 This module is pure (no Kafka, no faust): :func:`aggregate_offline` computes from a list of
 analytics records exactly what the streaming app publishes for the same records when none of
 them arrives after its window closed.
@@ -24,6 +30,7 @@ Public API:
     ``aggregate_record(...) -> dict``             one cdr.aggregates value (schemas/aggregate.v1.json)
     ``offline_groups(records, window)``           every group, released or not
     ``aggregate_offline(records, window=3600, k=5) -> list[dict]``  the released groups, sorted
+    ``distinct_subscribers(tokens) -> int``       the per-key lower bound that decides release
 """
 from __future__ import annotations
 
@@ -117,7 +124,24 @@ class Group:
 
     @property
     def distinct(self) -> int:
-        return len(self.callers or ())
+        """Distinct callers, counted under one key at a time (see :func:`distinct_subscribers`)."""
+        return distinct_subscribers(self.callers or ())
+
+
+def key_id(token: str) -> str:
+    """The key id of a ``kid:hex`` token ('' when it has none)."""
+    kid, sep, _ = token.partition(":")
+    return kid if sep else ""
+
+
+def distinct_subscribers(tokens: Iterable[str]) -> int:
+    """A lower bound of the distinct subscribers behind distinct caller tokens: the largest count
+    under any single key id (one subscriber has one token per key)."""
+    per_key: dict[str, int] = {}
+    for token in tokens:
+        kid = key_id(token)
+        per_key[kid] = per_key.get(kid, 0) + 1
+    return max(per_key.values(), default=0)
 
 
 def offline_groups(records: Iterable[Mapping[str, Any]], window: int = DEFAULT_WINDOW

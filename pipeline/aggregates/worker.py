@@ -31,7 +31,8 @@ Design notes (why):
 * **Exact distinct callers, idempotent under replay.** The app is at-least-once (see
   :mod:`pipeline.privacy.service`). Callers are kept as a set in the table (one key per group
   and caller), so a replayed fact can never inflate the distinct count — the k guarantee does
-  not depend on exactly-once. Calls and duration are sums; a group remembers the last internal
+  not depend on exactly-once. The count is per tokenisation key (see
+  :func:`pipeline.aggregates.offline.distinct_subscribers`), so a key rotation cannot double it. Calls and duration are sums; a group remembers the last internal
   offset it applied, so apply's own replays are skipped. (If *intake* crashes after forwarding
   and before committing, its facts are forwarded again and those sums can count them twice:
   the cost is accuracy of two sums for one commit interval, never the threshold.)
@@ -55,7 +56,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pipeline.aggregates.cli import DEFAULT_GRACE, DEFAULT_IDLE_TIMEOUT
 from pipeline.aggregates.offline import (DEFAULT_K, DEFAULT_WINDOW, UNKNOWN_AREA, aggregate_record, call_fact,
-                                         check_parameters, group_key)
+                                         check_parameters, distinct_subscribers, group_key)
 from pipeline.aggregates.watermark import Watermark
 from pipeline.cli import UsageError
 from pipeline.privacy.options import AppSettings, app_settings, ensure_dir
@@ -160,19 +161,19 @@ def build_aggregates_app(settings: AppSettings, topics: AggregateTopics, agg: Ag
 
     async def close_windows(partition: int, wm: int) -> None:
         closing: dict[str, dict[str, Any]] = {}
-        members: dict[str, int] = {}
+        members: dict[str, list[str]] = {}
         stale: list[str] = []
         for key, value in list(table.items()):
             if key.startswith(_G) and value.get("p") == partition and value["ws"] + window + grace <= wm:
                 closing[key[len(_G):]] = value
             elif key.startswith(_M) and value == partition:
                 ws_text, _, rest = key[len(_M):].partition("|")
-                group = f"{ws_text}|{rest.rpartition('|')[0]}"
-                members[group] = members.get(group, 0) + 1
+                cell_text, _, cli = rest.partition("|")
+                members.setdefault(f"{ws_text}|{cell_text}", []).append(cli)
                 if int(ws_text) + window + grace <= wm:
                     stale.append(key)
         for group, value in sorted(closing.items(), key=lambda kv: (kv[1]["ws"], kv[0])):
-            distinct = members.get(group, 0)
+            distinct = distinct_subscribers(members.get(group, ()))
             cell = value.get("cell")
             if distinct >= k:
                 record = aggregate_record(cell, value["ws"], window, value["calls"], value["duration"], distinct, k)

@@ -47,6 +47,16 @@ def test_withheld_calls_count_as_calls_never_as_callers() -> None:
     assert out[0]["distinct_callers"] == 5 and out[0]["calls"] == 39
 
 
+def test_a_key_rotation_cannot_double_a_subscriber() -> None:
+    """4 subscribers seen under an old and a new key are 8 tokens but still 4 subscribers."""
+    old = [_rec(f"k2026a:{i:032x}", "234-15-1A") for i in range(4)]
+    new = [_rec(f"k2026b:{i + 50:032x}", "234-15-1A") for i in range(4)]
+    assert aggregate_offline(old + new, k=5) == []
+    more = [_rec(f"k2026b:{i + 90:032x}", "234-15-1A") for i in range(1)]
+    out = aggregate_offline(old + new + more, k=5)
+    assert out[0]["distinct_callers"] == 5 and out[0]["calls"] == 9
+
+
 def test_windows_are_tumbling_and_epoch_aligned() -> None:
     records = (_callers(5, "234-15-1A", "2026-03-01T10:00:00Z") + _callers(5, "234-15-1A", "2026-03-01T11:00:00Z")
                + _callers(3, "234-15-1A", "2026-03-01T12:00:00Z"))
