@@ -128,9 +128,9 @@ def follower_factory(kafka: LocalKafka, worker_keyring
     made: list[SuppressionFollower] = []
 
     def make(topic: str) -> tuple[SuppressionFollower, Suppressions, Router]:
-        router = Router(worker_keyring, CoreConfig(), Suppressions())
-        # Follow the router's own set: Router swaps an empty Suppressions (falsy) for a new one.
-        supp = router.suppressions
+        supp = Suppressions()
+        router = Router(worker_keyring, CoreConfig(), supp)
+        assert router.suppressions is supp
         follower = SuppressionFollower(kafka.bootstrap, supp, topic)
         made.append(follower)
         return follower.start(30), supp, router

@@ -217,10 +217,9 @@ def test_suppressions_series_is_what_the_router_matches(worker_keyring) -> None:
     assert mask is not None and mask.to_list() == [True, False, False]
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/core/router.py: `suppressions or Suppressions()` replaces an "
-                   "empty (falsy) Suppressions, so a follower updating the caller's object is ignored; "
-                   "use `is not None` there, then drop this marker")
 def test_router_keeps_the_suppressions_object_it_is_given(worker_keyring) -> None:
+    """The follower updates the caller's object: the router must route with that very object,
+    even while it is empty (an empty Suppressions is falsy)."""
     from pipeline.core.router import Suppressions
     supp = Suppressions()
     assert Router(worker_keyring, suppressions=supp).suppressions is supp
