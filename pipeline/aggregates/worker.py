@@ -141,7 +141,7 @@ def build_aggregates_app(settings: AppSettings, topics: AggregateTopics, agg: Ag
                 try:
                     record = json.loads(line)
                     fact = call_fact(record, window) if isinstance(record, dict) else None
-                except ValueError:
+                except (ValueError, RecursionError):
                     fact = None
                 if fact is None:
                     metrics.records.labels("invalid").inc()

@@ -191,6 +191,7 @@ def run_app(app: faust.App, cleanup: Callable[[], None], log_level: str = "INFO"
     """
     worker = faust.Worker(app, loglevel=log_level, quiet=True, override_logging=False,
                           redirect_stdouts=False)
+    worker.spinner = None  # a terminal spinner writes escape codes into container logs
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -50,7 +50,8 @@ from pipeline.privacy.state import (TokenRequest, apply_request, erasure_notice,
 
 log = logging.getLogger(__name__)
 
-INVALID_REASONS = ("empty", "invalid_json", "schema", "invalid_subject", "invalid_request_id", "invalid_type")
+INVALID_REASONS = ("empty", "invalid_json", "schema", "invalid_subject", "invalid_request_id", "invalid_type",
+                   "internal_error")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -124,6 +125,11 @@ def build_privacy_app(settings: AppSettings, keyring: WorkerKeyring, topics: Pri
                 metrics.invalid.labels(exc.reason).inc()
                 log.warning("privacy request at %s[%d]@%d rejected (%s): %s", msg.topic, msg.partition,
                             msg.offset, exc.reason, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001  (a library's message may quote the value: log the type only)
+                metrics.invalid.labels("internal_error").inc()
+                log.error("privacy request at %s[%d]@%d could not be processed (%s); skipped", msg.topic,
+                          msg.partition, msg.offset, type(exc).__name__)
                 continue
             out = TokenRequest(req.request_id, req.type, req.kind, tokens, utc_text(req.received),
                                int(msg.timestamp * 1000) if msg.timestamp else 0)

@@ -9,7 +9,8 @@ notice, a raw number in any topic, log line or metric, and state lost to a SIGKI
 from __future__ import annotations
 
 import json
-import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -161,7 +162,14 @@ def test_objection_restriction_lift_and_erasure(kafka: LocalKafka, topic_prefix:
         wait_for(lambda: objector in supp.tokens, 30, "the objection to reach the router", app)
         latency = time.monotonic() - started
         send(kafka, topic_prefix, "restriction", msisdn=RESTRICTED, request_id="case-res-1")
-        send(kafka, topic_prefix, "erasure", imsi=ERASED_IMSI, request_id="case-era-1")
+        # The erasure through the command line, as the DPO sends it: the receipt names no subject.
+        out = subprocess.run([sys.executable, "-m", "pipeline.cli", "privacy", "submit", "--bootstrap-servers",
+                              kafka.bootstrap, "--topic-prefix", topic_prefix, "--type", "erasure",
+                              "--imsi", "23415 0123456789", "--request-id", "case-era-1"],
+                             capture_output=True, text=True, timeout=60, check=True)
+        receipt = json.loads(out.stdout)
+        assert receipt["request_id"] == "case-era-1" and receipt["subject_kind"] == "imsi"
+        assert not [m for m in RAW_MARKERS if m in out.stdout + out.stderr]
         wait_for(lambda: {restricted, erased} <= supp.tokens, 30, "restriction and erasure", app)
 
         after = route(router)
