@@ -173,6 +173,15 @@ def test_aggregates_match_offline_and_hold_k(kafka: LocalKafka, topic_prefix: st
         assert metric(text, 'cdrpipe_aggregates_groups_total{outcome="suppressed"}') == below_k
         assert metric(text, 'cdrpipe_aggregates_records_total{outcome="accepted"}') == len(committed) + 1
         assert metric(text, 'cdrpipe_aggregates_records_total{outcome="late"}') == 0
+
+        # Event time is now 03:00 on 25 Nov. A record for 02:00-03:00 is past its window's end but
+        # within the grace (600 s): it counts. One for 10:00 on 1 March is late: left out.
+        produce(kafka, analytics, [_rec(99_001, _caller(998), "234-15-FF", "2026-11-25T02:00:00Z"),
+                                   _rec(99_002, _caller(997), "234-15-1A", H[0])], f"{topic_prefix}tx-l", commit=True)
+        wait_for(lambda: metric(app.metrics(), 'cdrpipe_aggregates_records_total{outcome="late"}') == 1
+                 and metric(app.metrics(), 'cdrpipe_aggregates_records_total{outcome="accepted"}')
+                 == len(committed) + 2, 30, "one late and one in-grace record", app)
+        assert len(read_topic(kafka, aggregates)) == len(expected)   # nothing re-published
     finally:
         assert app.terminate() == 0, app.log_tail()
     assert "Traceback" not in app.log_text()
