@@ -61,20 +61,23 @@ class InvalidRequest(ValueError):
         self.reason = reason
 
 
-def schema_dir() -> Path:
-    """schemas/ of the source tree (env CDRPIPE_SCHEMA_DIR overrides, e.g. for an installed wheel)."""
+def schema_dirs() -> list[Path]:
+    """Where schemas are looked for: $CDRPIPE_SCHEMA_DIR, the source tree's schemas/, then a copy
+    packaged as pipeline/data/schemas/ (an installed wheel has no source tree)."""
     env = os.environ.get(ENV_SCHEMA_DIR)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "schemas"
+    here = Path(__file__).resolve()
+    return ([Path(env)] if env else []) + [here.parents[2] / "schemas", here.parents[1] / "data" / "schemas"]
 
 
 @lru_cache(maxsize=8)
 def load_schema(name: str) -> dict[str, Any]:
-    """One JSON Schema from :func:`schema_dir`."""
-    path = schema_dir() / name
-    try:
-        return dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise FatalError(f"schema {path} not found; set {ENV_SCHEMA_DIR} to the schemas/ directory") from None
+    """One JSON Schema (FatalError naming the places looked in when it is nowhere)."""
+    for directory in schema_dirs():
+        path = directory / name
+        if path.is_file():
+            return dict(json.loads(path.read_text()))
+    raise FatalError(f"schema {name} not found in {', '.join(map(str, schema_dirs()))}; "
+                     f"set {ENV_SCHEMA_DIR} to the schemas/ directory")
 
 
 @lru_cache(maxsize=8)

@@ -42,7 +42,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pipeline.cli import FatalError, UsageError
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
 from pipeline.keys import KeyringError, WorkerKeyring, load_worker_keyring
-from pipeline.privacy.requests import REQUEST_TYPES, InvalidRequest, SubjectTokeniser, parse_request, utc_text
+from pipeline.privacy.requests import (REQUEST_SCHEMA, REQUEST_TYPES, InvalidRequest, SubjectTokeniser, load_schema,
+                                       parse_request, utc_text)
 from pipeline.privacy.options import AppSettings, app_settings, ensure_dir
 from pipeline.privacy.service import build_app, run_app
 from pipeline.privacy.state import (TokenRequest, apply_request, erasure_notice, is_active,
@@ -102,6 +103,7 @@ def build_privacy_app(settings: AppSettings, keyring: WorkerKeyring, topics: Pri
                       metrics: PrivacyMetrics | None = None) -> tuple[Any, Any]:
     """The faust app (agents, table, topics wired) and its clean-up callable."""
     metrics = metrics or PrivacyMetrics()
+    load_schema(REQUEST_SCHEMA)  # at start, not at the first request: a missing schema is a deploy error
     subjects = SubjectTokeniser(keyring, region, token_bits)
     app, cleanup = build_app(settings, registry=metrics.registry, ready_gauge=metrics.ready)
 
