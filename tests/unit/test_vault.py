@@ -609,3 +609,44 @@ def test_overlapping_batches_in_the_two_stage_pipeline_store_each_record_once(va
         ingester.close()
         keystore.close()
         store.close()
+
+
+@pytest.mark.parametrize(("today", "spec", "first_kept"), [
+    ("2026-11-25", "12mo", "2025-11-26"),   # 2025-11-25's twelve months ended on 2026-11-24
+    ("2026-03-31", "1mo", "2026-03-01"),    # month clamped to 28 Feb, plus one day
+    ("2024-02-29", "1y", "2023-03-01"),
+    ("2026-01-10", "10d", "2026-01-01"),
+    ("2026-01-10", "1w", "2026-01-04"),
+])
+def test_retention_cutoff(today, spec, first_kept):
+    from pipeline.vault.cli import retention_cutoff
+    assert str(retention_cutoff(dt.date.fromisoformat(today), spec)) == first_kept
+
+
+def test_a_tampered_segment_is_quarantined_the_rest_stored(vault, tmp_path, capsys):
+    envelopes = vault["retention"].read_bytes().splitlines()
+    doc = orjson.loads(envelopes[0])
+    ct = base64.b64decode(doc["ct"])
+    doc["ct"] = base64.b64encode(ct[:40] + bytes([ct[40] ^ 1]) + ct[41:]).decode()
+    fresh = tmp_path / "fresh.jsonl"
+    assert main(["process", "--keyring", str(vault["worker"]), "--input", str(_one_record(tmp_path)),
+                 "--out-dir", str(tmp_path / "o"), "--quiet"]) == EXIT_OK
+    fresh.write_bytes(orjson.dumps(doc) + b"\n" + (tmp_path / "o" / "retention.jsonl").read_bytes() + b"not json\n")
+    db = tmp_path / "q.db"
+    code = main(["vault", "ingest", "--keyring", str(vault["keyring"]), "--db", str(db), "--input", str(fresh),
+                 "--quiet"])
+    out = capsys.readouterr()
+    assert code == EXIT_FATAL and "quarantine" in out.err
+    summary = json.loads(out.out.strip().splitlines()[-1])
+    assert (summary["quarantined"], summary["stored"]) == (2, 1)  # the altered segment and the junk line
+    conn = sqlite3.connect(db)
+    kept = conn.execute("SELECT segment_id, envelope FROM quarantine ORDER BY id").fetchall()
+    conn.close()
+    assert kept[0][0] == doc["segment_id"] and orjson.loads(kept[0][1])["ct"] == doc["ct"]  # kept as received
+
+
+def _one_record(tmp_path: Path) -> Path:
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(b'{"record_id":"one-1","cli":"07700 900555","dialled":"07700 900999",'
+                     b'"start":"2020-03-05T09:00:00Z","duration":1}\n')
+    return path
