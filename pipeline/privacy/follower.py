@@ -8,8 +8,10 @@ worker runs, so an objection reaches the routing within about a second of being 
 Why it is built this way:
 
 * **No consumer group.** Every worker needs *all* suppressions, not a share of them, so the
-  follower assigns every partition itself from the beginning and never commits offsets (the
-  ``group.id`` is only there because librdkafka insists; the group never forms).
+  follower assigns every partition itself from the beginning and never commits offsets. The
+  ``group.id`` is only there because librdkafka insists (a caller's ``group.id`` in ``conf`` is
+  kept); the group never forms, and the "group authorization failed" librdkafka reports for a
+  principal without rights on it is ignored (checked under the ACL matrix's worker principal).
 * **Caught up means "at the end offsets seen at start".** A partition is done when the consumer
   reports end-of-partition or its position reaches the high watermark sampled before reading;
   records published while loading are applied too, but are not waited for.
@@ -57,9 +59,12 @@ _PINNED = {"enable.auto.commit": "false", "enable.auto.offset.store": "false", "
 
 
 #: Errors that retrying cannot fix.
-_FATAL_CODES = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
-                KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError._AUTHENTICATION,
-                KafkaError.SASL_AUTHENTICATION_FAILED)
+_FATAL_CODES = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)
+#: librdkafka looks up the coordinator of ``group.id`` even for a consumer that only assigns and
+#: never commits; the follower needs no group, so a principal without group rights (the ACL
+#: matrix gives the worker only its own group) gets this error and nothing else is affected.
+_IGNORED_CODES = (KafkaError.GROUP_AUTHORIZATION_FAILED,)
 
 
 class SuppressionLoadError(FatalError):
@@ -96,9 +101,8 @@ class SuppressionFollower:
                  on_update: Callable[[int], None] | None = None) -> None:
         self.suppressions = suppressions
         self.topic = topic
-        self._conf: dict[str, Any] = {**dict(conf or {}), "bootstrap.servers": bootstrap,
-                                      "group.id": f"cdrpipe-suppression-follower-{uuid.uuid4().hex[:8]}",
-                                      **_PINNED}
+        self._conf: dict[str, Any] = {"group.id": f"cdrpipe-suppression-follower-{uuid.uuid4().hex[:8]}",
+                                      **dict(conf or {}), "bootstrap.servers": bootstrap, **_PINNED}
         self._poll_timeout = poll_timeout
         self._metadata_interval = metadata_interval
         self._on_update = on_update
@@ -183,6 +187,7 @@ class SuppressionFollower:
                 return  # stopped while the topic was not available
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
             known = set(partitions)
+            ignored_seen = False
             next_metadata = time.monotonic() + self._metadata_interval
             if not pending:
                 self._swap()
@@ -201,6 +206,11 @@ class SuppressionFollower:
                             continue
                         if err.fatal() or err.code() in _FATAL_CODES:
                             raise KafkaException(err)
+                        if err.code() in _IGNORED_CODES:
+                            if not ignored_seen:
+                                ignored_seen = True
+                                log.debug("suppression follower: %s (no group is needed; ignored)", err.str())
+                            continue
                         log.warning("suppression follower: %s (retrying)", err.str())
                         continue
                     changed |= self._apply(msg)
