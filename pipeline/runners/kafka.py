@@ -114,8 +114,10 @@ _OPERATOR_ERRORS: dict[int, str] = {
         "raise max.message.bytes of the output topics (see the startup warning) and -X message.max.bytes",
     KafkaError.RECORD_LIST_TOO_LARGE: "raise max.message.bytes of the output topics",
 }
+#: This worker's transaction or membership was taken from it: a newer instance with its id, or the
+#: coordinator aborting a transaction that outlived transaction.timeout.ms (e.g. a paused process).
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
-           KafkaError.FENCED_INSTANCE_ID}
+           KafkaError.FENCED_INSTANCE_ID, KafkaError.INVALID_TXN_STATE}
 
 
 # --------------------------------------------------------------------------- settings
@@ -310,6 +312,7 @@ class _Batch:
     commit: list[TopicPartition]  # the next offset to read, per partition
     first: dict[int, int]  # where to rewind to, per partition, if the transaction aborts
     started: float
+    group_metadata: Any = None  # the consumer's group metadata (generation, member id) when handed over
     aborted: str | None = None  # the abort cause, once the transaction thread gave up on it
     fatal: FatalError | None = None
 
@@ -366,6 +369,7 @@ class TransactionLoop:
         self._consecutive_aborts = 0
         self._last_lag: dict[int, int] = {}
         self._reported_in = 0
+        self._needed_bytes = required_message_bytes(KAFKA_DEFAULT_MAX_MESSAGE)
         self._reported_at = time.monotonic()
 
     # -- control ---------------------------------------------------------------------------
@@ -445,6 +449,7 @@ class TransactionLoop:
             log.info("could not read topic max.message.bytes (%s); assuming Kafka's default",
                      type(exc).__name__)
         needed = required_message_bytes(limits.get(s.topics.input, KAFKA_DEFAULT_MAX_MESSAGE))
+        self._needed_bytes = needed
         small = {t: limits.get(t, KAFKA_DEFAULT_MAX_MESSAGE) for t in (s.topics.retention, s.topics.dlq)}
         small = {t: n for t, n in small.items() if n < needed}
         if small:
@@ -501,9 +506,14 @@ class TransactionLoop:
         code = err.code()
         if code in _FENCED:
             return FatalError(
-                f"worker {s.worker_id} was fenced during {where} ({err.name()}): another worker with the same "
-                f"id (transactional.id {s.transactional_id}) took over, so this one stops; its batch in flight "
-                "was aborted and nothing is lost. If this is unexpected, give every worker its own --worker-id")
+                f"worker {s.worker_id} was fenced during {where} ({err.name()}): a newer worker with the same id "
+                f"(transactional.id {s.transactional_id}) took over, or the coordinator aborted a transaction that "
+                "outlived transaction.timeout.ms (was the process paused?). Its batch in flight was not committed "
+                "and nothing is lost. Restart it; if two live workers share an id, give each its own --worker-id")
+        if code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE):
+            return FatalError(f"{where} failed: {_error_text(err)}; a record sealed for retention or the DLQ is "
+                              f"larger than an output topic accepts: set max.message.bytes={self._needed_bytes} on "
+                              f"{s.topics.retention} and {s.topics.dlq} (cdrpipe topics apply) and restart")
         if code in _OPERATOR_ERRORS:
             return FatalError(f"{where} failed: {_error_text(err)}; {_OPERATOR_ERRORS[code]}")
         return FatalError(f"{where} failed with a fatal Kafka error: {_error_text(err)}; restart the worker "
@@ -541,7 +551,7 @@ class TransactionLoop:
                 produce(topic, value, key, headers=headers)
             except BufferError:
                 while True:
-                    producer.poll(0.05)
+                    producer.poll(0.05)  # a fatal error raised here is a KafkaException: handled by the caller
                     try:
                         produce(topic, value, key, headers=headers)
                         break
@@ -574,8 +584,8 @@ class TransactionLoop:
 
         Returns the batch with ``aborted`` or ``fatal`` set when it was not committed.
         """
-        producer, consumer, s = self._producer, self._consumer, self.settings
-        assert producer is not None and consumer is not None
+        producer, s = self._producer, self.settings
+        assert producer is not None
         self._delivery_errors.clear()
         try:
             self._call(producer.begin_transaction, "begin_transaction")
@@ -591,23 +601,30 @@ class TransactionLoop:
             # The group metadata (generation, member id) is what fences a zombie: a worker whose
             # partitions were reassigned has a stale generation and the coordinator refuses these offsets.
             self._call(lambda: producer.send_offsets_to_transaction(
-                batch.commit, consumer.consumer_group_metadata(), s.call_timeout), "send_offsets_to_transaction")
+                batch.commit, batch.group_metadata, s.call_timeout), "send_offsets_to_transaction")
             self._call(lambda: producer.commit_transaction(s.call_timeout), "commit_transaction")
         except _Abort as abort:
             batch.aborted = abort.cause
+            self._serve(batch)  # failed deliveries arrive now: a refused message explains the abort
             undeliverable = [(topic, code, n) for (topic, code), n in self._delivery_errors.items()
                              if code in _OPERATOR_ERRORS]
             if undeliverable:
                 topic, code, n = undeliverable[0]
-                batch.fatal = FatalError(f"{topic} refused {n} message(s) of a batch: {KafkaError(code).name()}; "
-                                         f"{_OPERATOR_ERRORS[code]}")
+                batch.fatal = self._fatal_error(KafkaError(code), f"writing {n} message(s) to {topic}")
             self._abort_transaction(batch)
         except FatalError as exc:
             batch.fatal = exc
             self._abort_transaction(batch)
-        finally:
-            producer.poll(0)
+        self._serve(batch)
         return batch
+
+    def _serve(self, batch: _Batch) -> None:
+        """Serve the producer's callbacks; a fatal client error raised there stops the worker."""
+        try:
+            self._producer.poll(0)  # type: ignore[union-attr]
+        except KafkaException as exc:
+            if batch.fatal is None:
+                batch.fatal = self._fatal_error(exc.args[0], "the transaction")
 
     def _abort_transaction(self, batch: _Batch) -> None:
         """Abort the open transaction (its messages become invisible to read_committed readers)."""
@@ -781,6 +798,9 @@ class TransactionLoop:
                 if self._rewind:
                     self._rewind_now(batch)
                 elif batch is not None:
+                    # Taken here, not in the transaction thread: librdkafka answers it from the consumer
+                    # group, which waits while on_revoke/on_lost (which wait for that thread) run.
+                    batch.group_metadata = consumer.consumer_group_metadata()
                     self._in_flight = self._txn_thread.submit(self._transact, batch)
                 now = time.monotonic()
                 if msgs:
