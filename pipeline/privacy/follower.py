@@ -28,7 +28,8 @@ Public API (what the Kafka worker uses)::
     follower = SuppressionFollower(bootstrap, suppressions, topic="privacy.suppressions", conf={...})
     follower.start(timeout=30.0)        # starts the thread, blocks until caught up; raises
                                         # SuppressionLoadError on timeout / missing topic / auth failure
-    follower.caught_up, follower.active_count, follower.updates, follower.last_update, follower.error
+    follower.caught_up, follower.running, follower.active_count, follower.updates, follower.last_update,
+    follower.error                      # check `running` in the worker loop: False means stop (fail closed)
     follower.wait_until_caught_up(timeout) -> bool
     follower.stop(timeout=10.0)         # idempotent; closes the consumer
     # or: with SuppressionFollower(...) as f: ...   (start(30) on enter, stop() on exit)
@@ -126,6 +127,12 @@ class SuppressionFollower:
     def caught_up(self) -> bool:
         """True once the topic was read to the end offsets seen at start."""
         return self._caught_up.is_set()
+
+    @property
+    def running(self) -> bool:
+        """True while the thread follows the topic. False after stop() or a failure (``error``):
+        the Kafka worker should then stop too rather than route with a list that no longer moves."""
+        return self._thread is not None and not self._done.is_set() and not self._stop.is_set()
 
     @property
     def active_count(self) -> int:

@@ -305,3 +305,46 @@ def test_suppression_table_survives_sigkill(kafka: LocalKafka, topic_prefix: str
     finally:
         assert second.terminate() == 0, second.log_tail()
     assert not [m for m in RAW_MARKERS if m in second.log_text() + first.log_text()]
+
+
+def test_follower_loads_to_the_end_then_follows_and_fails_closed(kafka: LocalKafka, topic_prefix: str) -> None:
+    """The follower's own contract, with records written by hand: it blocks until everything
+    present at start is applied, then follows; tombstones release, unreadable values suppress; a
+    missing topic makes start() fail instead of routing without suppressions."""
+    from confluent_kafka import Producer
+
+    from pipeline.privacy.follower import SuppressionLoadError
+
+    create_topics(kafka, topic_prefix, ("privacy.suppressions",))
+    topic = topic_prefix + "privacy.suppressions"
+    producer = Producer({**kafka.admin_config(), "linger.ms": 0})
+    rec = lambda token, active: json.dumps({"token": token, "active": active}).encode()  # noqa: E731
+    for i in range(300):
+        producer.produce(topic, rec(f"k1:{i:032x}", True), f"k1:{i:032x}".encode())
+    producer.produce(topic, rec(f"k1:{1:032x}", False), f"k1:{1:032x}".encode())         # released again
+    producer.produce(topic, None, f"k1:{2:032x}".encode())                                 # tombstone
+    producer.produce(topic, b"not json", b"k1:junk")                                      # fail closed
+    assert producer.flush(30) == 0
+
+    supp = Suppressions()
+    follower = SuppressionFollower(kafka.bootstrap, supp, topic)
+    try:
+        follower.start(30)
+        assert follower.caught_up and follower.running and follower.updates == 1  # one swap, after the load
+        assert len(supp) == 300 - 2 + 1 and "k1:junk" in supp.tokens
+        assert {f"k1:{1:032x}", f"k1:{2:032x}"}.isdisjoint(supp.tokens) and f"k1:{3:032x}" in supp.tokens
+        assert follower.malformed == 1
+        producer.produce(topic, rec(f"k1:{3:032x}", False), f"k1:{3:032x}".encode())
+        producer.produce(topic, rec("k2:" + "a" * 32, True), ("k2:" + "a" * 32).encode())
+        producer.flush(30)
+        wait_for(lambda: f"k1:{3:032x}" not in supp.tokens and "k2:" + "a" * 32 in supp.tokens, 10,
+                 "the follower to apply new records")
+    finally:
+        follower.stop()
+    assert not follower.running
+
+    missing = SuppressionFollower(kafka.bootstrap, Suppressions(), topic_prefix + "no.such.topic")
+    started = time.monotonic()
+    with pytest.raises(SuppressionLoadError, match="not available"):
+        missing.start(3)
+    assert time.monotonic() - started < 10 and not missing.running
