@@ -38,6 +38,8 @@ MISSING_FIELD, INVALID_FIELD, UNSAFE_VALUE, INVALID_RECORD_ID = (
 RECORD_ID = r"^[A-Za-z0-9._:/@+\-]{1,128}$"
 #: A record id that is nothing but 7-16 digits looks like a number, an IMSI or an IMEI: refused.
 IDENTIFIER_SHAPED_ID = r"^\+?\d{7,16}$"
+_RAW_RECORD_ID = re.compile(rb'"record_id"\s*:\s*"([A-Za-z0-9._:/@+\-]{1,128})"')
+_NUMBER_ID = re.compile(rb"^\+?\d{7,16}$")
 #: Fields whose tokens decide suppression: a suppressed subscriber as either party, or by IMSI.
 SUPPRESSION_FIELDS = (("cli", "msisdn"), ("dialled", "msisdn"), ("imsi", "imsi"))
 #: The fields every runner reads besides the policy's (raw CDR v1 contract).
@@ -227,6 +229,13 @@ class Router:
         own_ok = own.is_not_null() & ~rid_bad.fill_null(False)
         if own_ok.any():
             ids = ids.scatter(f["row"].filter(own_ok), own.filter(own_ok))
+        if parsed.reject_rows:
+            # A record that could not be parsed may still name itself: keep its id when it is a plain
+            # one, so a replay of the same input is recognised by the vault whatever the source is called.
+            found = [(row, m.group(1).decode()) for row in parsed.reject_rows
+                     if (m := _RAW_RECORD_ID.search(records[row], 0, 4096)) and not _NUMBER_ID.match(m.group(1))]
+            if found:
+                ids = ids.scatter([r for r, _ in found], [i for _, i in found])
 
         # Analytics: built from the policy's fields only (the allow-list), in policy order.
         ok = valid & ~suppressed
