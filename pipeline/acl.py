@@ -63,6 +63,7 @@ RESTRICTED_READERS: Mapping[str, frozenset[str]] = {
     "cdr.raw": frozenset({"worker"}),
     "cdr.retention": frozenset({"vault"}),
     "cdr.dlq": frozenset({"operations"}),
+    "privacy.requests": frozenset({"privacy"}),  # carries the raw subject of each request
 }
 
 

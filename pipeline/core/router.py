@@ -101,23 +101,29 @@ class Suppressions:
     """Tokens of subscribers who objected or asked for restriction (mutable, swapped whole)."""
 
     def __init__(self, tokens: Iterable[str] = ()) -> None:
-        self.tokens: frozenset[str] = frozenset(tokens)
-        self._series = pl.Series(sorted(self.tokens), dtype=pl.String)
+        self.replace(tokens)
 
     def replace(self, tokens: Iterable[str]) -> None:
-        self.tokens = frozenset(tokens)
-        self._series = pl.Series(sorted(self.tokens), dtype=pl.String)
+        """Swap the whole set in one assignment, so a reader on another thread sees old or new, never half."""
+        frozen = frozenset(tokens)
+        self._state = (frozen, pl.Series(sorted(frozen), dtype=pl.String))
+
+    @property
+    def tokens(self) -> frozenset[str]:
+        return self._state[0]
 
     def mask(self, columns: Sequence[pl.Series]) -> pl.Series | None:
-        if not self.tokens or not columns:
+        """True where any column holds a suppressed token (None when nothing is suppressed)."""
+        tokens, series = self._state
+        if not tokens or not columns:
             return None
-        out = columns[0].is_in(self._series).fill_null(False)
+        out = columns[0].is_in(series.implode()).fill_null(False)
         for c in columns[1:]:
-            out = out | c.is_in(self._series).fill_null(False)
+            out = out | c.is_in(series.implode()).fill_null(False)
         return out
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self._state[0])
 
 
 class Router:
