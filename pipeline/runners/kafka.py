@@ -158,7 +158,8 @@ class WorkerSettings:
     batch_timeout: float = DEFAULT_BATCH_TIMEOUT
     progress_seconds: float = DEFAULT_PROGRESS_SECONDS
     exit_when_idle: float | None = None
-    call_timeout: float = 60.0
+    call_timeout: float = 60.0  # per transactional call (retriable errors are retried beyond it)
+    startup_timeout: float = 15.0  # to reach the cluster at start-up before saying so
 
     @property
     def transactional_id(self) -> str:
@@ -441,8 +442,8 @@ class TransactionLoop:
         try:
             admin = AdminClient({"bootstrap.servers": s.bootstrap, "logger": _rdkafka_log, **s.client})
             resources = [ConfigResource(ResourceType.TOPIC, t) for t in (s.topics.input, *s.topics.outputs)]
-            for res, fut in admin.describe_configs(resources, request_timeout=s.call_timeout).items():
-                entry = fut.result(timeout=s.call_timeout).get("max.message.bytes")
+            for res, fut in admin.describe_configs(resources, request_timeout=s.startup_timeout).items():
+                entry = fut.result(timeout=s.startup_timeout).get("max.message.bytes")
                 if entry is not None and entry.value is not None:
                     limits[res.name] = int(entry.value)
         except Exception as exc:  # noqa: BLE001 - describe may be denied by ACLs; the check is advisory
@@ -464,7 +465,7 @@ class TransactionLoop:
         """Fail early, with the command to fix it, when a topic does not exist."""
         s = self.settings
         try:
-            md = consumer.list_topics(timeout=s.call_timeout)
+            md = consumer.list_topics(timeout=s.startup_timeout)
         except KafkaException as exc:
             raise FatalError(f"cannot reach Kafka at {s.bootstrap}: {_error_text(exc.args[0])}; check "
                              "--bootstrap-servers and the -X security settings") from None
@@ -480,20 +481,27 @@ class TransactionLoop:
         """Create the clients, fence any older instance of this worker, then join the group."""
         s = self.settings
         try:
-            producer = Producer(producer_config(s, self._output_message_bytes(), self._on_error,
-                                                self._on_delivery_error))
             consumer = Consumer(consumer_config(s, self._on_error))
         except KafkaException as exc:
             raise UsageError(f"invalid Kafka client setting: {exc.args[0].str()}") from None
-        self._check_topics(consumer)
-        self._producer = producer
         try:
-            self._call(lambda: producer.init_transactions(s.call_timeout), "init_transactions")
-        except _Abort as exc:
-            raise FatalError(f"could not initialise transactions ({exc.cause}); check that the cluster "
-                             "supports transactions (transaction.state.log.* settings)") from None
-        consumer.subscribe([s.topics.input], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_lost)
+            self._check_topics(consumer)
+            try:
+                producer = Producer(producer_config(s, self._output_message_bytes(), self._on_error,
+                                                    self._on_delivery_error))
+            except KafkaException as exc:
+                raise UsageError(f"invalid Kafka client setting: {exc.args[0].str()}") from None
+            self._producer = producer
+            try:
+                self._call(lambda: producer.init_transactions(s.call_timeout), "init_transactions")
+            except _Abort as exc:
+                raise FatalError(f"could not initialise transactions ({exc.cause}); check that the cluster "
+                                 "supports transactions (transaction.state.log.* settings)") from None
+            consumer.subscribe([s.topics.input], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                               on_lost=self._on_lost)
+        except BaseException:
+            consumer.close()
+            raise
         log.info("worker %s: transactional.id %s, group %s, reading %s", s.worker_id,
                  s.transactional_id, s.group, s.topics.input)
         return consumer, producer
@@ -924,6 +932,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
         if server is not None:
             server.shutdown()
+            server.server_close()
     if totals.dlq_reasons:
         log.info("dlq reasons: %s", ", ".join(f"{k} {v}" for k, v in totals.dlq_reasons.most_common()))
     print(orjson.dumps({**totals.summary(), "worker_id": settings.worker_id}).decode(), flush=True)

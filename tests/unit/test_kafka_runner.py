@@ -1,0 +1,152 @@
+"""The Kafka worker's pure parts: settings, ids, client configs and message sizing (no broker needed)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline import cli
+from pipeline.cli import UsageError
+from pipeline.core.router import CoreConfig, Router, Source
+from pipeline.keys import generate, write_private_json
+from pipeline.runners.kafka import (KAFKA_DEFAULT_MAX_MESSAGE, Topics, WorkerSettings, _segment_key,
+                                    claim_worker_id, consumer_config, env_client_options, producer_config,
+                                    required_message_bytes, settings_from_args, split_client_overrides,
+                                    transactional_id, validate_worker_id)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _noop(*_args: object) -> None:
+    return None
+
+
+def test_x_options_split_by_client_prefix() -> None:
+    common, consumer, producer = split_client_overrides(
+        {"security.protocol": "SASL_SSL", "consumer.fetch.max.bytes": "1000", "producer.linger.ms": "5"})
+    assert common == {"security.protocol": "SASL_SSL"}
+    assert consumer == {"fetch.max.bytes": "1000"}
+    assert producer == {"linger.ms": "5"}
+
+
+@pytest.mark.parametrize("key", ["enable.auto.commit", "consumer.isolation.level", "transactional.id",
+                                 "producer.enable.idempotence", "group.id", "bootstrap.servers"])
+def test_settings_the_exactly_once_guarantee_rests_on_cannot_be_overridden(key: str) -> None:
+    with pytest.raises(UsageError, match="cannot be set here"):
+        split_client_overrides({key: "x"})
+
+
+def test_env_vars_become_librdkafka_settings() -> None:
+    env = {"CDRPIPE_X_SASL_PASSWORD": "s3cret", "CDRPIPE_X_SECURITY_PROTOCOL": "SASL_SSL", "CDRPIPE_GROUP": "g",
+           "CDRPIPE_X_": "ignored"}
+    assert env_client_options(env) == {"sasl.password": "s3cret", "security.protocol": "SASL_SSL"}
+
+
+def test_client_configs_pin_exactly_once_and_let_other_settings_through() -> None:
+    s = WorkerSettings(bootstrap="b:9092", worker_id="w-1", group="g", topics=Topics().with_prefix("p."),
+                       client={"linger.ms": "50", "session.timeout.ms": "7000"})
+    c = consumer_config(s, _noop)
+    assert c["isolation.level"] == "read_committed" and c["enable.auto.commit"] is False
+    assert c["partition.assignment.strategy"] == "cooperative-sticky"
+    assert c["group.instance.id"] == "w-1" and c["session.timeout.ms"] == "7000"
+    p = producer_config(s, 2_000_000, _noop, _noop)
+    assert p["transactional.id"] == transactional_id("g", "p.cdr.raw", "w-1") == "cdrpipe-g-p.cdr.raw-w-1"
+    assert p["linger.ms"] == "50" and p["message.max.bytes"] == 2_000_000
+    assert p["delivery.report.only.error"] is True
+
+
+def test_worker_ids_must_be_usable_as_kafka_ids() -> None:
+    assert validate_worker_id("pod-3.zone_a") == "pod-3.zone_a"
+    for bad in ("", "has space", "x" * 201, "a/b"):
+        with pytest.raises(UsageError):
+            validate_worker_id(bad)
+
+
+def test_default_worker_ids_are_unique_while_alive_and_reused_after(tmp_path: Path) -> None:
+    """A slot is held by a live worker; when it dies its slot (and so its transactional.id) is reused."""
+    first, fh1 = claim_worker_id("g", "cdr.raw", tmp_path, hostname="host")
+    second, fh2 = claim_worker_id("g", "cdr.raw", tmp_path, hostname="host")
+    other_group, fh3 = claim_worker_id("other", "cdr.raw", tmp_path, hostname="host")
+    assert (first, second, other_group) == ("host-0", "host-1", "host-0")
+    fh1.close()  # the worker holding slot 0 died
+    again, fh4 = claim_worker_id("g", "cdr.raw", tmp_path, hostname="host")
+    assert again == "host-0"
+    for fh in (fh2, fh3, fh4):
+        fh.close()
+
+
+def test_a_worker_in_another_process_holds_its_slot(tmp_path: Path) -> None:
+    code = ("import sys, time; from pipeline.runners.kafka import claim_worker_id; "
+            f"wid, fh = claim_worker_id('g', 'cdr.raw', {str(tmp_path)!r}, hostname='h'); "
+            "print(wid, flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "h-0"
+        wid, fh = claim_worker_id("g", "cdr.raw", tmp_path, hostname="h")
+        assert wid == "h-1"
+        fh.close()
+    finally:
+        holder.kill()
+        holder.wait()
+    wid, fh = claim_worker_id("g", "cdr.raw", tmp_path, hostname="h")
+    assert wid == "h-0", "a killed worker's slot must be free again"
+    fh.close()
+
+
+def _route(records: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    keyring, _vault = generate()
+    routed = Router(keyring, CoreConfig()).route(records, Source("cdr.raw", 0, list(range(len(records)))))
+    return routed.retention, routed.dlq
+
+
+def test_retention_segments_are_keyed_by_their_segment_id() -> None:
+    retention, _ = _route([b'{"record_id":"a"}', b"not json"])
+    header = orjson.loads(retention[0])
+    assert _segment_key(retention[0]) == header["segment_id"].encode()
+    reordered = orjson.dumps({"ct": header["ct"], "segment_id": header["segment_id"]})
+    assert _segment_key(reordered) == header["segment_id"].encode()
+
+
+def test_the_largest_record_the_input_accepts_fits_the_computed_output_limit() -> None:
+    """Sealing base64-expands a record: retention and DLQ messages must fit required_message_bytes."""
+    big = b'{"record_id":"big","note":"' + b"z" * (KAFKA_DEFAULT_MAX_MESSAGE - 200) + b'"}'
+    retention, dlq = _route([big])
+    limit = required_message_bytes(KAFKA_DEFAULT_MAX_MESSAGE)
+    assert len(dlq) == 1 and len(retention) == 1
+    assert max(len(dlq[0]), len(retention[0])) <= limit
+    assert max(len(dlq[0]), len(retention[0])) > KAFKA_DEFAULT_MAX_MESSAGE, "Kafka's default limit is too small"
+
+
+def _args(argv: list[str]) -> object:
+    return cli.build_parser().parse_args(["run", *argv])
+
+
+def test_run_flags_take_their_defaults_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"CDRPIPE_BOOTSTRAP_SERVERS": "k:9092", "CDRPIPE_GROUP": "g2", "CDRPIPE_TOPIC_PREFIX": "t.",
+                        "CDRPIPE_WORKER_ID": "w7", "CDRPIPE_BATCH_SIZE": "500", "CDRPIPE_X_LINGER_MS": "9"}.items():
+        monkeypatch.setenv(name, value)
+    settings, lock = settings_from_args(_args(["-X", "producer.batch.size=100"]))
+    assert lock is None
+    assert (settings.bootstrap, settings.group, settings.worker_id, settings.batch_size) == ("k:9092", "g2", "w7", 500)
+    assert settings.topics == Topics("t.cdr.raw", "t.cdr.analytics", "t.cdr.retention", "t.cdr.dlq")
+    assert settings.client == {"linger.ms": "9"} and settings.producer_client == {"batch.size": "100"}
+    assert settings.transactional_id == "cdrpipe-g2-t.cdr.raw-w7"
+
+
+def test_run_without_bootstrap_servers_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CDRPIPE_BOOTSTRAP_SERVERS", raising=False)
+    with pytest.raises(UsageError, match="--bootstrap-servers"):
+        settings_from_args(_args([]))
+
+
+def test_an_unknown_librdkafka_setting_exits_2_before_connecting(tmp_path: Path) -> None:
+    worker, _vault = generate()
+    write_private_json(tmp_path / "worker-keyring.json", worker.to_json())
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--bootstrap-servers", "127.0.0.1:1",
+                           "--keyring", str(tmp_path / "worker-keyring.json"), "--worker-id", "w",
+                           "-X", "no.such.setting=1"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "no.such.setting" in proc.stderr
