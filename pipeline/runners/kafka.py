@@ -1,26 +1,33 @@
 """The Kafka worker (`cdrpipe run`): the exactly-once transaction loop around the core.
 
-One loop, one thread: ``consume(batch)`` -> ``Router.route`` -> in one Kafka transaction produce the
-analytics records, the sealed retention segments, the dead letters *and* the consumed offsets
+Per batch: ``consume(batch)`` -> ``Router.route`` -> in one Kafka transaction produce the analytics
+records, the sealed retention segments, the dead letters *and* the consumed offsets
 (``send_offsets_to_transaction`` with the consumer's group metadata) -> commit. A crash anywhere
 leaves either the whole batch committed or none of it, so ``read_committed`` readers see every
 input record exactly once.
 
+Two stages overlap: the consumer thread consumes and routes batch N+1 while a transaction thread
+produces and commits batch N (the core is the bottleneck, so the commit round trips are hidden).
+The transaction thread only uses the producer; the consumer stays on its thread, which also takes
+the group metadata snapshot a batch is committed with.
+
 Why these choices:
 
 * **Fencing (KIP-447, EOS v2).** A zombie (a worker that paused, lost its partitions and woke up)
-  is fenced by the group: its offsets carry a stale generation, so the broker refuses them and the
-  transaction aborts. The transactional.id is ``cdrpipe-{group}-{input}-{worker id}``, stable per
-  worker slot: a restarted worker with the same id bumps the producer epoch, which aborts its dead
-  predecessor's open transaction at once (instead of after ``transaction.timeout.ms``) and fences
-  the predecessor if it was only paused. The same id is the static ``group.instance.id``, so a
-  restart rejoins without a rebalance. The default worker id is ``{hostname}-{slot}``, the slot
-  being the lowest free one on this host (a file lock), so it is unique among live workers and
-  reused by the next worker after a crash; hostname+pid would be new on every restart.
-* **Rebalancing.** ``cooperative-sticky``; the loop calls ``consume()`` only between transactions,
-  and librdkafka runs the rebalance callbacks inside ``consume()``, so when ``on_revoke`` or
-  ``on_lost`` runs the batch before it is already committed or aborted: revoked partitions never
-  have a batch in flight.
+  is fenced by the group: its offsets carry a stale generation or member id, so the coordinator
+  refuses them and the transaction aborts. The transactional.id is
+  ``cdrpipe-{group}-{input}-{worker id}``, stable per worker slot: a restarted worker with the same
+  id bumps the producer epoch, which aborts its dead predecessor's open transaction at once
+  (instead of after ``transaction.timeout.ms``, during which readers and the partitions' next
+  owner would wait) and fences the predecessor if it was only paused. The same id is the static
+  ``group.instance.id``, so a restart rejoins without a rebalance. The default worker id is
+  ``{hostname}-{slot}``, the slot being the lowest one free on this host (a file lock), so it is
+  unique among live workers and reused by the next worker after a crash; hostname+pid would be
+  new on every restart and fence nothing.
+* **Rebalancing.** ``cooperative-sticky``. librdkafka runs ``on_revoke``/``on_lost`` inside
+  ``consume()`` on the consumer thread; they first wait for the transaction in flight to commit
+  or abort, so partitions are never handed on with a batch half-written. Messages of revoked
+  partitions that were already fetched are dropped, not routed.
 * **Failures.** Retriable errors are retried with capped exponential backoff; an abortable one
   aborts the transaction and rewinds the consumer to the batch's first offsets (the batch is routed
   again, nothing is counted twice); fatal ones (fenced, authorisation, a record too large for an
@@ -51,8 +58,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType

@@ -1,0 +1,190 @@
+"""Benchmark: end-to-end records/s through a real Kafka, exactly once, against a passthrough ceiling.
+
+Seeded synthetic CDRs (``pipeline.synthetic``) are produced to ``cdr.raw`` of a local Apache
+Kafka (started here unless ``--bootstrap-servers`` is given). Then, in one run, each round
+consumes all of them twice, from fresh consumer groups:
+
+* **passthrough** - the same transaction loop, clients, settings, batch size, headers and
+  transactions (outputs + offsets in one transaction per batch), but the core replaced by a
+  function that returns the consumed bytes unchanged as the only output: the ceiling of what the
+  worker's Kafka side can do here.
+* **pipeline** - the real worker: the core routes each batch into analytics, sealed retention
+  segments and DLQ records, all written with the offsets in one transaction.
+
+The rate is records / (last commit - first batch read), so start-up and the idle tail are left
+out of both. ``core alone`` routes the same records with no Kafka at all, to show where the
+rest of the time goes. Every run reconciles its counts (in == retention == analytics + dlq).
+
+    python bench/kafka_e2e.py                       # 200k records, 2 rounds, local broker
+    python bench/kafka_e2e.py --records 500000 --rounds 3 --json
+
+Target (issue 3): pipeline >= 70% of passthrough.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.broker import KAFKA_VERSION, LocalKafka  # noqa: E402
+from pipeline.core.router import CoreConfig, Router, Source  # noqa: E402
+from pipeline.demo import produce_synthetic  # noqa: E402
+from pipeline.keys import generate  # noqa: E402
+from pipeline.runners.kafka import (DEFAULT_BATCH_SIZE, Topics, TransactionLoop, WorkerSettings,  # noqa: E402
+                                    split_client_overrides)
+from pipeline.topics import parse_x_options  # noqa: E402
+from pipeline.synthetic import generate as synthetic  # noqa: E402
+from pipeline.topics import TopicSpec, apply_topics, load_topic_policy  # noqa: E402
+
+
+@dataclass
+class PassthroughBatch:
+    """What the transaction loop needs from a routed batch, holding the consumed bytes unchanged."""
+
+    records: Sequence[bytes]
+    retention: list[bytes] = field(default_factory=list)
+    dlq: list[bytes] = field(default_factory=list)
+    dlq_reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        n = len(self.records)
+        return {"in": n, "analytics": n, "retention": n, "dlq": 0, "suppressed": 0}
+
+    def analytics_ndjson(self) -> bytes:
+        return b"\n".join(self.records)
+
+    def analytics_keys(self) -> list[str | None]:
+        return [None] * len(self.records)
+
+
+class PassthroughRouter:
+    """Stands in for the core: every record goes out as it came in (the ceiling of the Kafka side)."""
+
+    def route(self, records: Sequence[bytes], source: Source) -> PassthroughBatch:
+        return PassthroughBatch(records)
+
+
+def run_loop(bootstrap: str, router: Any, topics: Topics, n: int, batch_size: int,
+             client: dict[str, str]) -> dict[str, float]:
+    """Consume all ``n`` records with a fresh group through the transaction loop; return rate and counts."""
+    common, consumer, producer = split_client_overrides(client)
+    settings = WorkerSettings(bootstrap=bootstrap, worker_id=f"bench-{uuid.uuid4().hex[:6]}",
+                              group=f"bench-{uuid.uuid4().hex[:8]}", topics=topics, batch_size=batch_size,
+                              client=common, consumer_client=consumer, producer_client=producer,
+                              progress_seconds=0.2, exit_when_idle=60.0)
+    loop: TransactionLoop
+
+    def stop_when_done(totals: Any, _elapsed: float) -> None:
+        if totals.counts["in"] >= n:
+            loop.request_stop()
+
+    loop = TransactionLoop(router, settings, progress=stop_when_done)
+    cpu0 = time.process_time()
+    totals = loop.run()
+    busy = totals.last_commit_at - totals.first_batch_at
+    c = totals.counts
+    if c["in"] != n or c["retention"] != n or c["analytics"] + c["dlq"] + c["suppressed"] != n:
+        raise SystemExit(f"counts do not reconcile: {dict(c)} for {n} records")
+    return {"records_per_s": n / busy, "seconds": busy, "commits": totals.commits, "aborts": totals.aborts,
+            "cpu_s": time.process_time() - cpu0, **{k: c[k] for k in ("analytics", "dlq")}}
+
+
+def core_alone(lines: list[bytes], batch_size: int) -> float:
+    """Records/s of the core with no Kafka: route the same records in the same batch size."""
+    keyring, _ = generate()
+    router = Router(keyring, CoreConfig())
+    started = time.perf_counter()
+    for i in range(0, len(lines), batch_size):
+        batch = lines[i:i + batch_size]
+        routed = router.route(batch, Source("bench", 0, range(i, i + len(batch))))
+        routed.analytics_ndjson().split(b"\n")
+        routed.analytics_keys()
+    return len(lines) / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200_000, help="records to send (default 200000)")
+    parser.add_argument("--rounds", type=int, default=2, help="passthrough+pipeline pairs; the median is shown")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"records per transaction (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic traffic seed (default 0)")
+    parser.add_argument("--bootstrap-servers", default=None, help="use this Kafka instead of starting one")
+    parser.add_argument("-X", action="append", metavar="KEY=VALUE", default=[],
+                        help="librdkafka setting for both runs, as `cdrpipe run -X` (e.g. producer.compression.type=zstd)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line with every figure")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pipeline.runners.kafka").setLevel(logging.ERROR)
+    logging.getLogger("pipeline.topics").setLevel(logging.ERROR)
+
+    client = parse_x_options(args.X)
+    with contextlib.ExitStack() as stack:
+        if args.bootstrap_servers:
+            bootstrap = args.bootstrap_servers
+        else:
+            data = stack.enter_context(tempfile.TemporaryDirectory(prefix="cdrpipe-bench-"))
+            bootstrap = stack.enter_context(LocalKafka(data_dir=data)).bootstrap
+        conf = {"bootstrap.servers": bootstrap}
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        specs = load_topic_policy()
+        analytics_spec = next(s for s in specs if s.name == "cdr.analytics")
+        passthrough_spec = TopicSpec("passthrough", analytics_spec.partitions, 1, analytics_spec.configs)
+        apply_topics(conf, [*specs, passthrough_spec], prefix=prefix, replication_factor=1)
+        topics = Topics().with_prefix(prefix)
+        ceiling_topics = Topics(topics.input, prefix + "passthrough", topics.retention, topics.dlq)
+        started = time.perf_counter()
+        produce_synthetic(conf, topics.input, args.records, seed=args.seed)
+        produce_s = time.perf_counter() - started
+        passthrough, pipeline = [], []
+        for round_no in range(1, args.rounds + 1):
+            passthrough.append(run_loop(bootstrap, PassthroughRouter(), ceiling_topics, args.records, args.batch_size,
+                                        client))
+            keyring, _ = generate()
+            pipeline.append(run_loop(bootstrap, Router(keyring, CoreConfig()), topics, args.records, args.batch_size,
+                                     client))
+            print(f"round {round_no}: passthrough {passthrough[-1]['records_per_s']:,.0f} records/s, "
+                  f"pipeline {pipeline[-1]['records_per_s']:,.0f} records/s", file=sys.stderr, flush=True)
+
+    lines = b"".join(synthetic(args.records, seed=args.seed)).split(b"\n")[:-1]
+    core_rate = core_alone(lines, args.batch_size)
+    ceiling = statistics.median(r["records_per_s"] for r in passthrough)
+    e2e = statistics.median(r["records_per_s"] for r in pipeline)
+    ratio = e2e / ceiling
+    cpus = os.cpu_count()
+    print(f"kafka e2e: {args.records:,} records, batch {args.batch_size:,}, Apache Kafka {KAFKA_VERSION} "
+          f"(single local node), {cpus} CPUs, median of {args.rounds} round(s)"
+          + (f", -X {' -X '.join(args.X)}" if args.X else ""))
+    print(f"  passthrough (same loop and client, transactions, no core): {ceiling:>10,.0f} records/s")
+    print(f"  pipeline    (core, analytics+retention+dlq+offsets, EOS):  {e2e:>10,.0f} records/s")
+    print(f"  ratio: {ratio:.0%} of passthrough (target >= 70%)")
+    print(f"  core alone, no Kafka (same batches):                       {core_rate:>10,.0f} records/s")
+    print(f"  (producing the input took {produce_s:.1f} s; per run: "
+          f"pipeline {statistics.median(r['seconds'] for r in pipeline):.1f} s, "
+          f"{pipeline[0]['commits']} transactions, {sum(r['aborts'] for r in pipeline)} aborts)")
+    if args.json:
+        print(json.dumps({"records": args.records, "batch_size": args.batch_size, "cpus": cpus,
+                          "passthrough_records_per_s": round(ceiling), "pipeline_records_per_s": round(e2e),
+                          "ratio": round(ratio, 3), "core_alone_records_per_s": round(core_rate),
+                          "rounds": {"passthrough": passthrough, "pipeline": pipeline}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
