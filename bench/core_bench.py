@@ -20,10 +20,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(cmd: list[str]) -> tuple[float, float, dict]:
-    """Wall seconds, peak RSS in MiB and the JSON summary (last stdout line) of one child process."""
+    """Wall seconds, peak RSS in MiB and the JSON summary (last stdout line) of one child process.
+
+    Peak RSS is the largest process of the run's tree: the child itself and, via
+    RUSAGE_CHILDREN of a wrapper, any worker processes it started.
+    """
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
+        wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).returncode; "
+                   "sys.stderr.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(r)")
+        err = tempfile.TemporaryFile()
+        proc = subprocess.Popen([sys.executable, "-c", wrapper, *cmd], stdout=out, stderr=err, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -31,7 +38,9 @@ def run(cmd: list[str]) -> tuple[float, float, dict]:
             raise SystemExit(f"{' '.join(cmd[:4])} failed with exit code {proc.returncode}")
         out.seek(0)
         summary = json.loads(out.read().decode().strip().splitlines()[-1])
-    return elapsed, usage.ru_maxrss / 1024, summary
+        err.seek(0)
+        tree_kib = int(err.read().decode().strip().splitlines()[-1])
+    return elapsed, max(tree_kib, usage.ru_maxrss) / 1024, summary
 
 
 def main() -> None:
