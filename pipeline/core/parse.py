@@ -154,12 +154,15 @@ def _screen(lines: pl.Series, fields: Sequence[str], max_bytes: int) -> pl.DataF
         line, pl.int_range(0, pl.len(), dtype=pl.UInt32).alias("row"), suspect.alias("suspect"), keys.alias("keys"))
 
 
-def _lines_column(records: Sequence[bytes], buf: bytes) -> pl.Series:
-    """One String row per record (lossy UTF-8: a bad byte shows as U+FFFD and is screened)."""
+def record_lines(records: Sequence[bytes], buf: bytes) -> pl.Series:
+    """One String per record, aligned with ``records`` (every adapter's screen starts here).
+
+    Lossy UTF-8: a bad byte shows as U+FFFD and is screened. A record holding a newline (or
+    the separator byte) becomes NUL, which marks it for the exact slow path on its original
+    bytes. An empty record is an empty string.
+    """
     screen_buf = buf
     if buf.count(b"\n") != len(records) - 1 or b"\x1f" in buf:
-        # A record with its own newline or our separator byte: a NUL placeholder for the screen
-        # (it is flagged as suspect; the slow path judges the original bytes).
         screen_buf = b"\n".join(b"\x00" if (b"\n" in r or b"\x1f" in r) else r for r in records)
     try:
         lines = pl.read_csv(io.BytesIO(screen_buf + b"\n"), has_header=False, separator="\x1f", quote_char=None,
@@ -170,7 +173,7 @@ def _lines_column(records: Sequence[bytes], buf: bytes) -> pl.Series:
     if lines is None or len(lines) != len(records):  # alignment is the one thing the screen cannot get wrong
         lines = pl.Series("line", [r.decode("utf-8", "replace") if b"\n" not in r else "\x00" for r in records],
                           dtype=pl.String)
-    return lines
+    return lines.fill_null("").rename("line")
 
 
 def parse_batch(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataType], *,
@@ -179,7 +182,7 @@ def parse_batch(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataT
     n = len(records)
     if n == 0:
         return Parsed(pl.DataFrame(schema=schema).with_columns(pl.lit(0, pl.UInt32).alias("row").head(0)), [], [])
-    screened = _screen(_lines_column(records, buf), list(schema), max_bytes)
+    screened = _screen(record_lines(records, buf), list(schema), max_bytes)
     reject_rows: list[int] = []
     reject_reasons: list[str] = []
     extra_rows: list[int] = []

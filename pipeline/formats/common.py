@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import polars as pl
 import polars_hash  # noqa: F401  (registers the .chash namespace: SHA-256 in Rust, stable across versions)
 
-from pipeline.core.parse import EMPTY, INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE
+from pipeline.core.parse import EMPTY, INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE, record_lines  # noqa: F401
 
 # Reason codes the format adapters add (the core's parse codes are reused where they fit).
 INVALID_CSV = "invalid_csv"
@@ -54,27 +54,6 @@ _OFFSET_AND_NAME = r"^(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s*([+-]
 _NAIVE_TIME = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?$"
 ISO_OUT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 DURATION_FACTORS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-
-
-def record_lines(records: Sequence[bytes], buf: bytes) -> pl.Series:
-    """One String per record, aligned with ``records`` (lossy UTF-8; a record holding a newline becomes NUL).
-
-    The NUL placeholder marks the record for the exact slow path, which reads the original bytes.
-    """
-    screen = buf
-    if buf.count(b"\n") != len(records) - 1 or b"\x1f" in buf:
-        screen = b"\n".join(b"\x00" if (b"\n" in r or b"\x1f" in r) else r for r in records)
-    try:
-        lines = pl.read_csv(io.BytesIO(screen + b"\n"), has_header=False, separator="\x1f", quote_char=None,
-                            schema={"line": pl.String}, encoding="utf8-lossy", truncate_ragged_lines=True,
-                            raise_if_empty=False)["line"]
-    except pl.exceptions.PolarsError:
-        lines = None
-    if lines is None or len(lines) != len(records):  # alignment is the one thing never to get wrong
-        lines = pl.Series("line", [r.decode("utf-8", "replace") if b"\n" not in r else "\x00" for r in records],
-                          dtype=pl.String)
-    # An empty record reads as null; keep it as text so the screen sees an empty line.
-    return lines.fill_null("").rename("line")
 
 
 def url_decoded(e: pl.Expr) -> pl.Expr:

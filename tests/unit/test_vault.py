@@ -77,13 +77,13 @@ def _records() -> tuple[list[bytes], dict[str, set[str]], list[str]]:
         add(NEAR[i % len(NEAR)], other, f"{day}T14:00:00Z")                                    # near misses
         add(other, NEAR[(i + 1) % len(NEAR)], f"{day}T15:00:00Z", note="07700 900123")        # A only in a note
         add(OTHER[(i + 1) % 4], other, f"{day}T16:00:00Z", imsi=IMSI, imei=IMEI + "7", parties=("imsi", "imei"))
-    # Epoch seconds start, and a repeated cli (the pipeline DLQs it under an id derived from its
-    # position, raw.jsonl:0:<line>; the vault still finds A in it).
+    # Epoch seconds start, and a repeated cli (the pipeline DLQs it, keeping the plain record_id
+    # it finds in the bytes; the vault still finds A in it).
     add(OTHER[0], A_FORMS[0], "1581033600", parties=("A",))                                 # 2020-02-07T00:00Z
     n += 1
     lines.append(f'{{"record_id":"rec-{n:04d}","cli":"07700 900555","dialled":"07700 900999",'
                  f'"cli":"{A_FORMS[2]}","start":"2020-02-09T10:00:00Z","duration":5}}'.encode())
-    dup_id = f"raw.jsonl:0:{n}"
+    dup_id = f"rec-{n:04d}"
     expect["A"].add(dup_id)
     expect["A-feb"].add(dup_id)
     timed.append((when("2020-02-09T10:00:00Z"), dup_id))
