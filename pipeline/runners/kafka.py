@@ -375,6 +375,7 @@ class TransactionLoop:
         self._in_flight: Future[_Batch] | None = None
         self._rewind: dict[int, int] = {}
         self._consecutive_aborts = 0
+        self._last_activity: float | None = None  # first assignment, then every batch and rebalance
         self._last_lag: dict[int, int] = {}
         self._reported_in = 0
         self._needed_bytes = required_message_bytes(KAFKA_DEFAULT_MAX_MESSAGE)
@@ -406,6 +407,7 @@ class TransactionLoop:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update(tp.partition for tp in partitions)
+        self._last_activity = time.monotonic()
         log.info("worker %s: assigned %d partition(s) of %s %s; now %d", self.settings.worker_id,
                  len(partitions), self.settings.topics.input, sorted(tp.partition for tp in partitions),
                  len(self._assigned))
@@ -427,6 +429,7 @@ class TransactionLoop:
 
     def _drop(self, partitions: list[TopicPartition], kind: str) -> None:
         self._assigned.difference_update(tp.partition for tp in partitions)
+        self._last_activity = time.monotonic()
         self._revoked_during_consume = True
         if kind == "revoke":
             log.info("worker %s: revoked %d partition(s) %s; now %d", self.settings.worker_id,
@@ -611,6 +614,25 @@ class TransactionLoop:
                 if err.code() in _OPERATOR_ERRORS or err.fatal():
                     raise self._fatal_error(err, "produce") from None
                 raise _Abort(f"produce:{err.name()}", err) from None
+            # Deliver everything before committing, watching for refusals: once a message of the
+            # transaction fails, librdkafka holds back the rest until the abort, so a plain flush (or
+            # the one inside commit_transaction) would wait out its whole timeout.
+            deadline = time.monotonic() + s.call_timeout
+            while True:
+                try:
+                    remaining = producer.flush(0.2)
+                except KafkaException as exc:  # fatal client errors are raised from the callback queue
+                    raise self._fatal_error(exc.args[0], "flush") from None
+                if not remaining or self._delivery_errors or time.monotonic() > deadline:
+                    break
+            refused = [(topic, code, n) for (topic, code), n in self._delivery_errors.items()]
+            if refused:
+                topic, code, n = refused[0]
+                if code in _OPERATOR_ERRORS:
+                    raise self._fatal_error(KafkaError(code), f"writing {n} message(s) to {topic}")
+                raise _Abort(f"delivery:{KafkaError(code).name()}")
+            if remaining:
+                raise _Abort("flush:timeout")
             if self._abort_in_flight:
                 raise _Abort("shutdown")
             # The group metadata (generation, member id) is what fences a zombie: a worker whose
@@ -744,6 +766,31 @@ class TransactionLoop:
                 log.warning("consumer: %s", _error_text(err))
         return kept
 
+    def _idle_for(self, now: float) -> float:
+        """Seconds with nothing to do: since this worker joined, or its last batch or rebalance."""
+        if self._last_activity is None or self._in_flight is not None:
+            return 0.0
+        return now - self._last_activity
+
+    def _group_done(self) -> bool:
+        """True when the group has committed every partition of the input to its end (a backfill is over).
+
+        Asks the cluster (committed offsets, watermarks), so it is only called once the worker is idle.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        topic = self.settings.topics.input
+        try:
+            md = consumer.list_topics(topic, timeout=5)
+            tps = [TopicPartition(topic, p) for p in md.topics[topic].partitions]
+            for tp in consumer.committed(tps, timeout=5):
+                _low, high = consumer.get_watermark_offsets(tp, timeout=5)
+                if high > 0 and tp.offset < high:
+                    return False
+        except KafkaException:
+            return False  # e.g. offsets of a transaction still pending: not done yet
+        return True
+
     # -- reporting -------------------------------------------------------------------------
 
     def _lags(self) -> dict[int, int]:
@@ -802,7 +849,7 @@ class TransactionLoop:
         self._consumer, self._producer = self._open()
         self._txn_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdrpipe-txn")
         consumer = self._consumer
-        started = last_report = last_lag = last_records = self._reported_at = time.monotonic()
+        started = last_report = last_lag = last_done_check = self._reported_at = time.monotonic()
         try:
             while not self._stop:
                 msgs = consumer.consume(s.batch_size, s.batch_timeout)
@@ -819,7 +866,7 @@ class TransactionLoop:
                     self._in_flight = self._txn_thread.submit(self._transact, batch)
                 now = time.monotonic()
                 if msgs:
-                    last_records = now
+                    self._last_activity = now
                 if now - last_lag >= min(2.0, s.progress_seconds):
                     last_lag = now
                     lags = self._lags()
@@ -828,10 +875,13 @@ class TransactionLoop:
                 if now - last_report >= s.progress_seconds:
                     last_report = now
                     self._report(started)
-                if s.exit_when_idle is not None and not msgs and self._in_flight is None \
-                        and now - last_records >= s.exit_when_idle:
-                    log.info("worker %s: no input for %.0f s; exiting", s.worker_id, s.exit_when_idle)
-                    break
+                if s.exit_when_idle is not None and not msgs and self._idle_for(now) >= s.exit_when_idle \
+                        and now - last_done_check >= 1.0:
+                    last_done_check = now
+                    if self._group_done():
+                        log.info("worker %s: the group has read %s to its end and no input came for %.0f s; "
+                                 "exiting", s.worker_id, s.topics.input, s.exit_when_idle)
+                        break
             self._settle()
             if self._fatal is not None:
                 raise self._fatal_error(self._fatal, "kafka client")

@@ -496,8 +496,10 @@ def test_poison_records_never_stall_a_partition(
     assert_exactly_once(out, sent)
     last_ids = [orjson.loads(line).get("record_id") for line in after[-50:]]
     assert all(out.analytics[rid] == 1 for rid in last_ids if rid), "records after the poison must reach analytics"
-    # Records the parse screen rejects keep no id of their own: theirs comes from their coordinates.
-    reasons = [out.dlq_reasons.get(f"{topics.input}:0:{len(before) + i}") for i in range(len(poison))]
+    # A record whose own id cannot be read gets one from its coordinates (topic:partition:offset).
+    own_ids = [None, "p-utf8", "p-huge", None, None, None, "p-cut"]
+    reasons = [out.dlq_reasons.get(own or "") or out.dlq_reasons.get(f"{topics.input}:0:{len(before) + i}")
+               for i, own in enumerate(own_ids)]
     assert reasons[2:6] == ["too_large", "empty", "empty", "too_deep"], (reasons, out.dlq_reasons)
     assert reasons[1] == "invalid_utf8" and all(reasons), (reasons, out.dlq_reasons)
     assert out.retention_raw[poison[2]] == 1, "the huge record must be kept, sealed, for retention"
