@@ -81,17 +81,17 @@ def admin_for(kafka: LocalKafka) -> AdminClient:
 
 
 def make_topics(kafka: LocalKafka, prefix: str, *, room_for_any_record: bool = True) -> Topics:
-    """Apply the topic policy under ``prefix``; by default let retention/DLQ hold any sealed input record."""
+    """Apply the topic policy under ``prefix``; retention/DLQ hold any sealed input record (the policy's
+    setting), or, with ``room_for_any_record=False``, only Kafka's default message size."""
     apply_topics(kafka.admin_config(), load_topic_policy(), prefix=prefix, replication_factor=1)
     topics = Topics().with_prefix(prefix)
-    if room_for_any_record:
-        needed = str(required_message_bytes(KAFKA_DEFAULT_MAX_MESSAGE))
-        admin = admin_for(kafka)
-        res = [ConfigResource(ResourceType.TOPIC, t, incremental_configs=[
-            ConfigEntry("max.message.bytes", needed, incremental_operation=AlterConfigOpType.SET)])
-            for t in (topics.retention, topics.dlq)]
-        for fut in admin.incremental_alter_configs(res).values():
-            fut.result(timeout=30)
+    limit = required_message_bytes(KAFKA_DEFAULT_MAX_MESSAGE) if room_for_any_record else KAFKA_DEFAULT_MAX_MESSAGE
+    admin = admin_for(kafka)
+    res = [ConfigResource(ResourceType.TOPIC, t, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET)])
+        for t in (topics.retention, topics.dlq)]
+    for fut in admin.incremental_alter_configs(res).values():
+        fut.result(timeout=30)
     return topics
 
 
