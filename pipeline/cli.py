@@ -46,13 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="logging level (env CDRPIPE_LOG_LEVEL; default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command whose module is not built yet
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
