@@ -56,6 +56,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -69,11 +70,11 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pipeline.cli import FatalError, UsageError
-from pipeline.core.router import CoreConfig, RoutedBatch, Router, Source
+from pipeline.core.router import RoutedBatch, Router, Source
 from pipeline.keys import KeyringError, load_worker_keyring
 from pipeline.metrics import WorkerMetrics
 from pipeline.policy import PolicyError, load_policy
-from pipeline.runners.files import RunTotals, add_core_arguments, load_suppressions
+from pipeline.runners.files import RunTotals, add_core_arguments, core_config, load_suppressions
 from pipeline.topics import parse_x_options
 
 log = logging.getLogger(__name__)
@@ -920,8 +921,7 @@ def build_router(args: argparse.Namespace) -> Router:
     try:
         keyring = load_worker_keyring(args.keyring)
         policy = load_policy(args.policy)
-        config = CoreConfig(policy=policy, region=args.region, max_record_bytes=args.max_record_bytes)
-        return Router(keyring, config, load_suppressions(args.suppressions))
+        return Router(keyring, core_config(args, policy), load_suppressions(args.suppressions))
     except (KeyringError, PolicyError) as exc:
         raise FatalError(str(exc)) from None
     except OSError as exc:
@@ -959,10 +959,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[WorkerSettings, IO[str
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """`cdrpipe run`: the worker until SIGTERM/SIGINT; prints a JSON summary line on exit."""
-    if args.format != "jsonl":
-        raise UsageError(f"--format {args.format} is not supported by this build; use jsonl")
     settings, _lock = settings_from_args(args)
     router = build_router(args)
+    follower = _start_follower(args, settings, router)
     metrics = WorkerMetrics()
     server = None
     if args.metrics_port is not None:
@@ -982,9 +981,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         loop.request_stop(abort=signals["count"] > 1)
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    lost = threading.Event()
+    if follower is not None:
+        def _watch() -> None:
+            """Fail closed: without current suppressions, stop (aborting the batch in flight) and exit 1."""
+            while not loop_done.wait(1.0):
+                if not follower.running:
+                    lost.set()
+                    log.error("worker %s: lost privacy.suppressions (%s); stopping so no objector reaches "
+                              "analytics: check the topic and this principal's Read ACL on it",
+                              settings.worker_id, type(follower.error).__name__ if follower.error else "stopped")
+                    loop.request_stop(abort=True)
+                    return
+        loop_done = threading.Event()
+        threading.Thread(target=_watch, name="suppression-watch", daemon=True).start()
     try:
         totals = loop.run()
     finally:
+        if follower is not None:
+            loop_done.set()
+            follower.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if server is not None:
@@ -993,7 +1009,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if totals.dlq_reasons:
         log.info("dlq reasons: %s", ", ".join(f"{k} {v}" for k, v in totals.dlq_reasons.most_common()))
     print(orjson.dumps({**totals.summary(), "worker_id": settings.worker_id}).decode(), flush=True)
-    return 0
+    return 1 if lost.is_set() else 0
+
+
+def _start_follower(args: argparse.Namespace, settings: WorkerSettings, router: Router) -> "SuppressionFollower | None":
+    """Load the compacted suppression topic before the first batch and follow it (unless a file is given)."""
+    if args.suppressions or args.no_follow_suppressions:
+        return None
+    from pipeline.privacy.follower import SuppressionFollower, SuppressionLoadError
+    topic = args.topic_prefix + args.suppressions_topic
+    apply = "cdrpipe topics apply" + (f" --prefix {args.topic_prefix}" if args.topic_prefix else "")
+    follower = SuppressionFollower(settings.bootstrap, router.suppressions, topic=topic, conf=settings.client)
+    try:
+        follower.start(timeout=args.suppressions_timeout)
+    except SuppressionLoadError as exc:
+        raise FatalError(f"{exc}. Create the topics with `{apply}`, or run without the privacy app "
+                         "using --no-follow-suppressions") from None
+    log.info("worker %s: following %s (%d active suppressions)", settings.worker_id, topic, len(router.suppressions))
+    return follower
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -1021,6 +1054,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=f"env CDRPIPE_DLQ_TOPIC; default {DEFAULT_DLQ}")
     p.add_argument("--topic-prefix", default=env("CDRPIPE_TOPIC_PREFIX", ""),
                    help="prepended to all four topic names, as `topics apply --prefix` (env CDRPIPE_TOPIC_PREFIX)")
+    p.add_argument("--suppressions-topic", default=env("CDRPIPE_SUPPRESSIONS_TOPIC", "privacy.suppressions"),
+                   help="compacted topic of suppressed subscriber tokens, loaded before the first batch and "
+                        "followed while running; prefixed like the others (env CDRPIPE_SUPPRESSIONS_TOPIC)")
+    p.add_argument("--suppressions-timeout", type=float, default=float(env("CDRPIPE_SUPPRESSIONS_TIMEOUT", "30")),
+                   help="seconds to load the suppression topic at start before giving up (default 30)")
+    p.add_argument("--no-follow-suppressions", action="store_true",
+                   default=env("CDRPIPE_NO_FOLLOW_SUPPRESSIONS", "") not in ("", "0", "false"),
+                   help="do not follow the suppression topic (deployments without the privacy app); "
+                        "--suppressions FILE also replaces it")
     p.add_argument("--worker-id", default=env("CDRPIPE_WORKER_ID"),
                    help="stable id of this worker instance: keep it across restarts, unique among live workers "
                         "(env CDRPIPE_WORKER_ID; default HOSTNAME-SLOT, the lowest slot free on this host)")

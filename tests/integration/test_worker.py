@@ -550,3 +550,28 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits_0(
     out = read_outputs(kafka, topics, load_vault_keyring(keys.vault))
     assert sum(out.retention.values()) == done
     assert sum(out.analytics.values()) + sum(out.dlq.values()) == done
+
+
+@pytest.mark.kafka
+def test_worker_follows_the_suppression_topic(
+        kafka: LocalKafka, topic_prefix: str, keys: Keys, workers: list[Worker], tmp_path: Path) -> None:
+    """An objector's token on privacy.suppressions keeps their calls out of analytics, never out of retention."""
+    from pipeline.core.tokenise import Tokeniser
+    topics = make_topics(kafka, topic_prefix)
+    token = Tokeniser(load_worker_keyring(keys.worker)).token_one("msisdn", "+447700900777")
+    producer = Producer(kafka.admin_config())  # keyed by token, as the privacy app publishes
+    producer.produce(topic_prefix + "privacy.suppressions", key=token.encode(), value=orjson.dumps(
+        {"token": token, "active": True, "type": "objection", "request_id": "q-1", "updated_at": "2026-11-25T00:00:00Z"}))
+    assert producer.flush(30) == 0
+    call = {"cli": "07700 900777", "dialled": "+447700900456", "start": "2026-11-25T00:00:00Z", "duration": 5}
+    other = {**call, "cli": "+447700900778"}
+    sent = [orjson.dumps({**call, "record_id": "obj-1"}), orjson.dumps({**other, "record_id": "ok-1"}),
+            orjson.dumps({**call, "dialled": "+447700900779", "record_id": "obj-2"})]
+    produce(kafka, topics.input, sent, partition=0)
+    w = Worker(kafka, topic_prefix, keys, "follow", tmp_path, "--exit-when-idle", "3")
+    workers.append(w)
+    assert w.wait(120) == 0, w.stderr[-3000:]
+    assert w.summary()["suppressed"] == 2, w.summary()
+    out = read_outputs(kafka, topics, load_vault_keyring(keys.vault))
+    assert set(out.analytics) == {"ok-1"} and token not in str(out.analytics_docs)
+    assert set(out.retention) == {"obj-1", "ok-1", "obj-2"}
