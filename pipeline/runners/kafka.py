@@ -1019,6 +1019,21 @@ def _start_follower(args: argparse.Namespace, settings: WorkerSettings, router: 
     from pipeline.privacy.follower import SuppressionFollower, SuppressionLoadError
     topic = args.topic_prefix + args.suppressions_topic
     apply = "cdrpipe topics apply" + (f" --prefix {args.topic_prefix}" if args.topic_prefix else "")
+    try:  # the same settings checks as the worker's own clients, before anything connects for long
+        probe = Consumer(consumer_config(settings, lambda _err: None))
+    except KafkaException as exc:
+        raise UsageError(f"invalid Kafka client setting: {exc.args[0].str()}") from None
+    try:
+        md = probe.list_topics(timeout=settings.startup_timeout)
+    except KafkaException as exc:
+        raise FatalError(f"cannot reach Kafka at {settings.bootstrap}: {_error_text(exc.args[0])}; check "
+                         "--bootstrap-servers and the -X security settings") from None
+    finally:
+        probe.close()
+    if topic not in md.topics or md.topics[topic].error is not None:
+        raise FatalError(f"topic {topic} does not exist on {settings.bootstrap}; create the topics with "
+                         f"`{apply} --bootstrap-servers {settings.bootstrap}`, or run without the privacy app "
+                         "using --no-follow-suppressions")
     follower = SuppressionFollower(settings.bootstrap, router.suppressions, topic=topic, conf=settings.client)
     try:
         follower.start(timeout=args.suppressions_timeout)
