@@ -17,9 +17,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from pipeline.broker import LocalKafka, free_port
+from pipeline.demo import read_committed
 from pipeline.core.envelope import open_segment
 from pipeline.core.router import CoreConfig, RoutedBatch, Router, Source, Suppressions
 from pipeline.keys import ENV_WORKER_KEYRING_JSON
@@ -53,28 +53,8 @@ def privacy_app(kafka: LocalKafka, prefix: str, tmp_path: Path, keyring, name: s
 
 
 def read_topic(kafka: LocalKafka, topic: str, timeout: float = 20.0) -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of ``topic`` up to its current end."""
-    consumer = Consumer({**kafka.admin_config(), "group.id": "test-reader", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        pending, out = set(parts), []
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise AssertionError(msg.error().str())
-            out.append((msg.key(), msg.value()))
-        assert not pending, f"{topic}: partitions {pending} not read to the end"
-        return out
-    finally:
-        consumer.close()
+    """Every committed (key, value) of ``topic`` up to its current end (the demo's read_committed reader)."""
+    return [(m.key(), m.value()) for m in read_committed(kafka.admin_config(), topic, timeout=timeout)]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, app: AppProcess | None = None) -> float:
