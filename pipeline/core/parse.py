@@ -154,6 +154,31 @@ def _screen(lines: pl.Series, fields: Sequence[str], max_bytes: int) -> pl.DataF
         line, pl.int_range(0, pl.len(), dtype=pl.UInt32).alias("row"), suspect.alias("suspect"), keys.alias("keys"))
 
 
+class SlowPath:
+    """Exact verdicts for suspect records, collected for a batch: rejects with reasons, or canonical lines.
+
+    Every adapter that reads JSON shares it, so a record is judged the same way whatever its format.
+    """
+
+    def __init__(self, records: Sequence[bytes], max_bytes: int, max_depth: int) -> None:
+        self._records, self._max_bytes, self._max_depth = records, max_bytes, max_depth
+        self.reject_rows: list[int] = []
+        self.reject_reasons: list[str] = []
+        self.ok_rows: list[int] = []
+        self.ok_lines: list[str] = []
+
+    def judge(self, rows: Iterable[int]) -> None:
+        """Classify each row's original bytes; valid ones are kept as canonical one-line JSON for a re-read."""
+        for i in rows:
+            reason, canonical = classify_line(self._records[i], self._max_bytes, self._max_depth)
+            if reason is None:
+                self.ok_rows.append(i)
+                self.ok_lines.append(canonical.decode())  # type: ignore[union-attr]
+            else:
+                self.reject_rows.append(i)
+                self.reject_reasons.append(reason)
+
+
 def record_lines(records: Sequence[bytes], buf: bytes) -> pl.Series:
     """One String per record, aligned with ``records`` (every adapter's screen starts here).
 
@@ -183,20 +208,10 @@ def parse_batch(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataT
     if n == 0:
         return Parsed(pl.DataFrame(schema=schema).with_columns(pl.lit(0, pl.UInt32).alias("row").head(0)), [], [])
     screened = _screen(record_lines(records, buf), list(schema), max_bytes)
-    reject_rows: list[int] = []
-    reject_reasons: list[str] = []
-    extra_rows: list[int] = []
-    extra_lines: list[str] = []
-
-    def slow_path(rows: Iterable[int]) -> None:
-        for i in rows:
-            reason, canonical = classify_line(records[i], max_bytes, max_depth)
-            if reason is None:
-                extra_rows.append(i)
-                extra_lines.append(canonical.decode())  # type: ignore[union-attr]
-            else:
-                reject_rows.append(i)
-                reject_reasons.append(reason)
+    verdicts = SlowPath(records, max_bytes, max_depth)
+    slow_path = verdicts.judge
+    reject_rows, reject_reasons = verdicts.reject_rows, verdicts.reject_reasons
+    extra_rows, extra_lines = verdicts.ok_rows, verdicts.ok_lines
 
     slow_path(screened.filter(pl.col("suspect"))["row"].to_list())
     clean = screened.filter(~pl.col("suspect"))

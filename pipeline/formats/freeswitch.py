@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from pipeline.core.formats import register_format
-from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed, classify_line
+from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed, SlowPath
 from pipeline.formats.common import NOT_JSON_CDR, blank_to_null, empty_frame, field_text, record_lines
 from pipeline.formats.csv_mapped import MappingSpec
 
@@ -113,22 +113,11 @@ def parse_freeswitch_json(records: Sequence[bytes], buf: bytes, schema: dict[str
         return Parsed(empty_frame(schema), [], [])
     timezone = mapping.timezone if mapping is not None else None
     screened = _screen(record_lines(records, buf), max_bytes, max_depth)
-    reject_rows: list[int] = []
-    reject_reasons: list[str] = []
+    verdicts = SlowPath(records, max_bytes, max_depth)
+    judge = verdicts.judge
+    reject_rows, reject_reasons = verdicts.reject_rows, verdicts.reject_reasons
+    pending_rows, pending_lines = verdicts.ok_rows, verdicts.ok_lines
     parts: list[pl.DataFrame] = []
-    pending_rows: list[int] = []
-    pending_lines: list[str] = []
-
-    def judge(rows: list[int]) -> None:
-        """Exact verdict per record: a reason, or its canonical one-line JSON for a re-read."""
-        for i in rows:
-            reason, canonical = classify_line(records[i], max_bytes, max_depth)
-            if reason is None:
-                pending_rows.append(i)
-                pending_lines.append(canonical.decode())  # type: ignore[union-attr]
-            else:
-                reject_rows.append(i)
-                reject_reasons.append(reason)
 
     judge(screened.filter(pl.col("suspect"))["row"].to_list())
     for chunk in screened.filter(~pl.col("suspect")).iter_slices(_CHUNK_LINES):
