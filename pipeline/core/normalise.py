@@ -32,17 +32,29 @@ _SEPARATORS = r"[\s().\-/\u00a0]"
 _COUNTRY_CODES = {str(cc) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE}
 
 
-def _cleaned(raw: pl.Expr) -> pl.Expr:
-    """Full-width digits to ASCII, ``tel:`` and URL-encoded ``+`` undone, separators removed."""
-    text = raw.str.normalize("NFKC").str.strip_chars()
+def _cleaned(text: pl.Expr) -> pl.Expr:
+    """``tel:`` and URL-encoded ``+`` undone, separators removed (``text`` is NFKC'd and stripped)."""
     text = text.str.replace(r"^(?i)tel:", "").str.replace_all(r"(?i)%2B", "+")
     return text.str.replace_all(_SEPARATORS, "")
+
+
+def nfkc_where_needed(frame: pl.DataFrame, column: str, out: str) -> pl.DataFrame:
+    """``frame`` with ``out`` = NFKC of ``column``, normalising only the values with non-ASCII characters.
+
+    NFKC costs about a third of a microsecond a value; most identifiers are plain ASCII and
+    are their own normal form. Row order changes (callers key on the raw value, not on position).
+    """
+    wide = frame[column].str.contains(r"[^\x00-\x7F]")
+    if not wide.any():
+        return frame.with_columns(pl.col(column).alias(out))
+    return pl.concat([frame.filter(~wide).with_columns(pl.col(column).alias(out)),
+                      frame.filter(wide).with_columns(pl.col(column).str.normalize("NFKC").alias(out))])
 
 
 #: ``+`` then a real country code then a national part that does not start with a trunk ``0``
 #: (``+44 07700…`` is a common mistake only ``phonenumbers`` should settle). Country codes are
 #: prefix-free, so the alternation can match one way only.
-_E164_SHAPE = r"^\+[1-9]\d{7,14}$"
+_E164_SHAPE = r"^\+[1-9][0-9]{7,14}$"
 _E164_CC = r"^\+(?:" + "|".join(sorted(_COUNTRY_CODES, key=lambda c: (-len(c), c))) + r")[1-9]"
 
 
@@ -82,11 +94,14 @@ class AnswerCache:
             fresh = self._compute(distinct)
             self._table = fresh.with_columns(pl.lit(True).alias("_hit")).tail(self._cap)
             return fresh
-        looked = distinct.to_frame().join(self._table, on="raw", how="left")
-        missing = looked.filter(pl.col("_hit").is_null())["raw"]
-        hits = looked.filter(pl.col("_hit").is_not_null()).drop("_hit")
-        if not len(missing):
+        # The table on the left: Polars hashes the batch's few distinct values and probes the
+        # table, not the other way round (a left join from the batch re-hashed the whole
+        # table every time, ~6x slower).
+        wanted = distinct.to_frame()
+        hits = self._table.join(wanted, on="raw", how="inner").drop("_hit")
+        if hits.height == wanted.height:
             return hits
+        missing = wanted.join(hits.select("raw"), on="raw", how="anti")["raw"]
         fresh = self._compute(missing)
         table = pl.concat([self._table, fresh.with_columns(pl.lit(True).alias("_hit"))])
         self._table = table.tail(self._cap) if table.height > self._cap else table
@@ -114,20 +129,27 @@ class PhoneNormaliser:
     def __repr__(self) -> str:
         return f"PhoneNormaliser(region={self.region!r})"
 
-    def _fast_e164(self, d: pl.Expr) -> pl.Expr:
-        """E.164 for the shapes the region metadata settles; null where ``phonenumbers`` must decide."""
+    def _candidate_e164(self, d: pl.Expr) -> pl.Expr:
+        """The E.164 reading of a cleaned value by the region's prefixes (unchecked; see ``_fast_e164``)."""
         e = pl.when(d.str.starts_with("+")).then(d)
         if self._idd:
-            e = e.when(d.str.starts_with(self._idd)).then(pl.lit("+") + d.str.slice(len(self._idd)))
+            e = e.when(d.str.starts_with(self._idd)).then(pl.lit("+") + d.str.strip_prefix(self._idd))
         if self._trunk:
-            e = e.when(d.str.starts_with(self._trunk) & (d.str.len_chars() > len(self._trunk) + 6)) \
-                 .then(pl.lit("+" + self._cc) + d.str.slice(len(self._trunk)))
+            e = e.when(d.str.starts_with(self._trunk) & (d.str.len_bytes() > len(self._trunk) + 6)) \
+                 .then(pl.lit("+" + self._cc) + d.str.strip_prefix(self._trunk))
         if self._own_cc_len:
-            e = e.when(d.str.starts_with(self._cc) & (d.str.len_chars() == self._own_cc_len)
-                       & d.str.contains(r"^\d+$")).then(pl.lit("+") + d)
-        e = e.otherwise(None)
-        ok = e.str.contains(_E164_SHAPE) & e.str.contains(_E164_CC)
-        return pl.when(ok).then(e).otherwise(None)
+            e = e.when(d.str.starts_with(self._cc) & (d.str.len_bytes() == self._own_cc_len)
+                       & d.str.contains(r"^[0-9]+$")).then(pl.lit("+") + d)
+        return e.otherwise(None)
+
+    @staticmethod
+    def _fast_e164(e: pl.Expr) -> pl.Expr:
+        """The candidate if it is E.164 with a real country code; null where ``phonenumbers`` must decide.
+
+        A separate step from ``_candidate_e164`` on purpose: evaluated inline, the candidate
+        chain would run three times.
+        """
+        return pl.when(e.str.contains(_E164_SHAPE) & e.str.contains(_E164_CC)).then(e).otherwise(None)
 
     def _resolve_slow(self, text: str) -> tuple[str | None, str | None]:
         """Exact resolution of one cleaned value with ``phonenumbers`` (cached by the caller)."""
@@ -158,15 +180,14 @@ class PhoneNormaliser:
 
     def _answers(self, distinct: pl.Series) -> pl.DataFrame:
         """``raw``, ``value``, ``cls`` for distinct non-null raw values (the uncached work)."""
-        text = pl.col("raw")
-        if distinct.str.contains(r"[^\x00-\x7F]").any():
-            text = text.str.normalize("NFKC")
-        frame = distinct.to_frame().lazy().with_columns(text.str.strip_chars().alias("t")).with_columns(
+        frame = nfkc_where_needed(distinct.to_frame(), "raw", "t").with_columns(pl.col("t").str.strip_chars())
+        frame = frame.with_columns(
             _cleaned(pl.col("t")).alias("d"),
             pl.col("t").str.to_lowercase().is_in(WITHHELD_WORDS).alias("withheld"),
             (pl.col("t").str.contains(r"^[A-Za-z0-9][A-Za-z0-9 &._\-']{0,10}$")
              & pl.col("t").str.contains(r"[A-Za-z]")).alias("alpha"),
-        ).with_columns(self._fast_e164(pl.col("d")).alias("fast")).collect()
+        ).with_columns(self._candidate_e164(pl.col("d")).alias("fast"))
+        frame = frame.with_columns(self._fast_e164(pl.col("fast")))
         need_slow = ~pl.col("withheld") & ~pl.col("alpha") & pl.col("fast").is_null()
         pending = frame.filter(need_slow)["d"].unique()
         if len(pending):

@@ -57,7 +57,9 @@ class Tokeniser:
     def expr(self, kind: str, value: pl.Expr) -> pl.Expr:
         """Column expression: token of each non-null normalised value (null stays null)."""
         digest = value.chash.hmac_sha256(key=self._hex_keys[kind]).str.slice(0, self._chars)
-        return digest.str.replace(r"^", self._prefix.replace("$", "$$"))  # keeps the input column's name
+        token = pl.lit(self._prefix) + digest
+        name = value.meta.output_name(raise_if_undetermined=False)
+        return token.alias(name) if name is not None else token  # keeps the input column's name
 
     def token_one(self, kind: str, canonical: str) -> str:
         """The same token as :meth:`expr`, computed with the standard library's ``hmac``."""
