@@ -235,20 +235,59 @@ def canonical_ip(text: str) -> str | None:
     return addr.compressed
 
 
-#: Eight groups, no ``::`` and no all-zero group: canonical once lower-cased and stripped of
-#: leading zeros (RFC 5952 compression only concerns zero groups).
-_FULL_V6 = r"^[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){7}$"
-_ZERO_GROUP = r"(?:^|:)0{1,4}(?::|$)"
+_V6_TEXT = r"^[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){7}$"
+_ZEROS = ":".join(["0"] * 8)
+
+
+def expand_v6(low: pl.Series) -> pl.Series:
+    """Eight groups without leading zeros (``2001:db8:0:0:0:0:0:1``) for plain IPv6 text; else null.
+
+    ``low`` is lower-case text. Brackets, ports, zone ids and dotted IPv4 tails are left to
+    :func:`canonical_ip` (null here). Staged frame steps, not one nested expression: eager
+    Polars would evaluate the shared parts of a nested one once per use.
+    """
+    groups = lambda x: x.str.count_matches(":", literal=True) + (x != "").cast(pl.Int32)  # noqa: E731
+    f = low.rename("low").to_frame().with_columns(
+        pl.col("low").str.split_exact("::", 1).alias("parts"),
+        pl.col("low").str.count_matches("::", literal=True).alias("double"))
+    f = f.with_columns(pl.col("parts").struct.field("field_0").alias("head"),
+                       pl.col("parts").struct.field("field_1").alias("tail"))
+    f = f.with_columns((8 - groups(pl.col("head")) - groups(pl.col("tail"))).alias("missing"))
+    filled = pl.concat_str([pl.col("head"), pl.lit(":"), pl.lit(_ZEROS).str.slice(0, 2 * pl.col("missing") - 1),
+                            pl.lit(":"), pl.col("tail")]).str.strip_prefix(":").str.strip_suffix(":")
+    f = f.select(pl.when(pl.col("double") == 0).then(pl.col("low"))
+                 .when((pl.col("double") == 1) & (pl.col("missing") >= 1)).then(filled).alias("full"))
+    f = f.select(pl.col("full").str.replace_all(r"(^|:)0+([0-9a-f])", "${1}${2}"))
+    return f.select(pl.when(pl.col("full").str.contains(_V6_TEXT)).then(pl.col("full")))["full"]
+
+
+def compress_v6(full: pl.Series) -> pl.Series:
+    """RFC 5952 text of :func:`expand_v6` addresses: the first longest run (>= 2) of zero groups as ``::``.
+
+    The first match of a run of exactly the longest length is the first longest run, so one
+    ``replace`` per candidate length, longest first, settles it.
+    """
+    f = full.rename("a").to_frame().select((pl.lit(":") + pl.col("a") + pl.lit(":")).alias("a"))
+    a = pl.col("a")
+    out = pl.when(a.str.contains(":0" * 8 + ":", literal=True)).then(pl.lit("::"))
+    for k in range(7, 1, -1):
+        run = ":0" * k + ":"
+        out = out.when(a.str.contains(run, literal=True)).then(a.str.replace(run, "::", literal=True))
+    f = f.select(out.otherwise(a).alias("a"))
+    # Drop the framing colons, except where they now belong to a leading or trailing "::".
+    return f.select(a.str.replace(r"^:([^:])", "${1}").str.replace(r"([^:]):$", "${1}"))["a"]
 
 
 def _ip_answers(distinct: pl.Series) -> pl.DataFrame:
-    """``raw`` and canonical ``value`` for distinct IP texts; plain IPv4 and full IPv6 stay in Polars."""
-    low = pl.col("raw").str.to_lowercase()
-    frame = distinct.to_frame().with_columns(
-        pl.when(pl.col("raw").str.contains(_FAST_V4)).then(pl.col("raw").str.replace(r":\d+$", ""))
-        .when(low.str.contains(_FULL_V6) & ~low.str.contains(_ZERO_GROUP))
-        .then(low.str.replace_all(r"(^|:)0+([0-9a-f])", "${1}${2}"))
-        .alias("fast"))
+    """``raw`` and canonical ``value`` for distinct IP texts; plain IPv4 and IPv6 stay in Polars."""
+    v4 = distinct.str.contains(_FAST_V4)
+    v6 = distinct.filter(~v4)
+    v6 = v6.to_frame().with_columns(expand_v6(v6.str.to_lowercase()).alias("full"))
+    # v4-mapped addresses become IPv4: ipaddress decides those
+    v6 = v6.select("raw", pl.when(~pl.col("full").str.starts_with("0:0:0:0:0:ffff:")).then(pl.col("full")))
+    frame = pl.concat([
+        distinct.filter(v4).to_frame().with_columns(pl.col("raw").str.replace(r":\d+$", "").alias("fast")),
+        v6.select("raw", compress_v6(v6["full"]).alias("fast"))])
     pending = frame.filter(pl.col("fast").is_null())["raw"]
     if len(pending):
         slow = pl.col("raw").replace_strict(pending, [canonical_ip(v) for v in pending.to_list()],
@@ -269,37 +308,43 @@ def _truncate_v6(ip: str, bits: int) -> str:
 
 
 def truncate_ips(canonical: pl.Series, v4_bits: int, v6_bits: int) -> pl.Series:
-    """Network prefixes (``203.0.113.0/24``) of canonical IPs; IPv4 in Polars, IPv6 per distinct value."""
-    frame = pl.DataFrame({"ip": canonical})
-    ip = pl.col("ip")
-    if v4_bits % 8 == 0:  # whole octets: a text replacement, no arithmetic
-        keep = v4_bits // 8
-        v4 = ip.str.replace(r"^((?:\d+\.){%d})[\d.]*$" % keep, "${1}") + pl.lit(
-            ".".join(["0"] * (4 - keep)) + f"/{v4_bits}") if keep < 4 else ip + pl.lit("/32")
-        if 0 < keep < 4:
-            v4 = ip.str.replace(r"^((?:\d+\.){%d})[\d.]*$" % keep, "${1}") + pl.lit(
-                ".".join(["0"] * (4 - keep)) + f"/{v4_bits}")
+    """Network prefixes (``203.0.113.0/24``) of canonical IPs, in Polars; odd IPv6 prefixes per distinct value."""
+    canonical = canonical.rename("ip")
+    is_v6 = canonical.str.contains(":", literal=True).fill_null(False)
+    out = pl.repeat(None, len(canonical), dtype=pl.String, eager=True).rename("ip")
+    rows = pl.int_range(0, len(canonical), dtype=pl.UInt32, eager=True)
+    out = out.scatter(rows.filter(~is_v6), _v4_networks(canonical.filter(~is_v6), v4_bits))
+    six = canonical.filter(is_v6)
+    if v6_bits % 16 == 0:
+        # Whole groups: keep the leading ones, zero the rest, compress (RFC 5952).
+        groups = v6_bits // 16
+        full = expand_v6(six).to_frame("f")
+        kept = pl.col("f") if groups == 8 else pl.lit(_ZEROS) if groups == 0 else pl.concat_str(
+            [pl.col("f").str.extract(r"^((?:[0-9a-f]{1,4}:){%d})" % groups, 1),
+             pl.lit(":".join(["0"] * (8 - groups)))])
+        nets = compress_v6(full.select(pl.when(pl.col("f").is_not_null()).then(kept).alias("f"))["f"]) + f"/{v6_bits}"
     else:
-        block = 1 << (32 - v4_bits)
+        nets = six.replace_strict(six, [_truncate_v6(v, v6_bits) for v in six.to_list()], default=None,
+                                  return_dtype=pl.String) if len(six) else six
+    return out.scatter(rows.filter(is_v6), nets)
+
+
+def _v4_networks(ip4: pl.Series, bits: int) -> pl.Series:
+    """``a.b.c.0/24`` for canonical dotted IPv4 text."""
+    ip = pl.col("ip")
+    if bits % 8 == 0 and 0 < bits < 32:  # whole octets: a text replacement, no arithmetic
+        keep = bits // 8
+        net = ip.str.replace(r"^((?:\d+\.){%d})[\d.]*$" % keep, "${1}") + pl.lit(
+            ".".join(["0"] * (4 - keep)) + f"/{bits}")
+    else:
+        block = 1 << (32 - bits)
         octets = [ip.str.extract(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)$", i).cast(pl.Int64) for i in (1, 2, 3, 4)]
         as_int = octets[0] * (1 << 24) + octets[1] * (1 << 16) + octets[2] * (1 << 8) + octets[3]
-        net = as_int - as_int % block
-        v4 = pl.concat_str([(net // (1 << 24)).cast(pl.String), (net // (1 << 16) % 256).cast(pl.String),
-                            (net // (1 << 8) % 256).cast(pl.String), (net % 256).cast(pl.String)],
-                           separator=".") + pl.lit(f"/{v4_bits}")
-    if v6_bits % 16 == 0 and v6_bits < 128:
-        # Eight full non-zero groups (the fast path's canonical form): keep the leading groups.
-        groups = v6_bits // 16
-        v6_fast = pl.when(ip.str.contains(_FULL_V6) & ~ip.str.contains(_ZERO_GROUP)).then(
-            ip.str.extract(r"^((?:[0-9a-f]{1,4}:){%d})" % groups, 1) + pl.lit(f":/{v6_bits}"))
-    else:
-        v6_fast = pl.lit(None, dtype=pl.String)
-    frame = frame.with_columns(v6_fast.alias("v6_fast"))
-    v6_values = frame.filter(ip.str.contains(":", literal=True) & pl.col("v6_fast").is_null())["ip"].unique()
-    v6 = ip.replace_strict(v6_values, [_truncate_v6(v, v6_bits) for v in v6_values.to_list()],
-                           default=None, return_dtype=pl.String) if len(v6_values) else pl.lit(None)
-    return frame.select(pl.when(ip.str.contains(":", literal=True)).then(pl.coalesce(pl.col("v6_fast"), v6))
-                        .otherwise(v4).alias("ip"))["ip"]
+        n = as_int - as_int % block
+        net = pl.concat_str([(n // (1 << 24)).cast(pl.String), (n // (1 << 16) % 256).cast(pl.String),
+                             (n // (1 << 8) % 256).cast(pl.String), (n % 256).cast(pl.String)],
+                            separator=".") + pl.lit(f"/{bits}")
+    return ip4.to_frame("ip").select(net)["ip"]
 
 
 def normalise_digits(raw: pl.Series, min_len: int, max_len: int, keep: int | None = None) -> pl.Series:

@@ -1,8 +1,12 @@
 """Normalisation: every format of one subscriber gives one canonical value."""
 from __future__ import annotations
 
+import ipaddress
+
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.core.normalise import (
     ALPHANUMERIC, E164, EXTENSION, NON_E164, SHORT_CODE, WITHHELD, PhoneNormaliser, canonical_ip, normalise_digits,
@@ -83,6 +87,24 @@ def test_ip_truncation():
     assert truncate_ips(ips, 24, 48).to_list() == ["203.0.113.0/24", "10.1.2.0/24", "2001:db8:1::/48", None]
     assert truncate_ips(ips, 20, 32).to_list()[:3] == ["203.0.112.0/20", "10.1.0.0/20", "2001:db8::/32"]
     assert truncate_ips(ips, 16, 64).to_list()[:2] == ["203.0.0.0/16", "10.1.0.0/16"]
+
+
+#: IPv6 groups biased to zero, so runs of zero groups (what RFC 5952 compresses) are common.
+_GROUP = st.one_of(st.just(0), st.just(0), st.just(1), st.just(0xFFFF), st.integers(0, 0xFFFF))
+
+
+@settings(max_examples=400, deadline=None)
+@given(groups=st.lists(_GROUP, min_size=8, max_size=8), form=st.sampled_from(["compressed", "exploded", "upper"]),
+       prefix=st.sampled_from([0, 16, 32, 48, 64, 112, 128]))
+def test_ipv6_column_path_matches_ipaddress(groups, form, prefix):
+    """The Polars IPv6 path (expand, compress, truncate) gives exactly what ``ipaddress`` gives."""
+    addr = ipaddress.IPv6Address(":".join(f"{g:x}" for g in groups))
+    text = {"compressed": addr.compressed, "exploded": addr.exploded, "upper": addr.compressed.upper()}[form]
+    expected = addr.ipv4_mapped.compressed if addr.ipv4_mapped else addr.compressed
+    assert normalise_ips(pl.Series([text]))[0] == expected
+    if addr.ipv4_mapped is None:
+        net = truncate_ips(pl.Series([expected]), 24, prefix)[0]
+        assert net == str(ipaddress.ip_network(f"{expected}/{prefix}", strict=False))
 
 
 def test_imei_with_check_digit_or_sv_share_tac_and_serial():
