@@ -6,14 +6,15 @@ and coerces types silently. So parsing is three steps:
 
 1. **Screen** every line with column expressions (one pass in Rust): empty, not shaped
    like an object, over the size limit, invalid UTF-8 or a BOM, ``NaN``/``Infinity``,
-   ``\\u`` escapes, control characters, deep bracket nesting. Lines that name read fields
-   more often than they have non-null values (a duplicate key, say) are re-checked after
-   the fast read.
+   ``\\u`` escapes, control characters, text after a closing brace, deep or unbalanced
+   brackets. Lines with more commas than non-null read fields (a duplicate key, say) get
+   an exact count of field names after the fast read.
    A flagged line is only *suspect*; the screen never decides alone.
 2. **Slow path** for the few suspects: the standard parsers on the original bytes give
    an exact verdict, a DLQ reason code, or a clean canonical line.
-3. **Fast path**: clean lines go to ``pl.read_ndjson`` in chunks of a few thousand. If a
-   chunk still fails, orjson finds the offending lines in that chunk only and it is re-read.
+3. **Fast path**: the batch's own bytes, suspects blanked, go to ``pl.read_ndjson`` in one
+   call. If that still fails, the clean lines are read in chunks of a few thousand and
+   orjson finds the offending lines in the failing chunk only.
 
 Nothing raises to the caller: every input line ends as a parsed row or a reason.
 """
@@ -132,26 +133,28 @@ def classify_line(raw: bytes, max_bytes: int, max_depth: int) -> tuple[str | Non
     return None, orjson.dumps(obj)
 
 
-def _screen(lines: pl.Series, fields: Sequence[str], max_bytes: int) -> pl.DataFrame:
-    """Per line: ``suspect`` (needs the exact slow path) and ``keys`` (occurrences of read field names).
+def _screen(lines: pl.Series, max_bytes: int) -> pl.DataFrame:
+    """Per line: ``suspect`` (needs the exact slow path) and ``members`` (an upper bound on its keys).
 
-    Cheap and conservative, one pass. Duplicate keys are caught after the fast read: a line
-    naming read fields more often than it has non-null read fields is re-checked exactly.
+    Cheap and conservative, one pass per test. ``members`` (commas + 1) can only over-count a
+    flat object's keys, so a line whose count equals its non-null read fields after the fast
+    read cannot hide a duplicate key; the others get an exact count (see ``parse_batch``).
     """
     line = pl.col("line")
     body = line.str.strip_chars(" \t\r")
+    opens = line.str.count_matches(r"[\[{]")
     suspect = (
         line.is_null()
         | (line.str.len_bytes() > max_bytes)
         | ~body.str.starts_with("{") | ~body.str.ends_with("}")
-        | line.str.contains(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{FFFD}\x{FEFF}]|NaN|Infinity|\\u")
-        | (line.str.count_matches(r"[\[{]") > _SCREEN_BRACKETS)
-        | (line.str.count_matches("{", literal=True) != line.str.count_matches("}", literal=True))
-        | (line.str.count_matches("[", literal=True) != line.str.count_matches("]", literal=True))
+        # one regex pass: odd bytes, non-JSON numbers, escapes, and content after a closing brace
+        | line.str.contains(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{FFFD}\x{FEFF}]|NaN|Infinity|\\u|\}\s*[^\s,}\]]")
+        | (opens > _SCREEN_BRACKETS) | (opens != line.str.count_matches(r"[\]}]"))
     )
-    keys = line.str.count_matches('"(?:' + "|".join(re.escape(f) for f in fields) + ')"')
+    members = line.str.count_matches(",", literal=True) + 1
     return lines.to_frame("line").select(
-        line, pl.int_range(0, pl.len(), dtype=pl.UInt32).alias("row"), suspect.alias("suspect"), keys.alias("keys"))
+        line, pl.int_range(0, pl.len(), dtype=pl.UInt32).alias("row"), suspect.alias("suspect"),
+        members.alias("members"))
 
 
 class SlowPath:
@@ -179,26 +182,20 @@ class SlowPath:
                 self.reject_reasons.append(reason)
 
 
-def record_lines(records: Sequence[bytes], buf: bytes) -> pl.Series:
+def record_lines(records: Sequence[bytes]) -> pl.Series:
     """One String per record, aligned with ``records`` (every adapter's screen starts here).
 
-    Lossy UTF-8: a bad byte shows as U+FFFD and is screened. A record holding a newline (or
-    the separator byte) becomes NUL, which marks it for the exact slow path on its original
-    bytes. An empty record is an empty string.
+    Lossy UTF-8: a bad byte shows as U+FFFD and is screened. A record holding a newline
+    becomes NUL, which marks it for the exact slow path on its original bytes. An empty
+    record is an empty string. Only non-ASCII records are decoded in Python (to repair
+    invalid UTF-8); the rest go to Polars as they are.
     """
-    screen_buf = buf
-    if buf.count(b"\n") != len(records) - 1 or b"\x1f" in buf:
-        screen_buf = b"\n".join(b"\x00" if (b"\n" in r or b"\x1f" in r) else r for r in records)
-    try:
-        lines = pl.read_csv(io.BytesIO(screen_buf + b"\n"), has_header=False, separator="\x1f", quote_char=None,
-                            schema={"line": pl.String}, encoding="utf8-lossy", truncate_ragged_lines=True,
-                            raise_if_empty=False)["line"]
-    except pl.exceptions.PolarsError:
-        lines = None
-    if lines is None or len(lines) != len(records):  # alignment is the one thing the screen cannot get wrong
-        lines = pl.Series("line", [r.decode("utf-8", "replace") if b"\n" not in r else "\x00" for r in records],
-                          dtype=pl.String)
-    return lines.fill_null("").rename("line")
+    fixed = [r if r.isascii() else r.decode("utf-8", "replace").encode("utf-8") for r in records]
+    lines = pl.Series("line", fixed, dtype=pl.Binary).cast(pl.String)
+    split = lines.str.contains("\n", literal=True)
+    if split.any():
+        lines = lines.scatter(split.arg_true(), "\x00")
+    return lines
 
 
 def parse_batch(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataType], *,
@@ -207,46 +204,71 @@ def parse_batch(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataT
     n = len(records)
     if n == 0:
         return Parsed(pl.DataFrame(schema=schema).with_columns(pl.lit(0, pl.UInt32).alias("row").head(0)), [], [])
-    screened = _screen(record_lines(records, buf), list(schema), max_bytes)
+    screened = _screen(record_lines(records), max_bytes)
     verdicts = SlowPath(records, max_bytes, max_depth)
-    slow_path = verdicts.judge
-    reject_rows, reject_reasons = verdicts.reject_rows, verdicts.reject_reasons
-    extra_rows, extra_lines = verdicts.ok_rows, verdicts.ok_lines
-
-    slow_path(screened.filter(pl.col("suspect"))["row"].to_list())
+    suspects = screened.filter(pl.col("suspect"))["row"]
+    verdicts.judge(suspects.to_list())
     clean = screened.filter(~pl.col("suspect"))
-    # Read in chunks: a line the screen passed can still fail the fast reader (a flipped
-    # quote, say), and then only its chunk pays for orjson to find it.
+    frame = _read_whole(records, buf, suspects, clean, schema)
+    if frame is None:  # a line the screen passed still fails the fast reader (a flipped quote, say)
+        frame, clean = _read_chunks(clean, schema, verdicts)
+    # Commas + 1 bound the keys from above, so only lines where that bound exceeds the non-null
+    # read fields can hold a duplicate key; count their field names exactly.
+    nonnull = pl.sum_horizontal([pl.col(f).is_not_null().cast(pl.UInt32) for f in schema])
+    counted = frame.with_columns(clean["members"], clean["line"]).with_columns(nonnull.alias("_nonnull"))
+    maybe = counted.filter(pl.col("members") != pl.col("_nonnull"))
+    if maybe.height:
+        names = '"(?:' + "|".join(re.escape(f) for f in schema) + ')"'
+        recheck = maybe.filter(pl.col("line").str.count_matches(names) != pl.col("_nonnull"))["row"]
+        if len(recheck):
+            verdicts.judge(recheck.to_list())
+            frame = frame.filter(~pl.col("row").is_in(recheck.implode()))
+    if verdicts.ok_rows:
+        extra = _read_ndjson(pl.DataFrame({"line": verdicts.ok_lines,
+                                           "row": pl.Series(verdicts.ok_rows, dtype=pl.UInt32)}), schema)
+        if extra is None:  # canonical orjson output always parses; keep the guarantee explicit
+            verdicts.reject_rows.extend(verdicts.ok_rows)
+            verdicts.reject_reasons.extend([INVALID_JSON] * len(verdicts.ok_rows))
+        else:
+            frame = pl.concat([frame, extra]).sort("row")
+    return Parsed(frame, verdicts.reject_rows, verdicts.reject_reasons)
+
+
+def _read_whole(records: Sequence[bytes], buf: bytes, suspects: pl.Series, clean: pl.DataFrame,
+                schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
+    """The clean lines in one read of the original bytes, suspects blanked (the reader skips empty lines)."""
+    if clean.height == 0:
+        return _read_ndjson(clean, schema)
+    if len(suspects) or buf.count(b"\n") != len(records) - 1:
+        blanked = list(records)
+        for i in suspects.to_list():
+            blanked[i] = b""
+        buf = b"\n".join(blanked)
+    try:
+        frame = pl.read_ndjson(io.BytesIO(buf), schema=schema)
+    except Exception:  # Polars raises ComputeError and friends for one bad line
+        return None
+    return frame.with_columns(clean["row"]) if frame.height == clean.height else None
+
+
+def _read_chunks(clean: pl.DataFrame, schema: dict[str, pl.DataType],
+                 verdicts: SlowPath) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The clean lines read in chunks, so a line that fails the reader costs only its chunk an orjson pass."""
     parts = []
     for chunk in clean.iter_slices(_CHUNK_LINES):
         part = _read_ndjson(chunk, schema)
         if part is None:
             bad = [pos for pos, text in enumerate(chunk["line"].to_list()) if not _is_object(text)]
-            slow_path(chunk["row"].gather(bad).to_list())
+            verdicts.judge(chunk["row"].gather(bad).to_list())
             chunk = chunk.filter(~pl.int_range(0, pl.len()).is_in(bad))
             part = _read_ndjson(chunk, schema)
             if part is None:  # orjson and Polars disagree on a line: judge each exactly, never lose one
-                slow_path(chunk["row"].to_list())
+                verdicts.judge(chunk["row"].to_list())
                 continue
         parts.append((part, chunk))
-    frame = pl.concat([p for p, _ in parts]) if parts else _read_ndjson(clean.head(0), schema)
-    clean = pl.concat([c for _, c in parts]) if parts else clean.head(0)
-    # More field names than non-null fields: a duplicate key, a null, or a name inside a value.
-    nonnull = pl.sum_horizontal([pl.col(f).is_not_null().cast(pl.UInt32) for f in schema])
-    recheck = frame.with_columns(clean["keys"]).select(pl.col("keys") != nonnull)["keys"] \
-        if frame.height else pl.Series([], dtype=pl.Boolean)
-    if recheck.any():
-        slow_path(frame.filter(recheck)["row"].to_list())
-        frame = frame.filter(~recheck)
-    if extra_rows:
-        extra = _read_ndjson(pl.DataFrame({"line": extra_lines, "row": pl.Series(extra_rows, dtype=pl.UInt32)}),
-                             schema)
-        if extra is None:  # canonical orjson output always parses; keep the guarantee explicit
-            reject_rows.extend(extra_rows)
-            reject_reasons.extend([INVALID_JSON] * len(extra_rows))
-        else:
-            frame = pl.concat([frame, extra]).sort("row")
-    return Parsed(frame, reject_rows, reject_reasons)
+    if not parts:
+        return _read_ndjson(clean.head(0), schema), clean.head(0)  # type: ignore[return-value]
+    return pl.concat([p for p, _ in parts]), pl.concat([c for _, c in parts])
 
 
 def _is_object(text: str) -> bool:

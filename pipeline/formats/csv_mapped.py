@@ -332,7 +332,7 @@ def _read_fast(chunk: pl.DataFrame, layout: Layout) -> pl.DataFrame | None:
 def read_rows(records: Sequence[bytes], buf: bytes, layout: Layout,
               max_bytes: int) -> tuple[pl.DataFrame, list[int], list[str]]:
     """Cells ``c0..`` of every readable row with its ``row`` and ``line``; rejects with reasons."""
-    screened = _screen(record_lines(records, buf), layout, max_bytes)
+    screened = _screen(record_lines(records), layout, max_bytes)
     rejects = screened.filter(pl.col("reason").is_not_null())
     reject_rows: list[int] = rejects["row"].to_list()
     reject_reasons: list[str] = rejects["reason"].to_list()

@@ -112,7 +112,7 @@ def parse_freeswitch_json(records: Sequence[bytes], buf: bytes, schema: dict[str
     if not records:
         return Parsed(empty_frame(schema), [], [])
     timezone = mapping.timezone if mapping is not None else None
-    screened = _screen(record_lines(records, buf), max_bytes, max_depth)
+    screened = _screen(record_lines(records), max_bytes, max_depth)
     verdicts = SlowPath(records, max_bytes, max_depth)
     judge = verdicts.judge
     reject_rows, reject_reasons = verdicts.reject_rows, verdicts.reject_reasons

@@ -23,6 +23,10 @@ GOOD = b'{"cli":"07700 900123","dialled":"999","start":"2026-11-25T12:00:00Z","d
     (b'{"cli":"a","duration":NaN}', "non_finite_number"),
     (b'{"cli":"a","duration":Infinity}', "non_finite_number"),
     (b'{"cli":"a","cli":"b"}', "duplicate_key"),
+    (b'{"cli":"a","cli" :"b"}', "duplicate_key"),  # a space before the colon hides nothing
+    (b'{"cli":"a","x":{"y":1},"cli":"b"}', "duplicate_key"),
+    (GOOD + b" " + GOOD, "invalid_json"),  # two objects on one line
+    (GOOD + b"x", "invalid_json"),
     (b'{"cli":"a","x":' + b"[" * 200 + b"]" * 200 + b"}", "too_deep"),
     (b'{"cli":"' + b"9" * 70_000 + b'"}', "too_large"),
     (b'{"cli":"a\x01b"}', "invalid_json"),
@@ -55,3 +59,18 @@ def test_types_are_read_as_text_for_validation_later():
 def test_classify_line_accepts_valid_objects():
     reason, canonical = classify_line(GOOD, 65536, 32)
     assert reason is None and canonical.startswith(b"{")
+
+
+def test_a_line_the_screen_misses_costs_only_a_chunk_reread():
+    """Polars refuses a line the screen passed: the batch is re-read in chunks and the line judged exactly."""
+    flipped = b'{"cli":"07700 900123","dialled":"999"x,"start":"2026-11-25T12:00:00Z","duration":5}'
+    lines = [GOOD] * 5000 + [flipped] + [GOOD] * 5000
+    parsed = parse_batch(lines, b"\n".join(lines), SCHEMA)
+    assert parsed.reject_rows == [5000] and parsed.reject_reasons == ["invalid_json"]
+    assert parsed.frame["row"].to_list() == [*range(5000), *range(5001, 10001)]
+
+
+def test_extra_fields_and_commas_in_values_are_not_suspect_of_duplicates():
+    line = b'{"cli":"a, b","dialled":"1","note":"x,y,z","start":"s","duration":"1","other":{"p":1,"q":2}}'
+    parsed = parse_batch([line, GOOD], b"\n".join([line, GOOD]), SCHEMA)
+    assert parsed.reject_rows == [] and parsed.frame["cli"].to_list() == ["a, b", "07700 900123"]
