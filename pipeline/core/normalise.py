@@ -214,6 +214,9 @@ class PhoneNormaliser:
 
 _V4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _FAST_V4 = rf"^{_V4}(?:\.{_V4}){{3}}(?::\d{{1,5}})?$"
+_PLAIN_V4 = rf"^{_V4}(?:\.{_V4}){{3}}$"
+#: ``::ffff:192.0.2.1`` (or with the five zero groups written out): an IPv4 address in IPv6 clothing.
+_V4_MAPPED = r"^(?:::|(?:0{1,4}:){5})ffff:((?:\d{1,3}\.){3}\d{1,3})$"
 _V4_PORT = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$")
 _V6_BRACKET = re.compile(r"^\[([^\]]+)\](?::\d{1,5})?$")
 
@@ -281,13 +284,18 @@ def compress_v6(full: pl.Series) -> pl.Series:
 def _ip_answers(distinct: pl.Series) -> pl.DataFrame:
     """``raw`` and canonical ``value`` for distinct IP texts; plain IPv4 and IPv6 stay in Polars."""
     v4 = distinct.str.contains(_FAST_V4)
-    v6 = distinct.filter(~v4)
-    v6 = v6.to_frame().with_columns(expand_v6(v6.str.to_lowercase()).alias("full"))
-    # v4-mapped addresses become IPv4: ipaddress decides those
-    v6 = v6.select("raw", pl.when(~pl.col("full").str.starts_with("0:0:0:0:0:ffff:")).then(pl.col("full")))
+    rest = distinct.filter(~v4).to_frame()
+    # What canonical_ip strips first: brackets and a port, a zone id; then plain IPv6 or v4-mapped dotted.
+    rest = rest.with_columns(pl.col("raw").str.strip_chars().str.to_lowercase()
+                             .str.replace(r"^\[([^\]]+)\](?::\d{1,5})?$", "${1}").str.replace(r"%.*$", "").alias("low"))
+    mapped = pl.col("low").str.extract(_V4_MAPPED, 1)
+    rest = rest.with_columns(expand_v6(rest["low"]).alias("full"),
+                             pl.when(mapped.str.contains(_PLAIN_V4)).then(mapped).alias("mapped"))
+    # other v4-mapped forms (hex tails) are left to ipaddress
+    rest = rest.with_columns(pl.when(~pl.col("full").str.starts_with("0:0:0:0:0:ffff:")).then(pl.col("full")))
     frame = pl.concat([
         distinct.filter(v4).to_frame().with_columns(pl.col("raw").str.replace(r":\d+$", "").alias("fast")),
-        v6.select("raw", compress_v6(v6["full"]).alias("fast"))])
+        rest.select("raw", pl.coalesce(pl.col("mapped"), compress_v6(rest["full"])).alias("fast"))])
     pending = frame.filter(pl.col("fast").is_null())["raw"]
     if len(pending):
         slow = pl.col("raw").replace_strict(pending, [canonical_ip(v) for v in pending.to_list()],
