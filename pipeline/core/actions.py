@@ -7,13 +7,13 @@ never a silent null). Actions work on whole columns; the few slow, exact tools t
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from pipeline.core.normalise import (
-    WITHHELD, AnswerCache, PhoneNormaliser, normalise_column, normalise_ips, truncate_ips)
+    WITHHELD, AnswerCache, PhoneNormaliser, canonical_answers, normalise_ips, truncate_ips)
 from pipeline.core.tokenise import Tokeniser
 from pipeline.policy import TIME_UNITS, Rule
 
@@ -31,7 +31,7 @@ class ActionContext:
     tokeniser: Tokeniser
     phones: PhoneNormaliser
     #: Per-batch results shared between the contract checks and the actions (cleared per batch).
-    batch: dict[str, pl.Series] = field(default_factory=dict)
+    batch: dict[str, pl.Series | pl.DataFrame] = field(default_factory=dict)
 
     def times(self, name: str, raw: pl.Series) -> pl.Series:
         """Parsed times of a field, computed once per batch."""
@@ -51,14 +51,33 @@ class ActionContext:
 
     def tokens(self, kind: str, raw: pl.Series) -> pl.DataFrame:
         """Columns ``token``, ``cls`` (numbers only, else null) and ``valid`` for a raw column."""
+        shared = self.batch.get(f"tokens:{kind}:{raw.name}")
+        if shared is not None:
+            return shared  # type: ignore[return-value]  (always a frame under a tokens: key)
+        return self.cached("token:" + kind, raw, self._token_answers(kind))
+
+    def prefetch_tokens(self, kind: str, columns: Sequence[pl.Series]) -> None:
+        """Resolve several columns of one kind in one pass for this batch (cli and dialled share msisdn).
+
+        One distinct set and one cache probe instead of one per column; :meth:`tokens` then
+        returns each column's slice.
+        """
+        if len(columns) < 2:
+            return
+        answers = self.cached("token:" + kind, pl.concat([c.rename("raw") for c in columns]),
+                              self._token_answers(kind))
+        offset = 0
+        for column in columns:
+            self.batch[f"tokens:{kind}:{column.name}"] = answers.slice(offset, len(column))
+            offset += len(column)
+
+    def _token_answers(self, kind: str) -> Callable[[pl.Series], pl.DataFrame]:
         def compute(distinct: pl.Series) -> pl.DataFrame:
-            canonical, cls = normalise_column(kind, distinct, self.phones)
-            frame = pl.DataFrame({"raw": distinct, "c": canonical,
-                                  "cls": cls if cls is not None else pl.Series([None] * len(distinct), dtype=pl.String)})
-            valid = pl.col("cls").is_not_null() if cls is not None else pl.col("c").is_not_null()
-            return frame.select("raw", self.tokeniser.expr(kind, pl.col("c")).alias("token"), "cls",
-                                valid.alias("valid"))
-        return self.cached("token:" + kind, raw, compute)
+            answers = canonical_answers(kind, distinct, self.phones)
+            valid = pl.col("cls").is_not_null() if kind == "msisdn" else pl.col("value").is_not_null()
+            return answers.select("raw", self.tokeniser.expr(kind, pl.col("value")).alias("token"), "cls",
+                                  valid.alias("valid"))
+        return compute
 
 
 @dataclass

@@ -104,7 +104,8 @@ class AnswerCache:
         missing = wanted.join(hits.select("raw"), on="raw", how="anti")["raw"]
         fresh = self._compute(missing)
         table = pl.concat([self._table, fresh.with_columns(pl.lit(True).alias("_hit"))])
-        self._table = table.tail(self._cap) if table.height > self._cap else table
+        # One contiguous table: probing a many-chunk table costs more than the copy.
+        self._table = (table.tail(self._cap) if table.height > self._cap else table).rechunk()
         return pl.concat([hits, fresh])
 
 
@@ -376,20 +377,31 @@ def normalise_account(raw: pl.Series) -> pl.Series:
     return pl.select(pl.when(v.str.len_chars() > 0).then(v).otherwise(None).alias("v"))["v"]
 
 
+def canonical_answers(kind: str, distinct: pl.Series, phones: PhoneNormaliser) -> pl.DataFrame:
+    """``raw``, canonical ``value`` and ``cls`` (numbers only, else null) for distinct non-null values.
+
+    Rows may come back in any order: callers key on ``raw``.
+    """
+    distinct = distinct.rename("raw")
+    if kind == "msisdn":
+        return phones._answers(distinct)
+    if kind == "ip":
+        frame = _ip_answers(distinct)
+    elif kind == "imsi":
+        frame = pl.DataFrame([distinct, normalise_digits(distinct, 6, 15).alias("value")])
+    elif kind == "imei":
+        frame = pl.DataFrame([distinct, normalise_digits(distinct, 14, 16, keep=14).alias("value")])
+    elif kind == "account":
+        frame = pl.DataFrame([distinct, normalise_account(distinct).alias("value")])
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    return frame.with_columns(pl.lit(None, dtype=pl.String).alias("cls"))
+
+
 def normalise_column(kind: str, raw: pl.Series, phones: PhoneNormaliser) -> tuple[pl.Series, pl.Series | None]:
     """Canonical values (and, for numbers, classes) of one column for a token kind."""
-    if kind == "msisdn":
-        frame = phones.normalise(raw)
-        return frame["value"], frame["cls"]
-    if kind == "ip":
-        return normalise_ips(raw), None
-    if kind == "imsi":
-        return normalise_digits(raw, 6, 15), None
-    if kind == "imei":
-        return normalise_digits(raw, 14, 16, keep=14), None
-    if kind == "account":
-        return normalise_account(raw), None
-    raise ValueError(f"unknown kind {kind!r}")
+    frame = map_distinct(raw, lambda distinct: canonical_answers(kind, distinct, phones))
+    return frame["value"], frame["cls"] if kind == "msisdn" else None
 
 
 def normalise_one(kind: str, value: str, region: str = "GB") -> str | None:

@@ -146,6 +146,12 @@ class Router:
         from pipeline.formats import FORMAT_REASON_DETAIL  # registered adapters' reason texts
         self._reason_detail = {**PARSE_REASON_DETAIL, **FORMAT_REASON_DETAIL}
         self._emitted = [r for r in self.config.policy.rules if r.action != "drop"]
+        #: Fields tokenised with one kind in every batch (policy and suppression), resolved together.
+        by_kind: dict[str, list[str]] = {}
+        for name, kind in [*((r.field, r.arg) for r in self._emitted if r.action == "token"), *SUPPRESSION_FIELDS]:
+            if name not in by_kind.setdefault(kind or "account", []):
+                by_kind[kind or "account"].append(name)
+        self._shared_kinds = {kind: names for kind, names in by_kind.items() if len(names) > 1}
         for rule in self.config.policy.rules:
             if rule.action not in ACTIONS:
                 raise ValueError(f"policy action {rule.action!r} is not registered")
@@ -176,6 +182,8 @@ class Router:
         reasons.append((f["duration"].is_not_null() & ~duration_ok, INVALID_FIELD, "duration",
                         "duration must be whole seconds >= 0"))
         self._ctx.batch.clear()
+        for kind, names in self._shared_kinds.items():
+            self._ctx.prefetch_tokens(kind, [f[name] for name in names])
         start_ts = self._ctx.times("start", f["start"])
         reasons.append((f["start"].is_not_null() & start_ts.is_null(), INVALID_FIELD, "start",
                         "start must be ISO-8601 or epoch seconds"))
