@@ -133,28 +133,41 @@ def _truncate_ip(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult
                         "not a valid IPv4 or IPv6 address")
 
 
+#: The shape most mediation systems emit (``Z`` or an offset) is tried on every value first.
+_ISO_TZ = "%Y-%m-%dT%H:%M:%S%.f%#z"
+
+
 def parse_times(raw: pl.Series) -> pl.Series:
     """UTC datetimes from ISO-8601 (any offset, naive = UTC), ``YYYY-MM-DD HH:MM:SS`` or epoch.
 
     Epoch values are told apart by size: up to 11 integer digits are seconds, 12-14
-    milliseconds, 15-16 microseconds (what mediation systems actually emit).
+    milliseconds, 15-16 microseconds (what mediation systems actually emit). The common
+    ISO shape is parsed for the whole column at once; only what it leaves are tried against
+    the other shapes.
     """
     s = raw.str.strip_chars()
+    out = s.str.to_datetime(_ISO_TZ, strict=False, time_unit="us", time_zone="UTC")
+    rest = (out.is_null() & s.is_not_null()).arg_true()
+    if len(rest):
+        out = out.scatter(rest, _parse_other_times(s.gather(rest)))
+    return out.rename(raw.name)
+
+
+def _parse_other_times(s: pl.Series) -> pl.Series:
+    """The shapes after the common one: epoch numbers, naive ISO, and the space-separated forms."""
     number = s.str.contains(r"^\d{1,16}(\.\d+)?$")
     digits = s.str.replace(r"\.\d+$", "").str.len_chars()
     as_float = s.cast(pl.Float64, strict=False)
     micros = (pl.when(digits >= 15).then(as_float).when(digits >= 12).then(as_float * 1e3)
               .otherwise(as_float * 1e6)).cast(pl.Int64)
-    frame = s.to_frame("s").select(pl.coalesce(
+    return s.to_frame("s").select(pl.coalesce(
         pl.when(number).then(micros.cast(pl.Datetime("us", "UTC"))),
-        pl.col("s").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", strict=False, time_unit="us", time_zone="UTC"),
         pl.col("s").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us")
         .dt.replace_time_zone("UTC"),
         pl.col("s").str.to_datetime("%Y-%m-%d %H:%M:%S%.f%#z", strict=False, time_unit="us", time_zone="UTC"),
         pl.col("s").str.to_datetime("%Y-%m-%d %H:%M:%S%.f", strict=False, time_unit="us")
         .dt.replace_time_zone("UTC"),
-    ).alias("t"))
-    return frame["t"]
+    ).alias("t"))["t"]
 
 
 def format_times(ts: pl.Series) -> pl.Series:
@@ -174,9 +187,9 @@ def _coarsen_time(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResul
 @action("generalise_cell")
 def _generalise_cell(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
     """MCC-MNC-LAC of an MCC-MNC-LAC-CI cell id: the area, not the antenna."""
-    s = pl.col("c").str.strip_chars()
-    area = raw.to_frame("c").select(pl.concat_str(
-        [s.str.extract(_CELL, 1), s.str.extract(_CELL, 2), s.str.extract(_CELL, 3)], separator="-"))["c"]
+    parts = raw.str.strip_chars().str.extract_groups(_CELL)
+    area = parts.to_frame("p").select(pl.concat_str([pl.col("p").struct.field(f) for f in ("1", "2", "3")],
+                                                    separator="-").alias("p"))["p"]
     return ActionResult({rule.field: area.alias(rule.field)}, raw.is_not_null() & area.is_null(),
                         "cell id is not MCC-MNC-LAC-CI; use drop or token:account in the policy for other formats")
 
