@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -68,6 +70,9 @@ def route_chunk(router: Router, name: str, first_line: int, chunk: bytes) -> Chu
 
 _WORKER_ROUTER: Router | None = None
 
+#: Where a worker finds its chunk: the bytes themselves (stdin), or ``(path, offset, length)`` of the input file.
+ChunkSource = bytes | tuple[str, int, int]
+
 
 def _init_worker(keyring_doc: dict, config: CoreConfig, tokens: list[str]) -> None:
     """Build this worker process's router once (keys arrive over the local pipe, never via disk)."""
@@ -75,9 +80,44 @@ def _init_worker(keyring_doc: dict, config: CoreConfig, tokens: list[str]) -> No
     _WORKER_ROUTER = Router(WorkerKeyring.from_json(keyring_doc, "worker pipe"), config, Suppressions(tokens))
 
 
-def _route_in_worker(name: str, first_line: int, chunk: bytes) -> ChunkResult:
+def _route_in_worker(name: str, first_line: int, source: ChunkSource, prefix: str) -> tuple[dict[str, int], Counter[str]]:
+    """Route one chunk and write its three outputs to ``prefix.<output>`` part files.
+
+    Chunks and outputs do not travel through the pool's pipes: the worker reads its span of
+    the input file and the parent splices the part files into place, so no process copies
+    the data more than once.
+    """
     assert _WORKER_ROUTER is not None
-    return route_chunk(_WORKER_ROUTER, name, first_line, chunk)
+    if isinstance(source, tuple):
+        path, offset, length = source
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            source = fh.read(length)
+    *buffers, counts, reasons = route_chunk(_WORKER_ROUTER, name, first_line, source)
+    for output, buf in zip(OUTPUTS, buffers):
+        with open(f"{prefix}.{output}", "wb") as fh:
+            fh.write(buf)
+    return counts, reasons
+
+
+def _splice(part: str, out: BinaryIO) -> None:
+    """Append a part file to ``out`` in the kernel (copy_file_range), then delete it."""
+    out.flush()
+    with open(part, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        copied = 0
+        try:
+            while copied < size:
+                n = os.copy_file_range(src.fileno(), out.fileno(), size - copied)
+                if n == 0:
+                    break
+                copied += n
+        except OSError:  # another filesystem or an old kernel: copy in user space
+            pass
+        if copied < size:
+            src.seek(copied)
+            shutil.copyfileobj(src, out)
+    os.unlink(part)
 
 
 @dataclass
@@ -126,24 +166,17 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
     stream = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
     outs = [open(out_dir / f"{k}.jsonl", "wb") for k in OUTPUTS]
     pool = None
+    parts_dir = None
     try:
-        def chunks() -> Iterator[tuple[int, bytes]]:
-            line = 1
+        def chunks() -> Iterator[tuple[int, int, bytes]]:
+            line, offset = 1, 0
             for chunk in iter_chunks(stream, batch_bytes):
-                yield line, chunk
+                yield line, offset, chunk
                 line += chunk.count(b"\n") + 1
+                offset += len(chunk) + 1
 
-        if workers > 1:
-            assert keyring is not None, "a keyring is needed to start worker processes"
-            os.environ.setdefault("POLARS_MAX_THREADS", "1")  # one core per process, no oversubscription
-            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                       initargs=(keyring.to_json(), router.config, sorted(router.suppressions.tokens)))
-            results: Iterator[ChunkResult] = _ordered(pool, name, chunks(), depth=workers * 2)
-        else:
-            results = (route_chunk(router, name, first, chunk) for first, chunk in chunks())
-        for *buffers, counts, reasons in results:
-            for fh, buf in zip(outs, buffers):
-                fh.write(buf)
+        def record(counts: dict[str, int], reasons: Counter[str]) -> None:
+            nonlocal last
             totals.counts.update(counts)
             totals.dlq_reasons.update(reasons)
             now = time.monotonic()
@@ -153,26 +186,45 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
                 rate = totals.counts["in"] / (now - started)
                 print(f"processed {totals.counts['in']:,} records{done}, {rate:,.0f} records/s, "
                       f"dlq {totals.counts['dlq']:,}", file=sys.stderr, flush=True)
+
+        if workers > 1:
+            assert keyring is not None, "a keyring is needed to start worker processes"
+            os.environ.setdefault("POLARS_MAX_THREADS", "1")  # one core per process, no oversubscription
+            parts_dir = tempfile.mkdtemp(prefix=".parts-", dir=out_dir)
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                       initargs=(keyring.to_json(), router.config, sorted(router.suppressions.tokens)))
+            pending: deque[tuple[str, Future[tuple[dict[str, int], Counter[str]]]]] = deque()
+
+            def finish_oldest() -> None:
+                prefix, future = pending.popleft()
+                record(*future.result())
+                for output, fh in zip(OUTPUTS, outs):
+                    _splice(f"{prefix}.{output}", fh)
+
+            for seq, (first, offset, chunk) in enumerate(chunks()):
+                source: ChunkSource = chunk if size is None else (os.path.abspath(input_path), offset, len(chunk))
+                prefix = os.path.join(parts_dir, str(seq))
+                pending.append((prefix, pool.submit(_route_in_worker, name, first, source, prefix)))
+                if len(pending) >= workers * 2:  # bounded: memory and part files stay flat
+                    finish_oldest()
+            while pending:
+                finish_oldest()
+        else:
+            for first, _offset, chunk in chunks():
+                *buffers, counts, reasons = route_chunk(router, name, first, chunk)
+                for fh, buf in zip(outs, buffers):
+                    fh.write(buf)
+                record(counts, reasons)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        if parts_dir is not None:
+            shutil.rmtree(parts_dir, ignore_errors=True)
         for fh in outs:
             fh.close()
         if stream is not sys.stdin.buffer:
             stream.close()
     return totals
-
-
-def _ordered(pool: ProcessPoolExecutor, name: str, chunks: Iterator[tuple[int, bytes]],
-             depth: int) -> Iterator[ChunkResult]:
-    """Results in input order with at most ``depth`` chunks in flight (memory stays bounded)."""
-    pending: deque[Future[ChunkResult]] = deque()
-    for first, chunk in chunks:
-        pending.append(pool.submit(_route_in_worker, name, first, chunk))
-        if len(pending) >= depth:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
