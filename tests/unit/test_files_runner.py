@@ -81,5 +81,11 @@ def test_worker_processes_give_the_same_output_in_order(keydir, tmp_path, capsys
         out_dir = tmp_path / f"w{workers}"
         assert main(["process", "--keyring", str(keydir / "worker-keyring.json"), "--input", str(sample),
                      "--out-dir", str(out_dir), "--quiet", "--workers", workers, "--batch-bytes", "40000"]) == 0
-        outs[workers] = (out_dir / "analytics.jsonl").read_bytes(), capsys.readouterr().out.splitlines()[-1]
+        retained = [rid for line in (out_dir / "retention.jsonl").read_bytes().splitlines()
+                    for rid in orjson.loads(line)["record_ids"]]
+        dlq = [orjson.loads(line)["record_id"] for line in (out_dir / "dlq.jsonl").read_bytes().splitlines()]
+        outs[workers] = ((out_dir / "analytics.jsonl").read_bytes(), retained, dlq,
+                         capsys.readouterr().out.splitlines()[-1])
+        assert sorted(p.name for p in out_dir.iterdir()) == ["analytics.jsonl", "dlq.jsonl", "retention.jsonl"]
     assert outs["1"] == outs["2"]
+    assert len(outs["2"][1]) == 3000 and outs["2"][2]
