@@ -180,7 +180,21 @@ class PhoneNormaliser:
         return map_distinct(raw, self._answers)
 
     def _answers(self, distinct: pl.Series) -> pl.DataFrame:
-        """``raw``, ``value``, ``cls`` for distinct non-null raw values (the uncached work)."""
+        """``raw``, ``value``, ``cls`` for distinct non-null raw values (the uncached work).
+
+        Values already in E.164 (most of a switch's output) are their own answer: two
+        regex tests instead of the whole cleaning pipeline.
+        """
+        ready = distinct.str.contains(_E164_SHAPE) & distinct.str.contains(_E164_CC)
+        if not ready.any():
+            return self._cleaned_answers(distinct)
+        done = distinct.filter(ready).to_frame("raw").select(
+            "raw", pl.col("raw").alias("value"), pl.lit(E164, dtype=pl.String).alias("cls"))
+        rest = distinct.filter(~ready)
+        return pl.concat([done, self._cleaned_answers(rest)]) if len(rest) else done
+
+    def _cleaned_answers(self, distinct: pl.Series) -> pl.DataFrame:
+        """Answers for values that need cleaning, prefixes or ``phonenumbers``."""
         frame = nfkc_where_needed(distinct.to_frame(), "raw", "t").with_columns(pl.col("t").str.strip_chars())
         frame = frame.with_columns(
             _cleaned(pl.col("t")).alias("d"),
