@@ -203,28 +203,22 @@ class PhoneNormaliser:
              & pl.col("t").str.contains(r"[A-Za-z]")).alias("alpha"),
         ).with_columns(self._candidate_e164(pl.col("d")).alias("fast"))
         frame = frame.with_columns(self._fast_e164(pl.col("fast")))
-        need_slow = ~pl.col("withheld") & ~pl.col("alpha") & pl.col("fast").is_null()
-        pending = frame.filter(need_slow)["d"].unique()
-        if len(pending):
-            resolved = [self._slow(v) for v in pending.to_list()]
-            slow_value = pl.col("d").replace_strict(pending, [r[0] for r in resolved], default=None,
-                                                    return_dtype=pl.String)
-            slow_cls = pl.col("d").replace_strict(pending, [r[1] for r in resolved], default=None,
-                                                  return_dtype=pl.String)
-        else:
-            slow_value = slow_cls = pl.lit(None, dtype=pl.String)
-        answers = frame.select(
-            pl.col("raw"),
-            pl.when(pl.col("withheld")).then(None)
-            .when(pl.col("alpha")).then(pl.col("t").str.to_uppercase())
-            .when(pl.col("fast").is_not_null()).then(pl.col("fast"))
-            .otherwise(slow_value).alias("value"),
-            pl.when(pl.col("withheld")).then(pl.lit(WITHHELD))
-            .when(pl.col("alpha")).then(pl.lit(ALPHANUMERIC))
-            .when(pl.col("fast").is_not_null()).then(pl.lit(E164))
-            .otherwise(slow_cls).alias("cls"),
-        )
-        return answers
+        withheld, alpha, fast = pl.col("withheld"), pl.col("alpha"), pl.col("fast")
+        settled = withheld | alpha | fast.is_not_null()
+        answers = frame.filter(settled).select(
+            "raw",
+            pl.when(withheld).then(None).when(alpha).then(pl.col("t").str.to_uppercase())
+            .otherwise(fast).cast(pl.String).alias("value"),
+            pl.when(withheld).then(pl.lit(WITHHELD)).when(alpha).then(pl.lit(ALPHANUMERIC))
+            .otherwise(pl.lit(E164)).alias("cls"))
+        slow = frame.filter(~settled)
+        if not slow.height:
+            return answers
+        # Only what the column steps could not settle goes to phonenumbers (one call per value, cached).
+        resolved = [self._slow(v) for v in slow["d"].to_list()]
+        return pl.concat([answers, pl.DataFrame(
+            {"raw": slow["raw"], "value": [v for v, _ in resolved], "cls": [c for _, c in resolved]},
+            schema={"raw": pl.String, "value": pl.String, "cls": pl.String})])
 
 
 _V4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -311,13 +305,12 @@ def _ip_answers(distinct: pl.Series) -> pl.DataFrame:
     frame = pl.concat([
         distinct.filter(v4).to_frame().with_columns(pl.col("raw").str.replace(r":\d+$", "").alias("fast")),
         rest.select("raw", pl.coalesce(pl.col("mapped"), compress_v6(rest["full"])).alias("fast"))])
+    answers = frame.filter(pl.col("fast").is_not_null()).rename({"fast": "value"})
     pending = frame.filter(pl.col("fast").is_null())["raw"]
-    if len(pending):
-        slow = pl.col("raw").replace_strict(pending, [canonical_ip(v) for v in pending.to_list()],
-                                            default=None, return_dtype=pl.String)
-    else:
-        slow = pl.lit(None, dtype=pl.String)
-    return frame.select("raw", pl.coalesce(pl.col("fast"), slow).alias("value"))
+    if not len(pending):
+        return answers
+    return pl.concat([answers, pl.DataFrame(
+        {"raw": pending, "value": pl.Series([canonical_ip(v) for v in pending.to_list()], dtype=pl.String)})])
 
 
 def normalise_ips(raw: pl.Series) -> pl.Series:
