@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pipeline.core.parse import classify_line, parse_batch
+from pipeline.core.parse import classify_line, control_rows, parse_batch
 
 SCHEMA = {f: pl.String for f in ("record_id", "cli", "dialled", "start", "duration")}
 GOOD = b'{"cli":"07700 900123","dialled":"999","start":"2026-11-25T12:00:00Z","duration":5}'
@@ -74,3 +76,9 @@ def test_extra_fields_and_commas_in_values_are_not_suspect_of_duplicates():
     line = b'{"cli":"a, b","dialled":"1","note":"x,y,z","start":"s","duration":"1","other":{"p":1,"q":2}}'
     parsed = parse_batch([line, GOOD], b"\n".join([line, GOOD]), SCHEMA)
     assert parsed.reject_rows == [] and parsed.frame["cli"].to_list() == ["a, b", "07700 900123"]
+
+
+@given(st.lists(st.binary(max_size=12), max_size=30))
+def test_control_rows_names_exactly_the_records_with_control_bytes(records):
+    expected = [i for i, r in enumerate(records) if any(b < 32 and b not in (9, 10, 13) for b in r)]
+    assert control_rows(records, b"\n".join(records)) == expected
