@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from pipeline.core.formats import register_format
-from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed, SlowPath
+from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed, SlowPath, control_rows
 from pipeline.formats.common import NOT_JSON_CDR, blank_to_null, empty_frame, field_text, record_lines
 from pipeline.formats.csv_mapped import MappingSpec
 
@@ -72,14 +72,18 @@ SOURCES: dict[str, list[pl.Expr]] = {
 }
 
 
-def _screen(lines: pl.Series, max_bytes: int, max_depth: int) -> pl.DataFrame:
-    """Per line: ``suspect`` (needs the exact verdict): not object-shaped, too large, odd bytes, too deep."""
+def _screen(lines: pl.Series, max_bytes: int, max_depth: int, control: list[int]) -> pl.DataFrame:
+    """Per line: ``suspect`` (needs the exact verdict): not object-shaped, too large, odd bytes, too deep.
+
+    ``control`` names the rows holding control bytes (:func:`pipeline.core.parse.control_rows`).
+    """
     line = pl.col("line")
     body = line.str.strip_chars(" \t\r")
     suspect = (
         (line.str.len_bytes() > max_bytes)
         | ~body.str.starts_with("{") | ~body.str.ends_with("}")
-        | line.str.contains(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{FFFD}\x{FEFF}]|NaN|Infinity")
+        | pl.int_range(0, pl.len(), dtype=pl.UInt32).is_in(pl.Series(control, dtype=pl.UInt32).implode())
+        | line.str.contains(r"\x{FFFD}|\x{FEFF}|NaN|Infinity")
         | (line.str.count_matches("{", literal=True) != line.str.count_matches("}", literal=True))
         | (line.str.count_matches("[", literal=True) != line.str.count_matches("]", literal=True))
     )
@@ -112,7 +116,7 @@ def parse_freeswitch_json(records: Sequence[bytes], buf: bytes, schema: dict[str
     if not records:
         return Parsed(empty_frame(schema), [], [])
     timezone = mapping.timezone if mapping is not None else None
-    screened = _screen(record_lines(records), max_bytes, max_depth)
+    screened = _screen(record_lines(records), max_bytes, max_depth, control_rows(records, buf))
     verdicts = SlowPath(records, max_bytes, max_depth)
     judge = verdicts.judge
     reject_rows, reject_reasons = verdicts.reject_rows, verdicts.reject_reasons
