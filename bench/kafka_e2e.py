@@ -23,6 +23,7 @@ Target (issue 3): pipeline >= 70% of passthrough.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import logging
@@ -80,6 +81,34 @@ class PassthroughRouter:
         return PassthroughBatch(records)
 
 
+@dataclass
+class VolumeBatch(PassthroughBatch):
+    """The pipeline's output volume without its work: analytics lines padded to the measured size."""
+
+    pad: bytes = b""
+
+    def analytics_ndjson(self) -> bytes:
+        return b"\n".join(r + self.pad for r in self.records)
+
+
+class VolumeRouter:
+    """A core that costs nothing but writes as many bytes as the real one (``--volume-check``).
+
+    Analytics lines are padded to the real core's average size and the records go out a
+    second time as base64 retention segments, so Kafka carries what the pipeline carries;
+    the gap between this and the pipeline is the core's own cost.
+    """
+
+    def __init__(self, analytics_bytes: float) -> None:
+        self.analytics_bytes = analytics_bytes
+
+    def route(self, records: Sequence[bytes], source: Source) -> VolumeBatch:
+        pad = b" " * max(0, round(self.analytics_bytes - sum(map(len, records)) / max(len(records), 1)))
+        segments = [b'{"ct":"' + base64.b64encode(b"\n".join(records[i:i + 1000])) + b'"}'
+                    for i in range(0, len(records), 1000)]
+        return VolumeBatch(records, retention=segments, pad=pad)
+
+
 def run_loop(bootstrap: str, router: Any, topics: Topics, n: int, batch_size: int,
              client: dict[str, str]) -> dict[str, float]:
     """Consume all ``n`` records with a fresh group through the transaction loop; return rate and counts."""
@@ -105,17 +134,20 @@ def run_loop(bootstrap: str, router: Any, topics: Topics, n: int, batch_size: in
             "cpu_s": time.process_time() - cpu0, **{k: c[k] for k in ("analytics", "dlq")}}
 
 
-def core_alone(lines: list[bytes], batch_size: int) -> float:
-    """Records/s of the core with no Kafka: route the same records in the same batch size."""
+def core_alone(lines: list[bytes], batch_size: int) -> tuple[float, float]:
+    """Records/s of the core with no Kafka (same records, same batch size) and its analytics bytes per record."""
     keyring, _ = generate()
     router = Router(keyring, CoreConfig())
     started = time.perf_counter()
+    analytics_bytes = analytics_lines = 0
     for i in range(0, len(lines), batch_size):
         batch = lines[i:i + batch_size]
         routed = router.route(batch, Source("bench", 0, range(i, i + len(batch))))
-        routed.analytics_ndjson().split(b"\n")
+        ndjson = routed.analytics_ndjson()
+        analytics_lines += len(ndjson.split(b"\n")) - 1
+        analytics_bytes += len(ndjson)
         routed.analytics_keys()
-    return len(lines) / (time.perf_counter() - started)
+    return len(lines) / (time.perf_counter() - started), analytics_bytes / max(analytics_lines, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-X", action="append", metavar="KEY=VALUE", default=[],
                         help="librdkafka setting for both runs, as `cdrpipe run -X` (e.g. producer.compression.type=zstd)")
     parser.add_argument("--json", action="store_true", help="print one JSON line with every figure")
+    parser.add_argument("--volume-check", action="store_true",
+                        help="also run a zero-cost core that writes the pipeline's bytes (is Kafka or the core the limit?)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pipeline.runners.kafka").setLevel(logging.ERROR)
@@ -152,8 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         produce_synthetic(conf, topics.input, args.records, seed=args.seed)
         produce_s = time.perf_counter() - started
-        passthrough, pipeline = [], []
+        lines = b"".join(synthetic(args.records, seed=args.seed)).split(b"\n")[:-1]
+        core_rate, analytics_bytes = core_alone(lines, args.batch_size)
+        passthrough, pipeline, volume = [], [], []
         for round_no in range(1, args.rounds + 1):
+            if args.volume_check:
+                volume.append(run_loop(bootstrap, VolumeRouter(analytics_bytes), topics, args.records,
+                                       args.batch_size, client))
             passthrough.append(run_loop(bootstrap, PassthroughRouter(), ceiling_topics, args.records, args.batch_size,
                                         client))
             keyring, _ = generate()
@@ -162,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {round_no}: passthrough {passthrough[-1]['records_per_s']:,.0f} records/s, "
                   f"pipeline {pipeline[-1]['records_per_s']:,.0f} records/s", file=sys.stderr, flush=True)
 
-    lines = b"".join(synthetic(args.records, seed=args.seed)).split(b"\n")[:-1]
-    core_rate = core_alone(lines, args.batch_size)
     ceiling = statistics.median(r["records_per_s"] for r in passthrough)
     e2e = statistics.median(r["records_per_s"] for r in pipeline)
     ratio = e2e / ceiling
@@ -175,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  pipeline    (core, analytics+retention+dlq+offsets, EOS):  {e2e:>10,.0f} records/s")
     print(f"  ratio: {ratio:.0%} of passthrough (target >= 70%)")
     print(f"  core alone, no Kafka (same batches):                       {core_rate:>10,.0f} records/s")
+    if volume:
+        print(f"  zero-cost core, the pipeline's bytes (--volume-check):     "
+              f"{statistics.median(r['records_per_s'] for r in volume):>10,.0f} records/s")
     print(f"  (producing the input took {produce_s:.1f} s; per run: "
           f"pipeline {statistics.median(r['seconds'] for r in pipeline):.1f} s, "
           f"{pipeline[0]['commits']} transactions, {sum(r['aborts'] for r in pipeline)} aborts)")
@@ -182,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"records": args.records, "batch_size": args.batch_size, "cpus": cpus,
                           "passthrough_records_per_s": round(ceiling), "pipeline_records_per_s": round(e2e),
                           "ratio": round(ratio, 3), "core_alone_records_per_s": round(core_rate),
-                          "rounds": {"passthrough": passthrough, "pipeline": pipeline}}))
+                          "rounds": {"passthrough": passthrough, "pipeline": pipeline, "volume": volume}}))
     return 0
 
 
