@@ -42,6 +42,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.allocator import tune_for_batches  # noqa: E402
+
+tune_for_batches()  # as `cdrpipe run` does, before Polars is imported
+
 from pipeline.broker import KAFKA_VERSION, LocalKafka  # noqa: E402
 from pipeline.core.router import CoreConfig, Router, Source  # noqa: E402
 from pipeline.demo import produce_synthetic  # noqa: E402
