@@ -114,8 +114,13 @@ def _token(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
 
 @action("keep")
 def _keep(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult:
-    """The value as is, if it looks like an enumeration (short, plain, no identifier-like digit run)."""
-    unsafe = raw.is_not_null() & (~raw.str.contains(SAFE_KEEP) | (raw.str.count_matches(r"\d") > MAX_KEPT_DIGITS))
+    """The value as is, if it looks like an enumeration (short, plain, no identifier-like digit run).
+
+    Kept fields are enumerations, so the checks run on the batch's few distinct values.
+    """
+    distinct = raw.unique().drop_nulls()
+    bad = distinct.filter(~distinct.str.contains(SAFE_KEEP) | (distinct.str.count_matches(r"\d") > MAX_KEPT_DIGITS))
+    unsafe = raw.is_in(bad.implode()).fill_null(False)
     return ActionResult({rule.field: raw.alias(rule.field)}, unsafe,
                         "kept fields must be short plain values with at most 5 digits; tokenise or drop it")
 
