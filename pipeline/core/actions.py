@@ -176,8 +176,16 @@ def _parse_other_times(s: pl.Series) -> pl.Series:
 
 
 def format_times(ts: pl.Series) -> pl.Series:
-    """ISO-8601 UTC text with a ``Z``: the one time format analytics sees."""
-    return ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """ISO-8601 UTC text with a ``Z``: the one time format analytics sees.
+
+    Coarsened times repeat (a batch spans a few hours), so each distinct value is formatted
+    once when that saves work; ``strftime`` costs about 0.1 µs a value.
+    """
+    distinct = ts.unique().drop_nulls()
+    if len(distinct) * 4 > len(ts):
+        return ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ts.replace_strict(distinct, distinct.dt.strftime("%Y-%m-%dT%H:%M:%SZ"), default=None,
+                             return_dtype=pl.String)
 
 
 @action("coarsen_time")
