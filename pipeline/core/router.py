@@ -160,10 +160,14 @@ class Router:
     def tokeniser(self) -> Tokeniser:
         return self._ctx.tokeniser
 
-    def route(self, records: Sequence[bytes], source: Source) -> RoutedBatch:
-        """Route one batch. Never raises on bad data: bad records become DLQ entries."""
+    def route(self, records: Sequence[bytes], source: Source, buf: bytes | None = None) -> RoutedBatch:
+        """Route one batch. Never raises on bad data: bad records become DLQ entries.
+
+        ``buf`` may pass the records already joined by newlines (a file chunk), to save the copy.
+        """
         n = len(records)
-        buf = b"\n".join(records)
+        if buf is None:
+            buf = b"\n".join(records)
         cfg = self.config
         parsed = self._parse(records, buf, self._schema, max_bytes=cfg.max_record_bytes, max_depth=cfg.max_depth,
                              **dict(cfg.format_options))

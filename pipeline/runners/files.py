@@ -63,7 +63,7 @@ ChunkResult = tuple[bytes, bytes, bytes, dict[str, int], Counter[str]]
 def route_chunk(router: Router, name: str, first_line: int, chunk: bytes) -> ChunkResult:
     """Route one chunk of lines (line numbers from ``first_line``) into three output buffers."""
     lines = chunk.split(b"\n")
-    routed = router.route(lines, Source(name, 0, range(first_line, first_line + len(lines))))
+    routed = router.route(lines, Source(name, 0, range(first_line, first_line + len(lines))), chunk)
     return (routed.analytics_ndjson(), _lines(routed.retention), _lines(routed.dlq), routed.counts,
             routed.dlq_reasons)
 
