@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from pipeline.core.normalise import (
-    WITHHELD, AnswerCache, PhoneNormaliser, canonical_answers, normalise_ips, truncate_ips)
+    WITHHELD, AnswerCache, PhoneNormaliser, canonical_answers, truncate_ips)
 from pipeline.core.tokenise import Tokeniser
 from pipeline.policy import TIME_UNITS, Rule
 
@@ -131,7 +131,8 @@ def _truncate_ip(ctx: ActionContext, rule: Rule, raw: pl.Series) -> ActionResult
     v4, v6 = (int(x) for x in (rule.arg or "24/48").split("/"))
 
     def compute(distinct: pl.Series) -> pl.DataFrame:
-        return pl.DataFrame({"raw": distinct, "net": truncate_ips(normalise_ips(distinct), v4, v6)})
+        answers = canonical_answers("ip", distinct, ctx.phones)
+        return pl.DataFrame({"raw": answers["raw"], "net": truncate_ips(answers["value"], v4, v6)})
 
     net = ctx.cached(f"ip:{v4}/{v6}", raw, compute)["net"]
     return ActionResult({rule.field: net.alias(rule.field)}, raw.is_not_null() & net.is_null(),
