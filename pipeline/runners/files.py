@@ -111,9 +111,10 @@ def _splice(part: str, out: BinaryIO) -> None:
     with open(part, "rb") as src:
         size = os.fstat(src.fileno()).st_size
         copied = 0
+        kernel_copy = getattr(os, "copy_file_range", None)  # Linux only
         try:
-            while copied < size:
-                n = os.copy_file_range(src.fileno(), out.fileno(), size - copied)
+            while kernel_copy is not None and copied < size:
+                n = kernel_copy(src.fileno(), out.fileno(), size - copied)
                 if n == 0:
                     break
                 copied += n
