@@ -253,6 +253,30 @@ def _scrape_annotations() -> dict[str, str]:
             "prometheus.io/path": "/metrics"}
 
 
+def _pod_template(name: str, cluster: str, container: dict[str, Any], probes: dict[str, Any],
+                  resources: dict[str, Any]) -> dict[str, Any]:
+    """The pod a Kafka app runs in: scraped metrics port, no service-account token, read-only
+    root with a /tmp volume and the cluster CA, and time to finish the work in flight on SIGTERM."""
+    return {
+        "metadata": {"labels": _labels(name), "annotations": _scrape_annotations()},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "securityContext": _pod_security(),
+            # SIGTERM finishes the batch in flight; give it time before SIGKILL.
+            "terminationGracePeriodSeconds": 60,
+            "containers": [{
+                **container,
+                "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                **probes,
+                "resources": resources,
+                "securityContext": _container_security(),
+                "volumeMounts": _common_mounts(),
+            }],
+            "volumes": [_ca_volume(cluster), {"name": "tmp", "emptyDir": {}}],
+        },
+    }
+
+
 def worker_manifests(specs: Mapping[str, TopicSpec], cluster: str, image: str,
                      replicas: int) -> list[dict[str, Any]]:
     """The Kafka worker: headless Service, StatefulSet, PodDisruptionBudget.
@@ -282,26 +306,9 @@ def worker_manifests(specs: Mapping[str, TopicSpec], cluster: str, image: str,
              "replicas": replicas,
              "podManagementPolicy": "Parallel",
              "selector": {"matchLabels": _labels(name)},
-             "template": {
-                 "metadata": {"labels": _labels(name), "annotations": _scrape_annotations()},
-                 "spec": {
-                     "automountServiceAccountToken": False,
-                     "securityContext": _pod_security(),
-                     # SIGTERM finishes the batch in flight; give it time before SIGKILL.
-                     "terminationGracePeriodSeconds": 60,
-                     "containers": [{
-                         "name": "worker", "image": image, "args": ["run"],
-                         "env": env,
-                         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-                         **_metrics_probes(),
-                         "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
-                                       "limits": {"memory": "2Gi"}},
-                         "securityContext": _container_security(),
-                         "volumeMounts": _common_mounts(),
-                     }],
-                     "volumes": [_ca_volume(cluster), {"name": "tmp", "emptyDir": {}}],
-                 },
-             },
+             "template": _pod_template(
+                 name, cluster, {"name": "worker", "image": image, "args": ["run"], "env": env},
+                 _metrics_probes(), {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}),
          }},
         {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
          "metadata": {"name": name, "labels": _labels(name)},
@@ -441,26 +448,11 @@ def faust_app_manifests(role: str, command: list[str], cluster: str, image: str,
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": _labels(name)},
-            "template": {
-                "metadata": {"labels": _labels(name), "annotations": _scrape_annotations()},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "securityContext": _pod_security(),
-                    "terminationGracePeriodSeconds": 60,
-                    "containers": [{
-                        "name": role, "image": image, "args": args, "env": env,
-                        "workingDir": "/tmp",  # faust writes its data dir here (root is read-only)
-                        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-                        **_metrics_probes("/health"),
-                        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
-                                      "limits": {"memory": "1Gi"}},
-                        "securityContext": _container_security(),
-                        # faust keeps its RocksDB/table state under /tmp by default.
-                        "volumeMounts": _common_mounts(),
-                    }],
-                    "volumes": [_ca_volume(cluster), {"name": "tmp", "emptyDir": {}}],
-                },
-            },
+            # faust writes its data dir and RocksDB/table state under /tmp (root is read-only)
+            "template": _pod_template(
+                name, cluster, {"name": role, "image": image, "args": args, "env": env, "workingDir": "/tmp"},
+                _metrics_probes("/health"),
+                {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}),
         },
     }]
 
