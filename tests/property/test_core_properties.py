@@ -37,7 +37,7 @@ def host_ip(draw):
         forms = [str(ip), f"{ip}:5060", f"::ffff:{ip}"]
     else:
         ip = ipaddress.IPv6Address((0x2001 << 112) | draw(st.integers(1, (1 << 80) - 1)))
-        forms = [str(ip), ip.exploded.upper(), f"[{ip}]:5060"]
+        forms = [str(ip), ip.exploded.upper(), f"[{ip}]:5060", f"{str(ip).upper()}%eth0"]
     return ip, draw(st.sampled_from(forms))
 
 
@@ -62,7 +62,7 @@ def raw_record(draw):
 
 
 def _corrupt(draw, line: bytes) -> bytes:
-    how = draw(st.sampled_from(["truncate", "flip", "dup", "nan", "bom", "wrongtype"]))
+    how = draw(st.sampled_from(["truncate", "flip", "dup", "nan", "bom", "wrongtype", "control", "twice"]))
     if how == "truncate":
         return line[: draw(st.integers(1, len(line) - 1))]
     if how == "flip":
@@ -74,6 +74,10 @@ def _corrupt(draw, line: bytes) -> bytes:
         return line.replace(b'"duration":', b'"duration":NaN,"d2":', 1)
     if how == "bom":
         return b"\xef\xbb\xbf" + line
+    if how == "control":  # a raw control byte inside the calling number (found by the buffer scan)
+        return line.replace(b'"cli":"', b'"cli":"\x01', 1)
+    if how == "twice":  # two objects on one line
+        return line + b" " + line
     return line.replace(b'"duration":', b'"duration":"abc","x":', 1)
 
 
