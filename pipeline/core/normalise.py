@@ -321,11 +321,6 @@ def _ip_answers(distinct: pl.Series) -> pl.DataFrame:
         {"raw": pending, "value": pl.Series([canonical_ip(v) for v in pending.to_list()], dtype=pl.String)})])
 
 
-def normalise_ips(raw: pl.Series) -> pl.Series:
-    """Canonical IP text for a column (null where the text is not an IP address)."""
-    return map_distinct(raw, _ip_answers)["value"]
-
-
 @lru_cache(maxsize=DEFAULT_CACHE)
 def _truncate_v6(ip: str, bits: int) -> str:
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))

@@ -11,11 +11,16 @@ from hypothesis import strategies as st
 from pipeline.core import normalise
 from pipeline.core.normalise import (
     ALPHANUMERIC, AnswerCache, E164, EXTENSION, NON_E164, SHORT_CODE, WITHHELD, PhoneNormaliser, canonical_ip, normalise_digits,
-    normalise_ips, normalise_one, truncate_ips)
+    normalise_column, normalise_one, truncate_ips)
 
 SAME_GB_NUMBER = ["07700 900123", "07700900123", "+44 7700 900123", "0044 7700900123", "tel:+447700900123",
                   "\uff10\uff17\uff17\uff10\uff10 \uff19\uff10\uff10\uff11\uff12\uff13", "(+44) 7700-900123",
                   "+44 (0)7700 900123", "447700900123", "%2B447700900123", "+44.7700.900.123"]
+
+
+def normalise_ips(raw: pl.Series) -> pl.Series:
+    """Canonical IP text for a column, as the core computes it."""
+    return normalise_column("ip", raw, PhoneNormaliser())[0]
 
 
 def _norm(values, region="GB"):
