@@ -185,9 +185,9 @@ class PhoneNormaliser:
 
     def normalise(self, raw: pl.Series) -> pl.DataFrame:
         """Columns ``value`` (canonical text) and ``cls`` for a column of raw numbers (each distinct value once)."""
-        return map_distinct(raw, self._answers)
+        return map_distinct(raw, self.answers)
 
-    def _answers(self, distinct: pl.Series) -> pl.DataFrame:
+    def answers(self, distinct: pl.Series) -> pl.DataFrame:
         """``raw``, ``value``, ``cls`` for distinct non-null raw values (the uncached work).
 
         Values already in E.164 (most of a switch's output) are their own answer: two
@@ -394,7 +394,7 @@ def canonical_answers(kind: str, distinct: pl.Series, phones: PhoneNormaliser) -
     """
     distinct = distinct.rename("raw")
     if kind == "msisdn":
-        return phones._answers(distinct)
+        return phones.answers(distinct)
     if kind == "ip":
         frame = _ip_answers(distinct)
     elif kind == "imsi":
