@@ -137,6 +137,17 @@ class RunTotals:
         return {k: self.counts[k] for k in ("in", "analytics", "retention", "dlq", "suppressed")}
 
 
+def _fresh_output(path: Path) -> BinaryIO:
+    """A new, empty file at ``path``, replacing any earlier run's output.
+
+    Unlinked and created, not truncated: ext4 treats truncate-and-rewrite as a file being
+    replaced and forces its whole contents to disk when it is closed (``auto_da_alloc``),
+    about a third of a second per 700 MB of output on a re-run.
+    """
+    path.unlink(missing_ok=True)
+    return open(path, "wb")
+
+
 def load_suppressions(path: str | None) -> Suppressions:
     """Tokens from a file: one per line, or JSON lines with a ``token`` field (``#`` comments allowed)."""
     if not path:
@@ -170,7 +181,7 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
         workers = 1  # one chunk: a pool would only add start-up time
     started = last = time.monotonic()
     stream = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
-    outs = [open(out_dir / f"{k}.jsonl", "wb") for k in OUTPUTS]
+    outs = [_fresh_output(out_dir / f"{k}.jsonl") for k in OUTPUTS]
     pool = None
     parts_dir = None
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import orjson
 import pytest
@@ -104,3 +105,21 @@ def test_splice_appends_a_part_after_buffered_writes_and_removes_it(tmp_path, mo
         out.write(b"tail\n")
     assert (tmp_path / "out").read_bytes() == b"head\n" + b"part\n" * 3000 + b"tail\n"
     assert not part.exists()
+
+
+def test_rerun_replaces_outputs_with_new_files(keydir, tmp_path, capsys):
+    # A re-run into the same directory leaves only the new run's records, in new files
+    # (unlinked and created, never truncated in place: see files._fresh_output).
+    big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"
+    write_sample(big, 300, seed=3)
+    write_sample(small, 20, seed=4)
+    assert _process(keydir, tmp_path, big, capsys)[0] == 0
+    held = open(tmp_path / "out" / "analytics.jsonl", "rb")  # a reader of the old run keeps its data
+    code, out = _process(keydir, tmp_path, small, capsys)
+    assert code == 0
+    summary = json.loads(out.out.strip().splitlines()[-1])
+    analytics = (tmp_path / "out" / "analytics.jsonl").read_bytes().splitlines()
+    assert len(analytics) == summary["analytics"] <= 20
+    assert (tmp_path / "out" / "analytics.jsonl").stat().st_ino != os.fstat(held.fileno()).st_ino
+    assert len(held.read().splitlines()) > 20  # truncating in place would have emptied it
+    held.close()
