@@ -61,3 +61,13 @@ def test_busy_port_is_refused_before_starting(tmp_path: Path) -> None:
         port = srv.getsockname()[1]
         with pytest.raises(broker.BrokerError, match=f"port {port} .* already in use"):
             LocalKafka(port=port, data_dir=tmp_path / "d").start()
+
+
+def test_jvm_heap_is_fixed_at_kafkas_default(tmp_path: Path) -> None:
+    """A fixed heap (min = max), 1g unless told otherwise, as Kafka's own start script."""
+    default, small = LocalKafka(), LocalKafka(heap="384m")
+    for k in (default, small):
+        k.data_dir = tmp_path  # what start() sets
+    assert broker.DEFAULT_HEAP == "1g"
+    assert {"-Xmx1g", "-Xms1g"} <= set(default._jvm_args("java", "cp", default.heap))
+    assert {"-Xmx384m", "-Xms384m"} <= set(small._jvm_args("java", "cp", small.heap))
