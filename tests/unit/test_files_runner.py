@@ -74,9 +74,10 @@ def test_usage_and_fatal_exit_codes(keydir, tmp_path, capsys):
                  "--out-dir", str(tmp_path / "o"), "--region", "XX"]) == 2
 
 
-def test_worker_processes_give_the_same_output_in_order(keydir, tmp_path, capsys):
+@pytest.mark.parametrize("n", [3000, 250])  # ~19 chunks of 40 kB, and 2
+def test_worker_processes_give_the_same_output_in_order(keydir, tmp_path, capsys, n):
     sample = tmp_path / "sample.jsonl"
-    write_sample(sample, 3000, seed=5)
+    write_sample(sample, n, seed=5)
     outs = {}
     for workers in ("1", "2"):
         out_dir = tmp_path / f"w{workers}"
@@ -89,7 +90,7 @@ def test_worker_processes_give_the_same_output_in_order(keydir, tmp_path, capsys
                          capsys.readouterr().out.splitlines()[-1])
         assert sorted(p.name for p in out_dir.iterdir()) == ["analytics.jsonl", "dlq.jsonl", "retention.jsonl"]
     assert outs["1"] == outs["2"]
-    assert len(outs["2"][1]) == 3000 and outs["2"][2]
+    assert len(outs["2"][1]) == n and (outs["2"][2] or n < 1000)
 
 
 @pytest.mark.parametrize("kernel_copy", [True, False])
