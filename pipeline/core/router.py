@@ -216,23 +216,20 @@ class Router:
                 reasons.append((bad, INVALID_FIELD, name, f"{name}: not a valid {kind}"))
                 supp_cols.append(answers["token"])
 
-        # First failing check per row, as columns (no per-record branching in Python).
-        reason = pl.lit(None, dtype=pl.String)
-        fld = pl.lit(None, dtype=pl.String)
-        detail = pl.lit(None, dtype=pl.String)
-        checks = pl.DataFrame({f"c{i}": mask.fill_null(False) for i, (mask, *_rest) in enumerate(reasons)}) \
-            if reasons else pl.DataFrame()
+        # First failing check per row, as columns (no per-record branching in Python); the codes and
+        # texts are picked for the failing rows only (a few in a hundred).
+        checks = pl.DataFrame({f"c{i}": mask.fill_null(False) for i, (mask, *_rest) in enumerate(reasons)})
+        valid = ~checks.select(pl.any_horizontal(pl.all()).alias("bad"))["bad"]
+        reason = fld = detail = pl.lit(None, dtype=pl.String)
         for i, (_mask, code, name, text) in reversed(list(enumerate(reasons))):
             cond = pl.col(f"c{i}")
             reason = pl.when(cond).then(pl.lit(code)).otherwise(reason)
             fld = pl.when(cond).then(pl.lit(name)).otherwise(fld)
             detail = pl.when(cond).then(pl.lit(text)).otherwise(detail)
-        verdict = checks.select(reason.alias("reason"), fld.alias("field"), detail.alias("detail")) \
-            if f.height else pl.DataFrame(schema={"reason": pl.String, "field": pl.String, "detail": pl.String})
-        verdict = verdict.cast({"reason": pl.String, "field": pl.String, "detail": pl.String})
-        valid = verdict["reason"].is_null()
+        bad = checks.with_columns(f["row"]).filter(~valid).select(
+            "row", reason.alias("reason"), fld.alias("field"), detail.alias("detail"))
         supp = self.suppressions.mask(supp_cols)
-        suppressed = (valid & supp) if supp is not None else pl.Series([False] * f.height, dtype=pl.Boolean)
+        suppressed = (valid & supp) if supp is not None else pl.repeat(False, f.height, dtype=pl.Boolean, eager=True)
 
         # Record ids for every input row: the record's own, else derived from its source coordinates.
         offsets = source.offsets if isinstance(source.offsets, list) else list(source.offsets)
@@ -264,7 +261,7 @@ class Router:
             for name in (rule.field, f"{rule.field}_class"):
                 if name in out_cols:
                     analytics_cols[name] = out_cols[name]
-        key = out_cols.get("cli", pl.Series([None] * f.height, dtype=pl.String))
+        key = out_cols["cli"] if "cli" in out_cols else pl.repeat(None, f.height, dtype=pl.String, eager=True)
         analytics = pl.DataFrame({**analytics_cols, "_key": key}).filter(ok) if f.height else pl.DataFrame(
             {**{k: [] for k in analytics_cols}, "_key": []})
 
@@ -278,7 +275,6 @@ class Router:
         dlq_rows = list(zip(parsed.reject_rows, parsed.reject_reasons,
                             itertools.repeat(None), (self._reason_detail.get(r, "the record could not be read in the input format")
                                                      for r in parsed.reject_reasons)))
-        bad = verdict.with_columns(f["row"]).filter(~valid)
         dlq_rows.extend(zip(bad["row"].to_list(), bad["reason"].to_list(), bad["field"].to_list(),
                             bad["detail"].to_list()))
         now = self._clock().isoformat(timespec="milliseconds").replace("+00:00", "Z")
