@@ -124,3 +124,17 @@ def test_rerun_replaces_outputs_with_new_files(keydir, tmp_path, capsys):
     assert (tmp_path / "out" / "analytics.jsonl").stat().st_ino != os.fstat(held.fileno()).st_ino
     assert len(held.read().splitlines()) > 20  # truncating in place would have emptied it
     held.close()
+
+
+def test_outputs_write_through_a_symlink_an_operator_placed(keydir, tmp_path, capsys):
+    sample = tmp_path / "s.jsonl"
+    write_sample(sample, 50, seed=6)
+    (tmp_path / "out").mkdir()
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_bytes(b"old\n")
+    (tmp_path / "out" / "dlq.jsonl").symlink_to(elsewhere)
+    code, out = _process(keydir, tmp_path, sample, capsys)
+    assert code == 0
+    assert (tmp_path / "out" / "dlq.jsonl").is_symlink()
+    dlq = json.loads(out.out.strip().splitlines()[-1])["dlq"]
+    assert b"old" not in elsewhere.read_bytes() and len(elsewhere.read_bytes().splitlines()) == dlq
