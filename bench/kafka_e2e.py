@@ -13,8 +13,9 @@ consumes all of them twice, from fresh consumer groups:
 
 The rate is records / (last commit - first batch read), so start-up and the idle tail are left
 out of both. A warm-up round runs first and is not counted: a fresh broker JVM spends about a
-CPU-second of its JIT compilers on the first runs, on the same two cores (``--warmup 0`` shows it). ``core alone`` routes the same records with no Kafka at all, to show where the
-rest of the time goes. Every run reconciles its counts (in == retention == analytics + dlq).
+CPU-second of its JIT compilers on the first runs, on the same two cores (``--warmup 0`` shows
+it). ``core alone`` routes the same records with no Kafka at all, to show where the rest of the
+time goes. Every run reconciles its counts (in == retention == analytics + dlq).
 
     python bench/kafka_e2e.py                       # 200k records, 1 warm-up + 2 rounds, local broker
     python bench/kafka_e2e.py --records 500000 --rounds 3 --json
@@ -198,19 +199,19 @@ def main(argv: list[str] | None = None) -> int:
         core_rate, analytics_bytes = core_alone(lines, args.batch_size)
         passthrough, pipeline, volume = [], [], []
         for round_no in range(1 - args.warmup, args.rounds + 1):
-            if args.volume_check:
-                volume.append(run_loop(bootstrap, VolumeRouter(analytics_bytes), topics, args.records,
-                                       args.batch_size, client))
-            passthrough.append(run_loop(bootstrap, PassthroughRouter(), ceiling_topics, args.records, args.batch_size,
-                                        client))
+            vol = run_loop(bootstrap, VolumeRouter(analytics_bytes), topics, args.records, args.batch_size,
+                           client) if args.volume_check else None
+            ceil = run_loop(bootstrap, PassthroughRouter(), ceiling_topics, args.records, args.batch_size, client)
             keyring, _ = generate()
-            pipeline.append(run_loop(bootstrap, Router(keyring, CoreConfig()), topics, args.records, args.batch_size,
-                                     client))
+            pipe = run_loop(bootstrap, Router(keyring, CoreConfig()), topics, args.records, args.batch_size, client)
             label = f"round {round_no}" if round_no > 0 else "warm-up (not counted)"
-            print(f"{label}: passthrough {passthrough[-1]['records_per_s']:,.0f} records/s, "
-                  f"pipeline {pipeline[-1]['records_per_s']:,.0f} records/s", file=sys.stderr, flush=True)
-            if round_no <= 0:
-                passthrough, pipeline, volume = [], [], []
+            print(f"{label}: passthrough {ceil['records_per_s']:,.0f} records/s, "
+                  f"pipeline {pipe['records_per_s']:,.0f} records/s", file=sys.stderr, flush=True)
+            if round_no > 0:
+                passthrough.append(ceil)
+                pipeline.append(pipe)
+                if vol:
+                    volume.append(vol)
 
     ceiling = statistics.median(r["records_per_s"] for r in passthrough)
     e2e = statistics.median(r["records_per_s"] for r in pipeline)
