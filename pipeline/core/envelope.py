@@ -90,7 +90,6 @@ class Sealer:
         return orjson.dumps(header)[:-1] + b',"ct":"' + binascii.b2a_base64(ct, newline=False) + b'"}'
 
 
-
 @dataclass(frozen=True)
 class OpenedRecord:
     """One raw record out of a segment, with where it came from."""

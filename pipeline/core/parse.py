@@ -139,6 +139,11 @@ def classify_line(raw: bytes, max_bytes: int, max_depth: int) -> tuple[str | Non
 _CONTROL_MAP = bytes(0 if b < 32 and b not in (9, 10, 13) else 1 for b in range(256))
 
 
+def record_ends(lengths: Iterable[int]) -> list[int]:
+    """Offsets one past each record's newline in the batch buffer (records joined by ``\n``)."""
+    return list(itertools.accumulate(map((1).__add__, lengths)))
+
+
 def control_rows(records: Sequence[bytes], buf: bytes) -> list[int]:
     """Rows holding a control byte, found over the whole batch at once (one translate, then memchr).
 
@@ -149,7 +154,7 @@ def control_rows(records: Sequence[bytes], buf: bytes) -> list[int]:
     pos = marked.find(0)
     if pos < 0:
         return []
-    ends = list(itertools.accumulate(map((1).__add__, map(len, records))))  # one past each record's newline
+    ends = record_ends(map(len, records))
     rows = []
     while pos >= 0:
         row = bisect.bisect_right(ends, pos)

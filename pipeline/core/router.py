@@ -28,7 +28,7 @@ from pipeline.core.actions import ACTIONS, ActionContext
 from pipeline.core.envelope import Sealer
 from pipeline.core.normalise import PhoneNormaliser
 from pipeline.core.formats import get_format
-from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, PARSE_REASON_DETAIL
+from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, PARSE_REASON_DETAIL, record_ends
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, Tokeniser
 from pipeline.keys import WorkerKeyring
 from pipeline.policy import REQUIRED_FIELDS, Policy, load_policy
@@ -295,7 +295,7 @@ class Router:
         """Cut the batch into segments of about ``segment_bytes`` and seal each in one AEAD call."""
         if not lengths:
             return []
-        ends = list(itertools.accumulate(map((1).__add__, lengths)))  # end of each record incl. its newline
+        ends = record_ends(lengths)
         view = memoryview(buf)
         out, first, start_byte = [], 0, 0
         budget = self.config.segment_bytes
