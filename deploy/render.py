@@ -369,7 +369,7 @@ def vault_manifests(cluster: str, image: str) -> list[dict[str, Any]]:
             "replicas": 1,  # SQLite: one writer per vault database (enforced by <db>.lock)
             "selector": {"matchLabels": _labels(name)},
             "template": {
-                "metadata": {"labels": _labels(name)},
+                "metadata": {"labels": _labels(name), "annotations": _scrape_annotations()},
                 "spec": {
                     "automountServiceAccountToken": False,
                     "securityContext": _pod_security(),
@@ -379,7 +379,10 @@ def vault_manifests(cluster: str, image: str) -> list[dict[str, Any]]:
                         # `vault sink` takes librdkafka settings as -X only: Kubernetes expands
                         # $(KAFKA_*) from the env below (the password stays out of the manifest).
                         "args": ["vault", "sink", *_X_ARGS],
-                        "env": [*_kafka_env("vault", cluster, env_x=False), *_vault_env()],
+                        "env": [*_kafka_env("vault", cluster, env_x=False), *_vault_env(),
+                                {"name": "CDRPIPE_METRICS_PORT", "value": str(METRICS_PORT)}],
+                        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                        **_metrics_probes(),
                         "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
                                       "limits": {"memory": "2Gi"}},
                         "securityContext": _container_security(),

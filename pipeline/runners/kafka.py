@@ -72,7 +72,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from pipeline.cli import FatalError, UsageError
 from pipeline.core.router import RoutedBatch, Router, Source
 from pipeline.keys import KeyringError, load_worker_keyring
-from pipeline.metrics import WorkerMetrics
+from pipeline.metrics import WorkerMetrics, add_metrics_arguments, partition_lags, serve_metrics, stop_metrics
 from pipeline.policy import PolicyError, load_policy
 from pipeline.runners.files import RunTotals, add_core_arguments, core_config, load_suppressions
 from pipeline.topics import parse_x_options
@@ -796,27 +796,12 @@ class TransactionLoop:
 
     def _lags(self) -> dict[int, int]:
         """Records behind the end of each owned partition, from cached watermarks (no broker call)."""
-        consumer = self._consumer
-        assert consumer is not None
+        assert self._consumer is not None
         topic = self.settings.topics.input
-        tps = [TopicPartition(topic, p) for p in sorted(self._assigned)]
-        if not tps:
-            self._last_lag = {}
-            return {}
-        lags: dict[int, int] = {}
-        try:
-            positions = consumer.position(tps)
-        except KafkaException:
-            return self._last_lag
-        for tp in positions:
-            try:
-                _low, high = consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if high >= 0 and tp.offset >= 0:
-                lags[tp.partition] = max(0, high - tp.offset)
-        self._last_lag = lags
-        return lags
+        lags = partition_lags(self._consumer, [TopicPartition(topic, p) for p in sorted(self._assigned)])
+        if lags is not None:
+            self._last_lag = lags
+        return self._last_lag
 
     def _report(self, started: float, final: bool = False) -> None:
         """One summary line (counts only, never contents) and the progress hook.
@@ -963,13 +948,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     router = build_router(args)
     follower = _start_follower(args, settings, router)
     metrics = WorkerMetrics()
-    server = None
-    if args.metrics_port is not None:
-        try:
-            server = metrics.serve(args.metrics_port, args.metrics_addr)
-        except OSError as exc:
-            raise UsageError(f"--metrics-port {args.metrics_port}: {exc.strerror}; choose a free port") from None
-        log.info("metrics on http://%s:%d/metrics", args.metrics_addr, server.server_port)
+    server = serve_metrics(metrics, args.metrics_port, args.metrics_addr)
     loop = TransactionLoop(router, settings, metrics)
     signals = {"count": 0}
 
@@ -1003,9 +982,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             follower.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        stop_metrics(server)
     if totals.dlq_reasons:
         log.info("dlq reasons: %s", ", ".join(f"{k} {v}" for k, v in totals.dlq_reasons.most_common()))
     print(orjson.dumps({**totals.summary(), "worker_id": settings.worker_id}).decode(), flush=True)
@@ -1088,10 +1065,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--batch-timeout", type=float,
                    default=env("CDRPIPE_BATCH_TIMEOUT", str(DEFAULT_BATCH_TIMEOUT)),
                    help=f"seconds to wait to fill a batch (env CDRPIPE_BATCH_TIMEOUT; default {DEFAULT_BATCH_TIMEOUT})")
-    p.add_argument("--metrics-port", type=int, default=env("CDRPIPE_METRICS_PORT"),
-                   help="serve Prometheus metrics on this port (env CDRPIPE_METRICS_PORT; 0 picks one; default off)")
-    p.add_argument("--metrics-addr", default=env("CDRPIPE_METRICS_ADDR", "0.0.0.0"),
-                   help="address for the metrics endpoint (env CDRPIPE_METRICS_ADDR; default 0.0.0.0)")
+    add_metrics_arguments(p)
     p.add_argument("--progress-seconds", type=float,
                    default=env("CDRPIPE_PROGRESS_SECONDS", str(DEFAULT_PROGRESS_SECONDS)),
                    help="seconds between summary log lines (env CDRPIPE_PROGRESS_SECONDS; default 10)")

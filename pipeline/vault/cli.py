@@ -8,6 +8,7 @@ own output (the records the warrant asked for).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import getpass
 import logging
@@ -27,6 +28,7 @@ import orjson
 from pipeline.cli import FatalError, UsageError
 from pipeline.core.normalise import normalise_one
 from pipeline.keys import ENV_VAULT_KEYRING_FILE, KeyringError, VaultKeyring, load_vault_keyring
+from pipeline.metrics import VaultSinkMetrics, add_metrics_arguments, serve_metrics, stop_metrics
 from pipeline.vault.audit import (ENV_AUDIT_KEY, ENV_AUDIT_PUBLIC_KEY, AuditError, AuditLog, AuditSigner,
                                   load_audit_signer, load_public_key, read_entries, verify_chain)
 from pipeline.vault.export import FORMATS, Delivery, write_csv, write_etsi_xml, write_jsonl
@@ -231,10 +233,18 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     if not bootstrap:
         raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set CDRPIPE_BOOTSTRAP_SERVERS")
     conf = {"bootstrap.servers": bootstrap, **parse_x_options(args.X or [])}
-    with open_vault(args, create=True) as vault:
+    metrics = VaultSinkMetrics()
+    server = serve_metrics(metrics, args.metrics_port, args.metrics_addr)
+    with contextlib.ExitStack() as stack:
+        stack.callback(stop_metrics, server)
+        vault = stack.enter_context(open_vault(args, create=True))
         ingester = _ingester(vault)
-        sink = VaultSink(ingester, conf, topic=args.topic, group=args.group, max_messages=args.max_messages)
+        stack.callback(ingester.close)
+        sink = VaultSink(ingester, conf, topic=args.topic, group=args.group, max_messages=args.max_messages,
+                         metrics=metrics)
         previous = {sig: signal.signal(sig, lambda *_: sink.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig, handler in previous.items():
+            stack.callback(signal.signal, sig, handler)
         try:
             totals = sink.run(idle_exit=args.idle_exit)
         except WrongVaultKeyError as exc:
@@ -245,10 +255,6 @@ def _cmd_sink(args: argparse.Namespace) -> int:
                 raise FatalError(f"Kafka: {exc.args[0].str() if exc.args else exc}; check --bootstrap-servers "
                                  "and -X settings") from None
             raise
-        finally:
-            ingester.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
     _print_summary(totals, args.quiet)
     return _check_quarantine(totals)
 
@@ -515,6 +521,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--max-messages", type=int, default=64, help="segments per batch (default 64)")
     p.add_argument("--idle-exit", type=float, default=None,
                    help="stop after this many seconds without messages (default: run until SIGTERM)")
+    add_metrics_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     p.set_defaults(func=_cmd_sink)
 

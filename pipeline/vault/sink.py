@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline.metrics import VaultSinkMetrics, partition_lags
 from pipeline.runners.files import iter_line_batches
 from pipeline.vault.ingest import Ingester, IngestTotals
 
@@ -29,6 +30,7 @@ DEFAULT_GROUP = "cdrpipe-vault"
 DEFAULT_BATCH_BYTES = 16 << 20
 DEFAULT_MAX_MESSAGES = 64
 PROGRESS_SECONDS = 10.0
+LAG_SECONDS = 1.0
 ASSIGN_GRACE_SECONDS = 30.0
 
 
@@ -117,8 +119,9 @@ class VaultSink:
 
     def __init__(self, ingester: Ingester, client_config: dict[str, str], *, topic: str = DEFAULT_TOPIC,
                  group: str = DEFAULT_GROUP, max_messages: int = DEFAULT_MAX_MESSAGES,
-                 poll_seconds: float = 1.0) -> None:
+                 poll_seconds: float = 1.0, metrics: VaultSinkMetrics | None = None) -> None:
         self.ingester = ingester
+        self.metrics = metrics
         self.topic = topic
         self.group = group
         self.max_messages = max_messages
@@ -149,16 +152,22 @@ class VaultSink:
             WrongVaultKeyError: a segment sealed for another vault key (its offsets are not committed).
         """
         consumer = Consumer(self._config)
+        metrics = self.metrics
 
-        def commit(_totals: IngestTotals, offsets: list[TopicPartition]) -> None:
+        def commit(totals: IngestTotals, token: tuple[list[TopicPartition], float]) -> None:
+            offsets, consumed_at = token
             try:
                 consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:  # e.g. partitions moved in a rebalance: the new owner re-reads, dedupes
                 log.warning("vault sink: offset commit failed (%s); those records may be re-read and deduplicated",
                             exc.args[0].str() if exc.args else exc)
+                if metrics:
+                    metrics.commit_failures.inc()
+            if metrics:
+                metrics.observe_batch(totals, time.monotonic() - consumed_at)
 
         pipeline = BatchPipeline(self.ingester, on_written=commit)
-        started = last_report = time.monotonic()
+        started = last_report = last_lag = time.monotonic()
         # The idle clock starts once partitions are assigned (joining a group takes a moment).
         last_data = started + ASSIGN_GRACE_SECONDS
 
@@ -185,12 +194,17 @@ class VaultSink:
                     if msg.value():
                         values.append(msg.value())
                 now = time.monotonic()
+                if metrics and now - last_lag >= LAG_SECONDS:
+                    last_lag = now
+                    lags = partition_lags(consumer, consumer.assignment())
+                    if lags is not None:
+                        metrics.set_lag(lags)
                 if not ends:
                     if idle_exit is not None and now - last_data >= idle_exit:
                         break
                     continue
                 last_data = now
-                pipeline.submit(values, [TopicPartition(t, p, o) for (t, p), o in ends.items()])
+                pipeline.submit(values, ([TopicPartition(t, p, o) for (t, p), o in ends.items()], now))
                 if now - last_report >= PROGRESS_SECONDS:
                     last_report = now
                     done = pipeline.totals

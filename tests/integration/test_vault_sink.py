@@ -13,11 +13,13 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import generate_latest
 
 from pipeline.broker import LocalKafka
 from pipeline.cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, main
 from pipeline.core.router import CoreConfig, Router, Source
 from pipeline.keys import generate, write_private_json
+from pipeline.metrics import VaultSinkMetrics
 from pipeline.vault.ingest import Ingester
 from pipeline.vault.keystore import Keystore
 from pipeline.vault.sink import VaultSink
@@ -84,6 +86,7 @@ def test_sink_stores_committed_records_once_and_commits_offsets(kafka, topic_pre
     _produce(kafka, topic, f"{topic_prefix}w1", [(_envelopes(worker, first, "cdr.raw"), True),
                                                  (_envelopes(worker, aborted, "cdr.raw"), False)])
     db = tmp_path / "vault.db"
+    metrics = VaultSinkMetrics()  # one set across both runs, as a long-lived sink would count
 
     def run_sink() -> dict[str, int]:
         store = VaultStore(db, vault_kid=vault.vault_kid, index_kid=vault.index_key.kid, region="GB", create=True)
@@ -91,7 +94,7 @@ def test_sink_stores_committed_records_once_and_commits_offsets(kafka, topic_pre
         ingester = Ingester(store, keystore, vault)
         try:
             sink = VaultSink(ingester, kafka.admin_config(), topic=topic, group=f"{topic_prefix}vault",
-                             max_messages=4)
+                             max_messages=4, metrics=metrics)
             return sink.run(idle_exit=3.0).summary()
         finally:
             ingester.close()
@@ -109,6 +112,15 @@ def test_sink_stores_committed_records_once_and_commits_offsets(kafka, topic_pre
     totals = run_sink()
     assert (totals["stored"], totals["duplicates"], totals["records"]) == (15, 20, 35)
     assert len(_stored_ids(db)) == 75
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in generate_latest(metrics.registry).decode().splitlines() if not line.startswith("#")}
+    assert samples['cdrpipe_vault_records_total{outcome="stored"}'] == 75
+    assert samples['cdrpipe_vault_records_total{outcome="duplicate"}'] == 20
+    assert samples["cdrpipe_vault_batch_records_sum"] == 95
+    assert samples['cdrpipe_vault_segments_total{outcome="opened"}'] > 2
+    # Lag was measured for both partitions; caught up but for at most the last transaction's marker each.
+    assert {'cdrpipe_vault_consumer_lag{partition="0"}', 'cdrpipe_vault_consumer_lag{partition="1"}'} <= set(samples)
+    assert samples["cdrpipe_vault_consumer_lag_total"] <= 2
 
     consumer = Consumer({**kafka.admin_config(), "group.id": f"{topic_prefix}vault"})
     try:
@@ -128,7 +140,7 @@ def test_cli_sink_passes_settings_through_and_answers_queries(kafka, topic_prefi
     db = tmp_path / "vault.db"
     argv = ["vault", "sink", "--bootstrap-servers", kafka.bootstrap, "--keyring", str(keyring), "--db", str(db),
             "--topic", topic, "--group", f"{topic_prefix}g", "-X", "client.id=cdrpipe-vault-test",
-            "--idle-exit", "3", "--quiet"]
+            "--metrics-port", "0", "--metrics-addr", "127.0.0.1", "--idle-exit", "3", "--quiet"]
     assert main(argv) == EXIT_OK
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["stored"] == 40

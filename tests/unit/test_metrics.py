@@ -1,15 +1,17 @@
-"""The worker's Prometheus metrics: counted per committed batch, lag per owned partition, served over HTTP."""
+"""Prometheus metrics of the worker and the vault sink: counted per batch, lag per owned partition, served."""
 from __future__ import annotations
 
 import urllib.request
 from collections import Counter
 
+import pytest
 from prometheus_client import generate_latest
 
-from pipeline.metrics import WorkerMetrics
+from pipeline.cli import UsageError
+from pipeline.metrics import VaultSinkMetrics, WorkerMetrics, serve_metrics, stop_metrics
 
 
-def _samples(m: WorkerMetrics) -> dict[str, float]:
+def _samples(m: WorkerMetrics | VaultSinkMetrics) -> dict[str, float]:
     text = generate_latest(m.registry).decode()
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines() if line and not line.startswith("#")}
@@ -60,3 +62,32 @@ def test_metrics_are_served_over_http() -> None:
         server.shutdown()
         server.server_close()
     assert "cdrpipe_records_in_total 3.0" in body
+
+
+def test_vault_sink_batches_add_up_by_outcome() -> None:
+    from pipeline.vault.ingest import IngestTotals
+    m = VaultSinkMetrics()
+    m.observe_batch(IngestTotals(segments=3, records=100, stored=90, duplicates=8, expired=2, unparsed=1), 0.3)
+    m.observe_batch(IngestTotals(segments=1, records=5, stored=0, duplicates=5, quarantined=1), 0.02)
+    m.set_lag({0: 4, 1: 0})
+    s = _samples(m)
+    assert s['cdrpipe_vault_records_total{outcome="stored"}'] == 90
+    assert s['cdrpipe_vault_records_total{outcome="duplicate"}'] == 13
+    assert s['cdrpipe_vault_records_total{outcome="expired"}'] == 2
+    assert sum(v for k, v in s.items() if k.startswith("cdrpipe_vault_records_total{")) == s[
+        "cdrpipe_vault_batch_records_sum"] == 105, "outcomes add up to the records read"
+    assert s["cdrpipe_vault_unparsed_records_total"] == 1
+    assert s['cdrpipe_vault_segments_total{outcome="opened"}'] == 4
+    assert s['cdrpipe_vault_segments_total{outcome="quarantined"}'] == 1
+    assert s["cdrpipe_vault_batch_seconds_count"] == 2 and s['cdrpipe_vault_batch_seconds_bucket{le="0.025"}'] == 1
+    assert s["cdrpipe_vault_consumer_lag_total"] == 4 and "cdrpipe_consumer_lag_total" not in s
+
+
+def test_a_port_in_use_is_a_usage_error_that_says_what_to_do() -> None:
+    first = serve_metrics(WorkerMetrics(), 0, "127.0.0.1")
+    try:
+        with pytest.raises(UsageError, match="choose a free port"):
+            serve_metrics(VaultSinkMetrics(), first.server_port, "127.0.0.1")  # type: ignore[union-attr]
+    finally:
+        stop_metrics(first)
+    assert serve_metrics(VaultSinkMetrics(), None, "127.0.0.1") is None
