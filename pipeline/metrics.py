@@ -71,11 +71,11 @@ def partition_lags(consumer: Consumer, tps: Sequence[TopicPartition]) -> dict[in
 class _Metrics:
     """A metric set in its own registry, with per-partition lag gauges and an HTTP endpoint."""
 
-    def __init__(self, registry: CollectorRegistry | None, lag_prefix: str) -> None:
+    def __init__(self, registry: CollectorRegistry | None, lag_prefix: str, lag_unit: str) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.lag = Gauge(f"{lag_prefix}consumer_lag", "Records behind the input partition's end, per partition",
+        self.lag = Gauge(f"{lag_prefix}consumer_lag", f"{lag_unit} behind the input partition's end, per partition",
                          ["partition"], registry=self.registry)
-        self.lag_total = Gauge(f"{lag_prefix}consumer_lag_total", "Records behind, summed over owned partitions",
+        self.lag_total = Gauge(f"{lag_prefix}consumer_lag_total", f"{lag_unit} behind, summed over owned partitions",
                                registry=self.registry)
         self._lag_partitions: set[str] = set()
         self._lock = threading.Lock()
@@ -101,7 +101,7 @@ class WorkerMetrics(_Metrics):
     """The worker's counters, histograms and gauges, in their own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        super().__init__(registry, "cdrpipe_")
+        super().__init__(registry, "cdrpipe_", "Records")
         r = self.registry
         self.records_in = Counter("cdrpipe_records_in", "Input records in committed batches", registry=r)
         self.records_out = Counter("cdrpipe_records_out", "Records written per route in committed batches",
@@ -157,12 +157,13 @@ class VaultSinkMetrics(_Metrics):
     """The vault sink's counters: records by outcome, segments, batches, offset commits and lag."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        super().__init__(registry, "cdrpipe_vault_")
+        super().__init__(registry, "cdrpipe_vault_", "Retention messages (sealed segments)")
         r = self.registry
         self.records = Counter("cdrpipe_vault_records", "Records read from retention segments, by outcome",
                                ["outcome"], registry=r)
         self.unparsed = Counter("cdrpipe_vault_unparsed_records",
-                                "New records whose raw text could not be parsed (kept, dated by sealing time)", registry=r)
+                                "New records whose raw text could not be parsed (kept, dated by sealing time)",
+                                registry=r)
         self.segments = Counter("cdrpipe_vault_segments", "Retention segments opened or quarantined",
                                 ["outcome"], registry=r)
         self.batch_records = Histogram("cdrpipe_vault_batch_records", "Records per stored batch",
@@ -190,7 +191,7 @@ class VaultSinkMetrics(_Metrics):
 
 
 def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--metrics-port`` and ``--metrics-addr`` (env ``CDRPIPE_METRICS_PORT``/``_ADDR``), the same for every service."""
+    """``--metrics-port`` and ``--metrics-addr`` (env ``CDRPIPE_METRICS_PORT``/``_ADDR``), alike for every service."""
     parser.add_argument("--metrics-port", type=int, default=os.environ.get("CDRPIPE_METRICS_PORT"),
                         help="serve Prometheus metrics on this port (env CDRPIPE_METRICS_PORT; 0 picks one; "
                              "default off)")
