@@ -1,5 +1,7 @@
-"""Shared fixtures: keyrings and routers built once, with no I/O."""
+"""Shared fixtures: keyrings and routers built once, with no I/O; a reader of Prometheus text."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 
@@ -26,3 +28,14 @@ def vault_keyring(keyrings):
 @pytest.fixture()
 def router(worker_keyring):
     return Router(worker_keyring, CoreConfig())
+
+
+def _metric_samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+@pytest.fixture(scope="session")
+def metric_samples() -> Callable[[str], dict[str, float]]:
+    """Prometheus exposition text as ``{'name{label="v"}': value}`` (comments skipped)."""
+    return _metric_samples

@@ -285,7 +285,8 @@ def assert_exactly_once(out: Outputs, sent: Iterable[bytes | None], suppressed: 
 
 
 def test_counts_reconcile_under_read_committed_and_match_the_file_runner(
-        kafka: LocalKafka, topic_prefix: str, keys: Keys, workers: list[Worker], tmp_path: Path) -> None:
+        kafka: LocalKafka, topic_prefix: str, keys: Keys, workers: list[Worker], tmp_path: Path,
+        metric_samples: Callable[[str], dict[str, float]]) -> None:
     """Committed outputs equal the worker's counts, its metrics and the file runner's on the same input."""
     n, seed = 30_000, 11
     lines = synthetic_lines(n, seed)
@@ -316,8 +317,7 @@ def test_counts_reconcile_under_read_committed_and_match_the_file_runner(
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         except OSError:
             return {}
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines() if line.startswith("cdrpipe_")}
+        return metric_samples(text)
 
     wait_until(lambda: scrape().get("cdrpipe_records_in_total") == n, 90, "the worker's metrics to count every record")
     metrics = scrape()

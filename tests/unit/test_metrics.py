@@ -11,20 +11,19 @@ from pipeline.cli import UsageError
 from pipeline.metrics import VaultSinkMetrics, WorkerMetrics, serve_metrics, stop_metrics
 
 
-def _samples(m: WorkerMetrics | VaultSinkMetrics) -> dict[str, float]:
-    text = generate_latest(m.registry).decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
+@pytest.fixture
+def samples(metric_samples):
+    return lambda m: metric_samples(generate_latest(m.registry).decode())
 
 
-def test_committed_batches_add_up_per_route_and_reason() -> None:
+def test_committed_batches_add_up_per_route_and_reason(samples) -> None:
     m = WorkerMetrics()
     m.observe_commit({"in": 100, "analytics": 90, "retention": 100, "dlq": 8, "suppressed": 2},
                      Counter({"invalid_json": 5, "empty": 3}), 100, 0.2, 1)
     m.observe_commit({"in": 50, "analytics": 49, "retention": 50, "dlq": 1, "suppressed": 0},
                      Counter({"empty": 1}), 50, 0.05, 1)
     m.observe_abort("send_offsets_to_transaction")
-    s = _samples(m)
+    s = samples(m)
     assert s["cdrpipe_records_in_total"] == 150
     assert s['cdrpipe_records_out_total{route="analytics"}'] == 139
     assert s['cdrpipe_records_out_total{route="retention"}'] == 150
@@ -37,19 +36,19 @@ def test_committed_batches_add_up_per_route_and_reason() -> None:
     assert s['cdrpipe_batch_seconds_bucket{le="0.1"}'] == 1
 
 
-def test_lag_gauges_follow_the_partitions_owned_now() -> None:
+def test_lag_gauges_follow_the_partitions_owned_now(samples) -> None:
     m = WorkerMetrics()
     m.set_lag({0: 10, 1: 5})
     m.set_lag({1: 3, 2: 0})
-    s = _samples(m)
+    s = samples(m)
     assert 'cdrpipe_consumer_lag{partition="0"}' not in s, "a revoked partition's lag must disappear"
     assert s['cdrpipe_consumer_lag{partition="1"}'] == 3 and s["cdrpipe_consumer_lag_total"] == 3
 
 
-def test_two_workers_in_one_process_keep_separate_counts() -> None:
+def test_two_workers_in_one_process_keep_separate_counts(samples) -> None:
     a, b = WorkerMetrics(), WorkerMetrics()
     a.observe_commit({"in": 7}, Counter(), 7, 0.01, 0)
-    assert _samples(a)["cdrpipe_records_in_total"] == 7 and _samples(b)["cdrpipe_records_in_total"] == 0
+    assert samples(a)["cdrpipe_records_in_total"] == 7 and samples(b)["cdrpipe_records_in_total"] == 0
 
 
 def test_metrics_are_served_over_http() -> None:
@@ -64,13 +63,13 @@ def test_metrics_are_served_over_http() -> None:
     assert "cdrpipe_records_in_total 3.0" in body
 
 
-def test_vault_sink_batches_add_up_by_outcome() -> None:
+def test_vault_sink_batches_add_up_by_outcome(samples) -> None:
     from pipeline.vault.ingest import IngestTotals
     m = VaultSinkMetrics()
     m.observe_batch(IngestTotals(segments=3, records=100, stored=90, duplicates=8, expired=2, unparsed=1), 0.3)
     m.observe_batch(IngestTotals(segments=1, records=5, stored=0, duplicates=5, quarantined=1), 0.02)
     m.set_lag({0: 4, 1: 0})
-    s = _samples(m)
+    s = samples(m)
     assert s['cdrpipe_vault_records_total{outcome="stored"}'] == 90
     assert s['cdrpipe_vault_records_total{outcome="duplicate"}'] == 13
     assert s['cdrpipe_vault_records_total{outcome="expired"}'] == 2
