@@ -79,10 +79,12 @@ def produce_synthetic(conf: Mapping[str, Any], topic: str, n: int, *, seed: int 
     return sent
 
 
-def read_committed(conf: Mapping[str, Any], topic: str, *, timeout: float = 120.0) -> Iterator[Message]:
+def read_committed(conf: Mapping[str, Any], topic: str, *, timeout: float = 120.0,
+                   since_ms: int | None = None) -> Iterator[Message]:
     """Yield every message of ``topic`` that is committed now, once, as a read_committed reader sees it.
 
-    Reads from the beginning up to each partition's last stable offset taken at the start.
+    Reads from the beginning (or, with ``since_ms``, from each partition's first message with a
+    Kafka timestamp at or after it) up to each partition's last stable offset taken at the start.
     Raises ``FatalError`` when that end is not reached within ``timeout`` seconds.
     """
     from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -102,7 +104,16 @@ def read_committed(conf: Mapping[str, Any], topic: str, *, timeout: float = 120.
                          "isolation.level": "read_committed", "enable.auto.commit": False,
                          "enable.partition.eof": False})
     try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
+        starts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending]
+        if since_ms is not None:
+            found = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in pending], timeout=30)
+            for tp in found:  # -1: no message at or after since_ms, so nothing to read there
+                if tp.offset < 0 or tp.offset >= pending[tp.partition]:
+                    del pending[tp.partition]
+            starts = [tp for tp in found if tp.partition in pending]
+            if not pending:
+                return
+        consumer.assign(starts)
         deadline = time.monotonic() + timeout
         while pending:
             for m in consumer.consume(10_000, 0.5):

@@ -1,4 +1,5 @@
-"""The ``cdrpipe privacy`` command: ``submit``, ``worker`` and ``suppressions`` (an export).
+"""The ``cdrpipe privacy`` command: ``submit``, ``status``/``extend``/``close`` (the case register),
+``export`` (access and portability), ``worker`` and ``suppressions`` (the active suppressions).
 
 faust is imported only when ``worker`` runs, so ``cdrpipe --help`` and ``submit`` stay quick.
 """
@@ -12,7 +13,9 @@ import sys
 from pipeline.cli import UsageError
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
 from pipeline.privacy.options import ENV_BOOTSTRAP, add_app_arguments, parse_x
+from pipeline.privacy.register import register_commands
 from pipeline.privacy.requests import register_submit
+from pipeline.privacy.subject_export import add_parser as add_subject_export
 
 DEFAULT_APP_ID = "cdrpipe-privacy"
 DEFAULT_WEB_PORT = 6067
@@ -78,10 +81,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``cdrpipe privacy submit|worker|suppressions``."""
-    p = subparsers.add_parser("privacy", help="subject rights: submit requests, run the privacy app, export",
-                              description="Data-subject requests (GDPR Art. 17, 18, 21) for the CDR pipeline.")
+    """Add ``cdrpipe privacy submit|status|extend|close|export|worker|suppressions``."""
+    p = subparsers.add_parser("privacy", help="subject rights: submit requests, track them, export, run the privacy app",
+                              description="Data-subject requests (GDPR Art. 15, 17, 18, 20, 21) for the CDR pipeline.")
     sub = p.add_subparsers(dest="privacy_command", metavar="ACTION", required=True)
     register_submit(sub)
+    register_commands(sub)
+    add_subject_export(sub)
     _add_worker(sub)
     _add_export(sub)

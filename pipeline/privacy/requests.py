@@ -1,4 +1,4 @@
-"""Data-subject requests: the privacy-request v1 record, its validation, and `cdrpipe privacy submit`.
+"""Data-subject requests: the privacy-request record (v2), its validation, and `cdrpipe privacy submit`.
 
 A request is the one message in cdrpipe that carries a subscriber identifier in clear, so this
 module is careful about where that value can go:
@@ -10,8 +10,12 @@ module is careful about where that value can go:
 * :class:`PrivacyRequest` hides the value from ``repr``/``str`` so a stray log line or
   traceback cannot print it.
 
+Schema v2 added the types ``access`` and ``portability`` and the due date ``due``. Every v1
+request is a valid v2 request, so one validator reads both; a v1 request's due date is computed
+from ``received`` by the same rule (:mod:`pipeline.privacy.deadlines`).
+
 Public API:
-    ``REQUEST_TYPES``, ``SUBJECT_KINDS``
+    ``REQUEST_TYPES``, ``SUPPRESSION_TYPES``, ``SUBJECT_KINDS``
     ``load_schema(name) -> dict``                 a schema from schemas/
     ``schema_errors(doc) -> list[str]``           value-free validation errors (empty when valid)
     ``canonical_subject(kind, value, region)``    the form the pipeline tokenises, or InvalidRequest
@@ -29,7 +33,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,12 +45,17 @@ from pipeline.cli import FatalError, UsageError
 from pipeline.core.normalise import PhoneNormaliser, normalise_one
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, Tokeniser
 from pipeline.keys import WorkerKeyring
+from pipeline.privacy.deadlines import due_date
 
-REQUEST_TYPES = ("objection", "restriction", "restriction_lifted", "erasure")
+#: The request types that change what reaches analytics (the privacy app's suppression state).
+SUPPRESSION_TYPES = ("objection", "restriction", "restriction_lifted", "erasure")
+#: Requests answered by the DPO with an export (`cdrpipe privacy export`); the pipeline is unchanged.
+ACCESS_TYPES = ("access", "portability")
+REQUEST_TYPES = SUPPRESSION_TYPES + ACCESS_TYPES
 SUBJECT_KINDS = ("msisdn", "imsi")
-REQUEST_SCHEMA = "privacy-request.v1.json"
+REQUEST_SCHEMA = "privacy-request.v2.json"
 #: Header naming the record's schema (as the Kafka worker labels cdr.* records).
-SCHEMA_HEADER = ("schema", b"cdrpipe.privacy-request/1")
+SCHEMA_HEADER = ("schema", b"cdrpipe.privacy-request/2")
 ENV_SCHEMA_DIR = "CDRPIPE_SCHEMA_DIR"
 DEFAULT_REQUESTS_TOPIC = "privacy.requests"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:/@+\-]{1,64}$")
@@ -151,13 +160,13 @@ def check_request_id(request_id: str) -> str:
 
 def make_request(type_: str, kind: str, value: str, *, request_id: str | None = None,
                  received: datetime | None = None, region: str = "GB") -> dict[str, Any]:
-    """A validated privacy-request v1 document, the subject normalised (raises InvalidRequest)."""
+    """A validated privacy-request v2 document, the subject normalised (raises InvalidRequest)."""
     if type_ not in REQUEST_TYPES:
         raise InvalidRequest("invalid_type", f"type: must be one of {', '.join(REQUEST_TYPES)}")
     received = received or datetime.now(timezone.utc)
     doc = {"request_id": check_request_id(request_id or new_request_id(received)), "type": type_,
            "subject": {"kind": kind, "value": canonical_subject(kind, value, region)},
-           "received": utc_text(received)}
+           "received": utc_text(received), "due": due_date(received).isoformat()}
     errors = schema_errors(doc)
     if errors:
         raise InvalidRequest("schema", "; ".join(errors))
@@ -173,6 +182,8 @@ class PrivacyRequest:
     kind: str
     value: str
     received: datetime
+    #: Art. 12(3) due date: the request's ``due`` (v2), or computed from ``received`` (v1).
+    due: date | None = None
 
     def __repr__(self) -> str:
         return (f"PrivacyRequest(request_id={self.request_id!r}, type={self.type!r}, kind={self.kind!r}, "
@@ -193,8 +204,9 @@ def parse_request(raw: bytes | None) -> PrivacyRequest:
     if errors:
         raise InvalidRequest("schema", "; ".join(errors))
     received = datetime.fromisoformat(doc["received"].replace("Z", "+00:00"))
+    due = date.fromisoformat(doc["due"]) if "due" in doc else due_date(received)
     return PrivacyRequest(doc["request_id"], doc["type"], doc["subject"]["kind"], doc["subject"]["value"],
-                          received)
+                          received, due)
 
 
 class SubjectTokeniser:
@@ -265,8 +277,14 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     topic = args.topic_prefix + args.topic
     partition, offset = submit({"bootstrap.servers": bootstrap, **parse_x(args.X)}, topic, doc, args.timeout)
     # The receipt names the request, never the subject.
-    print(json.dumps({"request_id": doc["request_id"], "type": doc["type"], "subject_kind": kind,
-                      "received": doc["received"], "topic": topic, "partition": partition, "offset": offset}))
+    receipt = {"request_id": doc["request_id"], "type": doc["type"], "subject_kind": kind,
+               "received": doc["received"], "due": doc["due"], "topic": topic, "partition": partition,
+               "offset": offset}
+    if args.register:
+        from pipeline.privacy.register import CaseRegister
+
+        CaseRegister(args.register).record_received(receipt)
+    print(json.dumps(receipt))
     return 0
 
 
@@ -280,7 +298,8 @@ def register_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      "Prints a receipt with the request id, never the subject."))
     p.add_argument("--bootstrap-servers", default=None, help="Kafka bootstrap servers (env CDRPIPE_BOOTSTRAP_SERVERS)")
     p.add_argument("--type", required=True, choices=REQUEST_TYPES,
-                   help="objection (Art. 21), restriction (Art. 18), restriction_lifted, erasure (Art. 17)")
+                   help="objection (Art. 21), restriction (Art. 18), restriction_lifted, erasure (Art. 17), "
+                        "access (Art. 15), portability (Art. 20)")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--msisdn", metavar="NUMBER", help="the subscriber's number, any format (normalised to E.164)")
     who.add_argument("--imsi", metavar="IMSI", help="the subscriber's IMSI")
@@ -290,6 +309,9 @@ def register_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="when the request was received, ISO-8601 with zone (default now)")
     p.add_argument("--region", default=os.environ.get("CDRPIPE_REGION", "GB"),
                    help="region for national-format numbers (env CDRPIPE_REGION; default GB)")
+    p.add_argument("--register", default=os.environ.get("CDRPIPE_PRIVACY_REGISTER"),
+                   help="the DPO's case register (JSON lines, mode 0600) to record the receipt and due date in, "
+                        "for `cdrpipe privacy status` (env CDRPIPE_PRIVACY_REGISTER)")
     p.add_argument("--topic", default=DEFAULT_REQUESTS_TOPIC, help=f"requests topic (default {DEFAULT_REQUESTS_TOPIC})")
     p.add_argument("--topic-prefix", default="", help="prepend this to the topic name")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker's ack")
@@ -298,6 +320,6 @@ def register_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=_cmd_submit)
 
 
-__all__ = ["REQUEST_TYPES", "SUBJECT_KINDS", "InvalidRequest", "PrivacyRequest", "canonical_subject",
+__all__ = ["ACCESS_TYPES", "REQUEST_TYPES", "SUPPRESSION_TYPES", "SUBJECT_KINDS", "InvalidRequest", "PrivacyRequest", "canonical_subject",
            "check_request_id", "load_schema", "make_request", "new_request_id", "parse_request",
            "register_submit", "schema_errors", "submit", "utc_text", "SubjectTokeniser"]

@@ -6,12 +6,15 @@ Flow (every arrow is a Kafka topic; only the first carries a raw identifier)::
       (raw subject)     tokenise    (tokens only, keyed by token)    \\--> privacy.erasures (erasure only)
                                                                       table <app>-suppression-state (changelog)
 
-* **intake** validates each request against schemas/privacy-request.v1.json, normalises the
+* **intake** validates each request against schemas/privacy-request.v2.json (v1 requests are
+  valid v2 requests), normalises the
   subject exactly as the pipeline does and tokenises it under every key of the worker keyring
   (current first: the pipeline routes with the current key; older keys let erasure notices reach
   rows written before a rotation). The raw value is dropped right there: it never reaches a
   table, a topic other than privacy.requests, a log line or a metric label. Invalid requests are
-  counted by reason and logged by their coordinates only.
+  counted by reason and logged by their coordinates only. ``access`` and ``portability``
+  requests stop here: they are answered by the DPO with ``cdrpipe privacy export`` and change
+  nothing in the pipeline, so they are counted as applied and logged by request id only.
 * **The repartition by token** puts every request about one subscriber on one partition, which
   is what faust tables require (a table's changelog partition is its input partition): with
   several workers, each owns its subscribers' state.
@@ -42,8 +45,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pipeline.cli import FatalError, UsageError
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
 from pipeline.keys import KeyringError, WorkerKeyring, load_worker_keyring
-from pipeline.privacy.requests import (REQUEST_SCHEMA, REQUEST_TYPES, InvalidRequest, SubjectTokeniser, load_schema,
-                                       parse_request, utc_text)
+from pipeline.privacy.requests import (REQUEST_SCHEMA, REQUEST_TYPES, SUPPRESSION_TYPES, InvalidRequest,
+                                       SubjectTokeniser, load_schema, parse_request, utc_text)
 from pipeline.privacy.options import AppSettings, app_settings, ensure_dir
 from pipeline.privacy.service import build_app, run_app
 from pipeline.privacy.state import (TokenRequest, apply_request, erasure_notice, is_active,
@@ -132,6 +135,11 @@ def build_privacy_app(settings: AppSettings, keyring: WorkerKeyring, topics: Pri
                 metrics.invalid.labels("internal_error").inc()
                 log.error("privacy request at %s[%d]@%d could not be processed (%s); skipped", msg.topic,
                           msg.partition, msg.offset, type(exc).__name__)
+                continue
+            if req.type not in SUPPRESSION_TYPES:  # access, portability: answered by an export, not here
+                metrics.applied.labels(req.type).inc()
+                log.info("privacy request %s (%s) received: no effect on suppressions; answer it with "
+                         "`cdrpipe privacy export` by %s", req.request_id, req.type, req.due)
                 continue
             out = TokenRequest(req.request_id, req.type, req.kind, tokens, utc_text(req.received),
                                int(msg.timestamp * 1000) if msg.timestamp else 0)

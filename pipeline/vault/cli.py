@@ -602,6 +602,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--audit-key", default=None, help=f"Ed25519 audit key file (env {ENV_AUDIT_KEY})")
     p.set_defaults(func=_cmd_audit_gap)
 
+    from pipeline.vault.subject_access import add_parser as add_subject_access  # imports this module: here, not above
+    add_subject_access(vsub)
+
     p = vsub.add_parser("status", help="records per day, key state, quarantine and audit size (no secrets)")
     _vault_arguments(p)
     p.set_defaults(func=_cmd_status)

@@ -35,14 +35,17 @@ def _valid() -> dict:
 def test_request_schema_accepts_what_submit_builds() -> None:
     doc = make_request("restriction", "msisdn", "07700 900123", request_id="case-1", received=RECEIVED)
     assert doc == {"request_id": "case-1", "type": "restriction", "subject": {"kind": "msisdn", "value": NUMBER},
-                   "received": "2026-03-01T09:30:00.000Z"}
+                   "received": "2026-03-01T09:30:00.000Z", "due": "2026-04-01"}
     assert schema_errors(doc) == []
-    Draft202012Validator.check_schema(load_schema("privacy-request.v1.json"))
+    for name in ("privacy-request.v1.json", "privacy-request.v2.json"):
+        Draft202012Validator.check_schema(load_schema(name))
 
 
 @pytest.mark.parametrize("mutate, expected", [
     (lambda d: d.pop("received"), "(record): missing received"),
-    (lambda d: d.update(type="forget_me"), "type: must be one of objection, restriction, restriction_lifted, erasure"),
+    (lambda d: d.update(type="forget_me"),
+     "type: must be one of objection, restriction, restriction_lifted, erasure, access, portability"),
+    (lambda d: d.update(due="1 April"), "due: fails 'pattern'"),
     (lambda d: d["subject"].update(kind="imei"), "subject/kind: must be one of msisdn, imsi"),
     (lambda d: d.update(received="2026-03-01 09:30"), "received: fails 'pattern'"),
     (lambda d: d.update(request_id="07700900123"), "request_id: fails 'not'"),
@@ -241,3 +244,39 @@ def test_security_options_map_to_faust_credentials_and_unknown_ones_fail() -> No
     for bad in ({"linger.ms": "5"}, {"security.protocol": "SASL_SSL"}, {"security.protocol": "KERBEROS"}):
         with pytest.raises(UsageError):
             faust_credentials(bad)
+
+
+# --------------------------------------------------------------------------- schema v2: access, portability, due dates
+
+@pytest.mark.parametrize("type_", ["access", "portability"])
+def test_access_and_portability_requests_carry_their_due_date(type_) -> None:
+    doc = make_request(type_, "msisdn", "07700 900123", request_id="sar-1",
+                       received=datetime(2026, 1, 31, 23, 59, tzinfo=timezone.utc))
+    assert doc["type"] == type_ and doc["due"] == "2026-02-28"  # one month, clamped to the month's end
+    req = parse_request(json.dumps(doc).encode())
+    assert req.type == type_ and str(req.due) == "2026-02-28"
+
+
+def test_v1_requests_stay_readable_and_get_the_same_due_date() -> None:
+    v1 = _valid()  # as v1 wrote it: no due date
+    assert schema_errors(v1, "privacy-request.v1.json") == []
+    req = parse_request(json.dumps(v1).encode())
+    assert req.type == "objection" and req.value == NUMBER and str(req.due) == "2026-04-01"
+    # v2 is a superset: every v1 type and field is still valid, and v1 refuses the new types.
+    assert schema_errors(dict(v1, type="access"), "privacy-request.v1.json")
+    assert schema_errors(dict(v1, type="access")) == []
+
+
+def test_due_dates_follow_the_month_rule_and_extensions() -> None:
+    from pipeline.privacy.deadlines import due_date, is_overdue
+
+    at = lambda y, m, d: datetime(y, m, d, 12, tzinfo=timezone.utc)  # noqa: E731
+    assert str(due_date(at(2026, 3, 1))) == "2026-04-01"
+    assert str(due_date(at(2026, 1, 31))) == "2026-02-28"
+    assert str(due_date(at(2028, 1, 31))) == "2028-02-29"
+    assert str(due_date(at(2026, 12, 15))) == "2027-01-15"
+    assert str(due_date(at(2026, 11, 30), 2)) == "2027-02-28"
+    with pytest.raises(ValueError):
+        due_date(at(2026, 3, 1), 3)
+    due = due_date(at(2026, 3, 1))
+    assert not is_overdue(due, due) and is_overdue(due, due.replace(day=2))

@@ -1,0 +1,231 @@
+"""`cdrpipe vault subject-access`: a subscriber's own retained calls, for a subject access request.
+
+Why this is a vault command and not part of `cdrpipe privacy export`: only the vault's
+custodian holds the vault keyring, and a raw record must never leave the vault whole. A raw
+CDR describes two people; the subject is entitled to their own data, not to everything the
+network logged about the other party. So the records are cut down *here*, inside the vault,
+to what the subject may see, and only that view goes into the file the DPO merges:
+
+* **Found exactly as a warrant finds them** (the vault's :class:`~pipeline.vault.query.Searcher`:
+  blind index, decrypt, exact re-check), so the counts are the vault's counts.
+* **Audited, with purpose ``subject-access``** and the DPO's request id, not a warrant: one entry
+  in the vault's hash-chained audit log (action ``subject_access``), written before the file.
+* **The other party as on an itemised bill**: a number the subject dialled, or a caller who
+  presented their number, in the vault region's national format (international for foreign
+  numbers); short codes, extensions and sender names as written.
+* **A withheld caller is never revealed to the callee** (CLIR). :func:`caller_withheld` decides,
+  failing closed: a withheld-style CLI, or any presentation/privacy marker that does not say
+  "allowed", hides the number; the record says ``withheld``.
+* **Device and location fields only for the subject's own side.** In a raw v1 record the IMSI,
+  IMEI, cell and IP are the calling (served) subscriber's, so they are included when the subject
+  is the caller and left out when the subject was called.
+* **No trace of law enforcement** (the tipping-off prohibition; IPA 2016 s.82 and the DPA 2018
+  Sch. 2 para. 2 crime exemption): this module reads the records and nothing else. It never
+  reads the audit log (it only appends its own entry), never names a warrant, an officer, an
+  audit sequence number or a query count, and the file it writes has no field that could hold
+  one (``schemas/subject-export.v1.json#/$defs/vaultExtract`` is closed). Whether a warrant ever
+  touched these records cannot change a byte of the output; a test checks exactly that.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import phonenumbers
+import polars as pl
+
+from pipeline.cli import FatalError, UsageError
+from pipeline.core.normalise import WITHHELD, WITHHELD_WORDS, PhoneNormaliser, normalise_column
+from pipeline.vault.audit import ENV_AUDIT_KEY, AuditError
+from pipeline.vault.cli import _audit_log, _iso, _open_output, _reference, _vault_arguments, open_vault, parse_window
+from pipeline.vault.export import iso_time
+from pipeline.vault.index import BlindIndexer
+from pipeline.vault.keystore import KeystoreError
+from pipeline.vault.query import FoundRecord, Searcher
+from pipeline.vault.store import StoreError
+
+EXTRACT_TYPE = "cdrpipe.vault-subject-access/1"
+PURPOSE = "subject-access"
+#: Values of a presentation or privacy marker that mean "the caller allowed their number to be shown".
+PRESENTATION_ALLOWED = frozenset({"", "allowed", "allow", "presentation_allowed", "presentationallowed", "none",
+                                  "no", "false", "0", "off"})
+#: Where a record says whether the caller withheld their number (CLIR), by format:
+#: raw v1 JSON top-level fields, and FreeSWITCH's channel variables (``privacy``: yes|number|full;
+#: ``sip_privacy``/``sip_Privacy``: the SIP Privacy header of RFC 3323/3325, e.g. ``id``).
+PRESENTATION_FIELDS = ("presentation", "cli_presentation", "clir", "privacy", "sip_privacy")
+FREESWITCH_VARIABLES = ("privacy", "sip_privacy", "sip_Privacy", "caller_id_privacy")
+#: Fields that belong to the served (calling) subscriber: given to the subject only for their own calls.
+SERVED_FIELDS = ("imsi", "imei", "cell_id", "ip")
+
+
+def caller_withheld(doc: dict[str, Any], cli_class: str | None) -> bool:
+    """True when the caller withheld their number (fail closed: an unknown marker value withholds)."""
+    if cli_class == WITHHELD:
+        return True
+    cli = doc.get("cli")
+    if isinstance(cli, str) and cli.strip().lower() in WITHHELD_WORDS:
+        return True
+    markers: list[Any] = [doc.get(name) for name in PRESENTATION_FIELDS]
+    if isinstance(cli, dict):
+        markers.append(cli.get("presentation"))
+    variables = doc.get("variables")
+    if isinstance(variables, dict):
+        markers.extend(variables.get(name) for name in FREESWITCH_VARIABLES)
+    for marker in markers:
+        if marker is None or isinstance(marker, bool) and not marker:
+            continue
+        if str(marker).strip().lower() not in PRESENTATION_ALLOWED:
+            return True
+    return False
+
+
+def bill_number(canonical: str | None, cls: str | None, region: str) -> tuple[str | None, str]:
+    """How an itemised bill shows a party: ``(text, form)``; form is number, withheld or none."""
+    if cls == WITHHELD:
+        return None, "withheld"
+    if canonical is None:
+        return None, "none"
+    if cls == "e164":
+        try:
+            parsed = phonenumbers.parse(canonical, None)
+        except phonenumbers.NumberParseException:
+            return canonical, "number"
+        home = parsed.country_code == phonenumbers.country_code_for_region(region.upper())
+        fmt = phonenumbers.PhoneNumberFormat.NATIONAL if home else phonenumbers.PhoneNumberFormat.INTERNATIONAL
+        return phonenumbers.format_number(parsed, fmt), "number"
+    return canonical, "number"
+
+
+def _doc(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or isinstance(value, (dict, list)) else str(value)
+
+
+def _duration(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def subject_view(records: Sequence[FoundRecord], subject: str, region: str) -> list[dict[str, Any]]:
+    """The subject's view of each record (``$defs/record`` of subject-export.v1), in time order."""
+    docs = [_doc(r.raw) for r in records]
+    phones = PhoneNormaliser(region)
+    cli, cli_cls = normalise_column("msisdn", pl.Series([_text(d.get("cli")) for d in docs], dtype=pl.String), phones)
+    dialled, dialled_cls = normalise_column("msisdn", pl.Series([_text(d.get("dialled")) for d in docs],
+                                                                dtype=pl.String), phones)
+    assert cli_cls is not None and dialled_cls is not None
+    out = []
+    for i, (rec, doc) in enumerate(zip(records, docs)):
+        caller, callee = cli[i] == subject, dialled[i] == subject
+        direction = "self" if caller and callee else "outgoing" if caller else "incoming"
+        if direction == "incoming":
+            withheld = caller_withheld(doc, cli_cls[i])
+            shown, form = (None, "withheld") if withheld else bill_number(cli[i], cli_cls[i], region)
+            other_cls = None if withheld else cli_cls[i]
+        else:
+            shown, form = bill_number(dialled[i], dialled_cls[i], region)
+            other_cls = dialled_cls[i]
+        own = direction != "incoming"
+        out.append({
+            "source": "retained", "record_id": rec.record_id, "start": iso_time(rec.ts_us),
+            "time_precision": "second", "duration": _duration(doc.get("duration")), "direction": direction,
+            "subject_number": subject, "other_party": shown, "other_party_form": form,
+            "other_party_class": other_cls,
+            "call_type": _text(doc.get("call_type")), "status": _text(doc.get("status")),
+            **{name: (_text(doc.get(name)) if own else None) for name in SERVED_FIELDS},
+        })
+    return out
+
+
+def _cmd_subject_access(args: argparse.Namespace) -> int:
+    from pipeline.privacy.requests import InvalidRequest, canonical_subject, check_request_id, utc_text
+
+    custodian = _reference(args.custodian, "--custodian", "the vault custodian who runs it")
+    try:
+        request_id = check_request_id(args.request_id or "")
+    except InvalidRequest as exc:
+        raise UsageError(f"--request-id: {exc}") from None
+    start_us, end_us = parse_window(args.start, args.end)
+    if not args.output:
+        raise UsageError("--output FILE is required: the extract is handed to the DPO, never printed")
+    with open_vault(args) as vault:
+        region = vault.store.region
+        try:
+            subject = canonical_subject("msisdn", args.subject or "", region)
+        except InvalidRequest as exc:
+            raise UsageError(f"--subject: {exc}") from None
+        audit = _audit_log(vault, args)
+        indexer = BlindIndexer(vault.keyring.index_key)
+        try:
+            result = Searcher(vault.store, vault.keystore, indexer).search("msisdn", subject, start_us, end_us)
+        except (KeystoreError, StoreError) as exc:
+            raise FatalError(str(exc)) from None
+        window = {"from": _iso(start_us), "to": _iso(end_us)}
+        try:
+            audit.append({"action": "subject_access", "purpose": PURPOSE, "request_id": request_id,
+                          "operator": custodian,
+                          "target": {"kind": "msisdn", "digest": indexer.audit_digest("msisdn", subject),
+                                     "index_kid": indexer.kid},
+                          "window": window, "result_count": len(result.records),
+                          "unreadable_count": result.unreadable_count,
+                          "integrity_failures": len(result.integrity_failures)})
+        except AuditError as exc:  # no audit entry, no extract
+            raise FatalError(str(exc)) from None
+        extract = {"type": EXTRACT_TYPE, "request_id": request_id, "subject": {"kind": "msisdn", "number": subject},
+                   "window": window, "generated_at": utc_text(_dt.datetime.now(_dt.timezone.utc)),
+                   "complete": not result.integrity_failures and not result.unreadable,
+                   "records": subject_view(result.records, subject, region)}
+    out = _open_output(args.output)
+    try:
+        out.write(orjson.dumps(extract, option=orjson.OPT_INDENT_2) + b"\n")
+    finally:
+        out.close()
+    # The custodian's summary: counts only (no subject, no audit position).
+    print(f"vault subject-access {request_id}: {len(result.records)} record(s) written to {args.output}"
+          + ("" if extract["complete"] else f"; {len(result.integrity_failures)} failed authentication, "
+             f"{result.unreadable_count} in purged days (not included)"), file=sys.stderr)
+    if result.integrity_failures:
+        raise FatalError(f"{len(result.integrity_failures)} stored record(s) failed authentication and are not in "
+                         "the extract (marked incomplete); investigate before the DPO relies on it")
+    return 0
+
+
+def add_parser(vsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``cdrpipe vault subject-access`` (registered by :func:`pipeline.vault.cli.register`)."""
+    p = vsub.add_parser(
+        "subject-access", help="a subscriber's own calls for their access request (audited; no warrant)",
+        description="For a data-subject access or portability request: find the subscriber's calls in "
+                    "[--from, --to) as a warrant query would, write the subscriber's own view of them (the other "
+                    "party as on an itemised bill, withheld callers withheld, no other party's device or location "
+                    "data) to --output (mode 0600) for `cdrpipe privacy export --vault`. Audited with purpose "
+                    "subject-access and the request id. Never includes anything about warrants or the audit log.")
+    _vault_arguments(p)
+    p.add_argument("--request-id", required=True, help="the DPO's request id (as submitted)")
+    p.add_argument("--subject", required=True, metavar="NUMBER",
+                   help="the subscriber's number, any format (read with the vault's region)")
+    p.add_argument("--from", dest="start", required=True, help="window start, ISO-8601 (inclusive)")
+    p.add_argument("--to", dest="end", required=True,
+                   help="window end, ISO-8601 (exclusive; a date includes that day)")
+    p.add_argument("--custodian", default=os.environ.get("CDRPIPE_OPERATOR"),
+                   help="id of the vault custodian running it (env CDRPIPE_OPERATOR; required)")
+    p.add_argument("--output", required=True, help="the extract file to hand to the DPO (mode 0600)")
+    p.add_argument("--audit-key", default=None, help=f"Ed25519 audit key file (env {ENV_AUDIT_KEY})")
+    p.set_defaults(func=_cmd_subject_access)
+
+
+__all__ = ["EXTRACT_TYPE", "PURPOSE", "add_parser", "bill_number", "caller_withheld", "subject_view"]
