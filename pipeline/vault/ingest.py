@@ -8,24 +8,26 @@ For a batch of retention envelopes (many segments, tens of thousands of records)
    open is quarantined still sealed (nothing is dropped, nothing blocks the stream);
 2. drop record ids already stored, in the batch being written, or repeated in this batch
    (idempotent ingest);
-3. parse the raw records with the pipeline's own parser, take the call start with the
-   pipeline's time parser (else the segment's ``sealed_at``), and normalise ``cli``,
-   ``dialled``, ``imsi`` and ``imei`` as columns with the pipeline's normalisers — so the
-   vault's "same number" is exactly the pipeline's;
+3. read the raw records with the pipeline's own adapter for their input format (``readers``:
+   ``--format``/``--mapping``, else sniffed), take the call start with the pipeline's time
+   parser (else the segment's ``sealed_at``), and normalise ``cli``, ``dialled``, ``imsi`` and
+   ``imei`` as columns with the pipeline's normalisers — so the vault's "same number" is
+   exactly the pipeline's, whatever format the record arrived in;
+   a record whose call start is already past retention is not stored (``expired``);
 4. blind-index them per column (``index``) and encrypt each raw record under its day's key.
 
 :meth:`Ingester.write` then inserts the prepared rows with ``executemany`` in one
 transaction. The two halves can overlap (``sink.BatchPipeline``): SQLite releases the GIL
 while it steps, so one core writes batch *k* while the other prepares batch *k+1*.
 
-Records that are not JSON objects are stored too, unindexed, under the day of ``sealed_at``.
+Records no reader can read are stored too, unindexed, under the day of ``sealed_at``
+(``vault reindex`` reads them again later, with the right ``--format``).
 """
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,116 +37,20 @@ import polars as pl
 from pipeline.core.actions import parse_times
 from pipeline.core.envelope import ENVELOPE_TYPE, EnvelopeError, open_segment
 from pipeline.core.normalise import PhoneNormaliser, normalise_column
-from pipeline.core.parse import parse_batch
 from pipeline.keys import VaultKeyring
 from pipeline.vault.index import PARTY_FIELDS, RID_BITS, TARGET_KINDS, BlindIndexer
-from pipeline.vault.keystore import Keystore
+from pipeline.vault.keystore import Keystore, day_number
+from pipeline.vault.readers import SNIFFED, UNREAD, Reader, read_parties
+from pipeline.vault.retention import DEFAULT_RETENTION, retention_cutoff, utc_today
 from pipeline.vault.store import DAY_US, VaultStore
 
 log = logging.getLogger(__name__)
 
 DLQ_TYPE = "cdr.dlq/1"
-#: Fields the vault reads from a raw record (everything else stays inside the ciphertext only).
-PARSE_SCHEMA: dict[str, Any] = {name: pl.String for name in ("cli", "dialled", "imsi", "imei", "start")}
-#: Records up to this size are parsed for indexing; larger ones are stored, unindexed.
-MAX_PARSE_BYTES = 1 << 20
-PARTY_NAMES = tuple(dict.fromkeys(name for name, _kind in PARTY_FIELDS))
 
 
 class WrongVaultKeyError(Exception):
     """A segment was sealed for another vault key: this keyring cannot open it (stop, do not skip)."""
-
-
-# --------------------------------------------------------------------------- reading party identifiers
-
-class _Pairs(list):  # type: ignore[type-arg]
-    """A JSON object as its key/value pairs, duplicates kept (what ``object_pairs_hook`` returns)."""
-
-
-def _lenient_fields(raw: bytes) -> tuple[dict[str, list[str]], str | None] | None:
-    """Every value of the party fields and the start of a record the strict parser rejected, or None.
-
-    The pipeline sends a record with a repeated field, a BOM or ``NaN`` to the DLQ because its
-    analytics value would be ambiguous; the vault still has to find it for a warrant, so it
-    indexes *every* value of a repeated party field. ``start`` takes the last value, as most
-    JSON readers do. Records that are not JSON objects at all return None (stored unindexed).
-    """
-    if len(raw) > MAX_PARSE_BYTES:
-        return None
-    try:
-        doc = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_Pairs)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if not isinstance(doc, _Pairs):
-        return None
-    values: dict[str, list[str]] = {}
-    start = None
-    for key, value in doc:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            continue
-        if key == "start":
-            start = str(value)
-        elif key in PARTY_NAMES:
-            values.setdefault(key, []).append(str(value))
-    return values, start
-
-
-@dataclass
-class Parties:
-    """A batch's party identifiers in long form, plus per-record parse state and start text."""
-
-    parsed: pl.Series     # Boolean per record: a JSON object (strictly or leniently parsed)
-    start: pl.Series      # String per record: the start as written (null if none)
-    values: pl.DataFrame  # row (Int64), field (String), raw (String): one row per party value
-
-
-def read_parties(raws: Sequence[bytes]) -> Parties:
-    """Party values and start times of raw records: the pipeline's parser, then a lenient pass on its rejects."""
-    n = len(raws)
-    parsed = parse_batch(raws, b"\n".join(raws), PARSE_SCHEMA, max_bytes=MAX_PARSE_BYTES)
-    f = parsed.frame.with_columns(pl.col("row").cast(pl.Int64))
-    long = [f.select("row", pl.lit(name).alias("field"), pl.col(name).alias("raw")) for name in PARTY_NAMES]
-    rows = f["row"]
-    ok = pl.Series("parsed", [False] * n, dtype=pl.Boolean).scatter(rows, True) if f.height else \
-        pl.Series("parsed", [False] * n, dtype=pl.Boolean)
-    start = pl.Series("start", [None] * n, dtype=pl.String)
-    if f.height:
-        start = start.scatter(rows, f["start"])
-    lenient_rows: list[int] = []
-    lenient_starts: list[str | None] = []
-    extra: dict[str, list[Any]] = {"row": [], "field": [], "raw": []}
-    for row in parsed.reject_rows:
-        lenient = _lenient_fields(raws[row])
-        if lenient is None:
-            continue
-        fields, first_start = lenient
-        lenient_rows.append(row)
-        lenient_starts.append(first_start)
-        for name, vals in fields.items():
-            extra["row"].extend([row] * len(vals))
-            extra["field"].extend([name] * len(vals))
-            extra["raw"].extend(vals)
-    if lenient_rows:
-        ok = ok.scatter(lenient_rows, True)
-        start = start.scatter(lenient_rows, pl.Series(lenient_starts, dtype=pl.String))
-        long.append(pl.DataFrame(extra, schema={"row": pl.Int64, "field": pl.String, "raw": pl.String}))
-    values = pl.concat(long).filter(pl.col("raw").is_not_null())
-    return Parties(ok, start, values)
-
-
-def normalised_parties(parties: Parties, phones: PhoneNormaliser) -> pl.DataFrame:
-    """``row, kind, value``: each party value in the pipeline's canonical form (invalid values dropped)."""
-    out = []
-    for kind in TARGET_KINDS:
-        names = [f for f, k in PARTY_FIELDS if k == kind]
-        part = parties.values.filter(pl.col("field").is_in(names))
-        if part.height == 0:
-            continue
-        canonical, _cls = normalise_column(kind, part["raw"], phones)
-        out.append(part.select("row", pl.lit(kind).alias("kind"), canonical.alias("value")))
-    if not out:
-        return pl.DataFrame(schema={"row": pl.Int64, "kind": pl.String, "value": pl.String})
-    return pl.concat(out).filter(pl.col("value").is_not_null())
 
 
 # --------------------------------------------------------------------------- the batch transform
@@ -209,9 +115,16 @@ def _sealed_us(text: Any) -> int:
 class Ingester:
     """Prepares and writes batches for one store; holds the normaliser, index and rid counters across batches."""
 
-    def __init__(self, store: VaultStore, keystore: Keystore, keyring: VaultKeyring) -> None:
+    def __init__(self, store: VaultStore, keystore: Keystore, keyring: VaultKeyring, *,
+                 reader: Reader | None = None, retention: str = DEFAULT_RETENTION,
+                 today: Callable[[], _dt.date] = utc_today) -> None:
         self.store = store
         self.keystore = keystore
+        #: The ``--format`` reader (None: sniff each record); every reader a batch may use has an id.
+        self.reader = reader
+        self._reader_ids = {r: store.reader_id(r) for r in ([reader] if reader else []) + list(SNIFFED)}
+        self.retention = retention
+        self._today = today
         self._private = keyring.private
         self._kid = keyring.vault_kid
         self._indexer = BlindIndexer(keyring.index_key)
@@ -227,6 +140,10 @@ class Ingester:
 
     def close(self) -> None:
         self._reader.close()
+
+    def cutoff_day(self) -> int:
+        """The first day still within retention today (re-read per batch: a sink runs for days)."""
+        return day_number(retention_cutoff(self._today(), self.retention))
 
     def ingest(self, envelopes: Sequence[bytes | dict[str, Any]]) -> IngestTotals:
         """Prepare and write one batch (one transaction); returns what happened."""
@@ -302,16 +219,21 @@ class Ingester:
         raws_all = cols["raw"]
         raws = [raws_all[i] for i in take]
 
-        parties = read_parties(raws)
+        parties = read_parties(raws, self.reader)
+        read_by = pl.Series("parsed", [self._reader_ids[r] if r is not None else UNREAD for r in parties.readers],
+                            dtype=pl.Int64)
         rows = first.select("record_id", "sealed").with_columns(
-            parties.parsed.alias("parsed"), parse_times(parties.start).dt.epoch("us").alias("start")) \
+            read_by, parse_times(parties.start).dt.epoch("us").alias("start")) \
             .with_row_index("row").with_columns(
             pl.col("row").cast(pl.Int64), pl.coalesce("start", "sealed").alias("ts")).with_columns(
             (pl.col("ts") // DAY_US).alias("day"), pl.col("start").is_null().alias("sealed_time"))
-        totals.unparsed = int((~rows["parsed"]).sum())
+        totals.unparsed = int((rows["parsed"] == UNREAD).sum())
 
-        # Day keys first: records of a purged day are not stored again (the legal period is over).
-        ciphers = {int(d): self.keystore.cipher_for_write(int(d)) for d in rows["day"].unique().to_list()}
+        # Records past retention (by call start) or of a purged day are not stored: the legal
+        # period is over. Day keys are asked for only for days within it (never created for old ones).
+        cutoff = self.cutoff_day()
+        ciphers = {int(d): (self.keystore.cipher_for_write(int(d)) if d >= cutoff else None)
+                   for d in rows["day"].unique().to_list()}
         expired = [d for d, c in ciphers.items() if c is None]
         if expired:
             totals.expired = int(rows["day"].is_in(expired).sum())
@@ -349,7 +271,7 @@ class Ingester:
 
         order = rows["row"].to_list()
         ids_col, ts_col, rid_col = rows["record_id"].to_list(), rows["ts"].to_list(), rows["rid"].to_list()
-        parsed_col = rows["parsed"].cast(pl.Int8).to_list()
+        parsed_col = rows["parsed"].to_list()
         sealed_col = rows["sealed_time"].cast(pl.Int8).to_list()
         raw_col = [raws[r] for r in order]
         src_all, part_all, off_all = cols["src"], cols["part"], cols["off"]

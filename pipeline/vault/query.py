@@ -20,7 +20,7 @@ import polars as pl
 
 from pipeline.core.normalise import PhoneNormaliser
 from pipeline.vault.index import BlindIndexer
-from pipeline.vault.ingest import normalised_parties, read_parties
+from pipeline.vault.readers import normalised_parties, read_parties_as
 from pipeline.vault.keystore import KeyDestroyedError, Keystore, RecordIntegrityError, day_date
 from pipeline.vault.store import DAY_US, VaultStore
 
@@ -31,12 +31,14 @@ class FoundRecord:
 
     record_id: str
     ts_us: int
-    parsed: bool
+    parsed: bool  # read by some input format (see ``reader``)
     sealed_time: bool
     source_name: str
     partition: int | None
     offset: int | None
     raw: bytes = field(repr=False)
+    #: The ``readers`` id the record was indexed with (0: no format could read it).
+    reader: int = 0
 
 
 @dataclass
@@ -76,8 +78,13 @@ class Searcher:
     def __repr__(self) -> str:
         return f"Searcher(store={self.store!r})"
 
-    def search(self, kind: str, canonical: str, start_us: int, end_us: int) -> SearchResult:
-        """Records in ``[start_us, end_us)`` where ``canonical`` (of ``kind``) is a party."""
+    def search(self, kind: str, canonical: str, start_us: int, end_us: int, *, not_before_us: int = 0) -> SearchResult:
+        """Records in ``[start_us, end_us)`` where ``canonical`` (of ``kind``) is a party.
+
+        Nothing before ``not_before_us`` (the retention cut-off) is ever returned, whatever the
+        window, even when the purge has not run yet.
+        """
+        start_us = max(start_us, not_before_us)
         result = SearchResult()
         stored = self.store.partitions()
         candidates: list[FoundRecord] = []
@@ -89,8 +96,9 @@ class Searcher:
         result.records = sorted((r for r, ok in zip(candidates, keep) if ok), key=lambda r: (r.ts_us, r.record_id))
         return result
 
-    def search_unparsed(self, start_us: int, end_us: int) -> SearchResult:
-        """Records that were not JSON (so not indexed), sealed within ``[start_us, end_us)``."""
+    def search_unparsed(self, start_us: int, end_us: int, *, not_before_us: int = 0) -> SearchResult:
+        """Records no input format could read (so not indexed), sealed within ``[start_us, end_us)``."""
+        start_us = max(start_us, not_before_us)
         result = SearchResult()
         stored = self.store.partitions()
         for day in window_days(start_us, end_us, stored):
@@ -116,14 +124,16 @@ class Searcher:
                 result.integrity_failures.append((str(record_id), day))
                 continue
             out.append(FoundRecord(str(record_id), int(ts), bool(parsed), bool(sealed_time), str(src),  # type: ignore[arg-type]
-                                   part, off, raw))  # type: ignore[arg-type]
+                                   part, off, raw, int(parsed)))  # type: ignore[arg-type]
         return out
 
     def _is_party(self, kind: str, canonical: str, records: list[FoundRecord]) -> list[bool]:
         """Per record: is ``canonical`` one of its normalised party identifiers (the exact re-check)."""
         if not records:
             return []
-        values = normalised_parties(read_parties([r.raw for r in records]), self._phones)
+        readers = self.store.readers()
+        parties = read_parties_as([r.raw for r in records], [readers.get(r.reader) for r in records])
+        values = normalised_parties(parties, self._phones)
         rows = set(values.filter((pl.col("kind") == kind) & (pl.col("value") == canonical))["row"].to_list())
         return [i in rows for i in range(len(records))]
 

@@ -5,7 +5,7 @@ Layout (docs/vault.md has the rationale):
 * ``rec_YYYYMMDD(rid, record_id, ts, parsed, sealed_time, src, part, off, ct)`` — one row per
   record, ``ct`` = nonce || AES-256-GCM under the day's key (``keystore``). ``ts`` is the call
   start in µs since the epoch, or the segment's ``sealed_at`` when the record has no usable
-  start (``sealed_time = 1``); records that are not JSON at all have ``parsed = 0`` and a
+  start (``sealed_time = 1``); records no input format could read have ``parsed = 0`` and a
   small partial index on ``ts`` so they can be listed by time.
 * ``idx_YYYYMMDD(k INTEGER PRIMARY KEY)`` — one key ``bidx << 32 | rid`` per (party
   identifier, record): a lookup is one range scan of a rowid B-tree, whatever the number of
@@ -13,7 +13,10 @@ Layout (docs/vault.md has the rationale):
 * ``record_ids(record_id, day)`` WITHOUT ROWID — every stored record id once, across days:
   ingest is idempotent however often (or however late) a record arrives.
 * ``partitions(day, kid)`` — which day key each day was written with.
+* ``readers(id, format, mapping)`` — the input format (and mapping file text) a record was
+  indexed with: a record's ``parsed`` is a reader id (0: unread; 1: JSONL, since the first vault).
 * ``audit(seq, entry)`` — the hash-chained access log (``audit``).
+* ``warrants(id, doc)`` — registered warrants and their scope (``warrants``).
 
 Writes use ``synchronous=FULL``: a batch is on disk before the sink commits its Kafka offsets,
 so a power cut cannot lose records the topic no longer holds. One writer per database, enforced
@@ -36,6 +39,7 @@ import orjson
 
 from pipeline.vault.index import RID_BITS
 from pipeline.vault.keystore import _create_private_file, day_date
+from pipeline.vault.readers import JSONL_ID, Reader
 
 STORE_FORMAT = "cdrpipe.vault-store/1"
 DAY_US = 86_400_000_000
@@ -47,6 +51,9 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS partitions (day INTEGER PRIMARY KEY, kid TEXT NOT NULL, created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS record_ids (record_id TEXT PRIMARY KEY, day INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS warrants (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS readers (id INTEGER PRIMARY KEY, format TEXT NOT NULL, mapping TEXT NOT NULL,
+                                    UNIQUE (format, mapping));
 CREATE TABLE IF NOT EXISTS quarantine (id INTEGER PRIMARY KEY, received_at TEXT NOT NULL, segment_id TEXT,
                                        reason TEXT NOT NULL, envelope BLOB NOT NULL);
 """
@@ -106,6 +113,10 @@ class VaultStore:
             raise StoreError(f"{self.path} was created with vault key {meta.get('vault_kid')!r} and index key "
                              f"{meta.get('index_kid')!r}; the keyring holds {vault_kid!r} and {index_kid!r}: "
                              "use the vault keyring that created this vault")
+        if self.conn.execute("SELECT 1 FROM readers WHERE id = ?", (JSONL_ID,)).fetchone() is None:
+            # A vault from before the readers table: its parsed = 1 records were read as JSONL.
+            self.conn.execute("INSERT OR IGNORE INTO readers (id, format, mapping) VALUES (?, 'jsonl', '')",
+                              (JSONL_ID,))
         #: The region national numbers were read with at ingest (fixed for the vault's life).
         self.region = meta["region"]
         if region and region.upper() != self.region:
@@ -180,6 +191,24 @@ class VaultStore:
             return 1
         return int(conn.execute(f"SELECT coalesce(max(rid), 0) + 1 FROM {rec_table(day)}").fetchone()[0])
 
+    # ------------------------------------------------------------------ readers
+
+    def readers(self) -> dict[int, Reader]:
+        """Reader id -> the format (and mapping text) records with that ``parsed`` value were indexed with."""
+        return {int(i): Reader(f, m) for i, f, m in self.conn.execute("SELECT id, format, mapping FROM readers")}
+
+    def reader_id(self, reader: Reader) -> int:
+        """The id of ``reader``, registered on first use (ids are never reused or changed)."""
+        row = self.conn.execute("SELECT id FROM readers WHERE format = ? AND mapping = ?",
+                                (reader.format, reader.mapping)).fetchone()
+        if row is None:
+            with self.transaction() as conn:
+                conn.execute("INSERT OR IGNORE INTO readers (format, mapping) VALUES (?, ?)",
+                             (reader.format, reader.mapping))
+            row = self.conn.execute("SELECT id FROM readers WHERE format = ? AND mapping = ?",
+                                    (reader.format, reader.mapping)).fetchone()
+        return int(row[0])
+
     # ------------------------------------------------------------------ ingest
 
     def known_ids(self, record_ids: Sequence[str], conn: sqlite3.Connection | None = None) -> set[str]:
@@ -200,6 +229,21 @@ class VaultStore:
                           (orjson.dumps(index),))
         self.conn.execute("INSERT INTO record_ids (record_id, day) SELECT value, ? FROM json_each(?)",
                           (day, orjson.dumps(ids)))
+
+    def sealed_time_rows(self, day: int) -> list[tuple[object, ...]]:
+        """Records of ``day`` filed under their segment's ``sealed_at`` (no call start read): reindex candidates."""
+        return self.conn.execute(
+            f"SELECT rid, record_id, ts, parsed, sealed_time, src, part, off, ct FROM {rec_table(day)} "
+            "WHERE sealed_time = 1").fetchall()
+
+    def remove_records(self, day: int, rids: Sequence[int], index: Sequence[int], record_ids: Sequence[str]) -> None:
+        """Delete records of ``day`` (inside the caller's transaction): rows, their index keys, their ids."""
+        self.conn.execute(f"DELETE FROM {rec_table(day)} WHERE rid IN (SELECT value FROM json_each(?))",
+                          (orjson.dumps(list(rids)),))
+        self.conn.execute(f"DELETE FROM {idx_table(day)} WHERE k IN (SELECT value FROM json_each(?))",
+                          (orjson.dumps(list(index)),))
+        self.conn.execute("DELETE FROM record_ids WHERE record_id IN (SELECT value FROM json_each(?))",
+                          (orjson.dumps(list(record_ids)),))
 
     def quarantine(self, segment_id: str | None, reason: str, envelope: bytes) -> None:
         """Keep an envelope that could not be opened (still sealed to the vault) for investigation."""
