@@ -309,3 +309,27 @@ def test_lines_rejected_for_contract_reasons_fail_the_raw_schema(routed):
         assert _errors(RAW, doc), (rec["reason"], rec["field"], rec["record_id"])
         checked += 1
     assert checked >= 20
+
+
+#: Subject-rights schemas (validated against real requests and exports in test_privacy_requests.py
+#: and test_subject_export.py); here, the same structural checks as the pipeline's schemas.
+SUBJECT_RIGHTS = ("privacy-request.v1.json", "privacy-request.v2.json", "subject-export.v1.json")
+
+
+@pytest.mark.parametrize("name", SUBJECT_RIGHTS)
+def test_subject_rights_schemas_are_valid_2020_12_with_id_and_descriptions(name):
+    schema = json.loads((SCHEMA_DIR / name).read_text())
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"].endswith("/" + name)
+    assert len(schema["description"]) > 80
+    for prop, sub in schema["properties"].items():
+        assert len(sub.get("description", "")) > 10, f"{name}: property {prop} has no description"
+    assert schema["additionalProperties"] is False
+
+
+def test_privacy_request_v2_only_adds_to_v1():
+    v1, v2 = (json.loads((SCHEMA_DIR / f"privacy-request.v{n}.json").read_text()) for n in (1, 2))
+    assert set(v1["properties"]) < set(v2["properties"]) and v1["required"] == v2["required"]
+    assert set(v1["properties"]["type"]["enum"]) < set(v2["properties"]["type"]["enum"])
+    assert v1["properties"]["subject"] == v2["properties"]["subject"]
