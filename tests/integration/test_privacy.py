@@ -225,6 +225,36 @@ def test_invalid_request_is_counted_and_logged_without_its_subject(kafka: LocalK
         assert app.terminate() == 0, app.log_tail()
 
 
+def test_access_requests_change_no_suppression_and_v1_requests_still_apply(kafka: LocalKafka, topic_prefix: str,
+                                                                          tmp_path: Path, worker_keyring) -> None:
+    """Schema v2: an access request is accepted and counted but suppresses nobody; a request written
+    as v1 (no due date, old schema header) is still applied."""
+    from confluent_kafka import Producer
+
+    create_topics(kafka, topic_prefix, PRIVACY_TOPICS)
+    app = privacy_app(kafka, topic_prefix, tmp_path, worker_keyring).start(90)
+    try:
+        send(kafka, topic_prefix, "access", msisdn=RESTRICTED, request_id="sar-1")
+        send(kafka, topic_prefix, "portability", msisdn=RESTRICTED, request_id="sar-2")
+        v1 = {"request_id": "case-v1", "type": "objection", "subject": {"kind": "msisdn", "value": "+447700900123"},
+              "received": "2026-03-01T09:00:00Z"}
+        producer = Producer(kafka.admin_config())
+        producer.produce(topic_prefix + "privacy.requests", json.dumps(v1).encode(), b"case-v1",
+                         headers=[("schema", b"cdrpipe.privacy-request/1")])
+        producer.flush(10)
+        wait_for(lambda: all(f'requests_applied_total{{type="{t}"}} 1.0' in app.metrics()
+                             for t in ("access", "portability", "objection")), 30, "three requests applied", app)
+        records = [json.loads(v) for _k, v in read_topic(kafka, topic_prefix + "privacy.suppressions") if v]
+        objector = set(SubjectTokeniser(worker_keyring).tokens("msisdn", OBJECTOR))
+        assert {r["token"] for r in records} == objector and {r["request_id"] for r in records} == {"case-v1"}
+        assert read_topic(kafka, topic_prefix + "privacy.erasures") == []
+        log = app.log_text()
+        assert "sar-1 (access) received" in log and "Traceback" not in log
+        assert not any(marker in log + app.metrics() for marker in RAW_MARKERS)
+    finally:
+        assert app.terminate() == 0, app.log_tail()
+
+
 def test_suppression_table_survives_sigkill(kafka: LocalKafka, topic_prefix: str, tmp_path: Path,
                                             worker_keyring, follower_factory) -> None:
     """kill -9 with requests in flight, more requests while it is down, restart: the state the new
