@@ -60,6 +60,17 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_bytes(entry)).hexdigest()
 
 
+def disclosed(record_ids: Iterable[str]) -> dict[str, Any]:
+    """What a query's entry records of its answer: the record ids and SHA-256 of them sorted, one per line.
+
+    The digest lets an auditor check a delivered export against the log (``audit check-export``)
+    without trusting either; the ids say which records a warrant reached.
+    """
+    ids = sorted(record_ids)
+    return {"count": len(ids), "record_ids": ids,
+            "sha256": hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()}
+
+
 # --------------------------------------------------------------------------- keys
 
 class AuditSigner:

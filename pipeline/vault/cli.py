@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sqlite3
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from pipeline.cli import FatalError, UsageError
 from pipeline.core.normalise import normalise_one
 from pipeline.keys import ENV_VAULT_KEYRING_FILE, KeyringError, VaultKeyring, load_vault_keyring
 from pipeline.metrics import VaultSinkMetrics, add_metrics_arguments, serve_metrics, stop_metrics
-from pipeline.vault.audit import (ENV_AUDIT_KEY, ENV_AUDIT_PUBLIC_KEY, AuditError, AuditLog, AuditSigner,
+from pipeline.vault.audit import (ENV_AUDIT_KEY, ENV_AUDIT_PUBLIC_KEY, AuditError, AuditLog, AuditSigner, disclosed,
                                   load_audit_signer, load_public_key, read_entries, verify_chain)
 from pipeline.vault.export import FORMATS, Delivery, write_csv, write_etsi_xml, write_jsonl
 from pipeline.vault.index import TARGET_KINDS, BlindIndexer
@@ -37,16 +38,17 @@ from pipeline.vault.ingest import Ingester, IngestTotals, WrongVaultKeyError
 from pipeline.vault.keystore import (Keystore, KeystoreError, day_date, day_number, default_keystore_path,
                                      read_audit_anchor)
 from pipeline.vault.query import Searcher, SearchResult, describe_unreadable
+from pipeline.vault.readers import Reader, reader_from_flags
+from pipeline.vault.retention import DEFAULT_RETENTION, LEGAL_RETENTION, retention_cutoff, utc_today
+from pipeline.vault.retention import period as retention_period
+from pipeline.vault.retention import subtract_period  # noqa: F401  (re-exported for callers of the CLI module)
 from pipeline.vault.sink import DEFAULT_BATCH_BYTES, DEFAULT_GROUP, DEFAULT_TOPIC, VaultSink, ingest_file
 from pipeline.vault.store import DAY_US, StoreError, VaultStore
+from pipeline.vault.warrants import Warrant, WarrantError, WarrantRegister, check_scope, parse_targets
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RETENTION = "12mo"
-#: The shortest period a purge may enforce without --allow-early (IPA 2016 s.87(3): 12 months).
-LEGAL_RETENTION = "12mo"
 _REFERENCE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,126}[\x21-\x7e])?$")
-_RETENTION = re.compile(r"^(\d{1,4})(d|w|mo|y)$")
 
 
 # --------------------------------------------------------------------------- opening the vault
@@ -148,41 +150,35 @@ def parse_window(start: str | None, end: str | None) -> tuple[int, int]:
     return lo, hi
 
 
+def _now_us() -> int:
+    return int(_dt.datetime.now(_dt.timezone.utc).timestamp() * 1_000_000)
+
+
 def _iso(us: int) -> str:
     when = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(microseconds=us)
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def subtract_period(today: _dt.date, spec: str) -> _dt.date:
-    """``today`` minus a period like ``12mo``, ``400d``, ``2y`` or ``6w`` (calendar months, day clamped)."""
-    match = _RETENTION.match(spec.strip().lower())
-    if not match:
-        raise UsageError(f"--retention {spec!r}: expected a number and a unit: d, w, mo or y (e.g. 12mo)")
-    n, unit = int(match.group(1)), match.group(2)
-    if n <= 0:
-        raise UsageError("--retention must be positive")
-    if unit == "d":
-        return today - _dt.timedelta(days=n)
-    if unit == "w":
-        return today - _dt.timedelta(weeks=n)
-    months = n * 12 if unit == "y" else n
-    index = today.year * 12 + today.month - 1 - months
-    year, month = divmod(index, 12)
-    month += 1
-    last_day = (_dt.date(year + month // 12, month % 12 + 1, 1) - _dt.timedelta(days=1)).day
-    return _dt.date(year, month, min(today.day, last_day))
-
-
-def retention_cutoff(today: _dt.date, spec: str) -> _dt.date:
-    """First day to keep: a day is purged once the period *beginning with* that day has ended (s.87(3))."""
-    return subtract_period(today, spec) + _dt.timedelta(days=1)
-
-
 def _open_output(path: str | None) -> BinaryIO:
-    """The query's output: stdout, or a new file readable by its owner only (it holds raw records)."""
+    """The query's output: stdout, or a file readable by its owner only (it holds raw records).
+
+    An existing file is made 0600 *before* it is emptied and written, so raw records never sit
+    in a file that others could read, whatever mode it had (open's mode applies only on creation).
+    """
     if not path or path == "-":
         return sys.stdout.buffer
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise FatalError(f"cannot write --output {path}: {exc.strerror} (a symlink is refused; give a plain file)") \
+            from None
+    try:
+        os.fchmod(fd, 0o600)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.ftruncate(fd, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise FatalError(f"cannot make --output {path} private (mode 0600): {exc.strerror}") from None
     return os.fdopen(fd, "wb")
 
 
@@ -193,7 +189,8 @@ def _print_summary(totals: IngestTotals, quiet: bool) -> None:
         days = ", ".join(str(day_date(d)) for d in sorted(totals.days)[:5])
         more = "…" if len(totals.days) > 5 else ""
         print(f"vault: {totals.stored:,} records stored, {totals.duplicates:,} already stored, "
-              f"{totals.expired:,} expired (day already purged), {totals.unparsed:,} unparsed (stored unindexed), "
+              f"{totals.expired:,} expired (past retention or day purged), {totals.unparsed:,} unread by any format "
+              "(stored unindexed; see `vault reindex`), "
               f"{totals.quarantined} segments quarantined; days {days}{more}", file=sys.stderr)
     print(orjson.dumps(totals.summary()).decode())
 
@@ -205,9 +202,18 @@ def _check_quarantine(totals: IngestTotals) -> int:
     return 0
 
 
-def _ingester(vault: Vault) -> Ingester:
+def _reader(args: argparse.Namespace) -> Reader | None:
+    """The ``--format``/``--mapping`` reader (None: sniff each record); a usage error if they do not fit."""
     try:
-        return Ingester(vault.store, vault.keystore, vault.keyring)
+        return reader_from_flags(args.format, args.mapping)
+    except ValueError as exc:  # MappingError, or an unknown format
+        raise UsageError(str(exc)) from None
+
+
+def _ingester(vault: Vault, args: argparse.Namespace, reader: Reader | None) -> Ingester:
+    try:
+        return Ingester(vault.store, vault.keystore, vault.keyring, reader=reader,
+                        retention=retention_period(args.retention))
     except StoreError as exc:  # another writer holds the lock
         raise FatalError(str(exc)) from None
 
@@ -215,8 +221,10 @@ def _ingester(vault: Vault) -> Ingester:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     if args.input != "-" and not os.path.isfile(args.input):
         raise UsageError(f"--input {args.input}: no such file (expected DIR/retention.jsonl from `cdrpipe process`)")
+    reader = _reader(args)
+    retention_period(args.retention)
     with open_vault(args, create=True) as vault:
-        ingester = _ingester(vault)
+        ingester = _ingester(vault, args, reader)
         try:
             totals = ingest_file(ingester, args.input, batch_bytes=args.batch_bytes, progress=not args.quiet)
         except WrongVaultKeyError as exc:
@@ -233,12 +241,14 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     if not bootstrap:
         raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set CDRPIPE_BOOTSTRAP_SERVERS")
     conf = {"bootstrap.servers": bootstrap, **parse_x_options(args.X or [])}
+    reader = _reader(args)
+    retention_period(args.retention)
     metrics = VaultSinkMetrics()
     server = serve_metrics(metrics, args.metrics_port, args.metrics_addr)
     with contextlib.ExitStack() as stack:
         stack.callback(stop_metrics, server)
         vault = stack.enter_context(open_vault(args, create=True))
-        ingester = _ingester(vault)
+        ingester = _ingester(vault, args, reader)
         stack.callback(ingester.close)
         sink = VaultSink(ingester, conf, topic=args.topic, group=args.group, max_messages=args.max_messages,
                          metrics=metrics)
@@ -260,52 +270,75 @@ def _cmd_sink(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    warrant = _reference(args.warrant, "--warrant", "the warrant reference that authorises it")
+    warrant = _reference(args.warrant, "--warrant", "the registered warrant that authorises it")
     officer = _reference(args.officer, "--officer", "the authorised officer's id")
     if args.format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
-    if (args.target is None) == (not args.unparsed):
-        raise UsageError("give --target VALUE (the identifier, any format) or --unparsed (records that were not JSON)")
+    if args.unparsed:
+        raise UsageError("--unparsed is refused: records no input format could read cannot be matched to a warrant's "
+                         "targets. Read them with `cdrpipe vault reindex --format NAME [--mapping FILE]`, then query "
+                         "by target.")
+    if args.target is None:
+        raise UsageError("give --target VALUE (the identifier, any format)")
     if args.kind not in TARGET_KINDS:
         raise UsageError(f"--kind must be one of {', '.join(TARGET_KINDS)}")
     start_us, end_us = parse_window(args.start, args.end)
+    kept = retention_period(args.retention)
+    cutoff = retention_cutoff(utc_today(), kept)
+    cutoff_us = day_number(cutoff) * DAY_US
+    if start_us < cutoff_us:
+        raise UsageError(f"the window reaches before the retention cut-off {cutoff} (retention {kept}): records "
+                         f"from before it are no longer held. Start --from on or after {cutoff}.")
     if args.format == "etsi-xml" and not args.authorised_org:
         raise UsageError("--format etsi-xml needs --authorised-org (the requesting organisation's id, "
                          "env CDRPIPE_LI_ORG)")
-    canonical = None
-    if args.target is not None:
-        try:
-            canonical = normalise_one(args.kind, args.target, region=args.region)
-        except ValueError as exc:  # unknown region
-            raise UsageError(str(exc)) from None
-        if canonical is None:
-            raise UsageError(f"--target cannot be read as {args.kind} (value not shown): check the value and --kind")
+    try:
+        canonical = normalise_one(args.kind, args.target, region=args.region)
+    except ValueError as exc:  # unknown region
+        raise UsageError(str(exc)) from None
+    if canonical is None:
+        raise UsageError(f"--target cannot be read as {args.kind} (value not shown): check the value and --kind")
 
     with open_vault(args) as vault:
         audit = _audit_log(vault, args)
         indexer = BlindIndexer(vault.keyring.index_key)
+        digest = indexer.audit_digest(args.kind, canonical)
+        asked: dict[str, Any] = {
+            "officer": officer, "warrant": warrant,
+            "target": {"kind": args.kind, "digest": digest, "index_kid": indexer.kid},
+            "window": {"from": _iso(start_us), "to": _iso(end_us)},
+        }
+        try:
+            check_scope(WarrantRegister(vault.store.conn).get(warrant), warrant, officer, (args.kind, digest),
+                        start_us, end_us, _now_us(), _iso)
+        except WarrantError as exc:
+            try:  # a refused attempt is evidence too
+                audit.append({"action": "query_refused", **asked, "reason": str(exc)})
+            except AuditError as audit_exc:
+                raise FatalError(f"{exc}; and the refusal could not be audited: {audit_exc}") from None
+            raise UsageError(f"refused, nothing was read: {exc}") from None
         searcher = Searcher(vault.store, vault.keystore, indexer)
         try:
-            if canonical is not None:
-                result = searcher.search(args.kind, canonical, start_us, end_us)
-            else:
-                result = searcher.search_unparsed(start_us, end_us)
+            result = searcher.search(args.kind, canonical, start_us, end_us, not_before_us=cutoff_us)
         except (KeystoreError, StoreError) as exc:
             raise FatalError(str(exc)) from None
         fields: dict[str, Any] = {
-            "action": "query" if canonical is not None else "query_unparsed",
-            "officer": officer, "warrant": warrant,
-            "target": {"kind": args.kind, "digest": indexer.audit_digest(args.kind, canonical),
-                       "index_kid": indexer.kid} if canonical is not None else None,
-            "window": {"from": _iso(start_us), "to": _iso(end_us)},
+            "action": "query", **asked,
+            "retention": {"period": kept, "cutoff": cutoff.isoformat()},
             "result_count": len(result.records), "unreadable_count": result.unreadable_count,
             "integrity_failures": len(result.integrity_failures), "format": args.format,
+            "disclosed": disclosed([r.record_id for r in result.records]),
         }
+        out = _open_output(args.output)  # made private (0600) before anything is audited or written
         try:
-            entry = audit.append(fields)  # before any output: no audit entry, no records
-        except AuditError as exc:
-            raise FatalError(str(exc)) from None
-        _deliver(result, args, warrant, vault.store.region)
+            try:
+                entry = audit.append(fields)  # before any output: no audit entry, no records
+            except AuditError as exc:
+                raise FatalError(str(exc)) from None
+            _deliver(result, args, warrant, vault.store.region, out)
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
     log.info("vault query #%d by %s under %s: %d records", entry["seq"], officer, warrant, len(result.records))
     if result.unreadable:
         print(f"cdrpipe vault query: note: {describe_unreadable(result)}", file=sys.stderr)
@@ -321,24 +354,19 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deliver(result: SearchResult, args: argparse.Namespace, warrant: str, region: str) -> None:
-    out = _open_output(args.output)
-    try:
-        if args.format == "jsonl":
-            write_jsonl(result.records, out)
-        elif args.format == "csv":
-            write_csv(result.records, out)
-        else:
-            delivery = Delivery(request_number=args.request_number or warrant,
-                                authorised_organisation=args.authorised_org, csp_id=args.csp_id,
-                                country_code=(args.country or region).upper()[:2],
-                                created=_dt.datetime.now(_dt.timezone.utc),
-                                complete=not result.integrity_failures)
-            write_etsi_xml(result.records, out, delivery, region)
-        out.flush()
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
+def _deliver(result: SearchResult, args: argparse.Namespace, warrant: str, region: str, out: BinaryIO) -> None:
+    if args.format == "jsonl":
+        write_jsonl(result.records, out)
+    elif args.format == "csv":
+        write_csv(result.records, out)
+    else:
+        delivery = Delivery(request_number=args.request_number or warrant,
+                            authorised_organisation=args.authorised_org, csp_id=args.csp_id,
+                            country_code=(args.country or region).upper()[:2],
+                            created=_dt.datetime.now(_dt.timezone.utc),
+                            complete=not result.integrity_failures)
+        write_etsi_xml(result.records, out, delivery, region)
+    out.flush()
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
@@ -358,8 +386,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
         raise UsageError(f"purging before {cutoff} would destroy records younger than the legal retention period "
                          f"(only days before {legal} have completed {LEGAL_RETENTION}). If the retention notice "
                          "really allows it, add --allow-early.")
-    operator = _reference(args.operator or os.environ.get("CDRPIPE_OPERATOR") or getpass.getuser(),
-                          "--operator", "who runs the purge")
+    operator = _operator(args, "who runs the purge")
     with open_vault(args) as vault:
         audit = _audit_log(vault, args)
         limit = day_number(cutoff)
@@ -452,6 +479,95 @@ def _cmd_audit_gap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace, what: str) -> str:
+    """Who runs an administrative command: --operator, else $CDRPIPE_OPERATOR, else the OS user."""
+    return _reference(args.operator or os.environ.get("CDRPIPE_OPERATOR") or getpass.getuser(), "--operator", what)
+
+
+def _cmd_warrant_add(args: argparse.Namespace) -> int:
+    warrant_id = _reference(args.id, "--id", "the warrant's reference")
+    authority = (args.authority or "").strip()
+    if not authority or len(authority) > 200 or not authority.isprintable():
+        raise UsageError("--authority is required: who issued or approved the warrant (one printable line, at most "
+                         "200 characters)")
+    officer = _reference(args.officer, "--officer", "the officer the warrant authorises")
+    start_us, end_us = parse_window(args.start, args.end)
+    if not args.expires:
+        raise UsageError("--expires is required: when the authorisation ends (ISO-8601; a date includes that day)")
+    expires_us = _parse_instant(args.expires, "--expires", end=True)
+    if expires_us <= _now_us():
+        raise UsageError(f"--expires {args.expires} is already past")
+    operator = _operator(args, "who registers the warrant")
+    with open_vault(args) as vault:
+        indexer = BlindIndexer(vault.keyring.index_key)
+        try:
+            targets = parse_targets(args.targets, args.region or vault.store.region, indexer)
+        except WarrantError as exc:
+            raise UsageError(str(exc)) from None
+        register = WarrantRegister(vault.store.conn)
+        if register.get(warrant_id) is not None:
+            raise UsageError(f"warrant {warrant_id} is already registered (a warrant id is used once; register a "
+                             "renewal under its own reference)")
+        warrant = Warrant(warrant_id, authority, officer, targets, start_us, end_us, expires_us, _iso(_now_us()))
+        audit = _audit_log(vault, args)
+        try:
+            entry = audit.append({"action": "warrant_add", "operator": operator, "warrant": warrant_id,
+                                  "authority": authority, "officer": officer,
+                                  "targets": [{"kind": k, "digest": d, "index_kid": indexer.kid} for k, d in targets],
+                                  "window": {"from": _iso(start_us), "to": _iso(end_us)},
+                                  "expires": _iso(expires_us)})
+            with vault.store.transaction():
+                register.add(warrant)
+        except (AuditError, WarrantError) as exc:
+            raise FatalError(str(exc)) from None
+    print(f"warrant {warrant_id} registered: {len(targets)} target(s), {_iso(start_us)} to {_iso(end_us)}, officer "
+          f"{officer}, expires {_iso(expires_us)} (audit entry #{entry['seq']})", file=sys.stderr)
+    return 0
+
+
+def _cmd_warrant_list(args: argparse.Namespace) -> int:
+    operator = _operator(args, "who lists the warrants")
+    with open_vault(args) as vault:
+        warrants = WarrantRegister(vault.store.conn).all()
+        now = _now_us()
+        try:
+            _audit_log(vault, args).append({"action": "warrant_list", "operator": operator, "count": len(warrants)})
+        except AuditError as exc:
+            raise FatalError(str(exc)) from None
+    for w in warrants:
+        print(orjson.dumps({"id": w.id, "state": w.state(now), "authority": w.authority, "officer": w.officer,
+                            "targets": len(w.targets), "kinds": sorted({k for k, _ in w.targets}),
+                            "window": {"from": _iso(w.start_us), "to": _iso(w.end_us)},
+                            "expires": _iso(w.expires_us), "registered": w.created, "revoked": w.revoked,
+                            "revoked_by": w.revoked_by}).decode())
+    return 0
+
+
+def _cmd_warrant_revoke(args: argparse.Namespace) -> int:
+    warrant_id = _reference(args.id, "--id", "the warrant to revoke")
+    operator = _operator(args, "who revokes the warrant")
+    reason = (args.reason or "").strip()
+    if len(reason) > 500 or not reason.isprintable():
+        raise UsageError("--reason must be one printable line of at most 500 characters")
+    with open_vault(args) as vault:
+        register = WarrantRegister(vault.store.conn)
+        warrant = register.get(warrant_id)
+        if warrant is None:
+            raise UsageError(f"warrant {warrant_id} is not registered")
+        if warrant.revoked:
+            print(f"warrant {warrant_id} was already revoked at {warrant.revoked}", file=sys.stderr)
+            return 0
+        try:
+            entry = _audit_log(vault, args).append({"action": "warrant_revoke", "operator": operator,
+                                                    "warrant": warrant_id, "reason": reason or None})
+            with vault.store.transaction():
+                register.revoke(warrant, _iso(_now_us()), operator)
+        except AuditError as exc:
+            raise FatalError(str(exc)) from None
+    print(f"warrant {warrant_id} revoked (audit entry #{entry['seq']})", file=sys.stderr)
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     with open_vault(args) as vault:
         counts = vault.store.day_counts()
@@ -482,6 +598,30 @@ def _vault_arguments(p: argparse.ArgumentParser, *, region: bool = False) -> Non
                        help="default region for national numbers (env CDRPIPE_REGION; default GB)")
 
 
+def _audit_arguments(p: argparse.ArgumentParser) -> None:
+    """Where a command that writes an audit entry gets its signing key."""
+    p.add_argument("--audit-key", default=None,
+                   help=f"Ed25519 audit key file to sign the entry (env {ENV_AUDIT_KEY}; default: the vault "
+                        "keyring's audit_key)")
+
+
+def _input_arguments(p: argparse.ArgumentParser) -> None:
+    """``--format``/``--mapping`` (as `cdrpipe process` and `run` take them) and ``--retention``."""
+    p.add_argument("--format", default=os.environ.get("CDRPIPE_FORMAT"),
+                   help="input format of the raw records, as given to `cdrpipe process`/`run`: jsonl, "
+                        "asterisk-csv, freeswitch-json, acc or csv (env CDRPIPE_FORMAT; default: recognise "
+                        "each record; mapped csv needs --format csv --mapping)")
+    p.add_argument("--mapping", default=os.environ.get("CDRPIPE_MAPPING"),
+                   help="CSV layout TOML, as given to `cdrpipe process` (env CDRPIPE_MAPPING; docs/formats.md)")
+    _retention_argument(p)
+
+
+def _retention_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retention", default=None,
+                   help="retention period, e.g. 12mo, 365d, 1y (env CDRPIPE_VAULT_RETENTION; default 12mo): "
+                        "records whose call start is past it are neither stored nor returned")
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `cdrpipe vault` and its actions."""
     vault = sub.add_parser("vault", help="the retention vault: ingest, query under warrant, purge, audit",
@@ -500,6 +640,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                     "DLQ lines are accepted too), index and re-encrypt its records per day. A record "
                                     "id is stored once however often it arrives.")
     _vault_arguments(p, region=True)
+    _input_arguments(p)
     p.add_argument("--input", required=True, help="JSONL file of retention envelopes, or - for stdin")
     p.add_argument("--batch-bytes", type=int, default=DEFAULT_BATCH_BYTES,
                    help="envelope bytes per transaction (default 16 MiB)")
@@ -511,6 +652,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                     "after each batch is stored; re-delivered records are stored once. SIGTERM "
                                     "finishes the batch in flight.")
     _vault_arguments(p, region=True)
+    _input_arguments(p)
     p.add_argument("--bootstrap-servers", default=None, help="Kafka bootstrap servers (env CDRPIPE_BOOTSTRAP_SERVERS)")
     p.add_argument("--topic", default=os.environ.get("CDRPIPE_VAULT_TOPIC", DEFAULT_TOPIC),
                    help=f"topic to consume (env CDRPIPE_VAULT_TOPIC; default {DEFAULT_TOPIC})")
@@ -540,6 +682,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--warrant", default=None, help="warrant or authorisation reference (required)")
     p.add_argument("--officer", default=None, help="id of the authorised officer running the query (required)")
     p.add_argument("--format", default="jsonl", help="jsonl (default), csv or etsi-xml")
+    _retention_argument(p)
     p.add_argument("--output", default=None, help="write here (mode 0600) instead of stdout")
     p.add_argument("--audit-key", default=None,
                    help=f"Ed25519 audit key file to sign the audit entry (env {ENV_AUDIT_KEY}; default: the "
@@ -604,6 +747,45 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     from pipeline.vault.subject_access import add_parser as add_subject_access  # imports this module: here, not above
     add_subject_access(vsub)
+
+    w = vsub.add_parser("warrant", help="register, list and revoke the warrants queries run under",
+                        description="A query is answered only for targets and windows inside an active, unexpired "
+                                    "registered warrant that names the querying officer. Every action is audited.")
+    wsub = w.add_subparsers(dest="warrant_command", metavar="ACTION")
+
+    def _no_warrant_action(_args: argparse.Namespace) -> int:
+        w.print_help(sys.stderr)
+        return 2
+
+    w.set_defaults(func=_no_warrant_action)
+    p = wsub.add_parser("add", help="register a warrant: authority, officer, targets, window, expiry")
+    _vault_arguments(p)
+    p.add_argument("--id", default=None, help="the warrant's reference (required; used once)")
+    p.add_argument("--authority", default=None, help="who issued or approved it (required)")
+    p.add_argument("--officer", default=None, help="the one officer it authorises to query (required)")
+    p.add_argument("--targets", default=None,
+                   help="comma-separated identifiers, any format; prefix imsi: or imei: for those kinds (required; "
+                        "stored only as keyed digests)")
+    p.add_argument("--from", dest="start", default=None, help="first instant of communications covered, ISO-8601")
+    p.add_argument("--to", dest="end", default=None, help="end of the window, ISO-8601 (a date includes that day)")
+    p.add_argument("--expires", default=None, help="when the authorisation ends, ISO-8601 (a date includes that day)")
+    p.add_argument("--region", default=os.environ.get("CDRPIPE_REGION"),
+                   help="region for national numbers in --targets (env CDRPIPE_REGION; default: the vault's)")
+    p.add_argument("--operator", default=None, help="who registers it (env CDRPIPE_OPERATOR; default: OS user)")
+    _audit_arguments(p)
+    p.set_defaults(func=_cmd_warrant_add)
+    p = wsub.add_parser("list", help="every registered warrant and its state (no targets shown)")
+    _vault_arguments(p)
+    p.add_argument("--operator", default=None, help="who lists them (env CDRPIPE_OPERATOR; default: OS user)")
+    _audit_arguments(p)
+    p.set_defaults(func=_cmd_warrant_list)
+    p = wsub.add_parser("revoke", help="revoke a warrant: no query runs under it again")
+    _vault_arguments(p)
+    p.add_argument("--id", default=None, help="the warrant's reference (required)")
+    p.add_argument("--reason", default=None, help="why (optional, one line)")
+    p.add_argument("--operator", default=None, help="who revokes it (env CDRPIPE_OPERATOR; default: OS user)")
+    _audit_arguments(p)
+    p.set_defaults(func=_cmd_warrant_revoke)
 
     p = vsub.add_parser("status", help="records per day, key state, quarantine and audit size (no secrets)")
     _vault_arguments(p)

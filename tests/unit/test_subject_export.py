@@ -56,6 +56,10 @@ def subject_access(world: dict, out: Path, request_id: str = "sar-2026-0007", su
 
 
 def warrant_query(world: dict, out: Path) -> None:
+    # Queries run only under a registered warrant (issue 14): register it first.
+    assert main(["vault", "warrant", "add", "--keyring", str(world["keys"]["vault"]), "--db", str(world["db"]),
+                 "--id", sc.WARRANT, "--authority", "test", "--officer", sc.OFFICER, "--targets", "+44 7700 900123",
+                 "--from", world["from"], "--to", world["to"], "--expires", "2099-12-31"]) == EXIT_OK
     assert main(["vault", "query", "--keyring", str(world["keys"]["vault"]), "--db", str(world["db"]),
                  "--target", "+44 7700 900123", "--from", world["from"], "--to", world["to"],
                  "--warrant", sc.WARRANT, "--officer", sc.OFFICER, "--output", str(out)]) == EXIT_OK
@@ -109,7 +113,7 @@ def test_the_same_records_with_or_without_a_warrant_query_before(world, extracts
 
 def test_subject_access_is_audited_with_its_purpose_and_no_warrant(world, extracts):
     entries = [json.loads(text) for _seq, text in read_entries(world["db"])]
-    assert [e["action"] for e in entries] == ["subject_access", "query", "subject_access"]
+    assert [e["action"] for e in entries] == ["subject_access", "warrant_add", "query", "subject_access"]
     sar = entries[0]
     assert sar["purpose"] == "subject-access" and sar["request_id"] == "sar-2026-0007"
     assert sar["operator"] == "vault-custodian-2" and "warrant" not in sar and "officer" not in sar

@@ -91,6 +91,14 @@ def _records() -> tuple[list[bytes], dict[str, set[str]], list[str]]:
     return lines, expect, [rid for _t, rid in sorted(timed)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def long_retention():
+    """These records date from 2020: a 10-year retention keeps them (retention itself: test_vault_retention.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CDRPIPE_VAULT_RETENTION", "10y")
+        yield
+
+
 @pytest.fixture(scope="module")
 def vault(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Keys, raw input, `cdrpipe process` output and an ingested vault (shared, read-only)."""
@@ -104,6 +112,11 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     db = root / "vault.db"
     assert main(["vault", "ingest", "--keyring", str(root / "keys" / "vault-keyring.json"), "--db", str(db),
                  "--input", str(root / "out" / "retention.jsonl"), "--quiet"]) == 0
+    # The warrant every query here runs under: the targets, their near misses and bystanders, over 2020.
+    assert main(["vault", "warrant", "add", "--keyring", str(root / "keys" / "vault-keyring.json"), "--db", str(db),
+                 "--id", "WR-2020/17", "--authority", "test", "--officer", "PC-4411", "--from", "2019-12-01",
+                 "--to", "2020-12-31", "--expires", "2099-12-31",
+                 "--targets", ",".join([A, B, f"imsi:{IMSI}", f"imei:{IMEI}0", *NEAR, *OTHER])]) == 0
     return {"root": root, "db": db, "keyring": root / "keys" / "vault-keyring.json",
             "worker": root / "keys" / "worker-keyring.json", "retention": root / "out" / "retention.jsonl",
             "dlq": root / "out" / "dlq.jsonl", "expect": expect, "a_order": a_order, "lines": lines}  # type: ignore[dict-item]
@@ -175,12 +188,18 @@ def test_query_by_imsi_and_imei(vault, capsys):
     assert code == EXIT_OK and set(_ids(out)) == vault["expect"]["imei"]
 
 
-def test_unparsed_records_are_kept_and_findable_by_sealed_time(vault, capsys):
-    code, out, _ = _query(vault, capsys, None, "--unparsed", window=("2000-01-01", "2100-01-01"))
-    assert code == EXIT_OK
-    rows = [orjson.loads(line) for line in out.splitlines()]
-    assert [r["raw"] for r in rows] == ["cli=07700900123 dialled=07700900555 not json at all"]
-    assert rows[0]["time_source"] == "sealed_at" and rows[0]["parsed"] is False
+def test_unread_records_are_kept_but_no_warrant_can_list_them(vault, capsys):
+    """A record no format can read cannot be matched to a warrant's targets: it is stored, never listed."""
+    conn = sqlite3.connect(vault["db"])
+    try:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                             "AND name GLOB 'rec_[0-9]*'")]
+        unread = sum(conn.execute(f"SELECT count(*) FROM {t} WHERE parsed = 0").fetchone()[0] for t in tables)
+    finally:
+        conn.close()
+    assert unread == 1
+    code, out, err = _query(vault, capsys, None, "--unparsed", window=("2017-01-01", "2100-01-01"))
+    assert code == EXIT_USAGE and out == b"" and "vault reindex" in err
 
 
 def test_raw_records_come_back_unaltered(vault, capsys):
@@ -541,6 +560,13 @@ def test_vault_secrets_and_targets_never_in_logs_errors_or_stored_in_clear(vault
     runs = [
         ["vault", "ingest", "--keyring", str(vault["keyring"]), "--db", str(copy["db"]), "--input",
          str(vault["retention"])],
+        ["vault", "warrant", "add", "--keyring", str(vault["keyring"]), "--db", str(copy["db"]), "--id", "W-9",
+         "--authority", "court", "--officer", "O-9", "--targets", f"07700 900123,imsi:{IMSI},imei:{IMEI}",
+         "--from", "2020-01-01", "--to", "2020-03-31", "--expires", "2099-01-01"],
+        ["vault", "warrant", "add", "--keyring", str(vault["keyring"]), "--db", str(copy["db"]), "--id", "W-10",
+         "--authority", "court", "--officer", "O-9", "--targets", "07700 900123,0770090012x",   # not a number
+         "--from", "2020-01-01", "--to", "2020-03-31", "--expires", "2099-01-01"],
+        ["vault", "warrant", "list", "--keyring", str(vault["keyring"]), "--db", str(copy["db"])],
         ["vault", "query", "--keyring", str(vault["keyring"]), "--db", str(copy["db"]), "--target", "07700 900123",
          "--from", "2020-01-01", "--to", "2020-03-31", "--warrant", "W-9", "--officer", "O-9", "--output",
          str(tmp_path / "answer.jsonl")],
@@ -548,6 +574,8 @@ def test_vault_secrets_and_targets_never_in_logs_errors_or_stored_in_clear(vault
          "--from", "2020-01-01", "--to", "2020-03-31", "--warrant", "W-9"],                    # refused
         ["vault", "query", "--keyring", str(vault["keyring"]), "--db", str(copy["db"]), "--target", "0770090012x",
          "--from", "2020-01-01", "--to", "2020-03-31", "--warrant", "W-9", "--officer", "O-9"],  # not a number
+        ["vault", "query", "--keyring", str(vault["keyring"]), "--db", str(copy["db"]), "--target", "07700 900555",
+         "--from", "2020-01-01", "--to", "2020-03-31", "--warrant", "W-9", "--officer", "O-9"],  # not in scope
         ["vault", "status", "--keyring", str(vault["keyring"]), "--db", str(copy["db"])],
         ["vault", "purge", "--keyring", str(vault["keyring"]), "--db", str(copy["db"]), "--before", "2020-02-01"],
         ["vault", "audit", "verify", "--db", str(copy["db"])],
@@ -589,7 +617,7 @@ def test_overlapping_batches_in_the_two_stage_pipeline_store_each_record_once(va
     db = tmp_path / "fresh.db"
     store = VaultStore(db, vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid, region="GB", create=True)
     keystore = Keystore(str(db) + ".keys", keyring, create=True)
-    ingester = Ingester(store, keystore, keyring)
+    ingester = Ingester(store, keystore, keyring, retention="10y")  # 2020 records
     pipeline = BatchPipeline(ingester)
     try:
         for _ in range(3):
