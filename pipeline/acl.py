@@ -217,8 +217,9 @@ MATRIX: tuple[Principal, ...] = (
                *_app_internal(AGGREGATES_APP_ID))),
     Principal("dpo", "cdrpipe-dpo",
               "the data-protection office: submit subject-rights requests "
-              "(`cdrpipe privacy submit`)",
-              (_writes("privacy.requests"),)),
+              "(`cdrpipe privacy submit`) and read pseudonymised analytics for access exports "
+              "(`cdrpipe privacy export`: no group, nothing committed)",
+              (_writes("privacy.requests"), _reads("cdr.analytics"))),
     Principal("analytics", "analytics",
               "analytics teams: pseudonymised records and aggregates only",
               (_reads("cdr.analytics"), _reads("cdr.aggregates"),

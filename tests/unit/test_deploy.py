@@ -39,7 +39,7 @@ EXPECTED_READS = {
     "vault": {"cdr.retention"},
     "privacy": {"privacy.requests"},
     "aggregates": {"cdr.analytics"},
-    "dpo": set(),
+    "dpo": {"cdr.analytics"},  # `cdrpipe privacy export` (subject access)
     "analytics": {"cdr.analytics", "cdr.aggregates"},
     "operations": {"cdr.dlq"},
 }
