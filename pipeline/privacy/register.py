@@ -175,7 +175,11 @@ def _request_id(value: str) -> str:
 def _cmd_status(args: argparse.Namespace) -> int:
     """Open requests, most urgent first; request ids only, never subjects."""
     today = _today(args)
-    cases = sorted(_register(args).cases().values(), key=lambda c: (c.answered is not None, c.due or "9999",
+    register = _register(args)
+    if not register.path.is_file():  # a mistyped path must not look like "nothing open"
+        raise UsageError(f"no case register at {register.path}: check --register (it is created by "
+                         "`cdrpipe privacy submit --register`)")
+    cases = sorted(register.cases().values(), key=lambda c: (c.answered is not None, c.due or "9999",
                                                                      c.request_id))
     rows = [c for c in cases if args.all or not c.answered]
     if args.json:

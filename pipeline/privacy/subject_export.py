@@ -234,7 +234,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if register is not None:
         register.record_answered(request_id, "export", counts)
     # Counts and the request id only: the subject is in the export, never on the terminal or in a log.
-    print(json.dumps({"request_id": request_id, "format": args.format, "output": args.output, **counts}))
+    print(json.dumps({"request_id": request_id, "format": args.format, "output": args.output, **counts}),
+          file=sys.stderr if args.output == "-" else sys.stdout)
     return 0
 
 

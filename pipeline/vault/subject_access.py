@@ -7,7 +7,9 @@ network logged about the other party. So the records are cut down *here*, inside
 to what the subject may see, and only that view goes into the file the DPO merges:
 
 * **Found exactly as a warrant finds them** (the vault's :class:`~pipeline.vault.query.Searcher`:
-  blind index, decrypt, exact re-check), so the counts are the vault's counts.
+  blind index, decrypt, exact re-check), so the counts are the vault's counts. Records past the
+  retention period are not returned, as for a query; a window reaching further back is not
+  refused (a subject may ask for "everything"): it simply finds nothing the vault no longer holds.
 * **Audited, with purpose ``subject-access``** and the DPO's request id, not a warrant: one entry
   in the vault's hash-chained audit log (action ``subject_access``), written before the file.
 * **The other party as on an itemised bill**: a number the subject dialled, or a caller who
@@ -32,7 +34,7 @@ import argparse
 import datetime as _dt
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -42,12 +44,16 @@ import polars as pl
 from pipeline.cli import FatalError, UsageError
 from pipeline.core.normalise import WITHHELD, WITHHELD_WORDS, PhoneNormaliser, normalise_column
 from pipeline.vault.audit import ENV_AUDIT_KEY, AuditError
-from pipeline.vault.cli import _audit_log, _iso, _open_output, _reference, _vault_arguments, open_vault, parse_window
+from pipeline.vault.cli import (_audit_log, _iso, _open_output, _reference, _retention_argument, _vault_arguments,
+                                open_vault, parse_window)
 from pipeline.vault.export import iso_time
 from pipeline.vault.index import BlindIndexer
-from pipeline.vault.keystore import KeystoreError
+from pipeline.vault.keystore import KeystoreError, day_number
 from pipeline.vault.query import FoundRecord, Searcher
-from pipeline.vault.store import StoreError
+from pipeline.vault.readers import Reader, read_parties_as
+from pipeline.vault.retention import period as retention_period
+from pipeline.vault.retention import retention_cutoff, utc_today
+from pipeline.vault.store import DAY_US, StoreError
 
 EXTRACT_TYPE = "cdrpipe.vault-subject-access/1"
 PURPOSE = "subject-access"
@@ -121,13 +127,34 @@ def _duration(value: Any) -> int | None:
     return None
 
 
-def subject_view(records: Sequence[FoundRecord], subject: str, region: str) -> list[dict[str, Any]]:
-    """The subject's view of each record (``$defs/record`` of subject-export.v1), in time order."""
+def _party_texts(records: Sequence[FoundRecord], docs: list[dict[str, Any]],
+                 readers: Mapping[int, Reader] | None) -> dict[str, list[str | None]]:
+    """Each record's cli, dialled, imsi and imei as written: read with the input format the vault
+    indexed it with (so an Asterisk or acc row is read as the pipeline reads it), else from its JSON."""
+    out = {name: [_text(d.get(name)) for d in docs] for name in ("cli", "dialled", "imsi", "imei")}
+    if readers is None or not records:
+        return out
+    parties = read_parties_as([r.raw for r in records], [readers.get(r.reader) for r in records])
+    seen: set[tuple[int, str]] = set()
+    for row, name, raw in parties.values.iter_rows():
+        if name in out and (row, name) not in seen and raw is not None:
+            seen.add((row, name))
+            out[name][row] = raw
+    return out
+
+
+def subject_view(records: Sequence[FoundRecord], subject: str, region: str,
+                 readers: Mapping[int, Reader] | None = None) -> list[dict[str, Any]]:
+    """The subject's view of each record (``$defs/record`` of subject-export.v1), in time order.
+
+    ``readers`` (the store's reader ids) lets parties be read from any input format; duration,
+    service, outcome, cell and IP come from records that are JSON (raw v1), else are null.
+    """
     docs = [_doc(r.raw) for r in records]
+    texts = _party_texts(records, docs, readers)
     phones = PhoneNormaliser(region)
-    cli, cli_cls = normalise_column("msisdn", pl.Series([_text(d.get("cli")) for d in docs], dtype=pl.String), phones)
-    dialled, dialled_cls = normalise_column("msisdn", pl.Series([_text(d.get("dialled")) for d in docs],
-                                                                dtype=pl.String), phones)
+    cli, cli_cls = normalise_column("msisdn", pl.Series(texts["cli"], dtype=pl.String), phones)
+    dialled, dialled_cls = normalise_column("msisdn", pl.Series(texts["dialled"], dtype=pl.String), phones)
     assert cli_cls is not None and dialled_cls is not None
     out = []
     for i, (rec, doc) in enumerate(zip(records, docs)):
@@ -147,7 +174,8 @@ def subject_view(records: Sequence[FoundRecord], subject: str, region: str) -> l
             "subject_number": subject, "other_party": shown, "other_party_form": form,
             "other_party_class": other_cls,
             "call_type": _text(doc.get("call_type")), "status": _text(doc.get("status")),
-            **{name: (_text(doc.get(name)) if own else None) for name in SERVED_FIELDS},
+            **{name: ((texts[name][i] if name in texts else _text(doc.get(name))) if own else None)
+               for name in SERVED_FIELDS},
         })
     return out
 
@@ -161,6 +189,7 @@ def _cmd_subject_access(args: argparse.Namespace) -> int:
     except InvalidRequest as exc:
         raise UsageError(f"--request-id: {exc}") from None
     start_us, end_us = parse_window(args.start, args.end)
+    cutoff_us = day_number(retention_cutoff(utc_today(), retention_period(args.retention))) * DAY_US
     if not args.output:
         raise UsageError("--output FILE is required: the extract is handed to the DPO, never printed")
     with open_vault(args) as vault:
@@ -172,7 +201,8 @@ def _cmd_subject_access(args: argparse.Namespace) -> int:
         audit = _audit_log(vault, args)
         indexer = BlindIndexer(vault.keyring.index_key)
         try:
-            result = Searcher(vault.store, vault.keystore, indexer).search("msisdn", subject, start_us, end_us)
+            result = Searcher(vault.store, vault.keystore, indexer).search("msisdn", subject, start_us, end_us,
+                                                                          not_before_us=cutoff_us)
         except (KeystoreError, StoreError) as exc:
             raise FatalError(str(exc)) from None
         window = {"from": _iso(start_us), "to": _iso(end_us)}
@@ -189,7 +219,7 @@ def _cmd_subject_access(args: argparse.Namespace) -> int:
         extract = {"type": EXTRACT_TYPE, "request_id": request_id, "subject": {"kind": "msisdn", "number": subject},
                    "window": window, "generated_at": utc_text(_dt.datetime.now(_dt.timezone.utc)),
                    "complete": not result.integrity_failures and not result.unreadable,
-                   "records": subject_view(result.records, subject, region)}
+                   "records": subject_view(result.records, subject, region, vault.store.readers())}
     out = _open_output(args.output)
     try:
         out.write(orjson.dumps(extract, option=orjson.OPT_INDENT_2) + b"\n")
@@ -225,6 +255,7 @@ def add_parser(vsub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    help="id of the vault custodian running it (env CDRPIPE_OPERATOR; required)")
     p.add_argument("--output", required=True, help="the extract file to hand to the DPO (mode 0600)")
     p.add_argument("--audit-key", default=None, help=f"Ed25519 audit key file (env {ENV_AUDIT_KEY})")
+    _retention_argument(p)
     p.set_defaults(func=_cmd_subject_access)
 
 

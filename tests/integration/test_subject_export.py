@@ -85,7 +85,10 @@ def test_access_request_answered_from_kafka_with_exactly_the_subjects_records(ka
                  "--db", str(db), "--topic", topic_prefix + "cdr.retention", "--group", topic_prefix + "vault",
                  "--idle-exit", "3", "--quiet"]) == EXIT_OK
 
-    # An officer's warrant query, then the custodian's extract for the DPO.
+    # An officer's warrant query (under a registered warrant), then the custodian's extract for the DPO.
+    assert main(["vault", "warrant", "add", "--keyring", str(vault_keys), "--db", str(db), "--id", sc.WARRANT,
+                 "--authority", "test", "--officer", sc.OFFICER, "--targets", "+44 7700 900123",
+                 "--from", start, "--to", end, "--expires", "2099-12-31"]) == EXIT_OK
     assert main(["vault", "query", "--keyring", str(vault_keys), "--db", str(db), "--target", "+447700900123",
                  "--from", start, "--to", end, "--warrant", sc.WARRANT, "--officer", sc.OFFICER,
                  "--output", str(tmp_path / "delivery.jsonl")]) == EXIT_OK

@@ -85,3 +85,9 @@ def test_register_keeps_only_receipt_fields_so_no_subject_can_ride_along(registe
     assert "7700900123" not in register.path.read_text()
     with pytest.raises(ValueError):
         register._append("answered", {"request_id": "sar-x", "how": "export", "subject": "+447700900123"})
+
+
+def test_status_refuses_a_register_that_does_not_exist(tmp_path):
+    """A mistyped path must not look like "no open requests"."""
+    assert main(["privacy", "status", "--register", str(tmp_path / "typo.jsonl")]) == EXIT_USAGE
+    assert main(["privacy", "status"]) == EXIT_USAGE or "CDRPIPE_PRIVACY_REGISTER" in os.environ

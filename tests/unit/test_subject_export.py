@@ -221,3 +221,45 @@ def test_bill_numbers_are_national_at_home_and_international_abroad():
     assert bill_number("+33612345678", "e164", "GB") == ("+33 6 12 34 56 78", "number")
     assert bill_number(None, "withheld", "GB") == (None, "withheld")
     assert bill_number("150", "short_code", "GB") == ("150", "number")
+
+
+def test_asterisk_rows_are_read_with_the_format_the_vault_indexed_them_with(tmp_path):
+    """A switch format (Asterisk cdr_csv) end to end: parties read as the pipeline reads them; an
+    anonymous caller stays withheld; the other party as on a bill."""
+    day = sc.base_day()
+    t = lambda h: f"{day} {h:02d}:10:00"  # noqa: E731
+    rows = [  # accountcode, src, dst, dcontext, clid, channel, dstchannel, lastapp, lastdata, start, answer, end,
+              # duration, billsec, disposition, amaflags, uniqueid, userfield
+        f'"","07700900123","02079460001","hq","""Me"" <07700900123>","SIP/1","SIP/2","Dial","","{t(8)}","{t(8)}",'
+        f'"{t(9)}",70,60,"ANSWERED","DOCUMENTATION","1700000001.1",""',
+        f'"","02079460001","+447700900123","hq","""Bob"" <02079460001>","SIP/2","SIP/1","Dial","","{t(10)}","{t(10)}",'
+        f'"{t(11)}",70,60,"ANSWERED","DOCUMENTATION","1700000002.1",""',
+        f'"","anonymous","07700 900123","hq","""Anonymous"" <anonymous>","SIP/3","SIP/1","Dial","","{t(12)}",'
+        f'"{t(12)}","{t(13)}",70,60,"ANSWERED","DOCUMENTATION","1700000003.1",""',
+        f'"","02079460001","07700900555","hq","""Bob"" <02079460001>","SIP/2","SIP/5","Dial","","{t(14)}",'
+        f'"{t(14)}","{t(15)}",70,60,"ANSWERED","DOCUMENTATION","1700000004.1",""',
+    ]
+    (tmp_path / "Master.csv").write_text("\n".join(rows) + "\n")
+    assert main(["keys", "generate", "--dir", str(tmp_path / "keys")]) == EXIT_OK
+    worker, vault = tmp_path / "keys" / "worker-keyring.json", tmp_path / "keys" / "vault-keyring.json"
+    assert main(["process", "--keyring", str(worker), "--format", "asterisk-csv", "--input",
+                 str(tmp_path / "Master.csv"), "--out-dir", str(tmp_path / "out")]) == EXIT_OK
+    db = tmp_path / "vault.db"
+    assert main(["vault", "ingest", "--keyring", str(vault), "--db", str(db), "--format", "asterisk-csv",
+                 "--input", str(tmp_path / "out" / "retention.jsonl"), "--quiet"]) == EXIT_OK
+    start, end = sc.window(day)
+    assert main(["vault", "subject-access", "--keyring", str(vault), "--db", str(db), "--request-id", "sar-a",
+                 "--subject", "07700 900123", "--from", start, "--to", end, "--custodian", "c1",
+                 "--output", str(tmp_path / "x.json")]) == EXIT_OK
+    assert main(["privacy", "export", "--request-id", "sar-a", "--subject", "07700 900123", "--keyring", str(worker),
+                 "--from", start, "--to", end, "--analytics", str(tmp_path / "out" / "analytics.jsonl"),
+                 "--vault", str(tmp_path / "x.json"), "--output", str(tmp_path / "e.json")]) == EXIT_OK
+    doc = orjson.loads((tmp_path / "e.json").read_bytes())
+    assert sc.schema_errors(doc) == []
+    retained = [r for r in doc["records"] if r["source"] == "retained"]
+    analytics = [r for r in doc["records"] if r["source"] == "analytics"]
+    assert [(r["direction"], r["other_party"], r["other_party_form"]) for r in retained] == [
+        ("outgoing", "020 7946 0001", "number"), ("incoming", "020 7946 0001", "number"),
+        ("incoming", None, "withheld")]
+    assert [r["record_id"] for r in analytics] == [r["record_id"] for r in retained]
+    assert [r["other_party_form"] for r in analytics] == ["token", "token", "withheld"]
