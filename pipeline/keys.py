@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 WORKER_KEYRING = "worker-keyring.json"
 VAULT_KEYRING = "vault-keyring.json"
+AUDIT_PUBLIC_KEY = "audit-public-key.txt"
 #: Environment variables that carry a whole keyring (how Kubernetes secrets inject them).
 ENV_WORKER_KEYRING_JSON = "CDRPIPE_WORKER_KEYRING_JSON"
 ENV_VAULT_KEYRING_JSON = "CDRPIPE_VAULT_KEYRING_JSON"
@@ -246,11 +247,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if existing and not args.force:
         raise UsageError(f"{', '.join(existing)} already exist; refusing to overwrite keys "
                          "(that would make old tokens and the vault unreadable). Use --force to replace them.")
+    from pipeline.vault.audit import AuditSigner  # the vault imports this module: here, not above
     worker, vault = generate()
+    # The audit signing key travels with the vault keyring (entries are signed by default); its
+    # public half goes to the auditor, who needs nothing else to verify the log.
+    signer = AuditSigner.generate()
     write_private_json(targets[0], worker.to_json())
-    write_private_json(targets[1], vault.to_json())
+    write_private_json(targets[1], {**vault.to_json(), "audit_key": signer.to_json()})
+    public = out / AUDIT_PUBLIC_KEY
+    public.write_text(signer.public_b64() + "\n")
     print(f"wrote {targets[0]} (token key {worker.current.kid}; give to workers)", file=sys.stderr)
-    print(f"wrote {targets[1]} (vault key {vault.vault_kid}; vault only, keep offline)", file=sys.stderr)
+    print(f"wrote {targets[1]} (vault key {vault.vault_kid} and audit signing key {signer.kid}; vault only, keep "
+          "offline)", file=sys.stderr)
+    print(f"wrote {public} (audit public key; give to the auditor: `vault audit verify --public-key {public}`)",
+          file=sys.stderr)
     return 0
 
 

@@ -179,14 +179,15 @@ class AuditLog:
     """Appends to the ``audit`` table of a vault database and keeps the keystore's anchor current."""
 
     def __init__(self, conn: sqlite3.Connection, *, anchor: Any = None, signer: AuditSigner | None = None,
-                 clock: Callable[[], _dt.datetime] = _utc_now) -> None:
+                 clock: Callable[[], _dt.datetime] = _utc_now, witness: Any = None) -> None:
         self._conn = conn
         self._anchor = anchor  # a Keystore (set_audit_anchor / audit_anchor), or None
         self.signer = signer
         self._clock = clock
+        self.witness = witness  # a pipeline.vault.witness.Witness, or None
 
     def __repr__(self) -> str:
-        return f"AuditLog(signed={self.signer is not None})"
+        return f"AuditLog(signed={self.signer is not None}, witnessed={self.witness is not None})"
 
     def last(self) -> tuple[int, str]:
         """Sequence number and hash of the newest entry (0 and the genesis hash when empty)."""
@@ -233,8 +234,15 @@ class AuditLog:
             entry["hash"] = entry_hash(entry)
             if self.signer is not None:
                 entry["signature"] = self.signer.sign(entry["hash"])
-            self._conn.execute("INSERT INTO audit (seq, entry) VALUES (?, ?)",
-                               (entry["seq"], orjson.dumps(entry).decode("utf-8")))
+            text = orjson.dumps(entry).decode("utf-8")
+            self._conn.execute("INSERT INTO audit (seq, entry) VALUES (?, ?)", (entry["seq"], text))
+            if self.witness is not None:
+                # Witnessed before it commits: no witness copy, no entry (and so no query answer).
+                from pipeline.vault.witness import WitnessError
+                try:
+                    self.witness.append(text)
+                except WitnessError as exc:
+                    raise AuditError(f"{exc}; nothing was done") from None
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
@@ -255,6 +263,7 @@ class Verdict:
     signed: int
     first_bad: int | None = None
     reason: str = ""
+    signed_from: int | None = None
 
 
 def read_entries(db_path: str | os.PathLike[str]) -> list[tuple[int, str]]:
@@ -272,10 +281,18 @@ def read_entries(db_path: str | os.PathLike[str]) -> list[tuple[int, str]]:
 
 
 def verify_chain(rows: Iterable[tuple[int, str]], public_key: Ed25519PublicKey | None = None,
-                 anchor: tuple[int, str] | None = None) -> Verdict:
-    """Check numbering, links, hashes, (with ``public_key``) signatures, and the anchor; stop at the first break."""
+                 anchor: tuple[int, str] | None = None, *, signed_from: int | None = None) -> Verdict:
+    """Check numbering, links, hashes, (with ``public_key``) signatures, and the anchor; stop at the first break.
+
+    Signing may have been switched on for a vault that already had entries: with a public key,
+    entries before the first signed one may be unsigned, but from it on (or from ``signed_from``,
+    when the auditor knows where signing began) every entry must carry a valid signature, and at
+    least one must. Stripping signatures therefore cannot turn a signed log back into an
+    unsigned one. ``Verdict.signed_from`` says where signing began.
+    """
     rows = list(rows)
     prev, expected, signed, count = GENESIS, 1, 0, 0
+    first_signed: int | None = None
     hashes: dict[int, str] = {}
     for seq, text in rows:
         def bad(reason: str, at: int = seq) -> Verdict:
@@ -296,8 +313,16 @@ def verify_chain(rows: Iterable[tuple[int, str]], public_key: Ed25519PublicKey |
             return bad("it does not follow the entry before it: an entry before it was removed, reordered or rewritten")
         sig = entry.get("signature")
         if public_key is not None:
-            if not isinstance(sig, dict):
-                return bad("it is not signed, but a public key was given: every entry must be signed")
+            must = first_signed is not None or (signed_from is not None and seq >= signed_from)
+            if not isinstance(sig, dict) and must:
+                since = first_signed if first_signed is not None else signed_from
+                return bad(f"it is not signed, but entries are signed from #{since} on: a signature was removed "
+                           "(or the entry was forged)")
+            if not isinstance(sig, dict) and seq == len(rows):
+                return Verdict(False, count, signed, 1 if signed_from is None else signed_from,
+                               "no entry is signed, but a public key was given: the log is not signed (or every "
+                               "signature was removed)")
+        if isinstance(sig, dict) and public_key is not None:
             try:
                 public_key.verify(base64.b64decode(str(sig.get("ed25519", "")), validate=True),
                                   bytes.fromhex(entry["hash"]))
@@ -305,6 +330,8 @@ def verify_chain(rows: Iterable[tuple[int, str]], public_key: Ed25519PublicKey |
                 return bad("its signature does not verify with the given public key: forged or re-signed")
         if isinstance(sig, dict):
             signed += 1
+            if first_signed is None:
+                first_signed = seq
         prev = hashes[seq] = entry["hash"]
         expected += 1
         count += 1
@@ -317,4 +344,4 @@ def verify_chain(rows: Iterable[tuple[int, str]], public_key: Ed25519PublicKey |
         if a_seq in hashes and hashes[a_seq] != a_hash:
             return Verdict(False, count, signed, a_seq,
                            "it differs from the entry the keystore anchored: the log was rewritten from here")
-    return Verdict(True, count, signed)
+    return Verdict(True, count, signed, signed_from=first_signed)

@@ -44,9 +44,13 @@ from pipeline.vault.retention import period as retention_period
 from pipeline.vault.retention import subtract_period  # noqa: F401  (re-exported for callers of the CLI module)
 from pipeline.vault.sink import DEFAULT_BATCH_BYTES, DEFAULT_GROUP, DEFAULT_TOPIC, VaultSink, ingest_file
 from pipeline.vault.store import DAY_US, StoreError, VaultStore
+from pipeline.vault.witness import ENV_AUDIT_WITNESS, WitnessError, compare, open_witness
 from pipeline.vault.warrants import Warrant, WarrantError, WarrantRegister, check_scope, parse_targets
 
 log = logging.getLogger(__name__)
+
+#: The ``meta`` key remembering the vault's audit witness.
+WITNESS_META = "audit_witness"
 
 _REFERENCE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,126}[\x21-\x7e])?$")
 
@@ -106,11 +110,32 @@ def open_vault(args: argparse.Namespace, *, create: bool = False) -> Iterator[Va
 
 
 def _audit_log(vault: Vault, args: argparse.Namespace) -> AuditLog:
+    """The vault's audit log with its signer (if any) and its witness (``--witness``, env, or the vault's own).
+
+    Once a vault has a witness it keeps writing to it: the witness is remembered in the database,
+    and switching it on (or to another one) is itself an audit entry, the new witness's first.
+    """
     try:
         signer = load_audit_signer(getattr(args, "audit_key", None), args.keyring)
     except AuditError as exc:
         raise FatalError(str(exc)) from None
-    return AuditLog(vault.store.conn, anchor=vault.keystore, signer=signer)
+    if signer is None:
+        print("cdrpipe vault: warning: no audit key, so this audit entry is not signed (`cdrpipe keys generate` "
+              "puts one in vault-keyring.json; or --audit-key FILE)", file=sys.stderr)
+    known = vault.store.meta(WITNESS_META)
+    spec = getattr(args, "witness", None) or os.environ.get(ENV_AUDIT_WITNESS) or known
+    try:
+        witness = open_witness(spec) if spec else None
+    except WitnessError as exc:
+        raise FatalError(str(exc)) from None
+    audit = AuditLog(vault.store.conn, anchor=vault.keystore, signer=signer, witness=witness)
+    if witness is not None and witness.spec != known:
+        try:
+            audit.append({"action": "witness_enabled", "witness": witness.spec, "previous_witness": known})
+        except AuditError as exc:
+            raise FatalError(str(exc)) from None
+        vault.store.set_meta(WITNESS_META, witness.spec)
+    return audit
 
 
 def _reference(value: str | None, flag: str, what: str) -> str:
@@ -423,13 +448,31 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
         raise FatalError(str(exc)) from None
     keystore = Path(args.keystore) if args.keystore else default_keystore_path(args.db)
     anchor = read_audit_anchor(keystore) if keystore.is_file() else None
-    verdict = verify_chain(rows, public, anchor)
+    verdict = verify_chain(rows, public, anchor, signed_from=args.signed_from)
     if not verdict.ok:
         raise FatalError(f"audit log broken at entry #{verdict.first_bad}: {verdict.reason}")
-    checks = ["hash chain"]
-    checks.append(f"signatures ({verdict.signed})" if public is not None else
-                  f"signatures not checked (pass --public-key; {verdict.signed} entries carry one)")
-    checks.append("keystore anchor" if anchor is not None else f"no keystore anchor found at {keystore}")
+    if rows and anchor is None:
+        where = "holds no audit anchor" if keystore.is_file() else "does not exist"
+        raise FatalError(f"audit log not verified: the keystore {keystore} {where}, but the log has {len(rows)} "
+                         "entries: the anchor was deleted, or pass --keystore with the vault's key file")
+    checks = ["hash chain", "keystore anchor"]
+    if public is None:
+        checks.append(f"signatures not checked (pass --public-key; {verdict.signed} entries carry one)")
+    elif verdict.signed_from is not None and verdict.signed_from > 1:
+        checks.append(f"signatures ({verdict.signed}, every entry from #{verdict.signed_from}; entries before it "
+                      "were written before signing was switched on)")
+    else:
+        checks.append(f"signatures ({verdict.signed})")
+    if args.witness:
+        try:
+            at, why = compare(rows, open_witness(args.witness).read())
+        except WitnessError as exc:
+            raise FatalError(str(exc)) from None
+        if at is not None:
+            raise FatalError(f"audit log broken at entry #{at}: {why}")
+        checks.append(f"witness: {why}")
+    else:
+        checks.append("no witness compared (pass --witness)")
     print(f"audit log intact: {verdict.entries} entries; {'; '.join(checks)}", file=sys.stderr)
     return 0
 
@@ -598,11 +641,15 @@ def _vault_arguments(p: argparse.ArgumentParser, *, region: bool = False) -> Non
                        help="default region for national numbers (env CDRPIPE_REGION; default GB)")
 
 
-def _audit_arguments(p: argparse.ArgumentParser) -> None:
-    """Where a command that writes an audit entry gets its signing key."""
-    p.add_argument("--audit-key", default=None,
-                   help=f"Ed25519 audit key file to sign the entry (env {ENV_AUDIT_KEY}; default: the vault "
-                        "keyring's audit_key)")
+def _audit_arguments(p: argparse.ArgumentParser, *, key: bool = True) -> None:
+    """Where a command that writes an audit entry gets its signing key and its witness."""
+    if key:
+        p.add_argument("--audit-key", default=None,
+                       help=f"Ed25519 audit key file to sign the entry (env {ENV_AUDIT_KEY}; default: the vault "
+                            "keyring's audit_key)")
+    p.add_argument("--witness", default=None,
+                   help=f"also write every audit entry here: an append-only FILE, or kafka:TOPIC (env "
+                        f"{ENV_AUDIT_WITNESS}; default: the witness this vault already writes to)")
 
 
 def _input_arguments(p: argparse.ArgumentParser) -> None:
@@ -687,6 +734,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--audit-key", default=None,
                    help=f"Ed25519 audit key file to sign the audit entry (env {ENV_AUDIT_KEY}; default: the "
                         "vault keyring's optional audit_key)")
+    _audit_arguments(p, key=False)
     p.add_argument("--authorised-org", default=os.environ.get("CDRPIPE_LI_ORG"),
                    help="etsi-xml: authorisedOrganisationID of the requester (env CDRPIPE_LI_ORG)")
     p.add_argument("--csp-id", default=os.environ.get("CDRPIPE_CSP_ID", "cdrpipe"),
@@ -705,6 +753,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--retention", default=None, help="purge days whose period has ended, e.g. 12mo, 365d, 1y")
     p.add_argument("--operator", default=None, help="who runs the purge (env CDRPIPE_OPERATOR; default: OS user)")
     p.add_argument("--audit-key", default=None, help=f"Ed25519 audit key file (env {ENV_AUDIT_KEY})")
+    _audit_arguments(p, key=False)
     p.add_argument("--allow-early", action="store_true",
                    help="allow a cut-off that destroys records younger than 12 months")
     p.add_argument("--dry-run", action="store_true", help="list the days that would be purged")
@@ -727,6 +776,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="keystore holding the anchor (default <db>.keys; no keyring needed)")
     p.add_argument("--public-key", default=os.environ.get(ENV_AUDIT_PUBLIC_KEY),
                    help=f"require every entry signed by this Ed25519 key: base64 or a file (env {ENV_AUDIT_PUBLIC_KEY})")
+    p.add_argument("--signed-from", type=int, default=None,
+                   help="require a signature on every entry from this one on (default: from the first signed one)")
+    p.add_argument("--witness", default=os.environ.get(ENV_AUDIT_WITNESS),
+                   help=f"compare the log with its witness: FILE or kafka:TOPIC (env {ENV_AUDIT_WITNESS})")
     p.set_defaults(func=_cmd_audit_verify)
     p = asub.add_parser("export", help="print every audit entry as JSONL (to ship to WORM storage)")
     p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
@@ -743,6 +796,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--officer", default=None, help="who records the loss (required)")
     p.add_argument("--reason", default=None, help="what happened (required)")
     p.add_argument("--audit-key", default=None, help=f"Ed25519 audit key file (env {ENV_AUDIT_KEY})")
+    _audit_arguments(p, key=False)
     p.set_defaults(func=_cmd_audit_gap)
 
     from pipeline.vault.subject_access import add_parser as add_subject_access  # imports this module: here, not above

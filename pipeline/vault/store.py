@@ -191,6 +191,18 @@ class VaultStore:
             return 1
         return int(conn.execute(f"SELECT coalesce(max(rid), 0) + 1 FROM {rec_table(day)}").fetchone()[0])
 
+    # ------------------------------------------------------------------ settings
+
+    def meta(self, key: str) -> str | None:
+        """A vault setting from the ``meta`` table (region, the audit witness, …)."""
+        row = self.conn.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                         (key, value))
+
     # ------------------------------------------------------------------ readers
 
     def readers(self) -> dict[int, Reader]:
