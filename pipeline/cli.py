@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
-import os
 import sys
+
+from pipeline.logs import add_log_arguments, configure_logging
 
 #: Each sub-command and the module that owns it (registers its parser), in `cdrpipe --help` order.
 COMMANDS = {
@@ -43,7 +43,7 @@ def _named_command(argv: list[str]) -> str | None:
     """The sub-command ``argv`` names (its first positional), if it is one of ours."""
     args = iter(argv)
     for arg in args:
-        if arg == "--log-level":
+        if arg in ("--log-level", "--log-format"):
             next(args, None)
         elif not arg.startswith("-"):
             return arg if arg in COMMANDS else None
@@ -62,12 +62,39 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         prog="cdrpipe",
         description="Pseudonymise telecom CDRs: analytics tokens, sealed retention, dead letters.",
     )
-    parser.add_argument("--log-level", default=os.environ.get("CDRPIPE_LOG_LEVEL", "INFO"),
-                        help="logging level (env CDRPIPE_LOG_LEVEL; default INFO)")
+    add_log_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in (COMMANDS[command],) if command else COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _log_flags_after_commands(parser)
     return parser
+
+
+def _sub_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of ``parser``'s sub-commands (one level)."""
+    return [p for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for p in dict.fromkeys(action.choices.values())]
+
+
+def _log_flags_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Let ``--log-level``/``--log-format`` also follow the command (``cdrpipe run --log-format json``).
+
+    Why: operators put a service's flags after its command, and a manifest's ``args`` list is
+    easier to read that way. Given after the command, a flag wins; the global one stays the default.
+    """
+    for sub in _sub_parsers(parser):
+        if _sub_parsers(sub):
+            _log_flags_after_commands(sub)
+        elif not {"--log-level", "--log-format"} & set(sub._option_string_actions):
+            add_log_arguments(sub, suppress=True)
+
+
+def _command_name(args: argparse.Namespace) -> str | None:
+    """The command and its action (``vault sink``), for the ``command`` key of JSON logs."""
+    if not args.command:
+        return None
+    action = next((v for k, v in vars(args).items() if k.endswith("_command") and isinstance(v, str)), None)
+    return f"{args.command} {action}" if action else args.command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,21 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+    restore_logging = configure_logging(args.log_level, args.log_format, _command_name(args))
     try:
-        return int(args.func(args) or 0)
-    except UsageError as exc:
-        print(f"cdrpipe {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except FatalError as exc:
-        print(f"cdrpipe {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    except KeyboardInterrupt:
-        return 130
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        try:
+            return int(args.func(args) or 0)
+        except UsageError as exc:
+            print(f"cdrpipe {args.command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except FatalError as exc:
+            print(f"cdrpipe {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_FATAL
+        except KeyboardInterrupt:
+            return 130
+    finally:
+        restore_logging()
 
 
 if __name__ == "__main__":

@@ -537,7 +537,9 @@ def test_a_file_that_is_not_a_vault_is_refused(vault, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- leaks
 
-def test_vault_secrets_and_targets_never_in_logs_errors_or_stored_in_clear(vault, tmp_path, capsys, caplog):
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_vault_secrets_and_targets_never_in_logs_errors_or_stored_in_clear(vault, tmp_path, capsys, caplog,
+                                                                          log_format):
     caplog.set_level("DEBUG")
     copy = _copy(vault, tmp_path / "v")
     keyring_doc = json.loads(vault["keyring"].read_text())
@@ -583,8 +585,10 @@ def test_vault_secrets_and_targets_never_in_logs_errors_or_stored_in_clear(vault
     ]
     seen = ""
     for argv in runs:
-        main(["--log-level", "DEBUG", *argv])
+        main(["--log-level", "DEBUG", "--log-format", log_format, *argv])
         out = capsys.readouterr()
+        if log_format == "json":  # what a collector ships: one object a line, nothing else
+            assert all(json.loads(line) for line in out.err.splitlines() if line.strip())
         seen += out.out + out.err
     seen += caplog.text
     assert "W-9" in seen and "records" in seen  # the runs did produce output and logs to check
