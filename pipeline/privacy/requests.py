@@ -280,11 +280,15 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     receipt = {"request_id": doc["request_id"], "type": doc["type"], "subject_kind": kind,
                "received": doc["received"], "due": doc["due"], "topic": topic, "partition": partition,
                "offset": offset}
-    if args.register:
+    print(json.dumps(receipt))
+    if args.register:  # after the receipt is printed: the request is on its way whatever happens here
         from pipeline.privacy.register import CaseRegister
 
-        CaseRegister(args.register).record_received(receipt)
-    print(json.dumps(receipt))
+        try:
+            CaseRegister(args.register).record_received(receipt)
+        except OSError as exc:
+            raise FatalError(f"the request was sent (receipt above) but the case register {args.register} could "
+                             f"not be written ({exc.strerror}): add the receipt to it by hand") from None
     return 0
 
 

@@ -224,7 +224,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         source = f"kafka:{topic}"
     doc = build_export(request_id=request_id, request_type=request_type, subject=subject, window=window,
                        analytics=records, subject_tokens=tokens, analytics_source=source, extract=extract)
-    out = _open_output(args.output)
+    try:
+        out = _open_output(args.output)
+    except OSError as exc:
+        raise FatalError(f"--output {args.output}: {exc.strerror}") from None
     try:
         write_export(doc, args.format, out)
     finally:

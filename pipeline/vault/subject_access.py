@@ -190,8 +190,10 @@ def _cmd_subject_access(args: argparse.Namespace) -> int:
         raise UsageError(f"--request-id: {exc}") from None
     start_us, end_us = parse_window(args.start, args.end)
     cutoff_us = day_number(retention_cutoff(utc_today(), retention_period(args.retention))) * DAY_US
-    if not args.output:
+    if not args.output or args.output == "-":
         raise UsageError("--output FILE is required: the extract is handed to the DPO, never printed")
+    if not os.access(os.path.dirname(os.path.abspath(args.output)), os.W_OK):
+        raise UsageError(f"--output {args.output}: its directory does not exist or is not writable")
     with open_vault(args) as vault:
         region = vault.store.region
         try:

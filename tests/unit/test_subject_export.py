@@ -172,13 +172,17 @@ def test_analytics_only_export_withholds_every_incoming_caller(world, tmp_path):
 
 
 def test_subject_access_refuses_without_custodian_or_with_a_number_shaped_request_id(world, tmp_path):
+    audited = len(read_entries(world["db"]))
     base = ["vault", "subject-access", "--keyring", str(world["keys"]["vault"]), "--db", str(world["db"]),
             "--subject", "07700 900123", "--from", world["from"], "--to", world["to"],
             "--output", str(tmp_path / "x.json")]
     assert main(base + ["--request-id", "sar-1"]) == EXIT_USAGE           # no --custodian
     assert main(base + ["--request-id", "07700900123", "--custodian", "c1"]) == EXIT_USAGE
     assert main(base[:6] + ["--subject", "999", *base[8:], "--request-id", "sar-1", "--custodian", "c1"]) == EXIT_USAGE
+    assert main(base[:-1] + [str(tmp_path / "no-such-dir" / "x.json"), "--request-id", "sar-1",
+                             "--custodian", "c1"]) == EXIT_USAGE
     assert not (tmp_path / "x.json").exists()
+    assert len(read_entries(world["db"])) == audited  # refused before anything was read or audited
 
 
 def test_export_with_the_register_checks_the_request_and_records_the_answer(world, extracts, tmp_path, capsys):
