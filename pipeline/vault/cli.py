@@ -39,6 +39,7 @@ from pipeline.vault.keystore import (Keystore, KeystoreError, day_date, day_numb
                                      read_audit_anchor)
 from pipeline.vault.query import Searcher, SearchResult, describe_unreadable
 from pipeline.vault.readers import Reader, reader_from_flags
+from pipeline.vault.reindex import reindex
 from pipeline.vault.retention import DEFAULT_RETENTION, LEGAL_RETENTION, retention_cutoff, utc_today
 from pipeline.vault.retention import period as retention_period
 from pipeline.vault.retention import subtract_period  # noqa: F401  (re-exported for callers of the CLI module)
@@ -522,6 +523,34 @@ def _cmd_audit_gap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    reader = _reader(args)
+    period = retention_period(args.retention)
+    operator = _operator(args, "who runs the reindex")
+    with open_vault(args) as vault:
+        audit = _audit_log(vault, args)
+        ingester = _ingester(vault, args, reader)
+        try:
+            totals = reindex(ingester, BlindIndexer(vault.keyring.index_key))
+        except (KeystoreError, StoreError) as exc:
+            raise FatalError(str(exc)) from None
+        finally:
+            ingester.close()
+        try:
+            entry = audit.append({"action": "reindex", "operator": operator,
+                                  "reader": reader.label() if reader else "recognised",
+                                  "retention": {"period": period,
+                                                "cutoff": retention_cutoff(utc_today(), period).isoformat()},
+                                  "records_reindexed": totals.reindexed, "records_expired": totals.expired})
+        except AuditError as exc:
+            raise FatalError(f"reindex done but not audited: {exc}") from None
+    print(f"vault reindex: {totals.reindexed:,} records filed again by call start and indexed, {totals.expired:,} "
+          f"removed as past retention, {totals.unchanged:,} still unreadable or unchanged (audit entry "
+          f"#{entry['seq']})", file=sys.stderr)
+    print(orjson.dumps(totals.summary()).decode())
+    return 0
+
+
 def _operator(args: argparse.Namespace, what: str) -> str:
     """Who runs an administrative command: --operator, else $CDRPIPE_OPERATOR, else the OS user."""
     return _reference(args.operator or os.environ.get("CDRPIPE_OPERATOR") or getpass.getuser(), "--operator", what)
@@ -801,6 +830,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     from pipeline.vault.subject_access import add_parser as add_subject_access  # imports this module: here, not above
     add_subject_access(vsub)
+
+    p = vsub.add_parser("reindex", help="read again, with --format/--mapping, records filed by sealed_at",
+                        description="Decrypt every record the vault could not date or index (filed under the time "
+                                    "its segment was sealed), read it with --format/--mapping (else recognise it), "
+                                    "and file it again by call start, indexed. Raw bytes are unchanged; records "
+                                    "past retention are removed. Audited.")
+    _vault_arguments(p)
+    _input_arguments(p)
+    p.add_argument("--operator", default=None, help="who runs it (env CDRPIPE_OPERATOR; default: OS user)")
+    _audit_arguments(p)
+    p.set_defaults(func=_cmd_reindex)
 
     w = vsub.add_parser("warrant", help="register, list and revoke the warrants queries run under",
                         description="A query is answered only for targets and windows inside an active, unexpired "

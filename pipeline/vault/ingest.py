@@ -138,6 +138,11 @@ class Ingester:
     def __repr__(self) -> str:
         return f"Ingester(store={self.store!r}, vault_kid={self._kid!r})"
 
+    @property
+    def phones(self) -> PhoneNormaliser:
+        """The vault's normaliser (its region), shared with ``reindex``."""
+        return self._phones
+
     def close(self) -> None:
         self._reader.close()
 
@@ -202,14 +207,18 @@ class Ingester:
         quarantine.append((segment_id, reason, body))
         totals.quarantined += 1
 
-    def _rows(self, cols: dict[str, list[Any]], totals: IngestTotals) -> list[DayRows]:
-        """Dedupe, parse, index and encrypt the opened records into per-day rows."""
+    def _rows(self, cols: dict[str, list[Any]], totals: IngestTotals, *, dedupe: bool = True) -> list[DayRows]:
+        """Dedupe, parse, index and encrypt the opened records into per-day rows.
+
+        ``dedupe=False`` is for ``vault reindex``: the records are stored already and are being
+        filed again (their old rows go in the same transaction as the new ones are written).
+        """
         batch = pl.DataFrame({"record_id": cols["record_id"], "sealed": cols["sealed"]},
                              schema={"record_id": pl.String, "sealed": pl.Int64}).with_row_index("i")
         first = batch.unique("record_id", keep="first", maintain_order=True)
         candidates = first["record_id"].to_list()
-        known = self.store.known_ids(candidates, conn=self._reader)
-        known.update(self.pending_ids.intersection(candidates))
+        known = self.store.known_ids(candidates, conn=self._reader) if dedupe else set()
+        known.update(self.pending_ids.intersection(candidates) if dedupe else ())
         if known:
             first = first.filter(~pl.col("record_id").is_in(list(known)))
         totals.duplicates = totals.records - first.height

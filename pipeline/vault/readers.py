@@ -8,10 +8,12 @@ idea of "the cli of this Asterisk row" is exactly the pipeline's:
 * ``--format NAME [--mapping FILE]`` on ``vault ingest``, ``vault sink`` and ``vault reindex``
   names the adapter (the same flags as ``cdrpipe process`` and ``cdrpipe run``); records it
   cannot read fall back to the sniffer below.
-* Without ``--format`` each record is *sniffed*: a JSON object with ``variables`` or ``callflow``
-  is FreeSWITCH ``json_cdr``, another JSON object is raw v1 JSONL, a ``|`` row starting with a
-  SIP method is Kamailio/OpenSIPS ``acc``, and anything else is tried as Asterisk ``cdr_csv``.
-  Mapped CSV has no default layout, so it needs ``--format csv --mapping FILE``.
+* Without ``--format`` each record is *recognised* only when it is unmistakable: a JSON object
+  with ``variables`` or ``callflow`` is FreeSWITCH ``json_cdr``, another JSON object is raw v1
+  JSONL, a ``|`` row starting with a SIP method is Kamailio/OpenSIPS ``acc``, and an 18-column
+  row with a date-time ``start`` and a known ``disposition`` is Asterisk ``cdr_csv``. Anything
+  else (mapped CSV above all, which has no default layout) stays unread until ``vault reindex
+  --format csv --mapping FILE`` reads it.
 
 Each stored record remembers the reader it was indexed with (``parsed`` = a row of the
 ``readers`` table; 0 = nothing could read it, 1 = JSONL, as ``parsed = 1`` always meant), so the
@@ -24,7 +26,9 @@ because a warrant must find every row in which the target is a party.
 """
 from __future__ import annotations
 
+import csv
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +51,8 @@ PARTY_NAMES = tuple(dict.fromkeys(name for name, _kind in PARTY_FIELDS))
 UNREAD, JSONL_ID = 0, 1
 #: Delimited formats and their default layouts (for the lenient pass over their rejects).
 _DELIMITED: dict[str, MappingSpec | None] = {"asterisk-csv": asterisk.DEFAULT, "acc": acc.DEFAULT, "csv": None}
+_ASTERISK_START = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}")
+_ASTERISK_DISPOSITIONS = frozenset({"ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CONGESTION", "UNKNOWN"})
 _SIP_METHODS = frozenset({b"INVITE", b"ACK", b"BYE", b"CANCEL", b"REGISTER", b"OPTIONS", b"MESSAGE", b"INFO",
                           b"PRACK", b"UPDATE", b"REFER", b"SUBSCRIBE", b"NOTIFY", b"PUBLISH"})
 
@@ -99,8 +105,14 @@ def reader_from_flags(fmt: str | None, mapping_path: str | None) -> Reader | Non
     return reader
 
 
-def sniff(raw: bytes) -> Reader:
-    """The reader a record's bytes look like; anything else is tried as Asterisk ``cdr_csv`` (headless CSV)."""
+def sniff(raw: bytes) -> Reader | None:
+    """The reader a record's bytes unmistakably look like, or None (then it stays unread until reindexed).
+
+    A wrong guess would index wrong parties and date the record wrongly (an Asterisk ``start``
+    column read from another CSV layout may say 1970, and ingest would drop the record as
+    expired), so CSV is recognised only by its fingerprint: a SIP method and ``|`` for acc, and
+    for Asterisk 18 columns with a date-time ``start`` and a known ``disposition``.
+    """
     head = raw[:256].lstrip(b" \t\r\n")
     if head.startswith(b"\xef\xbb\xbf"):
         head = head[3:].lstrip(b" \t")
@@ -109,7 +121,15 @@ def sniff(raw: bytes) -> Reader:
     bar = head.find(b"|")
     if bar > 0 and head[:bar].strip().upper() in _SIP_METHODS:
         return ACC
-    return ASTERISK
+    if b"," in head and len(raw) <= MAX_PARSE_BYTES:
+        try:
+            cells = next(csv.reader([raw.decode("utf-8")]), [])
+        except (UnicodeDecodeError, csv.Error):
+            return None
+        if (len(cells) in (18, 19) and _ASTERISK_START.match(cells[9].strip())
+                and cells[14].strip().upper() in _ASTERISK_DISPOSITIONS):
+            return ASTERISK
+    return None
 
 
 # --------------------------------------------------------------------------- reading a batch
@@ -221,7 +241,7 @@ def _read(raws: Sequence[bytes], groups: dict[Reader, list[int]], fallback: bool
             if fallback:
                 for i in sorted(set(rows) - set(done)):
                     guess = sniff(raws[i])
-                    if guess != reader:
+                    if guess is not None and guess != reader:
                         again.setdefault(guess, []).append(i)
         groups, fallback = again, False
     frame = pl.concat(values) if values else pl.DataFrame(schema=_VALUES_SCHEMA)
@@ -232,7 +252,9 @@ def read_parties(raws: Sequence[bytes], named: Reader | None = None) -> Parties:
     """Parties and start of records as they arrive: with the ``--format`` reader, else (and for its leftovers) sniffed."""
     groups: dict[Reader, list[int]] = {}
     for i, raw in enumerate(raws):
-        groups.setdefault(named or sniff(raw), []).append(i)
+        reader = named or sniff(raw)
+        if reader is not None:
+            groups.setdefault(reader, []).append(i)
     return _read(raws, groups, fallback=named is not None)
 
 

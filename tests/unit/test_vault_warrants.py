@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
+from jsonschema import Draft202012Validator
 from hypothesis import strategies as st
 
 import pipeline.vault.cli as vault_cli
@@ -123,8 +124,12 @@ def test_warrant_list_shows_state_but_never_targets_and_is_audited(vault, capsys
     assert listed["W-A"]["state"] == "active" and listed["W-R"]["state"] == "revoked"
     assert listed["W-A"]["targets"] == 1 and "7700900" not in out
     assert _last_entry(vault)["action"] == "warrant_list"
-    actions = [json.loads(e)["action"] for _s, e in read_entries(vault["db"])]
-    assert actions[:3] == ["warrant_add", "warrant_add", "warrant_revoke"]
+    entries = [json.loads(e) for _s, e in read_entries(vault["db"])]
+    assert [e["action"] for e in entries][:3] == ["warrant_add", "warrant_add", "warrant_revoke"]
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "audit-entry.v1.json").read_text())
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    for entry in entries:  # every kind of entry this file makes (queries, refusals, warrant actions)
+        assert not list(validator.iter_errors(entry)), entry["action"]
 
 
 def test_a_warrant_id_is_registered_once_and_bad_targets_are_not_echoed(vault, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from pipeline.cli import EXIT_FATAL, EXIT_OK, main
 from pipeline.keys import load_vault_keyring
@@ -92,7 +93,12 @@ def test_the_intact_log_matches_its_witness_and_is_signed_throughout(vault, caps
     code, err = _verify(vault, capsys)
     assert code == EXIT_OK, err
     assert "5 entries" in err and "signatures (5)" in err and "5 entries match the witness (entries #1 to #5)" in err
-    assert [e["action"] for e in _entries(vault)] == ["witness_enabled", "warrant_add", "query", "query", "query"]
+    entries = _entries(vault)
+    assert [e["action"] for e in entries] == ["witness_enabled", "warrant_add", "query", "query", "query"]
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "audit-entry.v1.json").read_text())
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    for entry in entries:
+        assert not list(validator.iter_errors(entry)), entry["action"]
 
 
 def test_an_edited_entry_is_detected(vault, capsys):
