@@ -1,9 +1,13 @@
-"""Subject rights: requests in, suppressions and erasure notices out (see docs/privacy.md).
+"""Subject rights: requests in, suppressions, erasure notices and subject exports out (see docs/privacy.md).
 
 Modules: ``requests`` (the request record, validation, subject tokens, `cdrpipe privacy submit`),
+``deadlines`` (Art. 12(3) due dates and extensions), ``register`` (the DPO's case register,
+`cdrpipe privacy status|extend|close`), ``subject_export`` (`cdrpipe privacy export`: access and
+portability) with ``analytics_source`` (the subject's records in cdr.analytics or files),
 ``state`` (the per-subject merge), ``worker`` (the faust app, `cdrpipe privacy worker`),
 ``follower`` (what the Kafka worker uses to follow ``privacy.suppressions``), ``service`` and
 ``options`` (runtime and flags shared by both faust apps), ``process`` (run an app as a child
-process: demo, bench, tests), ``cli`` (the ``privacy`` command). Importing this package imports
-nothing heavy; faust is imported only by ``service`` and the workers.
+process: demo, bench, tests), ``cli`` (the ``privacy`` command). The vault side of an access
+request is ``pipeline.vault.subject_access``. Importing this package imports nothing heavy;
+faust is imported only by ``service`` and the workers.
 """
