@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import stat
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from pipeline.keys import ENV_VAULT_KEYRING_FILE, KeyringError, VaultKeyring, lo
 from pipeline.metrics import VaultSinkMetrics, add_metrics_arguments, serve_metrics, stop_metrics
 from pipeline.vault.audit import (ENV_AUDIT_KEY, ENV_AUDIT_PUBLIC_KEY, AuditError, AuditLog, AuditSigner, disclosed,
                                   load_audit_signer, load_public_key, read_entries, verify_chain)
-from pipeline.vault.export import FORMATS, Delivery, write_csv, write_etsi_xml, write_jsonl
+from pipeline.vault.export import FORMATS, Delivery, delivered_record_ids, write_csv, write_etsi_xml, write_jsonl
 from pipeline.vault.index import TARGET_KINDS, BlindIndexer
 from pipeline.vault.ingest import Ingester, IngestTotals, WrongVaultKeyError
 from pipeline.vault.keystore import (Keystore, KeystoreError, day_date, day_number, default_keystore_path,
@@ -361,7 +362,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
                 entry = audit.append(fields)  # before any output: no audit entry, no records
             except AuditError as exc:
                 raise FatalError(str(exc)) from None
-            _deliver(result, args, warrant, vault.store.region, out)
+            _deliver(result, args, warrant, vault.store.region, out, vault.store.readers())
         finally:
             if out is not sys.stdout.buffer:
                 out.close()
@@ -380,7 +381,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deliver(result: SearchResult, args: argparse.Namespace, warrant: str, region: str, out: BinaryIO) -> None:
+def _deliver(result: SearchResult, args: argparse.Namespace, warrant: str, region: str, out: BinaryIO,
+             readers: dict[int, Reader] | None = None) -> None:
     if args.format == "jsonl":
         write_jsonl(result.records, out)
     elif args.format == "csv":
@@ -391,7 +393,7 @@ def _deliver(result: SearchResult, args: argparse.Namespace, warrant: str, regio
                             country_code=(args.country or region).upper()[:2],
                             created=_dt.datetime.now(_dt.timezone.utc),
                             complete=not result.integrity_failures)
-        write_etsi_xml(result.records, out, delivery, region)
+        write_etsi_xml(result.records, out, delivery, region, readers)
     out.flush()
 
 
@@ -475,6 +477,31 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     else:
         checks.append("no witness compared (pass --witness)")
     print(f"audit log intact: {verdict.entries} entries; {'; '.join(checks)}", file=sys.stderr)
+    return 0
+
+
+def _cmd_audit_check_export(args: argparse.Namespace) -> int:
+    try:
+        rows = dict(read_entries(args.db))
+    except AuditError as exc:
+        raise FatalError(str(exc)) from None
+    if args.seq not in rows:
+        raise UsageError(f"the audit log has no entry #{args.seq}")
+    entry = orjson.loads(rows[args.seq])
+    if entry.get("action") != "query" or not isinstance(entry.get("disclosed"), dict):
+        raise UsageError(f"audit entry #{args.seq} is not a query that records what it disclosed")
+    try:
+        ids = delivered_record_ids(Path(args.file).read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read --file {args.file}: {exc.strerror}") from None
+    except (ValueError, KeyError, ET.ParseError):
+        raise FatalError(f"{args.file} is not a vault delivery (JSONL, CSV or ETSI XML with record ids)") from None
+    mine = disclosed(ids)
+    if mine["sha256"] != entry["disclosed"]["sha256"]:
+        raise FatalError(f"{args.file} does not match audit entry #{args.seq}: it holds {mine['count']} record(s), "
+                         f"the entry disclosed {entry['disclosed']['count']}; the delivery or the log was altered")
+    print(f"{args.file} matches audit entry #{args.seq}: the same {mine['count']} record id(s) "
+          f"(warrant {entry.get('warrant')}, officer {entry.get('officer')})", file=sys.stderr)
     return 0
 
 
@@ -814,6 +841,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
                    help="vault record database (env CDRPIPE_VAULT_DB)")
     p.set_defaults(func=_cmd_audit_export)
+    p = asub.add_parser("check-export", help="check that a delivery holds exactly what a query's entry disclosed",
+                        description="Read the record ids of a delivery (JSONL, CSV or ETSI XML) and compare their "
+                                    "digest with the disclosed.sha256 of audit entry --seq. Exit 0 if they match.")
+    p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
+                   help="vault record database (env CDRPIPE_VAULT_DB)")
+    p.add_argument("--seq", type=int, required=True, help="the query's audit entry number")
+    p.add_argument("--file", required=True, help="the delivery to check")
+    p.set_defaults(func=_cmd_audit_check_export)
     p = asub.add_parser("keygen", help="write a new Ed25519 audit key file and print its public key")
     p.add_argument("--out", required=True, help="file to write (mode 0600)")
     p.add_argument("--force", action="store_true", help="replace an existing file")

@@ -30,6 +30,7 @@ import polars as pl
 
 from pipeline.core.normalise import PhoneNormaliser, normalise_column
 from pipeline.vault.query import FoundRecord
+from pipeline.vault.readers import JSONL_ID, UNREAD, Reader, record_fields
 
 FORMATS = ("jsonl", "csv", "etsi-xml")
 ETSI_NAMESPACE = "urn:cdrpipe:li:etsi-ts-102-657-model:1"
@@ -105,15 +106,24 @@ class Delivery:
     complete: bool = True
 
 
-def _fields(records: Sequence[FoundRecord]) -> list[dict[str, Any]]:
-    """Each record's JSON object (empty when it is not a JSON object)."""
-    out = []
-    for rec in records:
-        try:
-            doc = orjson.loads(rec.raw) if rec.parsed else None
-        except orjson.JSONDecodeError:
-            doc = None
+def _fields(records: Sequence[FoundRecord], readers: dict[int, Reader]) -> list[dict[str, Any]]:
+    """Each record's fields: its JSON object if it is raw v1 JSONL, else what its own input format reads."""
+    out: list[dict[str, Any]] = []
+    other: list[int] = []
+    for i, rec in enumerate(records):
+        doc = None
+        if rec.reader == JSONL_ID:
+            try:
+                doc = orjson.loads(rec.raw)
+            except orjson.JSONDecodeError:
+                doc = None
+        elif rec.reader != UNREAD:
+            other.append(i)
         out.append(doc if isinstance(doc, dict) else {})
+    if other:
+        read = record_fields([records[i].raw for i in other], [readers.get(records[i].reader) for i in other])
+        for i, doc in zip(other, read):
+            out[i] = doc
     return out
 
 
@@ -124,9 +134,13 @@ def _canonical(kind: str, values: list[Any], phones: PhoneNormaliser) -> list[st
     return canonical.to_list()
 
 
-def write_etsi_xml(records: Sequence[FoundRecord], out: BinaryIO, delivery: Delivery, region: str) -> None:
-    """One ``RetainedDataMessage`` holding every record as a numbered ``RetainedDataRecord``."""
-    docs = _fields(records)
+def write_etsi_xml(records: Sequence[FoundRecord], out: BinaryIO, delivery: Delivery, region: str,
+                   readers: dict[int, Reader] | None = None) -> None:
+    """One ``RetainedDataMessage`` holding every record as a numbered ``RetainedDataRecord``.
+
+    ``readers`` (the store's) lets records of other input formats show their parties too.
+    """
+    docs = _fields(records, readers or {})
     phones = PhoneNormaliser(region)
     cli = _canonical("msisdn", [d.get("cli") for d in docs], phones)
     dialled = _canonical("msisdn", [d.get("dialled") for d in docs], phones)
@@ -188,3 +202,19 @@ def write_etsi_xml(records: Sequence[FoundRecord], out: BinaryIO, delivery: Deli
     out.write(b'<?xml version="1.0" encoding="UTF-8"?>\n')
     out.write(ET.tostring(root, encoding="utf-8", xml_declaration=False))
     out.write(b"\n")
+
+
+def delivered_record_ids(data: bytes) -> list[str]:
+    """The record ids a delivery holds (JSONL, CSV or ETSI XML, told apart by their first bytes).
+
+    For ``vault audit check-export``: an auditor checks that a delivery is exactly what the
+    query's audit entry says was disclosed (``disclosed.sha256``), trusting neither alone.
+    """
+    head = data.lstrip()[:64]
+    if head.startswith(b"<?xml") or head.startswith(b"<"):
+        root = ET.fromstring(data)
+        return [el.text or "" for el in root.iter(f"{{{ETSI_NAMESPACE}}}recordID")]
+    if head.startswith(b"{"):
+        return [str(orjson.loads(line)["record_id"]) for line in data.splitlines() if line.strip()]
+    rows = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
+    return [row["record_id"] for row in rows]

@@ -37,8 +37,8 @@ class FoundRecord:
     partition: int | None
     offset: int | None
     raw: bytes = field(repr=False)
-    #: The ``readers`` id the record was indexed with (0: no format could read it).
-    reader: int = 0
+    #: The ``readers`` id the record was indexed with (1: raw v1 JSONL; 0: no format could read it).
+    reader: int = 1
 
 
 @dataclass

@@ -280,3 +280,38 @@ def normalised_parties(parties: Parties, phones: PhoneNormaliser) -> pl.DataFram
     if not out:
         return pl.DataFrame(schema={"row": pl.Int64, "kind": pl.String, "value": pl.String})
     return pl.concat(out).filter(pl.col("value").is_not_null())
+
+
+#: The raw v1 fields an ETSI delivery shows for a record (read with its own reader).
+DELIVERY_FIELDS = ("cli", "dialled", "imsi", "imei", "start", "duration", "call_type")
+
+
+def record_fields(raws: Sequence[bytes], readers: Sequence[Reader | None]) -> list[dict[str, Any]]:
+    """Per record, its raw v1 fields as its own input format gives them ({} when none can read it).
+
+    What ``etsi-xml`` needs to show parties, times and type for a switch record that is not a
+    raw v1 JSON object (an Asterisk row, an acc row, a json_cdr document).
+    """
+    schema = {name: pl.String for name in DELIVERY_FIELDS}
+    out: list[dict[str, Any]] = [{} for _ in raws]
+    groups: dict[Reader, list[int]] = {}
+    for i, reader in enumerate(readers):
+        if reader is not None:
+            groups.setdefault(reader, []).append(i)
+    for reader, rows in groups.items():
+        group = [raws[i] for i in rows]
+        options = reader.options()
+        frame = parse_records(reader.format, group, b"\n".join(group), schema, max_bytes=MAX_PARSE_BYTES,
+                              **options).frame
+        if reader.format in _DELIMITED:
+            seen = set(frame["row"].to_list())
+            rest = [r for r in range(len(group)) if r not in seen]
+            if rest:
+                again = [group[r] for r in rest]
+                layout = resolve(_DELIMITED[reader.format], options.get("mapping"))
+                loose = parse_delimited(again, b"\n".join(again), schema, layout, MAX_PARSE_BYTES).frame
+                back = pl.Series([rest[int(r)] for r in loose["row"].to_list()], dtype=frame["row"].dtype)
+                frame = pl.concat([frame, loose.with_columns(back.alias("row"))], how="vertical_relaxed")
+        for doc in frame.to_dicts():
+            out[rows[int(doc.pop("row"))]] = {k: v for k, v in doc.items() if v is not None}
+    return out

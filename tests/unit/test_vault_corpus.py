@@ -158,3 +158,22 @@ def test_freeswitch_json_cdr_is_found_by_caller_and_callee(tmp_path, capsys):
         capsys.readouterr()
         assert main([*argv, "--target", target]) == EXIT_OK
         assert _delivered(capsys.readouterr().out.encode()) == Counter([line])
+
+
+def test_etsi_delivery_of_switch_records_names_their_parties_and_times(tmp_path, capsys):
+    """An Asterisk row in ETSI XML: the parties and call time its own format gives, the raw row alongside."""
+    import xml.etree.ElementTree as ET
+
+    from pipeline.vault.export import ETSI_NAMESPACE
+    case = CASES[1]
+    argv, _db = _vault_for(case, tmp_path)
+    capsys.readouterr()
+    assert main([*argv, "--target", case.spellings[1], "--format", "etsi-xml", "--authorised-org", "NCA"]) == EXIT_OK
+    root = ET.fromstring(capsys.readouterr().out.encode())
+    q = lambda tag: f"{{{ETSI_NAMESPACE}}}{tag}"  # noqa: E731
+    records = list(root.iter(q("RetainedDataRecord")))
+    assert len(records) == 1
+    numbers = {p.findtext(q("partyRole")): p.findtext(q("partyNumber")) for p in records[0].iter(q("partyInformation"))}
+    assert numbers["terminating-Party"] == "+18705264260" and numbers["originating-Party"].startswith("+1")
+    assert records[0].find(f".//{q('startTime')}").get("source") == "start"
+    assert records[0].find(f".//{q('endTime')}") is not None

@@ -188,3 +188,15 @@ def test_signing_switched_on_for_an_existing_vault_is_verified_from_that_entry(t
     capsys.readouterr()
     assert main(["vault", "audit", "verify", "--db", str(db), "--public-key", public]) == EXIT_FATAL
     assert "entry #4" in capsys.readouterr().err
+
+
+def test_a_delivery_is_checked_against_the_ids_its_query_disclosed(built, vault, tmp_path, capsys):
+    answer = built["root"] / "answer.jsonl"  # the last query's delivery (entry #5)
+    assert main(["vault", "audit", "check-export", "--db", str(vault["db"]), "--seq", "5",
+                 "--file", str(answer)]) == EXIT_OK
+    extra = tmp_path / "padded.jsonl"
+    extra.write_bytes(answer.read_bytes() + orjson.dumps({"record_id": "someone-else"}) + b"\n")
+    capsys.readouterr()
+    assert main(["vault", "audit", "check-export", "--db", str(vault["db"]), "--seq", "5",
+                 "--file", str(extra)]) == EXIT_FATAL
+    assert "does not match audit entry #5" in capsys.readouterr().err
