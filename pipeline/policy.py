@@ -3,7 +3,7 @@
 A policy is an allow-list. A field it does not name never reaches analytics, however
 deeply nested, because the analytics record is *built* from the named fields rather
 than filtered from the input. Actions are registered by name in
-:mod:`pipeline.core.actions`; this module only reads and checks the TOML file::
+the native core (``native/src/route.rs``); this module only reads and checks the TOML file::
 
     [fields]
     cli = "token:msisdn"
@@ -23,6 +23,8 @@ from pipeline.core.tokenise import KINDS
 #: Fields every raw v1 record must carry, whatever the policy says about analytics.
 REQUIRED_FIELDS = ("cli", "dialled", "start", "duration")
 TIME_UNITS = {"second": "1s", "minute": "1m", "hour": "1h", "day": "1d"}
+#: The actions the core carries out (``native/src/binding.rs`` maps each name to its code).
+ACTIONS = ("token", "keep", "truncate_ip", "coarsen_time", "generalise_cell", "drop")
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 

@@ -16,12 +16,13 @@ Wire form (one JSON object per segment; schema ``schemas/retention-envelope.v1.j
 The plaintext is the records' raw bytes joined by ``\n`` (a contiguous slice of an NDJSON
 batch, so sealing needs no copy); ``lengths`` splits it again exactly, even for a record
 that itself contains a newline.
-Nonces, data keys and the clock are injectable so test vectors are exact.
+Nonces, data keys and the clock are injectable so test vectors are exact. The envelope is
+written by the native core (``native/src/seal.rs``), here and when a batch is routed, so
+the vectors test the code that seals production traffic; opening stays here, for the vault.
 """
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -34,6 +35,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey  # noqa: F401
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pipeline._native import seal_segment
 
 ENVELOPE_TYPE = "cdr.retention/1"
 HPKE_INFO = b"cdrpipe/retention/v1"
@@ -72,22 +75,10 @@ class Sealer:
     def seal(self, plaintext: bytes | memoryview, record_ids: Sequence[str], lengths: Sequence[int],
              source: dict[str, Any]) -> bytes:
         """One segment envelope (JSON bytes, no newline) holding ``len(record_ids)`` records."""
-        header = {
-            "type": ENVELOPE_TYPE,
-            "segment_id": self.segment_ids(),
-            "sealed_at": self.clock().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "vault_kid": self.vault_kid,
-            "wrapped_key": self.wrapped_key,
-            "nonce": base64.b64encode(self.nonce_source()).decode("ascii"),
-            "record_ids": list(record_ids),
-            "lengths": list(lengths),
-            "source": source,
-        }
-        aad = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
-        ct = self._aead.encrypt(base64.b64decode(header["nonce"]), plaintext, aad)
-        # "ct" last, spliced in as bytes: the ciphertext is most of the envelope, and a str
-        # round trip through orjson would copy it twice more.
-        return orjson.dumps(header)[:-1] + b',"ct":"' + binascii.b2a_base64(ct, newline=False) + b'"}'
+        return seal_segment(self.data_key, self.nonce_source(), self.segment_ids(),
+                            self.clock().isoformat(timespec="milliseconds").replace("+00:00", "Z"), self.vault_kid,
+                            self.wrapped_key, list(record_ids), list(lengths), source["name"],
+                            source.get("partition"), source.get("offset"), bytes(plaintext))
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """Canonical forms for identifiers, column at a time, so one subscriber gets one token.
 
 Phone numbers go to E.164 with a default region. The common shapes (``+44…``,
-``0044…``, ``07700 900123``, ``tel:``, full-width digits, separators) are settled by
-Polars expressions built from ``phonenumbers``' region metadata (country code, trunk and
-international prefixes); only what those cannot settle goes to ``phonenumbers`` itself,
-once per distinct value, through a bounded cache shared across batches.
+``0044…``, ``07700 900123``, ``tel:``, separators) are settled by rules built from
+``phonenumbers``' region metadata (country code, trunk and international prefixes): in the
+native core for the hot path (:meth:`PhoneNormaliser.dialling` hands it the metadata), and
+here as Polars expressions for what the core leaves pending and for the vault; only what
+those cannot settle goes to ``phonenumbers`` itself, once per distinct value.
 
 Every normaliser returns two columns: the canonical value (null when the input cannot be
 normalised) and a class. Nothing here raises on bad data: a null canonical value with a
@@ -29,7 +30,8 @@ WITHHELD_WORDS = ["", "anonymous", "withheld", "restricted", "private", "unknown
 DEFAULT_CACHE = 1 << 18
 
 _SEPARATORS = r"[\s().\-/\u00a0]"
-_COUNTRY_CODES = {str(cc) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE}
+#: Every calling code libphonenumber knows (``44``, ``1``, ``353``…).
+COUNTRY_CODES = frozenset(str(cc) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 
 
 def _cleaned(text: pl.Expr) -> pl.Expr:
@@ -55,7 +57,7 @@ def nfkc_where_needed(frame: pl.DataFrame, column: str, out: str) -> pl.DataFram
 #: (``+44 07700…`` is a common mistake only ``phonenumbers`` should settle). Country codes are
 #: prefix-free, so the alternation can match one way only.
 _E164_SHAPE = r"^\+[1-9][0-9]{7,14}$"
-_E164_CC = r"^\+(?:" + "|".join(sorted(_COUNTRY_CODES, key=lambda c: (-len(c), c))) + r")[1-9]"
+_E164_CC = r"^\+(?:" + "|".join(sorted(COUNTRY_CODES, key=lambda c: (-len(c), c))) + r")[1-9]"
 
 
 def map_distinct(raw: pl.Series, compute: Callable[[pl.Series], pl.DataFrame]) -> pl.DataFrame:
@@ -66,55 +68,6 @@ def map_distinct(raw: pl.Series, compute: Callable[[pl.Series], pl.DataFrame]) -
     raw = raw.cast(pl.String).rename("raw")
     answers = compute(raw.unique().drop_nulls())
     return raw.to_frame().join(answers, on="raw", how="left", maintain_order="left").drop("raw")
-
-
-class AnswerCache:
-    """Answers for distinct raw values, kept across batches as one Polars frame (bounded, oldest out).
-
-    Subscribers' numbers and addresses recur batch after batch; looking the distinct values
-    of a batch up in one join is far cheaper than normalising and tokenising them again,
-    and keeps the per-value Python work (``phonenumbers``, ``ipaddress``) to values never
-    seen before.
-    """
-
-    def __init__(self, compute: Callable[[pl.Series], pl.DataFrame], cap: int = DEFAULT_CACHE) -> None:
-        self._compute = compute
-        self._cap = cap
-        self._table: pl.DataFrame | None = None
-
-    def __len__(self) -> int:
-        return 0 if self._table is None else self._table.height
-
-    def resolve(self, raw: pl.Series) -> pl.DataFrame:
-        """The answer columns for ``raw`` (aligned, same length); computes only unseen values."""
-        return map_distinct(raw, self._answers)
-
-    def _answers(self, distinct: pl.Series) -> pl.DataFrame:
-        if self._table is None:
-            fresh = self._compute(distinct)
-            self._table = _with_hash(fresh).tail(self._cap)
-            return fresh
-        # The table on the left: Polars hashes the batch's few distinct values and probes the
-        # table, not the other way round (a left join from the batch re-hashed the whole
-        # table every time, ~6x slower). The probe is on a 64-bit hash of the value, cheaper
-        # to hash and compare than text; comparing the text after it makes a collision a
-        # miss, never a wrong answer.
-        wanted = _with_hash(distinct.to_frame())
-        hits = self._table.join(wanted, on="_h", how="inner", suffix="_w") \
-            .filter(pl.col("raw") == pl.col("raw_w")).drop("raw_w", "_h")
-        if hits.height == wanted.height:
-            return hits
-        missing = wanted.join(hits.select("raw"), on="raw", how="anti")["raw"]
-        fresh = self._compute(missing)
-        table = pl.concat([self._table, _with_hash(fresh)])
-        # One contiguous table: probing a many-chunk table costs more than the copy.
-        self._table = (table.tail(self._cap) if table.height > self._cap else table).rechunk()
-        return pl.concat([hits, fresh])
-
-
-def _with_hash(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with ``_h``, a 64-bit hash of ``raw`` (stable within the process, which is all the cache needs)."""
-    return frame.with_columns(pl.col("raw").hash(0x5EED).alias("_h"))
 
 
 class PhoneNormaliser:
@@ -137,6 +90,10 @@ class PhoneNormaliser:
 
     def __repr__(self) -> str:
         return f"PhoneNormaliser(region={self.region!r})"
+
+    def dialling(self) -> tuple[str, str | None, str | None, int | None]:
+        """Country code, international and trunk prefixes, and the own-country-code length: the native core's rules."""
+        return self._cc, self._idd, self._trunk, self._own_cc_len
 
     def _candidate_e164(self, d: pl.Expr) -> pl.Expr:
         """The E.164 reading of a cleaned value by the region's prefixes (unchecked; see ``_fast_e164``)."""

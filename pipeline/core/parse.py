@@ -1,40 +1,27 @@
-"""Raw bytes to columns: a vectorised screen, Polars' NDJSON reader, and an exact slow path.
+"""Reason codes for records that never became a row, and the JSON verdict tools adapters share.
 
-Polars parses NDJSON with a fixed schema at under a microsecond a record, but one bad
-line fails the whole call, it skips empty lines, keeps the first of two duplicate keys
-and coerces types silently. So parsing is three steps:
-
-1. **Screen** every line with column expressions (one pass in Rust): empty, not shaped
-   like an object, over the size limit, invalid UTF-8 or a BOM, ``NaN``/``Infinity``,
-   ``\\u`` escapes, control characters, text after a closing brace, deep or unbalanced
-   brackets. Lines with more commas than non-null read fields (a duplicate key, say) get
-   an exact count of field names after the fast read.
-   A flagged line is only *suspect*; the screen never decides alone.
-2. **Slow path** for the few suspects: the standard parsers on the original bytes give
-   an exact verdict, a DLQ reason code, or a clean canonical line.
-3. **Fast path**: the batch's own bytes, suspects blanked, go to ``pl.read_ndjson`` in one
-   call. If that still fails, the clean lines are read in chunks of a few thousand and
-   orjson finds the offending lines in the failing chunk only.
-
-Nothing raises to the caller: every input line ends as a parsed row or a reason.
+The JSONL path itself is native (``native/src/json.rs``): one strict pass a record decides
+the size limit, blank lines, a BOM, invalid UTF-8, nesting depth, RFC 8259 syntax,
+``NaN``/``Infinity``, the top-level type and duplicate keys, in that order, and extracts
+the wanted top-level fields as text. :func:`parse_batch` exposes the same parser as a
+Polars frame for readers that want columns (the vault). :func:`classify_line` is the
+exact verdict for one line that the FreeSWITCH adapter uses on its suspects.
 """
 from __future__ import annotations
 
 import bisect
-import io
 import itertools
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
 import polars as pl
 
+from pipeline._native import PARSE_REASON_CODES, parse_columns
+
 DEFAULT_MAX_RECORD_BYTES = 64 * 1024
 DEFAULT_MAX_DEPTH = 32
-_SCREEN_BRACKETS = 16
-_CHUNK_LINES = 4096
 _BOM = b"\xef\xbb\xbf"
 
 # Reason codes for lines that never became a row (schemas/dlq-record.v1.json lists all codes).
@@ -52,6 +39,10 @@ PARSE_REASON_DETAIL = {
     DUPLICATE_KEY: "a field appears more than once, so its value is ambiguous",
     TOO_DEEP: "the record is nested deeper than the limit",
 }
+
+
+#: ``(code, detail)`` in the native parser's code order (index 0 is "no reason").
+PARSE_REASONS = tuple((code, PARSE_REASON_DETAIL.get(code, "")) for code in PARSE_REASON_CODES)
 
 
 @dataclass(frozen=True)
@@ -163,34 +154,6 @@ def control_rows(records: Sequence[bytes], buf: bytes) -> list[int]:
     return rows
 
 
-def _screen(lines: pl.Series, max_bytes: int, control: Sequence[int] = ()) -> pl.DataFrame:
-    """Per line: ``suspect`` (needs the exact slow path) and ``members`` (an upper bound on its keys).
-
-    Cheap and conservative, one pass per test. ``members`` (commas + 1) can only over-count a
-    flat object's keys, so a line whose count equals its non-null read fields after the fast
-    read cannot hide a duplicate key; the others get an exact count (see ``parse_batch``).
-    """
-    line = pl.col("line")
-    body = line.str.strip_chars(" \t\r")
-    opens = line.str.count_matches(r"[\[{]")
-    suspect = (
-        line.is_null()
-        | (line.str.len_bytes() > max_bytes)
-        | ~body.str.starts_with("{") | ~body.str.ends_with("}")
-        # one regex pass (literals, so it is prefiltered): lossy-decoded bytes, a BOM, non-JSON
-        # numbers, escapes, and content after a closing brace; control bytes come from ``control``
-        | line.str.contains(r"\x{FFFD}|\x{FEFF}|NaN|Infinity|\\u|\}\s*[^\s,}\]]")
-        | (opens > _SCREEN_BRACKETS) | (opens != line.str.count_matches(r"[\]}]"))
-    )
-    if control:
-        suspect = suspect | pl.int_range(0, pl.len(), dtype=pl.UInt32).is_in(
-            pl.Series(control, dtype=pl.UInt32).implode())
-    members = line.str.count_matches(",", literal=True) + 1
-    return lines.to_frame("line").select(
-        line, pl.int_range(0, pl.len(), dtype=pl.UInt32).alias("row"), suspect.alias("suspect"),
-        members.alias("members"))
-
-
 class SlowPath:
     """Exact verdicts for suspect records, collected for a batch: rejects with reasons, or canonical lines.
 
@@ -234,92 +197,13 @@ def record_lines(records: Sequence[bytes]) -> pl.Series:
 
 def parse_batch(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataType], *,
                 max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth: int = DEFAULT_MAX_DEPTH) -> Parsed:
-    """Parse ``records`` (``buf`` is them joined by newlines) into the fixed ``schema`` columns."""
-    n = len(records)
-    if n == 0:
-        return Parsed(pl.DataFrame(schema=schema).with_columns(pl.lit(0, pl.UInt32).alias("row").head(0)), [], [])
-    screened = _screen(record_lines(records), max_bytes, control_rows(records, buf))
-    verdicts = SlowPath(records, max_bytes, max_depth)
-    suspects = screened.filter(pl.col("suspect"))["row"]
-    verdicts.judge(suspects.to_list())
-    clean = screened.filter(~pl.col("suspect"))
-    frame = _read_whole(records, buf, suspects, clean, schema)
-    if frame is None:  # a line the screen passed still fails the fast reader (a flipped quote, say)
-        frame, clean = _read_chunks(clean, schema, verdicts)
-    # Commas + 1 bound the keys from above, so only lines where that bound exceeds the non-null
-    # read fields can hold a duplicate key; count their field names exactly.
-    nonnull = pl.sum_horizontal([pl.col(f).is_not_null().cast(pl.UInt32) for f in schema])
-    counted = frame.with_columns(clean["members"], clean["line"]).with_columns(nonnull.alias("_nonnull"))
-    maybe = counted.filter(pl.col("members") != pl.col("_nonnull"))
-    if maybe.height:
-        names = '"(?:' + "|".join(re.escape(f) for f in schema) + ')"'
-        recheck = maybe.filter(pl.col("line").str.count_matches(names) != pl.col("_nonnull"))["row"]
-        if len(recheck):
-            verdicts.judge(recheck.to_list())
-            frame = frame.filter(~pl.col("row").is_in(recheck.implode()))
-    if verdicts.ok_rows:
-        extra = _read_ndjson(pl.DataFrame({"line": verdicts.ok_lines,
-                                           "row": pl.Series(verdicts.ok_rows, dtype=pl.UInt32)}), schema)
-        if extra is None:  # canonical orjson output always parses; keep the guarantee explicit
-            verdicts.reject_rows.extend(verdicts.ok_rows)
-            verdicts.reject_reasons.extend([INVALID_JSON] * len(verdicts.ok_rows))
-        else:
-            frame = pl.concat([frame, extra]).sort("row")
-    return Parsed(frame, verdicts.reject_rows, verdicts.reject_reasons)
+    """Parse JSONL ``records`` (``buf`` is them joined by newlines) into the fixed ``schema`` columns.
 
-
-def _read_whole(records: Sequence[bytes], buf: bytes, suspects: pl.Series, clean: pl.DataFrame,
-                schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
-    """The clean lines in one read of the original bytes, suspects blanked (the reader skips empty lines)."""
-    if clean.height == 0:
-        return _read_ndjson(clean, schema)
-    if len(suspects) or buf.count(b"\n") != len(records) - 1:
-        blanked = list(records)
-        for i in suspects.to_list():
-            blanked[i] = b""
-        buf = b"\n".join(blanked)
-    try:
-        frame = pl.read_ndjson(io.BytesIO(buf), schema=schema)
-    except Exception:  # Polars raises ComputeError and friends for one bad line
-        return None
-    return frame.with_columns(clean["row"]) if frame.height == clean.height else None
-
-
-def _read_chunks(clean: pl.DataFrame, schema: dict[str, pl.DataType],
-                 verdicts: SlowPath) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The clean lines read in chunks, so a line that fails the reader costs only its chunk an orjson pass."""
-    parts = []
-    for chunk in clean.iter_slices(_CHUNK_LINES):
-        part = _read_ndjson(chunk, schema)
-        if part is None:
-            bad = [pos for pos, text in enumerate(chunk["line"].to_list()) if not _is_object(text)]
-            verdicts.judge(chunk["row"].gather(bad).to_list())
-            chunk = chunk.filter(~pl.int_range(0, pl.len()).is_in(bad))
-            part = _read_ndjson(chunk, schema)
-            if part is None:  # orjson and Polars disagree on a line: judge each exactly, never lose one
-                verdicts.judge(chunk["row"].to_list())
-                continue
-        parts.append((part, chunk))
-    if not parts:
-        return _read_ndjson(clean.head(0), schema), clean.head(0)  # type: ignore[return-value]
-    return pl.concat([p for p, _ in parts]), pl.concat([c for _, c in parts])
-
-
-def _is_object(text: str) -> bool:
-    try:
-        return isinstance(orjson.loads(text), dict)
-    except orjson.JSONDecodeError:
-        return False
-
-
-def _read_ndjson(clean: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
-    if clean.height == 0:
-        return pl.DataFrame(schema=schema).with_columns(pl.Series("row", [], dtype=pl.UInt32))
-    payload = clean["line"].str.join("\n").item().encode("utf-8")
-    try:
-        frame = pl.read_ndjson(io.BytesIO(payload), schema=schema)
-    except Exception:  # Polars raises ComputeError and friends for one bad line
-        return None
-    if frame.height != clean.height:
-        return None
-    return frame.with_columns(clean["row"])
+    The native parser decides every record; this only lays its text columns out as a frame.
+    """
+    names = list(schema)
+    columns, rows, reject_rows, reject_codes = parse_columns(buf, [len(r) for r in records], names, max_bytes,
+                                                             max_depth)
+    frame = pl.DataFrame({name: pl.Series(name, col, dtype=pl.String) for name, col in zip(names, columns)},
+                         schema={name: pl.String for name in names})
+    return Parsed(frame.with_columns(pl.Series("row", rows, dtype=pl.UInt32)), reject_rows, list(reject_codes))

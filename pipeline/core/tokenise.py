@@ -4,9 +4,9 @@ Why this construction:
 
 * One subkey per kind (HKDF-SHA256 from the current tokenisation key, ``info`` = kind)
   so an IMSI and an MSISDN that happen to share digits never share a token.
-* The HMAC key is the subkey's lowercase hex text, encoded as ASCII. That is the form the
-  ``polars-hash`` plugin takes, so the Rust column path and the standard library agree
-  byte for byte, and any other engine (Spark, SQL) can recompute a token from the spec.
+* The HMAC key is the subkey's lowercase hex text, encoded as ASCII (the form column
+  engines such as ``polars-hash`` take), so the native core, the standard library and any
+  other engine (Spark, SQL) agree byte for byte and can recompute a token from the spec.
 * Truncated to 128 bits by default and prefixed with the key id (``k1:3f9a…``) so
   rotation is visible in the data and joins never mix keys silently.
 """
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import polars as pl
-import polars_hash  # noqa: F401  (registers the .chash expression namespace)
+from pipeline._native import tokens as native_tokens
+
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -38,7 +39,7 @@ def derive_subkey(key: "SecretKey", kind: str) -> bytes:
 
 
 class Tokeniser:
-    """Turns normalised values into tokens, per column (Rust) or one at a time (stdlib)."""
+    """Turns normalised values into tokens, natively for many or one at a time with the stdlib."""
 
     __slots__ = ("_hex_keys", "_prefix", "_chars", "kid")
 
@@ -54,14 +55,16 @@ class Tokeniser:
     def __repr__(self) -> str:
         return f"Tokeniser(kid={self.kid!r}, bits={self._chars * 4})"
 
-    def expr(self, kind: str, value: pl.Expr) -> pl.Expr:
-        """Column expression: token of each non-null normalised value (null stays null)."""
-        digest = value.chash.hmac_sha256(key=self._hex_keys[kind]).str.slice(0, self._chars)
-        token = pl.lit(self._prefix) + digest
-        name = value.meta.output_name(raise_if_undetermined=False)
-        return token.alias(name) if name is not None else token  # keeps the input column's name
+    @property
+    def hex_keys(self) -> tuple[str, ...]:
+        """The per-kind HMAC keys as hex text, in :data:`KINDS` order (handed to the native core)."""
+        return tuple(self._hex_keys[kind] for kind in KINDS)
+
+    def tokens(self, kind: str, canonical: Sequence[str | None]) -> list[str | None]:
+        """Tokens of canonical values in the native core (None stays None): what analytics carries."""
+        return native_tokens(self._hex_keys[kind], self._prefix, self._chars, list(canonical))
 
     def token_one(self, kind: str, canonical: str) -> str:
-        """The same token as :meth:`expr`, computed with the standard library's ``hmac``."""
+        """The same token as :meth:`tokens`, computed with the standard library's ``hmac``."""
         mac = hmac.new(self._hex_keys[kind].encode("ascii"), canonical.encode("utf-8"), hashlib.sha256)
         return self._prefix + mac.hexdigest()[: self._chars]

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from pipeline.core.actions import parse_times
+from pipeline.core.times import parse_times
 from pipeline.core.formats import register_format
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed
 from pipeline.formats.common import ACC_IN_CALL_REQUEST, ACC_UNPAIRED_INVITE, HEADER_LINE, empty_frame

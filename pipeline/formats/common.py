@@ -5,7 +5,7 @@ Switches write the same facts in many shapes: a calling number may be ``1001``,
 ``1001%40127.0.0.1``; a time may be epoch, micro-epoch, ISO-8601, Go's
 ``2013-11-07 08:42:25 +0000 UTC`` or a local ``YYYY-MM-DD HH:MM:SS``. Adapters turn each
 into the one text the router validates (a bare number for :mod:`pipeline.core.normalise`,
-a time :func:`pipeline.core.actions.parse_times` reads). Everything here is a Polars
+a time :func:`pipeline.core.times.parse_times` reads). Everything here is a Polars
 expression over whole columns; nothing runs per record in Python.
 """
 from __future__ import annotations

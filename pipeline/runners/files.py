@@ -66,13 +66,8 @@ def route_chunk(router: Router, name: str, first_line: int, chunk: bytes) -> Chu
     """Route one chunk of lines (line numbers from ``first_line``) into three output buffers."""
     lines = chunk.split(b"\n")
     routed = router.route(lines, Source(name, 0, range(first_line, first_line + len(lines))), chunk)
-    return (routed.analytics_ndjson(), _lines(routed.retention), _lines(routed.dlq), routed.counts,
+    return (routed.analytics.buffer, routed.retention.buffer, routed.dlq.buffer, routed.counts,
             routed.dlq_reasons)
-
-
-def _lines(items: list[bytes]) -> bytes:
-    """NDJSON of ready records in one join (no per-record concatenation)."""
-    return b"\n".join(items) + b"\n" if items else b""
 
 
 _WORKER_ROUTER: Router | None = None

@@ -59,7 +59,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,11 +88,6 @@ DEFAULT_BATCH_TIMEOUT = 0.5
 DEFAULT_PROGRESS_SECONDS = 10.0
 #: Kafka's own default for message.max.bytes / max.message.bytes (1 MiB + record overhead).
 KAFKA_DEFAULT_MAX_MESSAGE = 1_048_588
-#: Headers naming each output's schema, so readers can dispatch without parsing the value.
-ANALYTICS_HEADERS = [("schema", b"cdr.analytics/1")]
-RETENTION_HEADERS = [("schema", b"cdr.retention/1")]
-DLQ_SCHEMA = b"cdr.dlq/1"
-_SEGMENT_PREFIX = b'{"type":"cdr.retention/1","segment_id":"'
 #: Settings the exactly-once guarantee rests on: changing them through -X is refused.
 _PINNED = {
     "bootstrap.servers": "use --bootstrap-servers",
@@ -326,15 +321,6 @@ class _Batch:
     fatal: FatalError | None = None
 
 
-def _segment_key(envelope: bytes) -> bytes:
-    """A retention segment's id (its message key), read from the envelope's fixed-order header."""
-    if envelope.startswith(_SEGMENT_PREFIX):
-        end = envelope.find(b'"', len(_SEGMENT_PREFIX))
-        if end > 0:
-            return envelope[len(_SEGMENT_PREFIX):end]
-    return str(orjson.loads(envelope).get("segment_id", "")).encode()
-
-
 def _error_text(err: KafkaError) -> str:
     """A KafkaError as its code name and librdkafka's text (never carries record contents)."""
     return f"{err.name()} ({err.str()})"
@@ -560,12 +546,12 @@ class TransactionLoop:
 
     # -- the transaction thread ----------------------------------------------------------------
 
-    def _produce(self, topic: str, values: Sequence[bytes], keys: Sequence[Any], headers: Any) -> None:
+    def _produce(self, topic: str, messages: Iterable[tuple[bytes, Any, Any]]) -> None:
         """Queue one output's messages; a full local queue is drained by polling, not dropped."""
         producer = self._producer
         assert producer is not None
         produce = producer.produce
-        for value, key in zip(values, keys):
+        for value, key, headers in messages:
             try:
                 produce(topic, value, key, headers=headers)
             except BufferError:
@@ -578,25 +564,14 @@ class TransactionLoop:
                         continue
 
     def _produce_outputs(self, routed: RoutedBatch) -> None:
-        """Queue the batch's analytics, retention and DLQ messages (inside the open transaction)."""
+        """Queue the batch's analytics, retention and DLQ messages (inside the open transaction).
+
+        The core hands each output over as ready messages (value, key, headers): nothing is parsed here.
+        """
         t = self.settings.topics
-        ndjson = routed.analytics_ndjson()
-        if ndjson:
-            lines = ndjson.split(b"\n")
-            if not lines[-1]:
-                lines.pop()
-            keys = routed.analytics_keys()
-            if len(lines) != len(keys):
-                raise FatalError(f"the core returned {len(lines)} analytics lines for {len(keys)} keys; "
-                                 "this is a bug in the core, please report it")
-            self._produce(t.analytics, lines, keys, ANALYTICS_HEADERS)
-        if routed.retention:
-            self._produce(t.retention, routed.retention, list(map(_segment_key, routed.retention)),
-                          RETENTION_HEADERS)
-        for record in routed.dlq:  # the rare path: one small JSON parse per rejected record
-            head = orjson.loads(record)
-            headers = [("schema", DLQ_SCHEMA), ("reason", str(head.get("reason", "")).encode())]
-            self._produce(t.dlq, (record,), (str(head.get("record_id", "")),), headers)
+        for topic, output in ((t.analytics, routed.analytics), (t.retention, routed.retention), (t.dlq, routed.dlq)):
+            if len(output):
+                self._produce(topic, output.messages())
 
     def _transact(self, batch: _Batch) -> _Batch:
         """Write one batch and its offsets in one transaction; on failure abort it (transaction thread).
@@ -724,7 +699,7 @@ class TransactionLoop:
         offsets = list(map(Message.offset, msgs))
         last = dict(zip(partitions, offsets))
         topic = self.settings.topics.input
-        routed = self.router.route(values, Source(topic, partitions, offsets))
+        routed = self.router.route(values, Source(topic, partitions, offsets), want_keys=True)
         return _Batch(routed, len(msgs), [TopicPartition(topic, p, o + 1) for p, o in last.items()],
                       dict(zip(reversed(partitions), reversed(offsets))), started)
 

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from pipeline.core.actions import parse_times
+from pipeline.core.times import parse_times
 from pipeline.core.envelope import ENVELOPE_TYPE, EnvelopeError, open_segment
 from pipeline.core.normalise import PhoneNormaliser, normalise_column
 from pipeline.keys import VaultKeyring

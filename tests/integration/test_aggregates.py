@@ -86,7 +86,7 @@ def core_records(keyring) -> list[dict]:
     """The core's real analytics output for synthetic traffic, the main hour only (no late records)."""
     lines = b"".join(generate(1500, seed=21, subscribers=90, malformed_rate=0.0)).split(b"\n")[:-1]
     batch = Router(keyring).route(lines, Source("cdr.raw", 0, list(range(len(lines)))))
-    records = batch.analytics.drop("_key").to_dicts()
+    records = batch.analytics_records()
     return [r for r in records if r["start"] == "2026-11-25T00:00:00Z"]
 
 

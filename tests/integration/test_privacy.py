@@ -95,7 +95,7 @@ def route(router: Router) -> RoutedBatch:
 
 
 def analytics_ids(batch: RoutedBatch) -> set[str]:
-    return set(batch.analytics["record_id"].to_list())
+    return set(batch.analytics_frame()["record_id"].to_list())
 
 
 def retention_ids(batch: RoutedBatch, vault_keyring) -> set[str]:
@@ -179,7 +179,7 @@ def test_objection_restriction_lift_and_erasure(kafka: LocalKafka, topic_prefix:
         notices = [json.loads(v) for _, v in read_topic(kafka, topic_prefix + "privacy.erasures")]
         assert len(notices) == 1 and schema_errors(notices[0], "erasure-notice.v1.json") == []
         assert notices[0]["request_id"] == "case-era-1" and notices[0]["subject_kind"] == "imsi"
-        erased_row = before.analytics.filter(before.analytics["record_id"] == "r-c1")
+        erased_row = before.analytics_frame().filter(before.analytics_frame()["record_id"] == "r-c1")
         assert notices[0]["token"] == erased_row["imsi"][0] == erased
 
         # No raw subject outside privacy.requests: topics, changelog, app log, metrics.

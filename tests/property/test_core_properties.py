@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.envelope import open_segment
+from pipeline.core.normalise import normalise_one
 from pipeline.core.router import CoreConfig, Router, Source, Suppressions
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -179,8 +180,7 @@ def test_suppressed_subscribers_leave_analytics_but_stay_retained(worker_keyring
     router = Router(worker_keyring, CoreConfig())
     lines = [orjson.dumps(rec) for rec, _, _ in items]
     victim = data.draw(st.sampled_from(items))[0]
-    token = router.tokeniser.token_one("msisdn", router._ctx.phones.normalise(
-        __import__("polars").Series([victim["cli"]]))["value"][0])
+    token = router.tokeniser.token_one("msisdn", normalise_one("msisdn", victim["cli"]))
     router.suppressions.replace([token])
     routed = _route(router, lines)
     out = [orjson.loads(x) for x in routed.analytics_ndjson().splitlines()]

@@ -92,7 +92,7 @@ def test_pipeline_output_aggregates_validate_and_respect_k(worker_keyring) -> No
     matches an independent count, and validates against schemas/aggregate.v1.json."""
     lines = b"".join(generate(3000, seed=5, subscribers=120, malformed_rate=0.0)).split(b"\n")[:-1]
     batch = Router(worker_keyring).route(lines, Source("t", 0, list(range(len(lines)))))
-    records = batch.analytics.drop("_key").to_dicts()
+    records = batch.analytics_records()
     k = 3
     out = aggregate_offline(records, k=k)
     groups = offline_groups(records)

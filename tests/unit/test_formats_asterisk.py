@@ -51,9 +51,9 @@ def test_master_csv_row_maps_to_raw_v1():
 
 
 def test_caller_name_never_read_and_clid_number_fills_an_empty_src(ast):
-    with_src = route(ast, [row()]).analytics.row(0, named=True)
-    from_clid = route(ast, [row(src="")]).analytics.row(0, named=True)
-    anonymous = route(ast, [row(src="", clid='""""" <253-433-5862>"')]).analytics.row(0, named=True)
+    with_src = route(ast, [row()]).analytics_frame().row(0, named=True)
+    from_clid = route(ast, [row(src="")]).analytics_frame().row(0, named=True)
+    anonymous = route(ast, [row(src="", clid='""""" <253-433-5862>"')]).analytics_frame().row(0, named=True)
     assert with_src["cli"] == from_clid["cli"] == anonymous["cli"]  # one subscriber, one token
     text = route(ast, [row(src=""), row()]).analytics_ndjson()
     assert b"Marget" not in text and b"Biernacki" not in text and b"5862" not in text
@@ -62,14 +62,14 @@ def test_caller_name_never_read_and_clid_number_fills_an_empty_src(ast):
 def test_clid_with_only_a_name_is_never_tokenised_as_the_caller(ast):
     routed = route(ast, [row(src="", clid='"""Marget Biernacki"""')])
     assert routed.counts["analytics"] == 1
-    assert routed.analytics["cli_class"][0] == "withheld"  # no number: the empty src stands
+    assert routed.analytics_frame()["cli_class"][0] == "withheld"  # no number: the empty src stands
 
 
 def test_src_and_clid_numbers_are_normalised_alike(ast):
     """The number in clid goes through the same cleaning as src: dashes, dots, +1, spaces."""
-    tokens = {route(ast, [row(src=s)]).analytics["cli"][0]
+    tokens = {route(ast, [row(src=s)]).analytics_frame()["cli"][0]
               for s in ("253-433-5862", "(253) 433.5862", "+1 253 433 5862", "2534335862")}
-    tokens |= {route(ast, [row(src="", clid=f'"""X"" <{c}>"')]).analytics["cli"][0]
+    tokens |= {route(ast, [row(src="", clid=f'"""X"" <{c}>"')]).analytics_frame()["cli"][0]
                for c in ("253-433-5862", "+12534335862")}
     assert len(tokens) == 1
 
@@ -77,26 +77,26 @@ def test_src_and_clid_numbers_are_normalised_alike(ast):
 def test_legs_sharing_a_uniqueid_get_unique_deterministic_ids(ast):
     no_answer = row(answer="", billsec="0", disposition="NO ANSWER")
     answered = row()
-    first = route(ast, [no_answer, answered, answered]).analytics["record_id"].to_list()
+    first = route(ast, [no_answer, answered, answered]).analytics_frame()["record_id"].to_list()
     assert len(set(first)) == 3 and all(r.startswith("1497953261.5-") for r in first)
     assert first[2] == first[1] + "-2"  # a byte-identical leg: told apart by its order
     # The same rows elsewhere in another batch keep their ids (no dependence on offsets).
-    again = route(ast, [row(uniqueid="1.1"), answered, no_answer]).analytics["record_id"].to_list()
+    again = route(ast, [row(uniqueid="1.1"), answered, no_answer]).analytics_frame()["record_id"].to_list()
     assert again[1] == first[1] and again[2] == first[0]
 
 
 def test_empty_answer_time_and_no_answer_leg_are_valid(ast):
     routed = route(ast, [row(answer="", billsec="0", disposition="NO ANSWER")])
     assert routed.counts["analytics"] == 1
-    assert routed.analytics.row(0, named=True)["duration"] == 0
-    assert routed.analytics["status"][0] == "no_answer"
+    assert routed.analytics_frame().row(0, named=True)["duration"] == 0
+    assert routed.analytics_frame()["status"][0] == "no_answer"
 
 
 def test_column_padded_export_reads_like_the_plain_one(ast):
     plain = row()
     padded = plain.replace(b'"production",', b'"production"        ,').replace(b",45,36,", b",45  ,36  ,")
-    a = route(ast, [plain]).analytics.drop("record_id")
-    b = route(ast, [padded]).analytics.drop("record_id")
+    a = route(ast, [plain]).analytics_frame().drop("record_id")
+    b = route(ast, [padded]).analytics_frame().drop("record_id")
     assert a.to_dicts() == b.to_dicts()
 
 
@@ -147,7 +147,7 @@ def test_local_times_with_a_mapping_timezone(worker_keyring, tmp_path):
     (tmp_path / "tz.toml").write_text('[csv]\ntimezone = "America/Chicago"\n')
     router = Router(worker_keyring, CoreConfig(format="asterisk-csv", region="US",
                                                format_options=load_mapping(tmp_path / "tz.toml")))
-    out = route(router, [row(start="2017-06-20 10:07:41")]).analytics.row(0, named=True)
+    out = route(router, [row(start="2017-06-20 10:07:41")]).analytics_frame().row(0, named=True)
     assert out["start"] == "2017-06-20T15:00:00Z"  # 10:07 CDT is 15:07 UTC, coarsened to the hour
     assert out["duration"] == 36  # the rest of the default layout still applies
 
@@ -156,4 +156,4 @@ def test_mapping_can_switch_duration_to_the_ringing_inclusive_column(worker_keyr
     (tmp_path / "d.toml").write_text('[map]\nduration = "duration"\n')
     router = Router(worker_keyring, CoreConfig(format="asterisk-csv", region="US",
                                                format_options=load_mapping(tmp_path / "d.toml")))
-    assert route(router, [row()]).analytics["duration"][0] == 45
+    assert route(router, [row()]).analytics_frame()["duration"][0] == 45

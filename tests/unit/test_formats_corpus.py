@@ -177,7 +177,7 @@ def test_corpus_asterisk_callers_and_callees_join(worker_keyring):
     lines = _lines(CORPUS / AST / "mockdata" / "cdr.csv")
     routed = Router(worker_keyring, CoreConfig(format="asterisk-csv", region="US")).route(
         lines, Source("cdr.csv", 0, range(len(lines))))
-    rows = routed.analytics.to_dicts()
+    rows = routed.analytics_records()
     assert {r["cli"] for r in rows} & {r["dialled"] for r in rows}
     ids = [r["record_id"] for r in rows]
     assert len(set(ids)) == len(ids), "legs sharing a uniqueid must still get unique record ids"
@@ -192,7 +192,7 @@ def test_corpus_freeswitch_json_cdr_as_one_message_and_as_one_line(worker_keyrin
     for record in (raw, compact):
         routed = router.route([record], Source("fs", 0, [0]))
         assert routed.counts == {"in": 1, "analytics": 1, "retention": 1, "dlq": 0, "suppressed": 0}
-        out.append(routed.analytics.drop("_key").to_dicts()[0])
+        out.append(routed.analytics_records()[0])
         text = routed.analytics_ndjson()
         for ip in (b"10.10.10.100", b"10.10.10.204"):
             assert ip not in text

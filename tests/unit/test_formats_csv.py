@@ -62,7 +62,7 @@ def test_number_shapes_give_one_token(worker_keyring, tmp_path, value):
         odd = ('b;"' + value.replace('"', '""') + '";999;1436454408;5;10.0.0.1').encode()
     routed = router.route([plain, odd], Source("f", 0, [0, 1]))
     assert routed.counts["analytics"] == 2, dict(routed.dlq_reasons)
-    assert routed.analytics["cli"][0] == routed.analytics["cli"][1]
+    assert routed.analytics_frame()["cli"][0] == routed.analytics_frame()["cli"][1]
     text = routed.analytics_ndjson()
     assert b"7700" not in text and b"192.0.2.1" not in text and b"Alice" not in text
 
@@ -71,7 +71,7 @@ def test_user_part_with_a_url_encoded_at_sign_and_ip_fields(worker_keyring, tmp_
     router = Router(worker_keyring, CoreConfig(format="csv", region="US", format_options=options(tmp_path)))
     lines = [b"a;1001%40127.0.0.1;1002;1436454408;5;sip:1001@192.168.56.203:5060",
              b"b;1001;1002;1436454408;5;1001@192.168.56.203"]
-    rows = router.route(lines, Source("f", 0, [0, 1])).analytics.to_dicts()
+    rows = router.route(lines, Source("f", 0, [0, 1])).analytics_records()
     assert rows[0]["cli"] == rows[1]["cli"] and rows[0]["cli_class"] == "extension"
     assert rows[0]["ip"] == rows[1]["ip"] == "192.168.56.0/24"
 
@@ -90,7 +90,7 @@ def test_time_shapes(worker_keyring, tmp_path, when, hour):
     router = Router(worker_keyring, CoreConfig(format="csv", region="US", format_options=options(tmp_path)))
     line = f"a;1001;1002;{when};5;10.0.0.1".encode()
     routed = router.route([line], Source("f", 0, [0]))
-    assert routed.analytics["start"].to_list() == [hour], dict(routed.dlq_reasons)
+    assert routed.analytics_frame()["start"].to_list() == [hour], dict(routed.dlq_reasons)
 
 
 def test_time_format_and_timezone_for_local_day_first_dates(worker_keyring, tmp_path):
@@ -99,7 +99,7 @@ def test_time_format_and_timezone_for_local_day_first_dates(worker_keyring, tmp_
     router = Router(worker_keyring, CoreConfig(format="csv", region="DE", format_options=options(tmp_path, text)))
     lines = [b"4986517174963,004986517174964,04.07.2016 18:58:55,65", b"1001,1002,31.02.2016 18:58:55,1"]
     routed = router.route(lines, Source("f", 0, [0, 1]))
-    assert routed.analytics["start"].to_list() == ["2016-07-04T16:00:00Z"]  # CEST is UTC+2
+    assert routed.analytics_frame()["start"].to_list() == ["2016-07-04T16:00:00Z"]  # CEST is UTC+2
     assert dict(routed.dlq_reasons) == {"invalid_field": 1}  # no 31 February: a reason, not a crash
 
 

@@ -103,7 +103,7 @@ def test_acc_pairs_invite_and_bye_in_a_batch(worker_keyring):
     routed = acc(worker_keyring, KAMAILIO)
     assert routed.counts == {"in": 5, "analytics": 2, "retention": 5, "dlq": 3, "suppressed": 0}
     assert dict(routed.dlq_reasons) == {"acc_in_call_request": 2, "acc_unpaired_invite": 1}
-    rows = routed.analytics.to_dicts()
+    rows = routed.analytics_records()
     assert [(r["duration"], r["status"]) for r in rows] == [(30, "answered"), (0, "no_answer")]
     assert rows[0]["ip"] == "192.0.2.0/24" and rows[0]["start"] == "2015-07-09T15:00:00Z"
     assert all(r["record_id"].startswith("acc-") for r in rows)
@@ -123,18 +123,18 @@ def test_acc_cdr_mode_duration_column_needs_no_pairing(worker_keyring, tmp_path)
         'time = "start"\nsrc_user = "cli"\ndst_user = "dialled"\nduration = "duration"\n')
     lines = [b"INVITE|a|b|c@h|200|OK|1436454408|1001|1002|93", b"INVITE|a|b|d@h|486|Busy|1436454408|1001|1002|"]
     routed = acc(worker_keyring, lines, load_mapping(tmp_path / "cdr.toml"))
-    assert [(r["duration"], r["status"]) for r in routed.analytics.to_dicts()] == [(93, "answered"), (0, "busy")]
+    assert [(r["duration"], r["status"]) for r in routed.analytics_records()] == [(93, "answered"), (0, "busy")]
 
 
 def test_acc_invite_without_time_takes_the_ack_time(worker_keyring):
     lines = [KAMAILIO[0].replace(b"|1436454408|", b"||"), KAMAILIO[1], KAMAILIO[3]]
-    rows = acc(worker_keyring, lines).analytics.to_dicts()
+    rows = acc(worker_keyring, lines).analytics_records()
     assert len(rows) == 1 and rows[0]["duration"] == 29  # BYE 1436454438 - ACK 1436454409
 
 
 def test_acc_byes_logged_before_their_invite_still_pair(worker_keyring):
     routed = acc(worker_keyring, [KAMAILIO[3], KAMAILIO[0]])
-    assert routed.analytics["duration"].to_list() == [30]
+    assert routed.analytics_frame()["duration"].to_list() == [30]
 
 
 def test_acc_negative_talk_time_is_a_dlq_reason(worker_keyring):

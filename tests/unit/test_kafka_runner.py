@@ -12,7 +12,7 @@ from pipeline import cli
 from pipeline.cli import UsageError
 from pipeline.core.router import CoreConfig, Router, Source
 from pipeline.keys import generate, write_private_json
-from pipeline.runners.kafka import (KAFKA_DEFAULT_MAX_MESSAGE, Topics, WorkerSettings, _segment_key,
+from pipeline.runners.kafka import (KAFKA_DEFAULT_MAX_MESSAGE, Topics, WorkerSettings,
                                     claim_worker_id, consumer_config, env_client_options, producer_config,
                                     required_message_bytes, settings_from_args, split_client_overrides,
                                     transactional_id, validate_worker_id)
@@ -96,18 +96,30 @@ def test_a_worker_in_another_process_holds_its_slot(tmp_path: Path) -> None:
     fh.close()
 
 
-def _route(records: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+def _route(records: list[bytes]):
     keyring, _vault = generate()
-    routed = Router(keyring, CoreConfig()).route(records, Source("cdr.raw", 0, list(range(len(records)))))
+    routed = Router(keyring, CoreConfig()).route(records, Source("cdr.raw", 0, list(range(len(records)))),
+                                                 want_keys=True)
     return routed.retention, routed.dlq
 
 
-def test_retention_segments_are_keyed_by_their_segment_id() -> None:
-    retention, _ = _route([b'{"record_id":"a"}', b"not json"])
-    header = orjson.loads(retention[0])
-    assert _segment_key(retention[0]) == header["segment_id"].encode()
-    reordered = orjson.dumps({"ct": header["ct"], "segment_id": header["segment_id"]})
-    assert _segment_key(reordered) == header["segment_id"].encode()
+def test_the_core_hands_over_ready_messages_keyed_and_labelled() -> None:
+    """Segments are keyed by their segment id, DLQ records by their record id with the reason as a header,
+    analytics by the caller's token: what the worker produces, without parsing a message again."""
+    keyring, _vault = generate()
+    lines = [b'{"record_id":"a","cli":"+447700900123","dialled":"999","start":"2026-11-25T10:00:00Z","duration":1}',
+             b"not json", b'{"record_id":"c","cli":"anonymous","dialled":"999","start":1795600000,"duration":1}']
+    routed = Router(keyring, CoreConfig()).route(lines, Source("cdr.raw", 0, [0, 1, 2]), want_keys=True)
+    (value, key, headers), = list(routed.retention.messages())
+    assert key == orjson.loads(value)["segment_id"] and headers == [("schema", b"cdr.retention/1")]
+    (value, key, headers), = list(routed.dlq.messages())
+    doc = orjson.loads(value)
+    assert key == doc["record_id"] and headers == [("schema", b"cdr.dlq/1"), ("reason", b"invalid_json")]
+    messages = list(routed.analytics.messages())
+    assert [orjson.loads(v)["record_id"] for v, _k, _h in messages] == ["a", "c"]
+    assert messages[0][1] == orjson.loads(messages[0][0])["cli"].encode()
+    assert messages[1][1] is None  # a withheld caller has no token: no key
+    assert all(h == [("schema", b"cdr.analytics/1")] for _v, _k, h in messages)
 
 
 def test_the_largest_record_the_input_accepts_fits_the_computed_output_limit() -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.core import normalise
 from pipeline.core.normalise import (
-    ALPHANUMERIC, AnswerCache, E164, EXTENSION, NON_E164, SHORT_CODE, WITHHELD, PhoneNormaliser, canonical_ip, normalise_digits,
+    ALPHANUMERIC, E164, EXTENSION, NON_E164, SHORT_CODE, WITHHELD, PhoneNormaliser, canonical_ip, normalise_digits,
     normalise_column, normalise_one, truncate_ips)
 
 SAME_GB_NUMBER = ["07700 900123", "07700900123", "+44 7700 900123", "0044 7700900123", "tel:+447700900123",
@@ -131,29 +131,3 @@ def test_normalise_one_uses_column_code():
     assert normalise_one("ip", "::ffff:10.0.0.1") == "10.0.0.1"
 
 
-def _upper(distinct: pl.Series) -> pl.DataFrame:
-    return pl.DataFrame({"raw": distinct, "v": distinct.str.to_uppercase()})
-
-
-def test_answer_cache_computes_each_value_once_and_stays_bounded():
-    seen: list[str] = []
-
-    def compute(distinct: pl.Series) -> pl.DataFrame:
-        seen.extend(distinct.to_list())
-        return _upper(distinct)
-
-    cache = AnswerCache(compute, cap=4)
-    assert cache.resolve(pl.Series(["a", "b", "a", None]))["v"].to_list() == ["A", "B", "A", None]
-    assert cache.resolve(pl.Series(["b", "c", "a"]))["v"].to_list() == ["B", "C", "A"]
-    assert sorted(seen) == ["a", "b", "c"]  # "a" and "b" came from the table the second time
-    cache.resolve(pl.Series(["d", "e", "f"]))
-    assert len(cache) == 4
-
-
-def test_answer_cache_hash_collisions_never_give_another_values_answer(monkeypatch):
-    # Every value of one length collides: answers must still be per value.
-    monkeypatch.setattr(normalise, "_with_hash",
-                        lambda frame: frame.with_columns(pl.col("raw").str.len_bytes().cast(pl.UInt64).alias("_h")))
-    cache = AnswerCache(_upper)
-    cache.resolve(pl.Series(["ab", "cd"]))
-    assert cache.resolve(pl.Series(["ef", "cd", "ab", "gh"]))["v"].to_list() == ["EF", "CD", "AB", "GH"]

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.core.actions import ACTIONS
-from pipeline.policy import PolicyError, load_policy, policy_from_toml
+from pipeline.policy import ACTIONS, PolicyError, load_policy, policy_from_toml
 
 
 def test_default_policy_names_only_registered_actions():

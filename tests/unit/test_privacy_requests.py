@@ -7,6 +7,7 @@ import json
 import logging
 from datetime import datetime, timezone
 
+import orjson
 import polars as pl
 import pytest
 from jsonschema import Draft202012Validator
@@ -123,7 +124,7 @@ def test_subject_tokens_equal_the_pipelines_tokens(worker_keyring) -> None:
            "duration": "60", "imsi": IMSI}
     back = {**rec, "record_id": "r-2", "cli": "+44 20 7946 0000", "dialled": "0044 7700900123"}
     batch = router.route([json.dumps(rec).encode(), json.dumps(back).encode()], Source("t", 0, [0, 1]))
-    frame = batch.analytics
+    frame = batch.analytics_frame()
     assert frame["cli"][0] == frame["dialled"][1] == next(iter(tokens))
     assert frame["imsi"][0] == SubjectTokeniser(worker_keyring).tokens("imsi", "23415 0123456789")[0]
 
@@ -211,13 +212,16 @@ def test_follower_reads_tombstones_as_released_and_junk_as_suppressed() -> None:
     assert read_suppression(b'{"token":"k:1","active":"no"}') == (True, False)
 
 
-def test_suppressions_series_is_what_the_router_matches(worker_keyring) -> None:
-    """Sanity for the Router-level integration test: a token in the set suppresses the record."""
-    from pipeline.core.router import Suppressions
+def test_subject_tokens_are_what_the_router_suppresses(worker_keyring) -> None:
+    """Sanity for the Router-level integration test: the subject's token in the set suppresses their calls."""
+    from pipeline.core.router import Source, Suppressions
     token = SubjectTokeniser(worker_keyring).tokens("msisdn", NUMBER)[0]
-    supp = Suppressions([token])
-    mask = supp.mask([pl.Series([token, "k:other", None])])
-    assert mask is not None and mask.to_list() == [True, False, False]
+    lines = [orjson.dumps({"record_id": f"r-{i}", "cli": cli, "dialled": "+447700900999",
+                           "start": "2026-11-25T10:00:00Z", "duration": 5})
+             for i, cli in enumerate([NUMBER, "+447700900777"])]
+    routed = Router(worker_keyring, suppressions=Suppressions([token])).route(lines, Source("t", 0, [0, 1]))
+    assert routed.counts["suppressed"] == 1
+    assert [r["record_id"] for r in routed.analytics_records()] == ["r-1"]
 
 
 def test_router_keeps_the_suppressions_object_it_is_given(worker_keyring) -> None:

@@ -77,7 +77,7 @@ def routed():
     for b in batches:
         counts.update(b.counts)
     return {"lines": lines, "analytics": analytics, "retention": retention, "dlq": dlq, "raw_by_id": raw_by_id,
-            "counts": counts, "vault": vault, "columns": [c for c in batches[0].analytics.columns if c != "_key"]}
+            "counts": counts, "vault": vault, "columns": [c for c in batches[0].analytics_frame().columns if c != "_key"]}
 
 
 # ------------------------------------------------------------------------- the schemas

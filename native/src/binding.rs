@@ -1,0 +1,344 @@
+//! The PyO3 surface: one core per router, parsed batches, and the envelope function the vectors test.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use std::collections::HashSet;
+
+use crate::normalise::PhoneMeta;
+use crate::route::{Action, Batch, Config, Core, Parsed, Routed, Rule, KINDS};
+use crate::seal::{Coord, Segment, Sealer};
+
+/// Random bytes for nonces and segment ids, drawn from the OS in blocks.
+struct Pool {
+    buf: [u8; 4096],
+    pos: usize,
+}
+
+impl Pool {
+    fn new() -> Self {
+        Pool { buf: [0; 4096], pos: 4096 }
+    }
+    fn fill(&mut self, out: &mut [u8]) {
+        if self.pos + out.len() > self.buf.len() {
+            getrandom::getrandom(&mut self.buf).expect("the OS random source failed");
+            self.pos = 0;
+        }
+        out.copy_from_slice(&self.buf[self.pos..self.pos + out.len()]);
+        self.pos += out.len();
+    }
+}
+
+fn parse_action(action: &str, arg: Option<&str>) -> PyResult<Action> {
+    let bad = || PyValueError::new_err(format!("policy action {action:?} with argument {arg:?} is not supported"));
+    Ok(match action {
+        "token" => Action::Token(KINDS.iter().position(|k| Some(*k) == arg).ok_or_else(bad)?),
+        "keep" => Action::Keep,
+        "truncate_ip" => {
+            let (a, b) = arg.unwrap_or("24/48").split_once('/').ok_or_else(bad)?;
+            Action::TruncateIp(a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?)
+        }
+        "coarsen_time" => Action::Coarsen(match arg.unwrap_or("hour") {
+            "second" => 1_000_000,
+            "minute" => 60_000_000,
+            "hour" => 3_600_000_000,
+            "day" => 86_400_000_000,
+            _ => return Err(bad()),
+        }),
+        "generalise_cell" => Action::Cell,
+        "drop" => Action::Drop,
+        _ => return Err(bad()),
+    })
+}
+
+#[pyclass(module = "pipeline._native", frozen)]
+pub struct ParsedBatch {
+    buf: Py<PyBytes>,
+    parsed: Parsed,
+}
+
+#[pymethods]
+impl ParsedBatch {
+    fn __len__(&self) -> usize {
+        self.parsed.lengths.len()
+    }
+}
+
+#[pyclass(module = "pipeline._native")]
+pub struct NativeCore {
+    core: Core,
+    pool: Pool,
+    out: Routed,
+}
+
+#[pymethods]
+impl NativeCore {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (fields, rules, hex_keys, prefix, chars, cc, idd, trunk, own_cc_len, country_codes,
+                        withheld, max_bytes, max_depth, segment_bytes, reasons))]
+    fn new(fields: Vec<String>, rules: Vec<(String, String, Option<String>)>, hex_keys: Vec<String>, prefix: String,
+           chars: usize, cc: String, idd: Option<String>, trunk: Option<String>, own_cc_len: Option<usize>,
+           country_codes: Vec<String>, withheld: Vec<String>, max_bytes: usize, max_depth: usize,
+           segment_bytes: usize, reasons: Vec<(String, String)>) -> PyResult<Self> {
+        let mut parsed_rules = Vec::new();
+        for (name, action, arg) in rules {
+            let field = fields.iter().position(|f| *f == name)
+                .ok_or_else(|| PyValueError::new_err(format!("policy field {name} is not in the schema")))?;
+            parsed_rules.push(Rule { field, action: parse_action(&action, arg.as_deref())?, name });
+        }
+        if chars == 0 || chars > 64 {
+            return Err(PyValueError::new_err("token length must be 1-64 hex characters"));
+        }
+        let cfg = Config {
+            fields,
+            rules: parsed_rules,
+            hex_keys,
+            prefix,
+            chars,
+            phone: PhoneMeta { cc, idd, trunk, own_cc_len, country_codes: PhoneMeta::country_table(country_codes), withheld },
+            max_bytes,
+            max_depth,
+            segment_bytes,
+            reasons,
+        };
+        Ok(NativeCore { core: Core::new(cfg).map_err(PyValueError::new_err)?, pool: Pool::new(), out: Routed::default() })
+    }
+
+    /// Parse a JSONL batch (`buf` = records joined by newlines; `lengths` when records may hold newlines).
+    #[pyo3(signature = (buf, lengths=None))]
+    fn parse(&self, py: Python<'_>, buf: Py<PyBytes>, lengths: Option<Vec<u32>>) -> ParsedBatch {
+        let data = buf.as_bytes(py);
+        let core = &self.core;
+        let parsed = py.allow_threads(|| core.parse(data, lengths));
+        ParsedBatch { buf, parsed }
+    }
+
+    /// A batch another adapter parsed: raw records plus its field columns (schema order) and rejects.
+    fn columns(&mut self, buf: Py<PyBytes>, lengths: Vec<u32>, columns: Vec<Vec<Option<String>>>, rows: Vec<usize>,
+               reject_rows: Vec<usize>, reject_reasons: Vec<String>) -> PyResult<ParsedBatch> {
+        let nf = self.core.fields().len();
+        let n = lengths.len();
+        if columns.len() != nf || columns.iter().any(|c| c.len() != rows.len()) || reject_rows.len() != reject_reasons.len() {
+            return Err(PyValueError::new_err("columns do not match the schema or the rows"));
+        }
+        let mut starts = Vec::with_capacity(n);
+        let mut pos = 0usize;
+        for &l in &lengths {
+            starts.push(pos);
+            pos += l as usize + 1;
+        }
+        let mut reasons = vec![0u16; n];
+        let mut vals = vec![crate::json::Val::Null; n * nf];
+        let mut arena = Vec::new();
+        let mut seen = vec![false; n];
+        for (k, &row) in rows.iter().enumerate() {
+            if row >= n {
+                return Err(PyValueError::new_err("row out of range"));
+            }
+            seen[row] = true;
+            for (f, col) in columns.iter().enumerate() {
+                if let Some(v) = &col[k] {
+                    let s = arena.len() as u32;
+                    arena.extend_from_slice(v.as_bytes());
+                    vals[row * nf + f] = crate::json::Val::Arena(s, arena.len() as u32);
+                }
+            }
+        }
+        for (row, reason) in reject_rows.iter().zip(&reject_reasons) {
+            if *row >= n {
+                return Err(PyValueError::new_err("reject row out of range"));
+            }
+            seen[*row] = true;
+            reasons[*row] = self.core.reason_index(reason);
+        }
+        if let Some(row) = seen.iter().position(|s| !s) {
+            return Err(PyValueError::new_err(format!("the adapter neither parsed nor rejected record {row}")));
+        }
+        Ok(ParsedBatch { buf, parsed: Parsed { starts, lengths, reasons, vals, arena } })
+    }
+
+    /// Distinct values the fast paths leave to Python: `[(kind, [raw...]), ...]` (kind `time` for times).
+    fn pending(&self, py: Python<'_>, batch: &ParsedBatch) -> Vec<(String, Vec<String>)> {
+        let data = batch.buf.as_bytes(py);
+        let core = &self.core;
+        let parsed = &batch.parsed;
+        let sets = py.allow_threads(|| core.pending(&Batch { buf: data, parsed }));
+        sets.into_iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(k, s)| (KINDS.get(k).copied().unwrap_or("time").to_string(), s))
+            .collect()
+    }
+
+    fn learn(&mut self, kind: &str, raws: Vec<String>, values: Vec<Option<String>>, classes: Vec<Option<String>>) -> PyResult<()> {
+        let k = KINDS.iter().position(|x| *x == kind).ok_or_else(|| PyValueError::new_err(format!("unknown kind {kind}")))?;
+        if raws.len() != values.len() || raws.len() != classes.len() {
+            return Err(PyValueError::new_err("raws, values and classes differ in length"));
+        }
+        self.core.learn(k, raws, values, classes);
+        Ok(())
+    }
+
+    fn learn_times(&mut self, raws: Vec<String>, micros: Vec<Option<i64>>) -> PyResult<()> {
+        if raws.len() != micros.len() {
+            return Err(PyValueError::new_err("raws and micros differ in length"));
+        }
+        self.core.learn_times(raws, micros);
+        Ok(())
+    }
+
+    fn set_suppressed(&mut self, tokens: Vec<String>) {
+        self.core.set_suppressed(tokens.into_iter().collect::<HashSet<_>>());
+    }
+
+    /// Route a parsed batch: analytics lines, retention segments and DLQ records, each one buffer.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (batch, source_name, partitions, offsets, now, data_key, vault_kid, wrapped_key, want_keys=false))]
+    fn route<'py>(&mut self, py: Python<'py>, batch: &ParsedBatch, source_name: String, partitions: Bound<'py, PyAny>,
+                  offsets: Vec<i64>, now: String, data_key: &[u8], vault_kid: &str, wrapped_key: &str,
+                  want_keys: bool) -> PyResult<Bound<'py, PyAny>> {
+        let n = batch.parsed.lengths.len();
+        let parts: Result<i64, _> = partitions.extract::<i64>();
+        let part_list: Vec<i64> = if parts.is_err() { partitions.extract()? } else { Vec::new() };
+        if offsets.len() != n || (parts.is_err() && part_list.len() != n) {
+            return Err(PyValueError::new_err("one offset (and partition) per record is needed"));
+        }
+        let coord = match parts {
+            Ok(p) => Coord::One(p),
+            Err(_) => Coord::Many(&part_list),
+        };
+        let mut sealer = Sealer::new(data_key, vault_kid, wrapped_key, &now).map_err(PyValueError::new_err)?;
+        let data = batch.buf.as_bytes(py);
+        let parsed = &batch.parsed;
+        let core = &self.core;
+        let pool = &mut self.pool;
+        let r = &mut self.out;
+        py.allow_threads(|| {
+            core.route(&Batch { buf: data, parsed }, &source_name, coord, &offsets, &now, &mut sealer,
+                       &mut |b: &mut [u8]| pool.fill(b), want_keys, r)
+        });
+        let r = &self.out;
+        let keys: PyObject = if want_keys {
+            let list: Vec<Option<Bound<'py, PyBytes>>> = r.keys.iter()
+                .map(|k| k.map(|(s, e)| PyBytes::new(py, &r.analytics[s as usize..e as usize])))
+                .collect();
+            PyList::new(py, list)?.into_any().unbind()
+        } else {
+            py.None()
+        };
+        let reasons: Vec<&str> = r.dlq_reasons.iter().map(|&c| core.reason_code(c)).collect();
+        let out = (
+            PyBytes::new(py, &r.analytics), r.analytics_ends.clone(), keys,
+            PyBytes::new(py, &r.retention), r.retention_ends.clone(), r.segment_ids.clone(),
+            PyBytes::new(py, &r.dlq), r.dlq_ends.clone(), reasons, r.dlq_ids.clone(), r.suppressed,
+        );
+        Ok(out.into_pyobject(py)?.into_any())
+    }
+}
+
+/// One retention envelope (the function `Sealer.seal` and the test vectors use).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (data_key, nonce, segment_id, sealed_at, vault_kid, wrapped_key, record_ids, lengths, source_name,
+                    partition, offset, plaintext))]
+fn seal_segment<'py>(py: Python<'py>, data_key: &[u8], nonce: &[u8], segment_id: &str, sealed_at: &str, vault_kid: &str,
+                     wrapped_key: &str, record_ids: Vec<String>, lengths: Vec<u32>, source_name: &str,
+                     partition: Bound<'py, PyAny>, offset: Bound<'py, PyAny>, plaintext: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let nonce: [u8; 12] = nonce.try_into().map_err(|_| PyValueError::new_err("the nonce must be 12 bytes"))?;
+    if lengths.len() != record_ids.len() {
+        return Err(PyValueError::new_err("one length per record id is needed"));
+    }
+    let (p1, pv): (Option<i64>, Vec<i64>) = match partition.extract::<Option<i64>>() {
+        Ok(v) => (v, Vec::new()),
+        Err(_) => (None, partition.extract()?),
+    };
+    let (o1, ov): (Option<i64>, Vec<i64>) = match offset.extract::<Option<i64>>() {
+        Ok(v) => (v, Vec::new()),
+        Err(_) => (None, offset.extract()?),
+    };
+    let pc = p1.map_or(Coord::Many(&pv), Coord::One);
+    let oc = o1.map_or(Coord::Many(&ov), Coord::One);
+    let mut sealer = Sealer::new(data_key, vault_kid, wrapped_key, sealed_at).map_err(PyValueError::new_err)?;
+    let mut name = Vec::new();
+    crate::json::escape_into(&mut name, source_name.as_bytes());
+    let ids: Vec<&str> = record_ids.iter().map(String::as_str).collect();
+    let seg = Segment { segment_id, nonce, record_ids: &ids, lengths: &lengths, source_name: &name, partition: pc, offset: oc };
+    let mut out = Vec::with_capacity(plaintext.len() * 4 / 3 + 512);
+    sealer.seal(&mut out, &seg, plaintext);
+    Ok(PyBytes::new(py, &out))
+}
+
+/// Tokens of canonical values under one subkey (`hex_key`, the HMAC key as its hex text); None stays None.
+#[pyfunction]
+fn tokens(hex_key: &str, prefix: &str, chars: usize, values: Vec<Option<String>>) -> PyResult<Vec<Option<String>>> {
+    use hmac::{Hmac, Mac};
+    if chars == 0 || chars > 64 {
+        return Err(PyValueError::new_err("token length must be 1-64 hex characters"));
+    }
+    let mac = Hmac::<sha2::Sha256>::new_from_slice(hex_key.as_bytes()).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let mut out = Vec::with_capacity(prefix.len() + chars);
+    Ok(values.into_iter().map(|v| v.map(|v| {
+        out.clear();
+        crate::route::token(&mac, prefix, chars, v.as_bytes(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })).collect())
+}
+
+/// Parse JSONL records into text columns (for readers that want a frame, like the vault's).
+/// Returns `(columns, rows, reject_rows, reject_codes)`.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn parse_columns(py: Python<'_>, buf: &[u8], lengths: Vec<u32>, fields: Vec<String>, max_bytes: usize, max_depth: usize)
+    -> (Vec<Vec<Option<String>>>, Vec<usize>, Vec<usize>, Vec<&'static str>) {
+    let names: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
+    let nf = names.len();
+    py.allow_threads(|| {
+        let mut columns: Vec<Vec<Option<String>>> = vec![Vec::new(); nf];
+        let (mut rows, mut reject_rows, mut reject_codes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut vals = vec![crate::json::Val::Null; nf];
+        let (mut arena, mut scratch) = (Vec::new(), crate::json::Scratch::default());
+        let mut pos = 0usize;
+        for (i, &l) in lengths.iter().enumerate() {
+            let end = (pos + l as usize).min(buf.len());
+            arena.clear();
+            match crate::json::parse_record(buf, pos.min(end), end, max_bytes, max_depth, &names, &mut vals, &mut arena, &mut scratch) {
+                Ok(()) => {
+                    rows.push(i);
+                    for (f, v) in vals.iter().enumerate() {
+                        columns[f].push(v.get(buf, &arena).map(str::to_owned));
+                    }
+                }
+                Err(r) => {
+                    reject_rows.push(i);
+                    reject_codes.push(crate::json::REASON_CODES[r as usize]);
+                }
+            }
+            pos += l as usize + 1;
+        }
+        (columns, rows, reject_rows, reject_codes)
+    })
+}
+
+/// Keep batch-sized buffers (tens of MB) in the heap for reuse instead of mapping and zeroing
+/// fresh pages for every batch and unmapping them after: page faults were a third of the
+/// routing time (perf, 100k-record batches). glibc only; other allocators manage their own.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    tune_allocator();
+    m.add("PARSE_REASON_CODES", crate::json::REASON_CODES.to_vec())?;
+    m.add_function(wrap_pyfunction!(tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_columns, m)?)?;
+    m.add_class::<NativeCore>()?;
+    m.add_class::<ParsedBatch>()?;
+    m.add_function(wrap_pyfunction!(seal_segment, m)?)?;
+    Ok(())
+}

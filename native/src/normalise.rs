@@ -1,0 +1,414 @@
+//! Fast, exact canonical forms for the common shapes of each identifier and time.
+//!
+//! Every function here either settles a value (its canonical text, or "invalid") or says
+//! it is *pending*: a shape it does not own (non-ASCII text, a number only
+//! libphonenumber's metadata can settle, an odd time or IPv6 form). Pending values go to
+//! Python once per distinct value (`pipeline.core.normalise`, the libphonenumber and
+//! `ipaddress` tools) and come back as learned answers. So the fast path is only ever
+//! asked to be right on what it claims, and the numbering plan is never hand-written:
+//! the region's prefixes and the list of country codes come from the metadata.
+
+use chrono::{DateTime, NaiveDate};
+use std::net::Ipv6Addr;
+
+pub const E164: u8 = 0;
+pub const SHORT_CODE: u8 = 1;
+pub const EXTENSION: u8 = 2;
+pub const NON_E164: u8 = 3;
+pub const ALPHANUMERIC: u8 = 4;
+pub const WITHHELD: u8 = 5;
+pub const CLASSES: [&str; 6] = ["e164", "short_code", "extension", "non_e164", "alphanumeric", "withheld"];
+
+pub fn class_index(name: &str) -> Option<u8> {
+    CLASSES.iter().position(|c| *c == name).map(|i| i as u8)
+}
+
+/// What a normaliser says of one value.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Fast {
+    /// Canonical text is in the output buffer (with the number class for msisdn).
+    Value(u8),
+    /// A valid value with no canonical text (a withheld number: no token, class only).
+    NoValue(u8),
+    Invalid,
+    Pending,
+}
+
+/// The default region's dialling facts, from libphonenumber's metadata (given by Python).
+pub struct PhoneMeta {
+    pub cc: String,
+    pub idd: Option<String>,
+    pub trunk: Option<String>,
+    pub own_cc_len: Option<usize>,
+    /// Calling codes (1-3 digits, never starting with 0) as a table indexed by their value.
+    pub country_codes: Vec<bool>,
+    pub withheld: Vec<String>,
+}
+
+impl PhoneMeta {
+    pub fn country_table<I: IntoIterator<Item = String>>(codes: I) -> Vec<bool> {
+        let mut table = vec![false; 1000];
+        for c in codes {
+            if let Ok(v) = c.parse::<usize>() {
+                if (1..1000).contains(&v) && !c.starts_with('0') {
+                    table[v] = true;
+                }
+            }
+        }
+        table
+    }
+
+    /// `+` then 8-15 digits starting 1-9, under a real country code, not followed by 0.
+    fn is_e164(&self, v: &[u8]) -> bool {
+        if v.len() < 9 || v.len() > 16 || v[0] != b'+' || !(b'1'..=b'9').contains(&v[1]) {
+            return false;
+        }
+        if !v[1..].iter().all(u8::is_ascii_digit) {
+            return false;
+        }
+        (1..=3).any(|n| {
+            let code = v[1..1 + n].iter().fold(0usize, |a, &c| a * 10 + (c - b'0') as usize);
+            v.len() > 1 + n && self.country_codes[code] && v[1 + n] != b'0'
+        })
+    }
+
+    /// A calling or dialled number: E.164 by the region's prefixes, withheld, alphanumeric sender, or pending.
+    pub fn msisdn(&self, raw: &str, out: &mut Vec<u8>) -> Fast {
+        out.clear();
+        if !raw.is_ascii() {
+            return Fast::Pending;
+        }
+        if self.is_e164(raw.as_bytes()) {
+            out.extend_from_slice(raw.as_bytes());
+            return Fast::Value(E164);
+        }
+        let t = raw.trim();
+        if self.withheld.iter().any(|w| w.eq_ignore_ascii_case(t)) {
+            return Fast::NoValue(WITHHELD);
+        }
+        let tb = t.as_bytes();
+        if !tb.is_empty()
+            && tb.len() <= 11
+            && tb[0].is_ascii_alphanumeric()
+            && tb[1..].iter().all(|&c| c.is_ascii_alphanumeric() || b" &._-'".contains(&c))
+            && tb.iter().any(u8::is_ascii_alphabetic)
+        {
+            out.extend(tb.iter().map(u8::to_ascii_uppercase));
+            return Fast::Value(ALPHANUMERIC);
+        }
+        // Cleaned: tel: and %2B undone, separators removed; the candidate E.164 built in `out`.
+        let body = if tb.len() >= 4 && tb[..4].eq_ignore_ascii_case(b"tel:") { &tb[4..] } else { tb };
+        out.push(b'+'); // out = "+" + cleaned digits; `d` is out[1..]
+        let mut i = 0;
+        while i < body.len() {
+            let c = body[i];
+            if c == b'%' && i + 2 < body.len() && body[i + 1] == b'2' && body[i + 2].eq_ignore_ascii_case(&b'b') {
+                out.push(b'+');
+                i += 3;
+                continue;
+            }
+            if !matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b'(' | b')' | b'.' | b'-' | b'/') {
+                out.push(c);
+            }
+            i += 1;
+        }
+        let d_len = out.len() - 1;
+        let starts = |out: &Vec<u8>, p: &str| out[1..].starts_with(p.as_bytes());
+        if out.get(1) == Some(&b'+') {
+            out.remove(0); // already "+..."
+        } else if let Some(p) = self.idd.as_deref().filter(|p| starts(out, p)) {
+            out.drain(1..1 + p.len());
+        } else if let Some(p) = self.trunk.as_deref().filter(|p| starts(out, p) && d_len > p.len() + 6) {
+            let cc = self.cc.as_bytes();
+            out.splice(1..1 + p.len(), cc.iter().copied());
+        } else if self.own_cc_len.map_or(false, |n| {
+            starts(out, &self.cc) && d_len == n && out[1..].iter().all(u8::is_ascii_digit)
+        }) {
+            // "+" + d as it is
+        } else {
+            out.clear();
+            return Fast::Pending;
+        }
+        if self.is_e164(out) {
+            Fast::Value(E164)
+        } else {
+            out.clear();
+            Fast::Pending
+        }
+    }
+}
+
+/// IMSI (6-15 digits) or IMEI (14-16 digits, cut to the 14-digit TAC + serial), separators removed.
+pub fn digits(raw: &str, min: usize, max: usize, keep: Option<usize>, out: &mut Vec<u8>) -> Fast {
+    out.clear();
+    if !raw.is_ascii() {
+        return Fast::Pending;
+    }
+    for &c in raw.as_bytes() {
+        match c {
+            b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b'-' | b'.' => {}
+            b'0'..=b'9' => out.push(c),
+            _ => return Fast::Invalid,
+        }
+    }
+    if out.len() < min || out.len() > max {
+        return Fast::Invalid;
+    }
+    if let Some(k) = keep {
+        out.truncate(k);
+    }
+    Fast::Value(0)
+}
+
+/// Account ids: trimmed (NFKC is the identity on ASCII); empty is invalid.
+pub fn account(raw: &str, out: &mut Vec<u8>) -> Fast {
+    out.clear();
+    if !raw.is_ascii() {
+        return Fast::Pending;
+    }
+    let t = raw.trim();
+    if t.is_empty() {
+        return Fast::Invalid;
+    }
+    out.extend_from_slice(t.as_bytes());
+    Fast::Value(0)
+}
+
+fn v4_octets(s: &[u8]) -> Option<[u8; 4]> {
+    let mut parts = [0u8; 4];
+    let mut n = 0;
+    for part in s.split(|&c| c == b'.') {
+        if n == 4 || part.is_empty() || part.len() > 3 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        if part.len() > 1 && part[0] == b'0' {
+            return None;
+        }
+        let v: u32 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        if v > 255 {
+            return None;
+        }
+        parts[n] = v as u8;
+        n += 1;
+    }
+    (n == 4).then_some(parts)
+}
+
+/// Plain IPv4 (with an optional `:port`) and plain hex IPv6; brackets, zones and dotted tails are pending.
+pub fn ip(raw: &str, out: &mut Vec<u8>) -> Fast {
+    out.clear();
+    let b = raw.as_bytes();
+    if !raw.is_ascii() || b.is_empty() {
+        return Fast::Pending;
+    }
+    let colons = b.iter().filter(|&&c| c == b':').count();
+    let host_end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+    let dotted = |s: &[u8]| s.iter().all(|&c| c.is_ascii_digit() || c == b'.');
+    let port_ok = colons == 0 || (colons == 1 && (1..=5).contains(&(b.len() - host_end - 1))
+        && b[host_end + 1..].iter().all(u8::is_ascii_digit));
+    if colons <= 1 && dotted(&b[..host_end]) && port_ok {
+        let host = &b[..host_end];
+        return match v4_octets(host) {
+            Some(_) => {
+                out.extend_from_slice(host);
+                Fast::Value(0)
+            }
+            None => Fast::Pending,
+        };
+    }
+    if b.iter().all(|&c| c.is_ascii_hexdigit() || c == b':') && b.contains(&b':') {
+        return match raw.parse::<Ipv6Addr>() {
+            Ok(addr) => {
+                match addr.to_ipv4_mapped() {
+                    Some(v4) => out.extend_from_slice(v4.to_string().as_bytes()),
+                    None => out.extend_from_slice(addr.to_string().as_bytes()),
+                }
+                Fast::Value(0)
+            }
+            Err(_) => Fast::Pending,
+        };
+    }
+    Fast::Pending
+}
+
+/// The network of a canonical address (`203.0.113.0/24`, `2001:db8::/48`); None if not an address.
+pub fn truncate_ip(canonical: &str, v4_bits: u32, v6_bits: u32, out: &mut Vec<u8>) -> bool {
+    use std::io::Write;
+    if let Some(o) = v4_octets(canonical.as_bytes()) {
+        let v = u32::from_be_bytes(o);
+        let mask = if v4_bits == 0 { 0 } else { u32::MAX << (32 - v4_bits) };
+        let n = (v & mask).to_be_bytes();
+        let _ = write!(out, "{}.{}.{}.{}/{}", n[0], n[1], n[2], n[3], v4_bits);
+        return true;
+    }
+    match canonical.parse::<Ipv6Addr>() {
+        Ok(addr) => {
+            let v = u128::from_be_bytes(addr.octets());
+            let mask = if v6_bits == 0 { 0 } else { u128::MAX << (128 - v6_bits) };
+            let net = Ipv6Addr::from((v & mask).to_be_bytes());
+            let _ = write!(out, "{}/{}", net, v6_bits);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn num(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    b.iter().try_fold(0u32, |a, &c| a.checked_mul(10)?.checked_add((c - b'0') as u32))
+}
+
+/// Microseconds since the epoch (UTC) for the common time shapes; `None` = pending.
+///
+/// ISO-8601 `YYYY-MM-DDTHH:MM:SS[.f]` with `Z`, `±HH:MM` or no offset (naive = UTC), and
+/// integer epoch seconds, milliseconds or microseconds told apart by their digit count,
+/// within the range where every value is exact.
+pub fn time_fast(raw: &str) -> Option<i64> {
+    let b = raw.as_bytes();
+    if !b.is_empty() && b.iter().all(u8::is_ascii_digit) {
+        let v: i64 = raw.parse().ok()?;
+        return match b.len() {
+            1..=11 if v < 9_007_199_254 => Some(v * 1_000_000),
+            12..=14 if v < 9_007_199_254_740 => Some(v * 1_000),
+            15..=16 if v < 9_007_199_254_740_992 => Some(v),
+            _ => None,
+        };
+    }
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
+    let (h, mi, s) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    if y < 1 || h > 23 || mi > 59 || s > 59 {
+        return None;
+    }
+    let mut p = 19;
+    let mut micros: i64 = 0;
+    if p < b.len() && b[p] == b'.' {
+        let start = p + 1;
+        p = start;
+        while p < b.len() && b[p].is_ascii_digit() {
+            p += 1;
+        }
+        let frac = &b[start..p];
+        if frac.is_empty() || frac.len() > 9 {
+            return None;
+        }
+        let mut ns: i64 = 0;
+        for i in 0..9 {
+            ns = ns * 10 + frac.get(i).map_or(0, |&c| (c - b'0') as i64);
+        }
+        micros = ns / 1000;
+    }
+    let offset_secs: i64 = match &b[p..] {
+        [] | [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let oh = num(&[*h1, *h2])? as i64;
+            let om = num(&[*m1, *m2])? as i64;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let o = oh * 3600 + om * 60;
+            if *sign == b'-' { -o } else { o }
+        }
+        _ => return None,
+    };
+    let date = NaiveDate::from_ymd_opt(y as i32, mo, d)?;
+    let secs = date.and_hms_opt(h, mi, s)?.and_utc().timestamp() - offset_secs;
+    Some(secs * 1_000_000 + micros)
+}
+
+/// `2026-11-25T10:00:00Z`: the time truncated to `unit_us` (floor), as analytics shows it.
+pub fn coarsened(us: i64, unit_us: i64, out: &mut Vec<u8>) -> bool {
+    use std::io::Write;
+    let t = us.div_euclid(unit_us) * unit_us;
+    match DateTime::from_timestamp_micros(t) {
+        Some(dt) => {
+            let _ = write!(out, "{}", dt.format("%Y-%m-%dT%H:%M:%SZ"));
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gb() -> PhoneMeta {
+        PhoneMeta {
+            cc: "44".into(),
+            idd: Some("00".into()),
+            trunk: Some("0".into()),
+            own_cc_len: Some(12),
+            country_codes: PhoneMeta::country_table(["44", "1", "49", "353"].iter().map(|s| s.to_string())),
+            withheld: ["", "anonymous", "withheld"].iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn msisdn_shapes() {
+        let m = gb();
+        let mut out = Vec::new();
+        for raw in ["+447700900123", "07700 900123", "0044 7700900123", "tel:+44-7700-900123", "(+44) 7700-900123",
+                    "447700900123", "%2B447700900123"] {
+            assert_eq!(m.msisdn(raw, &mut out), Fast::Value(E164), "{raw}");
+            assert_eq!(out, b"+447700900123", "{raw}");
+        }
+        assert_eq!(m.msisdn("Anonymous", &mut out), Fast::NoValue(WITHHELD));
+        assert_eq!(m.msisdn("  ", &mut out), Fast::NoValue(WITHHELD));
+        assert_eq!(m.msisdn("Monzo", &mut out), Fast::Value(ALPHANUMERIC));
+        assert_eq!(out, b"MONZO");
+        assert_eq!(m.msisdn("999", &mut out), Fast::Pending);
+        assert_eq!(m.msisdn("+44 07700 900123", &mut out), Fast::Pending);
+        assert_eq!(m.msisdn("０７７００", &mut out), Fast::Pending);
+        assert_eq!(m.msisdn("+999123456789", &mut out), Fast::Pending);
+    }
+
+    #[test]
+    fn ips() {
+        let mut out = Vec::new();
+        assert_eq!(ip("203.0.113.7:5060", &mut out), Fast::Value(0));
+        assert_eq!(out, b"203.0.113.7");
+        assert_eq!(ip("2001:DB8::0:1", &mut out), Fast::Value(0));
+        assert_eq!(out, b"2001:db8::1");
+        assert_eq!(ip("::ffff:cb00:7107", &mut out), Fast::Value(0));
+        assert_eq!(out, b"203.0.113.7");
+        assert_eq!(ip("203.0.113.07", &mut out), Fast::Pending);
+        assert_eq!(ip("[::1]:5060", &mut out), Fast::Pending);
+        out.clear();
+        assert!(truncate_ip("203.0.113.7", 24, 48, &mut out));
+        assert_eq!(out, b"203.0.113.0/24");
+        out.clear();
+        assert!(truncate_ip("2001:db8:1:2::1", 24, 48, &mut out));
+        assert_eq!(out, b"2001:db8:1::/48");
+        out.clear();
+        assert!(truncate_ip("10.1.2.3", 20, 48, &mut out));
+        assert_eq!(out, b"10.1.0.0/20");
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(time_fast("2026-01-02T03:04:05Z"), Some(1_767_323_045_000_000));
+        assert_eq!(time_fast("2026-01-02T04:04:05.5+01:00"), Some(1_767_323_045_500_000));
+        assert_eq!(time_fast("2026-01-02T03:04:05"), Some(1_767_323_045_000_000));
+        assert_eq!(time_fast("1767323045"), Some(1_767_323_045_000_000));
+        assert_eq!(time_fast("1767323045000"), Some(1_767_323_045_000_000));
+        assert_eq!(time_fast("2026-02-30T03:04:05Z"), None);
+        assert_eq!(time_fast("2026-01-02 03:04:05"), None);
+        let mut out = Vec::new();
+        assert!(coarsened(1_767_323_045_500_000, 3_600_000_000, &mut out));
+        assert_eq!(out, b"2026-01-02T03:00:00Z");
+    }
+
+    #[test]
+    fn digit_ids() {
+        let mut out = Vec::new();
+        assert_eq!(digits("35-391110-061293-7", 14, 16, Some(14), &mut out), Fast::Value(0));
+        assert_eq!(out, b"35391110061293");
+        assert_eq!(digits("12345", 6, 15, None, &mut out), Fast::Invalid);
+        assert_eq!(digits("12a456", 6, 15, None, &mut out), Fast::Invalid);
+    }
+}
