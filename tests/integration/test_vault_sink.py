@@ -5,6 +5,7 @@ way workers write ``cdr.retention``; one transaction is aborted and must never r
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 from pathlib import Path
@@ -27,12 +28,14 @@ from pipeline.vault.store import VaultStore
 
 pytestmark = pytest.mark.kafka
 TARGET = "07700 900123"
+#: Calls of the last month (within the vault's 12-month retention, which ingest enforces).
+BASE = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=30)
 
 
 def _lines(prefix: str, n: int, start_day: int = 3) -> list[bytes]:
     """``n`` raw records ``<prefix>-<i>``; every third one has the target as caller."""
     return [orjson.dumps({"record_id": f"{prefix}-{i}", "cli": TARGET if i % 3 == 0 else f"07700 9005{i % 100:02d}",
-                          "dialled": "+44 7700 900999", "start": f"2020-01-{start_day + i % 20:02d}T10:00:00Z",
+                          "dialled": "+44 7700 900999", "start": f"{BASE + dt.timedelta(days=start_day + i % 20)}T10:00:00Z",
                           "duration": i}) for i in range(n)]
 
 
@@ -146,8 +149,12 @@ def test_cli_sink_passes_settings_through_and_answers_queries(kafka, topic_prefi
     assert main(argv) == EXIT_OK
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["stored"] == 40
+    window = ["--from", str(BASE), "--to", str(BASE + dt.timedelta(days=30))]
+    assert main(["vault", "warrant", "add", "--keyring", str(keyring), "--db", str(db), "--id", "WR-1",
+                 "--authority", "test", "--officer", "PC-1", "--targets", TARGET, *window,
+                 "--expires", str(BASE + dt.timedelta(days=60))]) == EXIT_OK
     assert main(["vault", "query", "--keyring", str(keyring), "--db", str(db), "--target", "+447700900123",
-                 "--from", "2020-01-01", "--to", "2020-01-31", "--warrant", "WR-1", "--officer", "PC-1"]) == EXIT_OK
+                 *window, "--warrant", "WR-1", "--officer", "PC-1"]) == EXIT_OK
     ids = [orjson.loads(line)["record_id"] for line in capsys.readouterr().out.splitlines()]
     assert sorted(ids) == sorted(f"c-{i}" for i in range(0, 40, 3))
     assert main(argv[:-5] + ["-X", "nonsense", "--idle-exit", "1"]) == EXIT_USAGE

@@ -162,3 +162,20 @@ def test_no_answer_ever_holds_a_record_outside_the_warrant_scope(vault, capsys, 
     for row in rows:
         cli, dialled, when = facts[row["record_id"]]
         assert A in (cli, dialled) and lo <= when < hi  # the warrant's target, inside the warrant's window
+
+
+def test_an_existing_output_file_is_made_private_before_raw_records_are_written(vault, capsys, tmp_path):
+    answer = tmp_path / "answer.jsonl"
+    answer.write_text("old content\n")
+    answer.chmod(0o644)
+    assert main(["vault", "query", *vault["base"], "--target", A, "--from", vault["from"], "--to", vault["to"],
+                 "--warrant", "W-A", "--officer", "PC-1", "--output", str(answer)]) == EXIT_OK
+    assert answer.stat().st_mode & 0o777 == 0o600
+    rows = answer.read_bytes().splitlines()
+    assert rows and all(orjson.loads(r)["record_id"].startswith("r-") for r in rows)  # replaced, not appended
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(answer)
+    capsys.readouterr()
+    assert main(["vault", "query", *vault["base"], "--target", A, "--from", vault["from"], "--to", vault["to"],
+                 "--warrant", "W-A", "--officer", "PC-1", "--output", str(link)]) == 1
+    assert "symlink" in capsys.readouterr().err
