@@ -12,7 +12,11 @@ Public API:
     ``.observe_commit(counts, reasons, records, seconds, segments)``  one committed batch
     ``.observe_abort(reason)``           one aborted transaction
     ``.set_lag(partition_lags)``         consumer lag per assigned input partition
+    ``.follow_suppressions(follower)``   export the suppression list's size and age (scrape time)
     ``VaultSinkMetrics(registry=None)``  the vault sink's: ``.observe_batch(totals, seconds)``, ``.set_lag``
+    ``.note_read(timestamps, at_end)``   newest message time read per partition, partitions at their end
+    ``.check_vault(db, keystore, public_key)``  audit verification, last purge, oldest day held
+    ``.watch_vault(db, keystore, public_key, interval)``  the same every ``interval`` s on a thread
     ``.serve(port, addr="0.0.0.0")``     start the /metrics HTTP endpoint (returns the server)
     ``partition_lags(consumer, tps)``    records behind each partition's end, from cached watermarks
     ``add_metrics_arguments(parser)``, ``serve_metrics(metrics, port, addr)``, ``stop_metrics(server)``
@@ -21,15 +25,20 @@ Public API:
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import logging
+import math
 import os
+import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 from pipeline.cli import UsageError
 
@@ -43,6 +52,8 @@ BATCH_RECORD_BUCKETS = (1, 10, 100, 500, 1_000, 2_500, 5_000, 10_000, 20_000, 50
 BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: What happens to each record the vault sink reads (they add up to all records read).
 VAULT_OUTCOMES = ("stored", "duplicate", "expired")
+#: Seconds between the vault sink's checks of its database (audit chain, purge, oldest day).
+VAULT_CHECK_SECONDS = 300.0
 
 
 def partition_lags(consumer: Consumer, tps: Sequence[TopicPartition]) -> dict[int, int] | None:
@@ -127,6 +138,27 @@ class WorkerMetrics(_Metrics):
             self.records_out.labels(route)
         for outcome in ("commit", "abort"):
             self.transactions.labels(outcome)
+        # Alerts ask "no commit for N minutes while input waits": counting from the start keeps a
+        # fresh worker from looking stalled since 1970 before its first batch.
+        self.last_commit = Gauge("cdrpipe_last_commit_timestamp_seconds",
+                                 "Unix time of the last committed transaction (the worker's start until the first)",
+                                 registry=r)
+        self.last_commit.set_to_current_time()
+
+    def follow_suppressions(self, follower: Any) -> None:
+        """Export the size and age of the suppression list a :class:`SuppressionFollower` keeps current.
+
+        The age is read at scrape time: seconds since the follower last saw itself at the end of
+        every partition of ``privacy.suppressions``. A growing age means objections published
+        since then may not be applied, so the worker would keep publishing those subscribers.
+        """
+        active = Gauge("cdrpipe_suppressions_active", "Subscribers (tokens) suppressed from analytics now",
+                       registry=self.registry)
+        active.set_function(lambda: float(follower.active_count))
+        age = Gauge("cdrpipe_suppressions_age_seconds",
+                    "Seconds since the suppression list was last known to hold all of privacy.suppressions",
+                    registry=self.registry)
+        age.set_function(lambda: math.nan if follower.current_at is None else max(0.0, time.time() - follower.current_at))
 
     def observe_commit(self, counts: Mapping[str, int], reasons: Mapping[str, int], records: int,
                        seconds: float, segments: int) -> None:
@@ -141,6 +173,7 @@ class WorkerMetrics(_Metrics):
         self.batch_records.observe(records)
         self.batch_seconds.observe(seconds)
         self.transactions.labels("commit").inc()
+        self.last_commit.set_to_current_time()
 
     def observe_abort(self, cause: str) -> None:
         """Count one aborted transaction and why (a short code, never record contents)."""
@@ -177,6 +210,27 @@ class VaultSinkMetrics(_Metrics):
             self.records.labels(outcome)
         for outcome in ("opened", "quarantined"):
             self.segments.labels(outcome)
+        self._read_ms: dict[int, int] = {}
+        self._at_end: set[int] = set()
+        self._lags: dict[int, int] = {}
+        r.register(_VaultLagSeconds(self))
+        # Database checks (check_vault); NaN until the first check.
+        self.audit_ok = Gauge("cdrpipe_vault_audit_verify_ok",
+                              "1 when the last audit verification found the chain intact, 0 when it did not",
+                              registry=r)
+        self.audit_verified = Gauge("cdrpipe_vault_audit_verified_timestamp_seconds",
+                                    "Unix time of the last audit verification that found the chain intact",
+                                    registry=r)
+        self.audit_entries = Gauge("cdrpipe_vault_audit_entries", "Entries in the audit log", registry=r)
+        self.last_purge = Gauge("cdrpipe_vault_last_purge_timestamp_seconds",
+                                "Unix time of the newest purge in the audit log (never purged: this sink's start)",
+                                registry=r)
+        self.oldest_day = Gauge("cdrpipe_vault_oldest_day_timestamp_seconds",
+                                "Unix time of the start (UTC) of the oldest day the vault holds (NaN when empty)",
+                                registry=r)
+        self._started = time.time()
+        for gauge in (self.audit_ok, self.audit_verified, self.audit_entries, self.last_purge, self.oldest_day):
+            gauge.set(math.nan)
 
     def observe_batch(self, totals: Any, seconds: float) -> None:
         """Count one stored batch (``totals`` as :class:`pipeline.vault.ingest.IngestTotals`)."""
@@ -188,6 +242,139 @@ class VaultSinkMetrics(_Metrics):
         self.segments.labels("quarantined").inc(totals.quarantined)
         self.batch_records.observe(totals.records)
         self.batch_seconds.observe(seconds)
+
+    def note_read(self, timestamps: Mapping[int, int], at_end: Collection[int] = ()) -> None:
+        """One consume() call's newest message timestamp (ms) per partition, and the partitions it
+        found at their end (end-of-partition events after their last message)."""
+        with self._lock:
+            for partition, ms in timestamps.items():
+                if ms > 0:
+                    self._read_ms[partition] = max(ms, self._read_ms.get(partition, 0))
+                self._at_end.discard(partition)
+            self._at_end.update(at_end)
+
+    def set_lag(self, partition_lags: Mapping[int, int]) -> None:
+        """The lag in messages (see :class:`_VaultLagSeconds` for the lag in seconds)."""
+        super().set_lag(partition_lags)
+        with self._lock:
+            self._lags = dict(partition_lags)
+            for gone in set(self._read_ms) - set(partition_lags):  # revoked: a new owner reads it
+                del self._read_ms[gone]
+            self._at_end &= set(partition_lags)
+
+    def lag_seconds(self) -> dict[int, float]:
+        """Seconds behind per owned partition, now (see :class:`_VaultLagSeconds`)."""
+        now_ms = time.time() * 1000
+        with self._lock:
+            return {p: 0.0 if lag == 0 or p in self._at_end else max(0.0, now_ms - self._read_ms[p]) / 1000
+                    for p, lag in self._lags.items() if lag == 0 or p in self._at_end or p in self._read_ms}
+
+    def check_vault(self, db: str | os.PathLike[str], keystore: str | os.PathLike[str] | None,
+                    public_key: str | None = None) -> bool:
+        """Verify the audit chain and read the last purge and the oldest day, as ``audit verify`` and
+        ``status`` would; True when the chain is intact.
+
+        Why in the sink: it is the one long-running vault process, so "verification failing or not
+        run" and "purge not run" become metrics an alert can watch, with no job of their own. It
+        reads through its own read-only connections and needs no keyring.
+        """
+        from pipeline.vault.audit import AuditError, load_public_key, read_entries, verify_chain
+        from pipeline.vault.keystore import day_date, default_keystore_path, read_audit_anchor
+        try:
+            public = load_public_key(public_key) if public_key else None
+            store = keystore if keystore is not None else default_keystore_path(db)
+            # The anchor before the entries: a purge appending meanwhile leaves the anchor behind
+            # the log (fine), never ahead of it (which would read as entries cut off).
+            anchor = read_audit_anchor(store) if os.path.isfile(store) else None
+            rows = read_entries(db)
+            verdict = verify_chain(rows, public, anchor)
+        except (AuditError, OSError, ValueError) as exc:
+            log.error("vault check: the audit log could not be verified (%s)", exc)
+            self.audit_ok.set(0)
+            return False
+        self.audit_entries.set(len(rows))
+        if verdict.ok:
+            self.audit_ok.set(1)
+            self.audit_verified.set_to_current_time()
+        else:
+            self.audit_ok.set(0)
+            log.error("vault check: audit log broken at entry #%s: %s; run `cdrpipe vault audit verify`",
+                      verdict.first_bad, verdict.reason)
+        self.last_purge.set(_newest_purge(rows) or self._started)
+        try:
+            oldest = _oldest_day(db)
+        except sqlite3.Error as exc:  # busy or damaged: keep the last figure; the audit check speaks for the file
+            log.warning("vault check: days not read (%s)", exc)
+        else:
+            self.oldest_day.set(math.nan if oldest is None else _dt.datetime.combine(
+                day_date(oldest), _dt.time(), _dt.timezone.utc).timestamp())
+        return bool(verdict.ok)
+
+    def watch_vault(self, db: str | os.PathLike[str], keystore: str | os.PathLike[str] | None,
+                    public_key: str | None = None, interval: float = VAULT_CHECK_SECONDS) -> Callable[[], None]:
+        """Run :meth:`check_vault` now and every ``interval`` seconds on a daemon thread; returns its stop."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.check_vault(db, keystore, public_key)
+                except Exception as exc:  # noqa: BLE001  (a check must never end the sink; the gauge says it failed)
+                    log.error("vault check failed: %s", type(exc).__name__)
+                    self.audit_ok.set(0)
+                if stop.wait(interval):
+                    return
+
+        threading.Thread(target=loop, name="vault-checks", daemon=True).start()
+        return stop.set
+
+
+class _VaultLagSeconds:
+    """``cdrpipe_vault_consumer_lag_seconds``: how far behind the sink is in time, per partition.
+
+    Why time: Kafka deletes by age (``retention.ms``), so the time left is what can run out. A
+    partition is as far behind as the newest message read from it is old, because the first
+    unread one is younger (the figure errs early). It is 0 at the partition's end: an
+    end-of-partition event since the last message, or no lag. The message lag alone cannot say
+    so: a transactional topic ends in commit markers that are never read as messages. A
+    partition never read from has no figure yet. Computed at scrape time, so a sink whose loop
+    is stuck shows its age growing.
+    """
+
+    def __init__(self, metrics: VaultSinkMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("cdrpipe_vault_consumer_lag_seconds",
+                                   "Seconds the sink is behind a partition: the age of the newest message read "
+                                   "while more wait (0 at the end); compare with the topic's retention.ms",
+                                   labels=["partition"])
+        for partition, seconds in sorted(self.metrics.lag_seconds().items()):
+            family.add_metric([str(partition)], seconds)
+        yield family
+
+
+def _newest_purge(rows: Sequence[tuple[int, str]]) -> float | None:
+    """Unix time of the newest ``purge`` entry among audit rows (None when there is none)."""
+    import orjson
+    for _seq, text in reversed(rows):
+        try:
+            entry = orjson.loads(text)
+            if entry.get("action") == "purge":
+                return _dt.datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00")).timestamp()
+        except (orjson.JSONDecodeError, KeyError, ValueError, AttributeError):
+            continue
+    return None
+
+
+def _oldest_day(db: str | os.PathLike[str]) -> int | None:
+    """The oldest day number with records in a vault database (read-only), None when empty."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute("SELECT min(day) FROM partitions").fetchone()
+    finally:
+        conn.close()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:

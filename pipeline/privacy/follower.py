@@ -29,6 +29,7 @@ Public API (what the Kafka worker uses)::
     follower.start(timeout=30.0)        # starts the thread, blocks until caught up; raises
                                         # SuppressionLoadError on timeout / missing topic / auth failure
     follower.caught_up, follower.running, follower.active_count, follower.updates, follower.last_update,
+    follower.current_at                 # wall time it last saw every partition read to its end (metrics)
     follower.error                      # check `running` in the worker loop: False means stop (fail closed)
     follower.wait_until_caught_up(timeout) -> bool
     follower.stop(timeout=10.0)         # idempotent; closes the consumer
@@ -120,6 +121,9 @@ class SuppressionFollower:
         self.updates = 0
         self.last_update: float | None = None
         self.malformed = 0
+        #: Wall-clock time the follower last saw every partition read to its end (checked every
+        #: ``metadata_interval``): the worker exports its age, an alert fires when it grows.
+        self.current_at: float | None = None
 
     # -- public ----------------------------------------------------------------------------
 
@@ -232,6 +236,7 @@ class SuppressionFollower:
                 if time.monotonic() >= next_metadata:
                     next_metadata = time.monotonic() + self._metadata_interval
                     known = self._assign_new_partitions(consumer, known)
+                    self._check_current(consumer, known)
         except BaseException as exc:  # noqa: BLE001  (reported to the caller through .error)
             self.error = exc
             log.error("suppression follower for %s stopped: %s", self.topic, _describe(exc))
@@ -292,6 +297,16 @@ class SuppressionFollower:
             log.info("suppression follower: reading %d new partition(s) of %s", len(new), self.topic)
         return known | set(new)
 
+    def _check_current(self, consumer: Consumer, partitions: set[int]) -> None:
+        """Move ``current_at`` to now when every partition's position has reached its high watermark."""
+        try:
+            ends = self._end_offsets(consumer, sorted(partitions))
+            positions = consumer.position([TopicPartition(self.topic, p) for p in ends])
+        except KafkaException:
+            return  # the broker did not answer: the list is not known to be current, and its age grows
+        if all(tp.offset >= ends[tp.partition] for tp in positions):
+            self.current_at = time.time()
+
     def _apply(self, msg: Any) -> bool:
         """Apply one record to the follower's dict; True when the active set changed."""
         key = msg.key()
@@ -318,6 +333,7 @@ class SuppressionFollower:
         self.updates += 1
         self.last_update = time.monotonic()
         if not self._caught_up.is_set():
+            self.current_at = time.time()
             log.info("suppressions loaded from %s: %d active", self.topic, len(self._state))
             self._caught_up.set()
         if self._on_update is not None:

@@ -923,6 +923,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     router = build_router(args)
     follower = _start_follower(args, settings, router)
     metrics = WorkerMetrics()
+    if follower is not None:
+        metrics.follow_suppressions(follower)
     server = serve_metrics(metrics, args.metrics_port, args.metrics_addr)
     loop = TransactionLoop(router, settings, metrics)
     signals = {"count": 0}

@@ -10,6 +10,7 @@ is idempotent by record id, so every record is stored exactly once.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.metrics import VaultSinkMetrics, partition_lags
 from pipeline.runners.files import iter_line_batches
+from pipeline.vault.audit import ENV_AUDIT_PUBLIC_KEY
 from pipeline.vault.ingest import Ingester, IngestTotals
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,8 @@ class VaultSink:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
+            # End-of-partition events tell the lag in seconds that only commit markers remain.
+            "enable.partition.eof": True,
         }
 
     def __repr__(self) -> str:
@@ -153,6 +157,9 @@ class VaultSink:
         """
         consumer = Consumer(self._config)
         metrics = self.metrics
+        # Audit verification, the last purge and the oldest day, exported for the on-call alerts.
+        stop_checks = metrics.watch_vault(self.ingester.store.path, self.ingester.keystore.path,
+                                          os.environ.get(ENV_AUDIT_PUBLIC_KEY)) if metrics else None
 
         def commit(totals: IngestTotals, token: tuple[list[TopicPartition], float]) -> None:
             offsets, consumed_at = token
@@ -181,19 +188,27 @@ class VaultSink:
                 messages = consumer.consume(num_messages=self.max_messages, timeout=self.poll_seconds)
                 values: list[bytes] = []
                 ends: dict[tuple[str, int], int] = {}
+                stamps: dict[int, int] = {}  # newest message time per partition, for the lag in seconds
+                at_end: set[int] = set()
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
                         if err.fatal() or err.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED,
                                                          KafkaError.GROUP_AUTHORIZATION_FAILED):
                             raise KafkaException(err)
-                        if err.code() != KafkaError._PARTITION_EOF:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            at_end.add(msg.partition())
+                        else:
                             log.warning("consumer: %s", err.str())
                         continue
                     ends[(msg.topic(), msg.partition())] = msg.offset() + 1
+                    stamps[msg.partition()] = msg.timestamp()[1]
+                    at_end.discard(msg.partition())
                     if msg.value():
                         values.append(msg.value())
                 now = time.monotonic()
+                if metrics and (stamps or at_end):
+                    metrics.note_read(stamps, at_end)
                 if metrics and now - last_lag >= LAG_SECONDS:
                     last_lag = now
                     lags = partition_lags(consumer, consumer.assignment())
@@ -216,4 +231,6 @@ class VaultSink:
                 pipeline.close()  # the batch in flight is committed and its offsets too
             finally:
                 consumer.close()
+                if stop_checks is not None:
+                    stop_checks()
         return pipeline.totals

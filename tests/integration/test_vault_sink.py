@@ -126,6 +126,10 @@ def test_sink_stores_committed_records_once_and_commits_offsets(kafka, topic_pre
     # Lag was measured for both partitions; caught up but for at most the last transaction's marker each.
     assert {'cdrpipe_vault_consumer_lag{partition="0"}', 'cdrpipe_vault_consumer_lag{partition="1"}'} <= set(samples)
     assert samples["cdrpipe_vault_consumer_lag_total"] <= 2
+    # In time it is caught up: only commit markers remain, and the end-of-partition events say so.
+    assert samples['cdrpipe_vault_consumer_lag_seconds{partition="0"}'] == 0
+    assert samples['cdrpipe_vault_consumer_lag_seconds{partition="1"}'] == 0
+    assert samples["cdrpipe_vault_audit_verify_ok"] == 1  # the sink checked its database's audit log
 
     consumer = Consumer({**kafka.admin_config(), "group.id": f"{topic_prefix}vault"})
     try:

@@ -467,9 +467,13 @@ def test_zombie_with_its_own_id_is_fenced_by_the_group_generation(
     assert_exactly_once(out, synthetic_lines(n, seed))
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_poison_records_never_stall_a_partition(
-        kafka: LocalKafka, topic_prefix: str, keys: Keys, workers: list[Worker], tmp_path: Path) -> None:
-    """Malformed bytes, invalid UTF-8, a 1 MB record, tombstones and deep nesting go to the DLQ; the rest flows."""
+        kafka: LocalKafka, topic_prefix: str, keys: Keys, workers: list[Worker], tmp_path: Path,
+        log_format: str) -> None:
+    """Malformed bytes, invalid UTF-8, a 1 MB record, tombstones and deep nesting go to the DLQ; the rest flows.
+
+    In both log formats: what a collector ships must hold no identifier either."""
     topics = make_topics(kafka, topic_prefix)
     number = "+447700900999"
     poison: list[bytes | None] = [
@@ -487,7 +491,8 @@ def test_poison_records_never_stall_a_partition(
     after = synthetic_lines(6_000, 16, malformed_rate=0.0)[3_000:]
     sent = [*before, *poison, *after]
     produce(kafka, topics.input, sent, partition=0)  # one partition: the poison sits in its middle
-    w = Worker(kafka, topic_prefix, keys, "poison", tmp_path, "--batch-size", "1000", "--exit-when-idle", "3")
+    w = Worker(kafka, topic_prefix, keys, "poison", tmp_path, "--batch-size", "1000", "--exit-when-idle", "3",
+               "--log-format", log_format)
     workers.append(w)
     assert w.wait(120) == 0, w.stderr[-3000:]
     summary = w.summary()
@@ -506,6 +511,9 @@ def test_poison_records_never_stall_a_partition(
     digits = number[1:].encode()
     assert not any(digits in v for v in out.dlq_values), "a raw number leaked into the DLQ"
     assert number[1:] not in w.stderr, "a raw number leaked into the worker's log"
+    if log_format == "json":
+        logged = [orjson.loads(line) for line in w.stderr.splitlines() if line.strip()]
+        assert logged and all(doc["command"] == "run" for doc in logged), w.stderr[-3000:]
 
 
 def test_records_too_large_for_the_output_topics_stop_the_worker_with_the_fix(
@@ -554,7 +562,8 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits_0(
 
 @pytest.mark.kafka
 def test_worker_follows_the_suppression_topic(
-        kafka: LocalKafka, topic_prefix: str, keys: Keys, workers: list[Worker], tmp_path: Path) -> None:
+        kafka: LocalKafka, topic_prefix: str, keys: Keys, workers: list[Worker], tmp_path: Path,
+        metric_samples: Callable[[str], dict[str, float]]) -> None:
     """An objector's token on privacy.suppressions keeps their calls out of analytics, never out of retention."""
     from pipeline.core.tokenise import Tokeniser
     topics = make_topics(kafka, topic_prefix)
@@ -568,8 +577,23 @@ def test_worker_follows_the_suppression_topic(
     sent = [orjson.dumps({**call, "record_id": "obj-1"}), orjson.dumps({**other, "record_id": "ok-1"}),
             orjson.dumps({**call, "dialled": "+447700900779", "record_id": "obj-2"})]
     produce(kafka, topics.input, sent, partition=0)
-    w = Worker(kafka, topic_prefix, keys, "follow", tmp_path, "--exit-when-idle", "3")
+    from pipeline.broker import free_port
+    port, started = free_port(), time.time()
+    w = Worker(kafka, topic_prefix, keys, "follow", tmp_path, "--exit-when-idle", "10",
+               "--metrics-port", str(port), "--metrics-addr", "127.0.0.1")
     workers.append(w)
+
+    def scrape() -> dict[str, float]:
+        try:
+            return metric_samples(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+        except OSError:
+            return {}
+
+    wait_until(lambda: scrape().get("cdrpipe_records_in_total") == 3, 90, "the worker to count the records")
+    metrics = scrape()  # what the alerts read: the list is loaded and current, a commit happened just now
+    assert metrics["cdrpipe_suppressions_active"] == 1
+    assert 0 <= metrics["cdrpipe_suppressions_age_seconds"] < 60
+    assert metrics["cdrpipe_last_commit_timestamp_seconds"] >= started
     assert w.wait(120) == 0, w.stderr[-3000:]
     assert w.summary()["suppressed"] == 2, w.summary()
     out = read_outputs(kafka, topics, load_vault_keyring(keys.vault))

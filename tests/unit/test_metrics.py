@@ -1,8 +1,14 @@
 """Prometheus metrics of the worker and the vault sink: counted per batch, lag per owned partition, served."""
 from __future__ import annotations
 
+import datetime as dt
+import json
+import math
+import sqlite3
+import time
 import urllib.request
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import generate_latest
@@ -90,3 +96,122 @@ def test_a_port_in_use_is_a_usage_error_that_says_what_to_do() -> None:
     finally:
         stop_metrics(first)
     assert serve_metrics(VaultSinkMetrics(), None, "127.0.0.1") is None
+
+
+# --------------------------------------------------------------------------- what the alerts need
+
+def test_last_commit_time_starts_at_the_workers_start_and_moves_with_each_commit(samples) -> None:
+    before = time.time()
+    m = WorkerMetrics()
+    started = samples(m)["cdrpipe_last_commit_timestamp_seconds"]
+    assert before - 1 <= started <= time.time(), "a fresh worker must not look stalled since 1970"
+    time.sleep(0.01)
+    m.observe_commit({"in": 1, "retention": 1, "analytics": 1}, Counter(), 1, 0.01, 1)
+    assert samples(m)["cdrpipe_last_commit_timestamp_seconds"] > started
+    m.observe_abort("produce")
+    committed = samples(m)["cdrpipe_last_commit_timestamp_seconds"]
+    time.sleep(0.01)
+    m.observe_abort("produce")
+    assert samples(m)["cdrpipe_last_commit_timestamp_seconds"] == committed, "an abort is not a commit"
+
+
+def test_suppression_list_size_and_age_are_read_from_the_follower_at_scrape_time(samples) -> None:
+    follower = SimpleNamespace(active_count=3, current_at=time.time() - 42)
+    m = WorkerMetrics()
+    m.follow_suppressions(follower)
+    s = samples(m)
+    assert s["cdrpipe_suppressions_active"] == 3 and 42 <= s["cdrpipe_suppressions_age_seconds"] < 50
+    follower.active_count, follower.current_at = 4, time.time()
+    s = samples(m)
+    assert s["cdrpipe_suppressions_active"] == 4 and s["cdrpipe_suppressions_age_seconds"] < 5
+    follower.current_at = None  # never caught up: no figure rather than a made-up one
+    assert math.isnan(samples(m)["cdrpipe_suppressions_age_seconds"])
+    assert "cdrpipe_suppressions_age_seconds" not in samples(WorkerMetrics()), "only with a follower"
+
+
+def test_vault_lag_in_seconds_is_the_age_of_the_newest_read_while_more_wait(samples) -> None:
+    m = VaultSinkMetrics()
+    now_ms = int(time.time() * 1000)
+    m.note_read({0: now_ms - 3_600_000, 1: now_ms - 60_000, 2: now_ms - 7_200_000})
+    m.set_lag({0: 500, 1: 0, 2: 1, 3: 9})
+    s = samples(m)
+    assert 3600 <= s['cdrpipe_vault_consumer_lag_seconds{partition="0"}'] < 3700
+    assert s['cdrpipe_vault_consumer_lag_seconds{partition="1"}'] == 0, "no lag: not behind, however old"
+    assert s['cdrpipe_vault_consumer_lag_seconds{partition="2"}'] >= 7200
+    assert 'cdrpipe_vault_consumer_lag_seconds{partition="3"}' not in s, "never read: no figure"
+    # Only a commit marker left after the last message: the end-of-partition event says so.
+    m.note_read({}, at_end={2})
+    assert samples(m)['cdrpipe_vault_consumer_lag_seconds{partition="2"}'] == 0
+    # A new message after the end: behind again, by that message's age.
+    m.note_read({2: now_ms - 30_000})
+    assert 30 <= samples(m)['cdrpipe_vault_consumer_lag_seconds{partition="2"}'] < 40
+    m.set_lag({1: 0})  # partitions 0, 2 and 3 revoked
+    assert [k for k in samples(m) if k.startswith("cdrpipe_vault_consumer_lag_seconds")] == [
+        'cdrpipe_vault_consumer_lag_seconds{partition="1"}']
+
+
+@pytest.fixture
+def small_vault(tmp_path):
+    """A vault with records today and three days ago, filled through the CLI."""
+    from pipeline.cli import main
+    keys = tmp_path / "keys"
+    assert main(["keys", "generate", "--dir", str(keys)]) == 0
+    today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=5, second=0, microsecond=0)
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps({"record_id": f"r{i}", "cli": "+447700900123", "dialled": "+447700900456",
+                                       "start": (today - dt.timedelta(days=3 * (i % 2))).isoformat(),
+                                       "duration": 5}) + "\n" for i in range(6)))
+    assert main(["process", "--keyring", str(keys / "worker-keyring.json"), "--input", str(raw),
+                 "--out-dir", str(tmp_path / "out"), "--quiet"]) == 0
+    db = tmp_path / "vault.db"
+    assert main(["vault", "ingest", "--keyring", str(keys / "vault-keyring.json"), "--db", str(db),
+                 "--input", str(tmp_path / "out" / "retention.jsonl"), "--quiet"]) == 0
+    return {"db": db, "keyring": keys / "vault-keyring.json", "today": today}
+
+
+def test_vault_checks_export_audit_verification_last_purge_and_oldest_day(small_vault, samples) -> None:
+    from pipeline.cli import main
+    db, today = small_vault["db"], small_vault["today"]
+    m = VaultSinkMetrics()
+    nan = samples(m)
+    assert math.isnan(nan["cdrpipe_vault_audit_verify_ok"]), "no figure before the first check"
+    assert m.check_vault(db, None) is True
+    s = samples(m)
+    assert s["cdrpipe_vault_audit_verify_ok"] == 1 and s["cdrpipe_vault_audit_verified_timestamp_seconds"] > 0
+    assert s["cdrpipe_vault_last_purge_timestamp_seconds"] == m._started, "never purged: counts from the start"
+    midnight = today.replace(hour=0, minute=0)
+    assert s["cdrpipe_vault_oldest_day_timestamp_seconds"] == (midnight - dt.timedelta(days=3)).timestamp()
+
+    before_purge = time.time()
+    assert main(["vault", "purge", "--keyring", str(small_vault["keyring"]), "--db", str(db),
+                 "--before", (today - dt.timedelta(days=1)).date().isoformat(), "--allow-early",
+                 "--operator", "test"]) == 0
+    assert m.check_vault(db, None) is True
+    s = samples(m)
+    assert s["cdrpipe_vault_last_purge_timestamp_seconds"] >= before_purge - 1
+    assert s["cdrpipe_vault_oldest_day_timestamp_seconds"] == midnight.timestamp()
+    assert s["cdrpipe_vault_audit_entries"] == 1
+    verified = s["cdrpipe_vault_audit_verified_timestamp_seconds"]
+
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE audit SET entry = replace(entry, '\"test\"', '\"someone else\"')")
+    conn.commit()
+    conn.close()
+    time.sleep(0.01)
+    assert m.check_vault(db, None) is False
+    s = samples(m)
+    assert s["cdrpipe_vault_audit_verify_ok"] == 0
+    assert s["cdrpipe_vault_audit_verified_timestamp_seconds"] == verified, "a failed check is no verification"
+    assert m.check_vault(db.with_name("missing.db"), None) is False
+
+
+def test_vault_checks_run_on_a_thread_until_stopped(small_vault, samples) -> None:
+    m = VaultSinkMetrics()
+    stop = m.watch_vault(small_vault["db"], None, interval=0.05)
+    try:
+        deadline = time.monotonic() + 10
+        while math.isnan(samples(m)["cdrpipe_vault_audit_verify_ok"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop()
+    assert samples(m)["cdrpipe_vault_audit_verify_ok"] == 1
