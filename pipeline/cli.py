@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from pipeline.logs import add_log_arguments, configure_logging
@@ -118,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FATAL
         except KeyboardInterrupt:
             return 130
+        except Exception:
+            if args.log_format != "json":
+                raise
+            # A collector must get the traceback as one object, not as a screen of loose lines.
+            logging.getLogger("pipeline.cli").critical("cdrpipe %s: unexpected error; exiting", args.command,
+                                                       exc_info=True)
+            return EXIT_FATAL
     finally:
         restore_logging()
 

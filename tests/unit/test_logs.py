@@ -102,3 +102,24 @@ def test_formatter_output_is_one_line_whatever_the_message() -> None:
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "two\nlines \"quoted\" ünïcode", None, None)
     text = JsonFormatter("vault sink").format(record)
     assert "\n" not in text and json.loads(text)["msg"] == "two\nlines \"quoted\" ünïcode"
+
+
+def test_an_unexpected_error_is_one_object_with_its_traceback(monkeypatch, capsys) -> None:
+    def explode(_args):
+        raise RuntimeError("unexpected")
+
+    parser = build_parser(["keys", "generate"])
+    real = parser.parse_args
+    monkeypatch.setattr("pipeline.cli.build_parser", lambda argv=None: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: _with(real(argv), func=explode))
+    assert main(["--log-format", "json", "keys", "generate", "--dir", "unused"]) == EXIT_FATAL
+    (obj,) = _objects(capsys.readouterr().err)
+    assert obj["level"] == "CRITICAL" and "RuntimeError: unexpected" in obj["exc"]
+    with pytest.raises(RuntimeError):  # text mode: Python's own traceback, as before
+        main(["keys", "generate", "--dir", "unused"])
+
+
+def _with(args, **changes):
+    for key, value in changes.items():
+        setattr(args, key, value)
+    return args
