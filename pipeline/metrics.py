@@ -25,6 +25,7 @@ Public API:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -271,17 +272,24 @@ class VaultSinkMetrics(_Metrics):
 
     def check_vault(self, db: str | os.PathLike[str], keystore: str | os.PathLike[str] | None,
                     public_key: str | None = None) -> bool:
-        """Verify the audit chain and read the last purge and the oldest day, as ``audit verify`` and
-        ``status`` would; True when the chain is intact.
+        """Verify the audit log as ``vault audit verify`` does (hash chain, keystore anchor, and
+        signatures when a public key is known), and read the last purge and the oldest day held;
+        True when the log is intact.
 
         Why in the sink: it is the one long-running vault process, so "verification failing or not
         run" and "purge not run" become metrics an alert can watch, with no job of their own. It
-        reads through its own read-only connections and needs no keyring.
+        reads through its own read-only connections. The public key is ``public_key`` (the sink
+        passes ``$CDRPIPE_AUDIT_PUBLIC_KEY``), else the half of the vault keyring's ``audit_key``
+        the environment names. A witness is not compared: that stays the auditor's run.
         """
-        from pipeline.vault.audit import AuditError, load_public_key, read_entries, verify_chain
+        from pipeline.vault.audit import AuditError, load_audit_signer, load_public_key, read_entries, verify_chain
         from pipeline.vault.keystore import day_date, default_keystore_path, read_audit_anchor
         try:
-            public = load_public_key(public_key) if public_key else None
+            if public_key:
+                public = load_public_key(public_key)
+            else:
+                signer = load_audit_signer(None, None)
+                public = signer.public_key if signer is not None else None
             store = keystore if keystore is not None else default_keystore_path(db)
             # The anchor before the entries: a purge appending meanwhile leaves the anchor behind
             # the log (fine), never ahead of it (which would read as entries cut off).
@@ -292,6 +300,8 @@ class VaultSinkMetrics(_Metrics):
             log.error("vault check: the audit log could not be verified (%s)", exc)
             self.audit_ok.set(0)
             return False
+        if verdict.ok and rows and anchor is None:  # as `audit verify`: a deleted anchor hides a cut log
+            verdict = dataclasses.replace(verdict, ok=False, reason=f"the keystore {store} holds no audit anchor")
         self.audit_entries.set(len(rows))
         if verdict.ok:
             self.audit_ok.set(1)

@@ -15,6 +15,7 @@ from prometheus_client import generate_latest
 
 from pipeline.cli import UsageError
 from pipeline.metrics import VaultSinkMetrics, WorkerMetrics, serve_metrics, stop_metrics
+from pipeline.vault.audit import AuditSigner
 
 
 @pytest.fixture
@@ -169,7 +170,7 @@ def small_vault(tmp_path):
     return {"db": db, "keyring": keys / "vault-keyring.json", "today": today}
 
 
-def test_vault_checks_export_audit_verification_last_purge_and_oldest_day(small_vault, samples) -> None:
+def test_vault_checks_export_audit_verification_last_purge_and_oldest_day(small_vault, samples, monkeypatch) -> None:
     from pipeline.cli import main
     db, today = small_vault["db"], small_vault["today"]
     m = VaultSinkMetrics()
@@ -191,7 +192,12 @@ def test_vault_checks_export_audit_verification_last_purge_and_oldest_day(small_
     assert s["cdrpipe_vault_last_purge_timestamp_seconds"] >= before_purge - 1
     assert s["cdrpipe_vault_oldest_day_timestamp_seconds"] == midnight.timestamp()
     assert s["cdrpipe_vault_audit_entries"] == 1
-    verified = s["cdrpipe_vault_audit_verified_timestamp_seconds"]
+    # With the keyring in the environment (as the sink runs) the entries' signatures are checked too.
+    monkeypatch.setenv("CDRPIPE_VAULT_KEYRING", str(small_vault["keyring"]))
+    assert m.check_vault(db, None) is True
+    verified = samples(m)["cdrpipe_vault_audit_verified_timestamp_seconds"]
+    other = AuditSigner.generate().public_b64()
+    assert m.check_vault(db, None, public_key=other) is False, "signed by another key"
 
     conn = sqlite3.connect(db)
     conn.execute("UPDATE audit SET entry = replace(entry, '\"test\"', '\"someone else\"')")
@@ -203,6 +209,21 @@ def test_vault_checks_export_audit_verification_last_purge_and_oldest_day(small_
     assert s["cdrpipe_vault_audit_verify_ok"] == 0
     assert s["cdrpipe_vault_audit_verified_timestamp_seconds"] == verified, "a failed check is no verification"
     assert m.check_vault(db.with_name("missing.db"), None) is False
+
+
+def test_vault_checks_fail_when_the_anchor_is_gone(small_vault, samples) -> None:
+    """As `vault audit verify`: a log with entries and no anchor may have been cut at its end."""
+    from pipeline.cli import main
+    db = small_vault["db"]
+    assert main(["vault", "purge", "--keyring", str(small_vault["keyring"]), "--db", str(db), "--before",
+                 small_vault["today"].date().isoformat(), "--allow-early", "--operator", "test"]) == 0
+    m = VaultSinkMetrics()
+    assert m.check_vault(db, None) is True
+    conn = sqlite3.connect(str(db) + ".keys")
+    conn.execute("DELETE FROM meta WHERE k IN ('audit_seq', 'audit_hash')")
+    conn.commit()
+    conn.close()
+    assert m.check_vault(db, None) is False and samples(m)["cdrpipe_vault_audit_verify_ok"] == 0
 
 
 def test_vault_checks_run_on_a_thread_until_stopped(small_vault, samples) -> None:
