@@ -12,7 +12,8 @@ which consumer group and use which transactional ids. Everything else follows it
 Kafka denies what no ACL allows (``allow.everyone.if.no.acl.found=false``), so the matrix lists
 allowances only. Its invariant is checked in code (``check_matrix``) as well as on a real broker in
 the tests: analytics teams never read raw data, and no one but the worker reads ``cdr.raw``, no one
-but the vault sink reads ``cdr.retention`` and no one but operations reads ``cdr.dlq``.
+but the vault sink reads ``cdr.retention``, no one but operations reads ``cdr.dlq``, and no one but
+the auditor reads ``vault.audit`` (which the vault may write to, never delete or alter).
 
 Public API:
     ``MATRIX``                                   the principals and their grants (a tuple)
@@ -64,6 +65,7 @@ RESTRICTED_READERS: Mapping[str, frozenset[str]] = {
     "cdr.retention": frozenset({"vault"}),
     "cdr.dlq": frozenset({"operations"}),
     "privacy.requests": frozenset({"privacy"}),  # carries the raw subject of each request
+    "vault.audit": frozenset({"auditor"}),  # who queried under which warrant: never tip a target off
 }
 
 
@@ -204,8 +206,9 @@ MATRIX: tuple[Principal, ...] = (
                Grant(ResourceKind.TRANSACTIONAL_ID, WORKER_TRANSACTIONAL_ID_PREFIX,
                      (Operation.WRITE,), Pattern.PREFIX))),
     Principal("vault", "cdrpipe-vault",
-              "`cdrpipe vault sink`: read sealed raw records into the vault",
-              (_reads("cdr.retention"), _group(VAULT_GROUP))),
+              "`cdrpipe vault sink`: read sealed raw records into the vault; append every audit "
+              "entry to its witness topic (Write only: it can neither delete nor alter it)",
+              (_reads("cdr.retention"), _group(VAULT_GROUP), _writes("vault.audit"))),
     Principal("privacy", "cdrpipe-privacy",
               "`cdrpipe privacy worker` (faust): turn subject requests into suppressions and "
               "erasure notices",
@@ -220,6 +223,10 @@ MATRIX: tuple[Principal, ...] = (
               "(`cdrpipe privacy submit`) and read pseudonymised analytics for access exports "
               "(`cdrpipe privacy export`: no group, nothing committed)",
               (_writes("privacy.requests"), _reads("cdr.analytics"))),
+    Principal("auditor", "cdrpipe-auditor",
+              "the audit / oversight function: read the vault's audit witness "
+              "(`cdrpipe vault audit verify --witness kafka:vault.audit`: no group, nothing committed)",
+              (_reads("vault.audit"),)),
     Principal("analytics", "analytics",
               "analytics teams: pseudonymised records and aggregates only",
               (_reads("cdr.analytics"), _reads("cdr.aggregates"),

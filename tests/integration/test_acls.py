@@ -487,3 +487,49 @@ def test_the_real_worker_runs_under_its_acls_and_each_reader_gets_its_output(
     assert _count_schema(secure_kafka.client("operations"), "cdr.dlq", b"cdr.dlq/1") \
         == summary["dlq"]
     assert _count_schema(secure_kafka.client("vault"), "cdr.retention", b"cdr.retention/1") >= 1
+
+
+def test_the_vault_appends_to_its_audit_witness_and_can_neither_delete_nor_alter_it(
+        secure_kafka: SecureKafka) -> None:
+    """Issue 14: `--witness kafka:vault.audit`. The vault's principal writes entries; only the auditor
+    reads them back; the vault cannot delete the topic, delete its records or change its configs, so
+    it cannot rewrite the witness of its own audit log."""
+    from confluent_kafka import TopicPartition as TP
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    from pipeline.vault.witness import KafkaWitness, WitnessError
+    entries = [json.dumps({"seq": n, "action": "warrant_list", "hash": f"{n:064x}"}) for n in (1, 2)]
+    vault = KafkaWitness("vault.audit", secure_kafka.client("vault"))
+    for text in entries:
+        vault.append(text)  # idempotent, acks=all: Write alone is enough
+    assert _writable(secure_kafka.client("auditor"), ["vault.audit"]) == {"vault.audit": False}
+    assert _readable(secure_kafka.client("vault"), ["vault.audit"], "no-group-vault", commit=False) \
+        == {"vault.audit": False}
+    with pytest.raises(WitnessError, match="line 1 is not an audit entry"):
+        KafkaWitness("vault.audit", secure_kafka.client("auditor")).read()  # the module's seed record is not one
+    consumer = Consumer({**secure_kafka.client("auditor"), "group.id": "unused", "enable.auto.commit": "false"})
+    try:
+        low, high = consumer.get_watermark_offsets(TP("vault.audit", 0), timeout=15)
+        consumer.assign([TP("vault.audit", 0, high - 2)])
+        got: list[str] = []
+        for _ in range(10):  # no group is joined: a coordinator error event may come first
+            got += [m.value().decode() for m in consumer.consume(2, timeout=5) if m.error() is None]
+            if len(got) >= 2:
+                break
+    finally:
+        consumer.close()
+    assert got == entries
+    admin = AdminClient(secure_kafka.client("vault"))
+    refused = []
+    with pytest.raises(KafkaException) as info:
+        admin.delete_topics(["vault.audit"], operation_timeout=15)["vault.audit"].result(timeout=20)
+    refused.append(_error_code(info.value))
+    with pytest.raises(KafkaException) as info:
+        admin.delete_records([TP("vault.audit", 0, high)])[TP("vault.audit", 0, high)].result(timeout=20)
+    refused.append(_error_code(info.value))
+    change = ConfigResource(ResourceType.TOPIC, "vault.audit", incremental_configs=[
+        ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+    with pytest.raises(KafkaException) as info:
+        list(admin.incremental_alter_configs([change]).values())[0].result(timeout=20)
+    refused.append(_error_code(info.value))
+    assert refused == [KafkaError.TOPIC_AUTHORIZATION_FAILED] * 3

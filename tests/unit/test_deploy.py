@@ -42,16 +42,18 @@ EXPECTED_READS = {
     "dpo": {"cdr.analytics"},  # `cdrpipe privacy export` (subject access)
     "analytics": {"cdr.analytics", "cdr.aggregates"},
     "operations": {"cdr.dlq"},
+    "auditor": {"vault.audit"},  # the audit witness (issue 14)
 }
 EXPECTED_WRITES = {
     "mediation": {"cdr.raw"},
     "worker": {"cdr.analytics", "cdr.retention", "cdr.dlq"},
-    "vault": set(),
+    "vault": {"vault.audit"},  # Write only: it cannot delete or alter its witness
     "privacy": {"privacy.suppressions", "privacy.erasures"},
     "aggregates": {"cdr.aggregates"},
     "dpo": {"privacy.requests"},
     "analytics": set(),
     "operations": set(),
+    "auditor": set(),
 }
 
 

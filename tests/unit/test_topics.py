@@ -32,7 +32,7 @@ def test_shipped_policy_matches_design() -> None:
     specs = {s.name: s for s in load_topic_policy(DEPLOY)}
     assert set(specs) == {"cdr.raw", "cdr.analytics", "cdr.aggregates", "cdr.retention",
                           "cdr.dlq", "privacy.requests", "privacy.suppressions",
-                          "privacy.erasures"}
+                          "privacy.erasures", "vault.audit"}
     retention = {name: s.config.get("retention.ms") for name, s in specs.items()}
     assert retention["cdr.raw"] == str(3 * DAY_MS)
     assert retention["cdr.retention"] == str(7 * DAY_MS)
@@ -41,6 +41,7 @@ def test_shipped_policy_matches_design() -> None:
     assert retention["privacy.requests"] == str(30 * DAY_MS)
     assert 26 * 30 * DAY_MS <= int(retention["cdr.analytics"]) <= 26 * 31 * DAY_MS
     assert retention["privacy.erasures"] == retention["cdr.analytics"]
+    assert retention["vault.audit"] == "-1" and specs["vault.audit"].partitions == 1  # the audit witness, in order
     assert specs["privacy.suppressions"].config["cleanup.policy"] == "compact"
     for spec in specs.values():
         assert spec.replication_factor == 3
