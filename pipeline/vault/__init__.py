@@ -5,10 +5,15 @@ Modules, one idea each:
 * ``index``    blind indexes of target identifiers (HMAC with the vault-only index key)
 * ``keystore`` per-day record keys in their own file; purging a day destroys its key
 * ``store``    the record database: one SQLite table pair per day, so a purge is a DROP
-* ``ingest``   the batch transform: open segments, normalise, index, re-encrypt, insert
+* ``readers``  which input format a stored record is read with (the pipeline's adapters)
+* ``retention`` the retention period and cut-off, shared by ingest, query and purge
+* ``ingest``   the batch transform: open segments, read, normalise, index, re-encrypt, insert
+* ``reindex``  file again, by call start and indexed, records ingested before their format was known
 * ``sink``     the Kafka consumer and the file reader that feed ``ingest``
+* ``warrants`` registered warrants and the scope a query must stay inside
 * ``query``    lawful-intercept search: index lookup, decrypt, exact re-check
-* ``audit``    the hash-chained, optionally signed, access log
+* ``audit``    the hash-chained, signed access log
+* ``witness``  the audit log's copy outside the vault (append-only file or Kafka topic)
 * ``export``   JSONL, CSV and an ETSI TS 102 657-style XML delivery
-* ``cli``      ``cdrpipe vault ingest|sink|query|purge|audit|status``
+* ``cli``      ``cdrpipe vault ingest|sink|reindex|warrant|query|purge|audit|status``
 """

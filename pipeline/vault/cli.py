@@ -1,7 +1,8 @@
 """`cdrpipe vault …`: ingest, sink, query, purge, audit and status of the retention vault.
 
 Exit codes follow ``pipeline.cli``: 0 done, 1 fatal (including a broken audit chain or a
-record that failed authentication), 2 usage (including a query without a warrant or officer).
+record that failed authentication), 2 usage (including a query outside its warrant's scope or
+before the retention cut-off).
 Nothing here prints or logs a key, a target identifier or a raw record, except the query's
 own output (the records the warrant asked for).
 """
@@ -770,19 +771,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     p.set_defaults(func=_cmd_sink)
 
-    p = vsub.add_parser("query", help="the records where a target is a party (needs --warrant and --officer)",
+    p = vsub.add_parser("query", help="the records where a target is a party (inside a registered warrant's scope)",
                         description="Return, in time order, the raw records in [--from, --to) where --target is a "
-                                    "party (cli or dialled for msisdn; imsi; imei), given in any format. Refused "
-                                    "without --warrant and --officer; every query is written to the audit log "
-                                    "before any record is delivered. A bare --to date includes that whole day.")
+                                    "party (cli or dialled for msisdn; imsi; imei), given in any format, whatever "
+                                    "input format the record arrived in. Answered only inside the scope of an "
+                                    "active registered warrant (`vault warrant add`) that names --officer and "
+                                    "--target and covers the window; the window may not reach before the "
+                                    "retention cut-off. Every query, answered or refused, is written to the "
+                                    "audit log before any record is delivered. A bare --to date includes that "
+                                    "whole day.")
     _vault_arguments(p, region=True)
     p.add_argument("--target", default=None, help="the identifier, in any format (never logged or audited in clear)")
     p.add_argument("--unparsed", action="store_true",
-                   help="instead of a target: records that were not JSON, by the time they were sealed")
+                   help="refused: records no input format could read cannot be matched to a warrant's targets "
+                        "(read them with `vault reindex --format …`)")
     p.add_argument("--kind", default="msisdn", help="msisdn (default), imsi or imei")
     p.add_argument("--from", dest="start", default=None, help="window start, ISO-8601 (inclusive)")
     p.add_argument("--to", dest="end", default=None, help="window end, ISO-8601 (exclusive; a date includes that day)")
-    p.add_argument("--warrant", default=None, help="warrant or authorisation reference (required)")
+    p.add_argument("--warrant", default=None, help="id of the registered warrant the query runs under (required)")
     p.add_argument("--officer", default=None, help="id of the authorised officer running the query (required)")
     p.add_argument("--format", default="jsonl", help="jsonl (default), csv or etsi-xml")
     _retention_argument(p)
