@@ -247,6 +247,11 @@ def _metrics_probes(ready_path: str = "/metrics") -> dict[str, Any]:
                               "failureThreshold": 6}}
 
 
+def _log_env() -> dict[str, str]:
+    """JSON logs in the cluster: one object a line, the keys the platform's collector parses."""
+    return {"name": "CDRPIPE_LOG_FORMAT", "value": "json"}
+
+
 def _scrape_annotations() -> dict[str, str]:
     """The prometheus.io annotations most Prometheus setups discover pods by."""
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
@@ -266,6 +271,7 @@ def _pod_template(name: str, cluster: str, container: dict[str, Any], probes: di
             "terminationGracePeriodSeconds": 60,
             "containers": [{
                 **container,
+                "env": [*container.get("env", []), _log_env()],
                 "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
                 **probes,
                 "resources": resources,
@@ -380,7 +386,7 @@ def vault_manifests(cluster: str, image: str) -> list[dict[str, Any]]:
                         # $(KAFKA_*) from the env below (the password stays out of the manifest).
                         "args": ["vault", "sink", *_X_ARGS],
                         "env": [*_kafka_env("vault", cluster, env_x=False), *_vault_env(),
-                                {"name": "CDRPIPE_METRICS_PORT", "value": str(METRICS_PORT)}],
+                                {"name": "CDRPIPE_METRICS_PORT", "value": str(METRICS_PORT)}, _log_env()],
                         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
                         **_metrics_probes(),
                         "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
@@ -420,7 +426,7 @@ def vault_manifests(cluster: str, image: str) -> list[dict[str, Any]]:
                         "name": "purge", "image": image,
                         "args": ["vault", "purge", "--retention", "12mo",
                                  "--operator", "k8s-cronjob"],
-                        "env": _vault_env(),
+                        "env": [*_vault_env(), _log_env()],
                         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                                       "limits": {"memory": "1Gi"}},
                         "securityContext": _container_security(),
@@ -485,6 +491,50 @@ def network_policies(cluster: str) -> list[dict[str, Any]]:
     }]
 
 
+# --------------------------------------------------------------------------- monitoring
+
+ALERTS = REPO / "deploy" / "monitoring" / "alerts.yaml"
+DASHBOARD = REPO / "deploy" / "monitoring" / "dashboard.json"
+#: The namespace the hand-written rules name (kube-state-metrics series); render swaps in --namespace.
+RULES_NAMESPACE = "cdrpipe"
+
+
+def monitoring_manifests(namespace: str) -> str:
+    """Prometheus Operator resources: PodMonitors, the alert rules, the Grafana dashboard.
+
+    The rules and the dashboard are hand-written files (deploy/monitoring/) that compose uses as
+    they are; here they are wrapped, not re-typed, so the cluster runs exactly what promtool
+    tested. The rule file's ``groups:`` becomes the PrometheusRule's ``spec`` verbatim (the
+    text is indented, not parsed: no YAML library is needed to render). The PodMonitor labels
+    every series ``job=<workload name>`` (``jobLabel``), the label the rules select on.
+    """
+    rules = ALERTS.read_text().replace(f'namespace="{RULES_NAMESPACE}"', f'namespace="{namespace}"')
+    body = "".join(f"  {line}\n" if line.strip() else "\n" for line in rules.splitlines()
+                   if not line.lstrip().startswith("#"))
+    rule_doc = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+                "metadata": {"name": "cdrpipe", "labels": {**PART_OF, "role": "alert-rules"}}}
+    monitor = {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+        "metadata": {"name": "cdrpipe", "labels": PART_OF},
+        "spec": {
+            "selector": {"matchLabels": PART_OF},
+            "jobLabel": "app.kubernetes.io/name",
+            "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
+        },
+    }
+    dashboard = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        # Grafana's dashboard sidecar (kube-prometheus-stack) loads ConfigMaps with this label.
+        "metadata": {"name": "cdrpipe-dashboard", "labels": {**PART_OF, "grafana_dashboard": "1"}},
+        "data": {"cdrpipe.json": DASHBOARD.read_text()},
+    }
+    stream = dump_all([monitor, dashboard],
+                      "# Needs the Prometheus Operator (PodMonitor, PrometheusRule) and, for the dashboard,\n"
+                      "# Grafana's sidecar. The rules come from deploy/monitoring/alerts.yaml, the dashboard\n"
+                      "# from deploy/monitoring/dashboard.json.\n")
+    return stream + "---\n" + "\n".join(_lines(rule_doc, 0)) + "\nspec:\n" + body
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -509,6 +559,7 @@ def render(*, cluster: str = DEFAULT_CLUSTER, image: str = DEFAULT_IMAGE,
         "aggregates.yaml": dump_all(faust_app_manifests(
             "aggregates", ["aggregates", "worker"], cluster, image, keyring=False)),
         "network-policy.yaml": dump_all(network_policies(cluster)),
+        "monitoring.yaml": monitoring_manifests(namespace),
     }
     files["kustomization.yaml"] = dump_all([{
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
