@@ -128,7 +128,7 @@ def _audit_log(vault: Vault, args: argparse.Namespace) -> AuditLog:
     known = vault.store.meta(WITNESS_META)
     spec = getattr(args, "witness", None) or os.environ.get(ENV_AUDIT_WITNESS) or known
     try:
-        witness = open_witness(spec) if spec else None
+        witness = open_witness(spec, _witness_config(args)) if spec else None
     except WitnessError as exc:
         raise FatalError(str(exc)) from None
     audit = AuditLog(vault.store.conn, anchor=vault.keystore, signer=signer, witness=witness)
@@ -469,7 +469,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
         checks.append(f"signatures ({verdict.signed})")
     if args.witness:
         try:
-            at, why = compare(rows, open_witness(args.witness).read())
+            at, why = compare(rows, open_witness(args.witness, _witness_config(args)).read())
         except WitnessError as exc:
             raise FatalError(str(exc)) from None
         if at is not None:
@@ -707,6 +707,18 @@ def _audit_arguments(p: argparse.ArgumentParser, *, key: bool = True) -> None:
     p.add_argument("--witness", default=None,
                    help=f"also write every audit entry here: an append-only FILE, or kafka:TOPIC (env "
                         f"{ENV_AUDIT_WITNESS}; default: the witness this vault already writes to)")
+    _witness_kafka_argument(p)
+
+
+def _witness_kafka_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-X", action="append", metavar="KEY=VALUE",
+                   help="librdkafka setting for a kafka:TOPIC witness, repeatable (e.g. -X security.protocol=SASL_SSL; "
+                        "bootstrap servers from -X bootstrap.servers=… or CDRPIPE_BOOTSTRAP_SERVERS)")
+
+
+def _witness_config(args: argparse.Namespace) -> dict[str, str]:
+    from pipeline.topics import parse_x_options
+    return parse_x_options(getattr(args, "X", None) or [])
 
 
 def _input_arguments(p: argparse.ArgumentParser) -> None:
@@ -842,6 +854,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="require a signature on every entry from this one on (default: from the first signed one)")
     p.add_argument("--witness", default=os.environ.get(ENV_AUDIT_WITNESS),
                    help=f"compare the log with its witness: FILE or kafka:TOPIC (env {ENV_AUDIT_WITNESS})")
+    _witness_kafka_argument(p)
     p.set_defaults(func=_cmd_audit_verify)
     p = asub.add_parser("export", help="print every audit entry as JSONL (to ship to WORM storage)")
     p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
