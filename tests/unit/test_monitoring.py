@@ -105,7 +105,7 @@ def test_the_compose_prometheus_config_and_its_rules_check(promtool: str, yaml: 
     (tmp_path / "prometheus.yml").write_text(config.replace("/etc/prometheus/alerts.yaml", "alerts.yaml"))
     done = _run([promtool, "check", "config", str(tmp_path / "prometheus.yml")])
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 23 rules found" in done.stdout + done.stderr or "rules found" in done.stdout + done.stderr
+    assert re.search(r"SUCCESS: [1-9]\d* rules found", done.stdout + done.stderr), done.stdout + done.stderr
 
 
 # --------------------------------------------------------------------------- the rules themselves

@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 
 from pipeline.core.router import Router, Source
 from pipeline.keys import rotate
+from pipeline.logs import JsonFormatter
 from pipeline.privacy.follower import read_suppression
 from pipeline.privacy.requests import (InvalidRequest, SubjectTokeniser, load_schema, make_request,
                                        parse_request, schema_errors)
@@ -111,6 +112,8 @@ def test_invalid_request_log_lines_hold_no_subject(caplog) -> None:
         except InvalidRequest as exc:
             logging.getLogger("test").warning("rejected (%s): %s", exc.reason, exc)
     assert caplog.records and "7700" not in caplog.text
+    json_lines = "".join(JsonFormatter("privacy worker").format(r) for r in caplog.records)  # --log-format json
+    assert "rejected" in json_lines and "7700" not in json_lines
 
 
 # --------------------------------------------------------------------------- tokens
