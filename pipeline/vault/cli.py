@@ -42,7 +42,7 @@ from pipeline.vault.keystore import (Keystore, KeystoreError, day_date, day_numb
 from pipeline.vault.query import Searcher, SearchResult, describe_unreadable
 from pipeline.vault.readers import Reader, reader_from_flags
 from pipeline.vault.reindex import reindex
-from pipeline.vault.retention import DEFAULT_RETENTION, LEGAL_RETENTION, retention_cutoff, utc_today
+from pipeline.vault.retention import LEGAL_RETENTION, retention_cutoff, utc_today
 from pipeline.vault.retention import period as retention_period
 from pipeline.vault.retention import subtract_period  # noqa: F401  (re-exported for callers of the CLI module)
 from pipeline.vault.sink import DEFAULT_BATCH_BYTES, DEFAULT_GROUP, DEFAULT_TOPIC, VaultSink, ingest_file
@@ -408,8 +408,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--before {args.before!r} is not a date (YYYY-MM-DD)") from None
     else:
-        cutoff = retention_cutoff(today, args.retention or os.environ.get("CDRPIPE_VAULT_RETENTION",
-                                                                          DEFAULT_RETENTION))
+        cutoff = retention_cutoff(today, retention_period(args.retention))
     legal = retention_cutoff(today, LEGAL_RETENTION)
     if cutoff > legal and not args.allow_early:
         raise UsageError(f"purging before {cutoff} would destroy records younger than the legal retention period "
@@ -677,9 +676,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
                  "key": "live" if d in live else "destroyed" if d in destroyed else "missing"}
                 for d, n in sorted(counts.items())]
         audit_entries = int(vault.store.conn.execute("SELECT count(*) FROM audit").fetchone()[0])
+        now = _now_us()
+        states = [w.state(now) for w in WarrantRegister(vault.store.conn).all()]
         doc = {"db": str(vault.store.path), "keystore": str(vault.keystore.path), "region": vault.store.region,
                "records": sum(counts.values()), "days": days, "purged_days": len(destroyed),
-               "quarantined_segments": vault.store.quarantined(), "audit_entries": audit_entries}
+               # Unread records are not findable by target: `vault reindex --format …` reads them.
+               "unread_records": vault.store.unread_count(),
+               "input_formats": sorted({r.label() for r in vault.store.readers().values()}),
+               "warrants": {state: states.count(state) for state in ("active", "expired", "revoked")},
+               "quarantined_segments": vault.store.quarantined(), "audit_entries": audit_entries,
+               "audit_witness": vault.store.meta(WITNESS_META)}
     print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     return 0
 

@@ -310,5 +310,10 @@ class VaultStore:
         return {day: int(self.conn.execute(f"SELECT count(*) FROM {rec_table(day)}").fetchone()[0])
                 for day in self.partitions()}
 
+    def unread_count(self) -> int:
+        """Records no input format could read (``parsed = 0``; counted through each day's partial index)."""
+        return sum(int(self.conn.execute(f"SELECT count(*) FROM {rec_table(day)} WHERE parsed = 0").fetchone()[0])
+                   for day in self.partitions())
+
     def quarantined(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])

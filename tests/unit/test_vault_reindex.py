@@ -55,16 +55,23 @@ def _reindex(world, capsys, *extra: str) -> dict:
     return json.loads(capsys.readouterr().out.splitlines()[-1])
 
 
+def _status(world, capsys) -> dict:
+    capsys.readouterr()
+    assert main(["vault", "status", *world["base"]]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def test_reindex_makes_old_records_findable_by_call_start_with_their_bytes_unchanged(world, capsys):
     assert _query(world, capsys) == []  # filed under the ingest day, unindexed
+    before = _status(world, capsys)
+    assert before["unread_records"] == 2 and before["warrants"] == {"active": 1, "expired": 0, "revoked": 0}
     assert _reindex(world, capsys) == {"candidates": 2, "reindexed": 2, "expired": 0, "unchanged": 0,
                                        "unreadable_days": 0}
     lines = SAMPLE.read_bytes().rstrip(b"\n").split(b"\n")
     assert _query(world, capsys) == [line for line in lines if b"+4986517174963," in line]
-    capsys.readouterr()
-    assert main(["vault", "status", *world["base"]]) == 0
-    days = {d["day"]: d["records"] for d in json.loads(capsys.readouterr().out)["days"] if d["records"]}
-    assert days == {"2013-11-07": 2}  # dated by the call, not by the ingest
+    after = _status(world, capsys)
+    assert {d["day"]: d["records"] for d in after["days"] if d["records"]} == {"2013-11-07": 2}  # by the call
+    assert after["unread_records"] == 0 and "csv (mapped)" in after["input_formats"]
     assert _reindex(world, capsys)["candidates"] == 0  # nothing left filed by sealed_at
     schema = json.loads((REPO / "schemas" / "audit-entry.v1.json").read_text())
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
