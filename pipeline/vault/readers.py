@@ -117,7 +117,9 @@ def sniff(raw: bytes) -> Reader | None:
     if head.startswith(b"\xef\xbb\xbf"):
         head = head[3:].lstrip(b" \t")
     if head.startswith(b"{"):
-        return FREESWITCH if (b'"variables"' in raw or b'"callflow"' in raw) else JSONL
+        # A raw v1 record always names "cli"; a json_cdr document never does at its top level.
+        json_cdr = (b'"variables"' in raw or b'"callflow"' in raw) and b'"cli"' not in raw
+        return FREESWITCH if json_cdr else JSONL
     bar = head.find(b"|")
     if bar > 0 and head[:bar].strip().upper() in _SIP_METHODS:
         return ACC

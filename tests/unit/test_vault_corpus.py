@@ -177,3 +177,16 @@ def test_etsi_delivery_of_switch_records_names_their_parties_and_times(tmp_path,
     assert numbers["terminating-Party"] == "+18705264260" and numbers["originating-Party"].startswith("+1")
     assert records[0].find(f".//{q('startTime')}").get("source") == "start"
     assert records[0].find(f".//{q('endTime')}") is not None
+
+
+def test_recognition_is_by_fingerprint_only():
+    """What the vault reads without --format: unmistakable shapes only; anything else stays unread."""
+    from pipeline.vault.readers import ACC, ASTERISK, FREESWITCH, JSONL, sniff
+    asterisk = _lines(CORPUS / AST / "mockdata" / "cdr.csv")[0]
+    assert sniff(asterisk) is ASTERISK
+    assert sniff(b'{"variables":{"uuid":"x"},"callflow":[]}') is FREESWITCH
+    assert sniff(b'{"cli":"07700 900123","variables":"x","start":"2026-01-01T00:00:00Z"}') is JSONL
+    assert sniff(b"INVITE|a|b|call@host|200|OK|1436454408|1001|x|y|1002|z|q") is ACC
+    cgrates_export = _lines(CORPUS / CG / "ers_filecsv__fileContent1.csv")[0]  # 18 columns, not Asterisk's
+    assert sniff(cgrates_export) is None
+    assert sniff(b"cli=07700900123 dialled=07700900555 not json at all") is None
