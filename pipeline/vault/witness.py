@@ -157,32 +157,45 @@ def compare(log: Sequence[tuple[int, str]], witnessed: Sequence[tuple[int, str]]
 
     The witness may start later than the log (it was switched on at a ``witness_enabled``
     entry); from there on, both must hold the same entries, byte for byte, in the same order.
+    The witness numbering may go back only where the log records a loss (``acknowledge_gap``,
+    after a database restore): the lost entries stay in the witness as evidence, and the
+    numbers from there on must match the log as it continued.
     """
     if not witnessed:
         return (1 if log else None), ("the witness is empty but the log has entries: it was truncated (or never "
                                       "written)" if log else "both empty")
-    seqs = [s for s, _ in witnessed]
-    for i in range(1, len(seqs)):
-        if seqs[i] != seqs[i - 1] + 1:
-            at = seqs[i - 1] + 1
-            return at, (f"the witness does not hold entry #{at} where it should (it has #{seqs[i]} next): "
-                        "the witness was altered or reordered")
+    current: dict[int, str] = {}
+    losses: list[str] = []
+    prev = None
+    for seq, text in witnessed:
+        if prev is not None and seq != prev + 1:
+            restart = seq <= prev and orjson.loads(text).get("action") == "acknowledge_gap"
+            if not restart:
+                at = prev + 1
+                return at, (f"the witness does not hold entry #{at} where it should (it has #{seq} next): "
+                            "the witness was altered or reordered")
+            losses.append(f"entries #{seq} to #{prev} of an earlier log were lost and acknowledged at #{seq}")
+            for gone in range(seq, prev + 1):
+                current.pop(gone, None)
+        current[seq] = text
+        prev = seq
+    seqs = sorted(current)
     first = seqs[0]
     if first != 1:
-        head = orjson.loads(witnessed[0][1])
+        head = orjson.loads(current[first])
         if head.get("action") != "witness_enabled":
             return first, (f"the witness begins at entry #{first}, which is not where witnessing was switched on: "
                            "entries were cut from the start of the witness")
     stored = dict(log)
-    for seq, text in witnessed:
+    for seq in seqs:
         mine = stored.get(seq)
         if mine is None:
             return seq, "it is in the witness but not in the log: deleted (or the log was cut or rebuilt)"
-        if mine != text:
+        if mine != current[seq]:
             return seq, "it differs from the witness: rewritten (or re-signed) after it was written"
     last = seqs[-1]
     later = [s for s, _ in log if s > last]
     if later:
         return later[0], (f"entries #{later[0]} to #{later[-1]} are in the log but not in the witness: the witness "
                           "was truncated, or entries were added without it")
-    return None, f"{len(witnessed)} entries match the witness (entries #{first} to #{last})"
+    return None, "; ".join([f"{len(seqs)} entries match the witness (entries #{first} to #{last})", *losses])

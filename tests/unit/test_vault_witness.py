@@ -200,3 +200,26 @@ def test_a_delivery_is_checked_against_the_ids_its_query_disclosed(built, vault,
     assert main(["vault", "audit", "check-export", "--db", str(vault["db"]), "--seq", "5",
                  "--file", str(extra)]) == EXIT_FATAL
     assert "does not match audit entry #5" in capsys.readouterr().err
+
+
+def test_a_restored_database_whose_loss_was_acknowledged_still_verifies_against_the_witness(
+        built, vault, tmp_path, capsys):
+    """The lost entries stay in the witness as evidence; the log as it continued must match it."""
+    db = vault["db"]
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM audit WHERE seq > 3")  # as if restored from an older copy
+        conn.execute("UPDATE meta SET v = ? WHERE k = 'audit_witness'", (str(vault["witness"]),))  # this copy's
+    conn.close()
+    base = ["--keyring", str(vault["keyring"]), "--db", str(db)]
+    assert main(["vault", "audit", "acknowledge-gap", *base, "--officer", "PC-1", "--reason", "restored backup"]) \
+        == EXIT_OK
+    assert main(["vault", "warrant", "list", *base]) == EXIT_OK
+    code, err = _verify(vault, capsys)
+    assert code == EXIT_OK, err
+    assert "entries #4 to #5 of an earlier log were lost and acknowledged at #4" in err
+    # A renumbering that no acknowledged loss explains is still named.
+    lines = vault["witness"].read_bytes().splitlines(keepends=True)
+    vault["witness"].write_bytes(b"".join(lines[:3] + lines[4:]))
+    code, err = _verify(vault, capsys)
+    assert code == EXIT_FATAL and "entry #4" in err
