@@ -131,6 +131,10 @@ def _audit_log(vault: Vault, args: argparse.Namespace) -> AuditLog:
         witness = open_witness(spec, _witness_config(args)) if spec else None
     except WitnessError as exc:
         raise FatalError(str(exc)) from None
+    if witness is None:
+        print(f"cdrpipe vault: warning: this vault's audit log has no witness outside the vault (--witness FILE or "
+              f"kafka:vault.audit, env {ENV_AUDIT_WITNESS}): someone holding the database, keystore and keyring "
+              "could rewrite it unnoticed", file=sys.stderr)
     audit = AuditLog(vault.store.conn, anchor=vault.keystore, signer=signer, witness=witness)
     if witness is not None and witness.spec != known:
         try:
