@@ -196,9 +196,18 @@ impl NativeCore {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (batch, source_name, partitions, offsets, now, data_key, vault_kid, wrapped_key, want_keys=false))]
     fn route<'py>(&mut self, py: Python<'py>, batch: &ParsedBatch, source_name: String, partitions: Bound<'py, PyAny>,
-                  offsets: Vec<i64>, now: String, data_key: &[u8], vault_kid: &str, wrapped_key: &str,
+                  offsets: Bound<'py, PyAny>, now: String, data_key: &[u8], vault_kid: &str, wrapped_key: &str,
                   want_keys: bool) -> PyResult<Bound<'py, PyAny>> {
         let n = batch.parsed.lengths.len();
+        // A `range` of offsets (a file's line numbers) is expanded here, not as Python ints.
+        let offsets: Vec<i64> = if offsets.is_instance_of::<pyo3::types::PyRange>() {
+            let start: i64 = offsets.getattr("start")?.extract()?;
+            let step: i64 = offsets.getattr("step")?.extract()?;
+            let len: usize = offsets.len()?;
+            (0..len as i64).map(|i| start + i * step).collect()
+        } else {
+            offsets.extract()?
+        };
         let parts: Result<i64, _> = partitions.extract::<i64>();
         let part_list: Vec<i64> = if parts.is_err() { partitions.extract()? } else { Vec::new() };
         if offsets.len() != n || (parts.is_err() && part_list.len() != n) {

@@ -167,6 +167,7 @@ class Router:
                  sealer_factory: Callable[[], Sealer] | None = None,
                  clock: Callable[[], datetime] = _utc_now) -> None:
         self.config = cfg = config or CoreConfig()
+        self._keyring = keyring
         # `is None`, not `or`: an empty Suppressions is falsy, and the caller's object must stay
         # the one a follower updates.
         self.suppressions = suppressions if suppressions is not None else Suppressions()
@@ -191,17 +192,28 @@ class Router:
     def tokeniser(self) -> Tokeniser:
         return self._tokeniser
 
-    def route(self, records: Sequence[bytes], source: Source, buf: bytes | None = None, *,
+    def replica(self) -> Router:
+        """Another router with the same keys, config and suppressions, for another thread.
+
+        A router's native core routes one batch at a time (it reuses its output buffers), so
+        each routing thread has its own; the suppressions object is shared, so a follower's
+        update reaches every replica.
+        """
+        return Router(self._keyring, self.config, self.suppressions, self._sealer_factory, self._clock)
+
+    def route(self, records: Sequence[bytes] | None, source: Source, buf: bytes | None = None, *,
               want_keys: bool = False) -> RoutedBatch:
         """Route one batch. Never raises on bad data: bad records become DLQ entries.
 
-        ``buf`` may pass the records already joined by newlines (a file chunk), to save the copy;
-        it must then hold no record with a newline of its own. ``want_keys`` asks for the
-        analytics messages' partitioning keys (the caller's token), which Kafka runners use.
+        ``buf`` may pass the records already joined by newlines (a file chunk) to save the copy;
+        it must then hold no record with a newline of its own, and ``records`` may be None: the
+        native core splits the buffer itself, so no per-record Python object is made.
+        ``want_keys`` asks for the analytics messages' partitioning keys (the caller's token),
+        which Kafka runners use.
         """
-        n = len(records)
         lengths = None
         if buf is None:
+            assert records is not None, "route needs the records or their joined buffer"
             buf = b"\n".join(records)
             lengths = list(map(len, records))
         batch = self._parse(records, buf, lengths)
@@ -212,19 +224,23 @@ class Router:
         sealer = self._sealer_factory()
         now = self._clock().isoformat(timespec="milliseconds").replace("+00:00", "Z")
         partitions = source.partitions if isinstance(source.partitions, int) else list(source.partitions)
+        offsets = source.offsets if isinstance(source.offsets, (range, list)) else list(source.offsets)
         (analytics, a_ends, keys, retention, r_ends, segment_ids, dlq, d_ends, reasons, dlq_ids,
-         suppressed) = self._native.route(batch, source.name, partitions, list(source.offsets), now,
+         suppressed) = self._native.route(batch, source.name, partitions, offsets, now,
                                           sealer.data_key, sealer.vault_kid, sealer.wrapped_key, want_keys)
+        n = len(batch)
         dlq_headers = [[("schema", DLQ_SCHEMA), ("reason", code.encode())] for code in reasons]
         counts = {"in": n, "analytics": len(a_ends), "retention": n, "dlq": len(d_ends), "suppressed": suppressed}
         return RoutedBatch(Output(analytics, a_ends, keys, ANALYTICS_HEADERS),
                            Output(retention, r_ends, segment_ids, RETENTION_HEADERS),
                            Output(dlq, d_ends, dlq_ids, dlq_headers), counts, Counter(reasons))
 
-    def _parse(self, records: Sequence[bytes], buf: bytes, lengths: list[int] | None) -> ParsedBatch:
+    def _parse(self, records: Sequence[bytes] | None, buf: bytes, lengths: list[int] | None) -> ParsedBatch:
         """JSONL in the native parser; other formats through their adapter, as canonical columns."""
         if self._adapter is None:
             return self._native.parse(buf, lengths)
+        if records is None:
+            records = buf.split(b"\n")
         cfg = self.config
         parsed = self._adapter(records, buf, self._schema, max_bytes=cfg.max_record_bytes, max_depth=cfg.max_depth,
                                **dict(cfg.format_options))

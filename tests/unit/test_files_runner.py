@@ -75,7 +75,7 @@ def test_usage_and_fatal_exit_codes(keydir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("n", [3000, 250])  # ~19 chunks of 40 kB, and 2
-def test_worker_processes_give_the_same_output_in_order(keydir, tmp_path, capsys, n):
+def test_routing_threads_give_the_same_output_in_order(keydir, tmp_path, capsys, n):
     sample = tmp_path / "sample.jsonl"
     write_sample(sample, n, seed=5)
     outs = {}
@@ -91,21 +91,6 @@ def test_worker_processes_give_the_same_output_in_order(keydir, tmp_path, capsys
         assert sorted(p.name for p in out_dir.iterdir()) == ["analytics.jsonl", "dlq.jsonl", "retention.jsonl"]
     assert outs["1"] == outs["2"]
     assert len(outs["2"][1]) == n and (outs["2"][2] or n < 1000)
-
-
-@pytest.mark.parametrize("kernel_copy", [True, False])
-def test_splice_appends_a_part_after_buffered_writes_and_removes_it(tmp_path, monkeypatch, kernel_copy):
-    from pipeline.runners.files import _splice
-    if not kernel_copy:  # other systems: the user-space copy
-        monkeypatch.delattr("os.copy_file_range", raising=False)
-    part = tmp_path / "0.analytics"
-    part.write_bytes(b"part\n" * 3000)
-    with open(tmp_path / "out", "wb") as out:
-        out.write(b"head\n")
-        _splice(str(part), out)
-        out.write(b"tail\n")
-    assert (tmp_path / "out").read_bytes() == b"head\n" + b"part\n" * 3000 + b"tail\n"
-    assert not part.exists()
 
 
 def test_rerun_replaces_outputs_with_new_files(keydir, tmp_path, capsys):
