@@ -12,6 +12,12 @@ reordering any entry breaks the chain at that entry. Two further guards:
 * The anchor. The keystore (a separate file) remembers the last entry's number and hash, so
   cutting entries off the end, or restoring an older database, is detected too. Appending to
   a log that is behind its anchor is refused until ``audit acknowledge-gap`` records the loss.
+
+The chain is one total order however many processes append (PostgreSQL: officers querying
+while a purge runs): an append holds the database's ``audit`` lock (an advisory lock there;
+SQLite's write lock here) from reading the last entry, through the witness write and the
+commit, to the anchor update, so no two entries share a number and the witness receives them
+in the order they were chained.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from pipeline.keys import ENV_VAULT_KEYRING_FILE, ENV_VAULT_KEYRING_JSON
+from pipeline.vault.backend import Database, SqliteDatabase, is_postgres
 
 AUDIT_TYPE = "cdrpipe.vault-audit/1"
 AUDIT_KEY_TYPE = "cdrpipe.audit-key/1"
@@ -178,9 +185,9 @@ def load_public_key(value: str) -> Ed25519PublicKey:
 class AuditLog:
     """Appends to the ``audit`` table of a vault database and keeps the keystore's anchor current."""
 
-    def __init__(self, conn: sqlite3.Connection, *, anchor: Any = None, signer: AuditSigner | None = None,
+    def __init__(self, conn: Database | sqlite3.Connection, *, anchor: Any = None, signer: AuditSigner | None = None,
                  clock: Callable[[], _dt.datetime] = _utc_now, witness: Any = None) -> None:
-        self._conn = conn
+        self._conn = conn if isinstance(conn, Database) else SqliteDatabase(conn)
         self._anchor = anchor  # a Keystore (set_audit_anchor / audit_anchor), or None
         self.signer = signer
         self._clock = clock
@@ -219,14 +226,17 @@ class AuditLog:
 
     def append(self, fields: dict[str, Any], *, allow_gap: bool = False) -> dict[str, Any]:
         """Add one entry after the newest; refuses when entries were lost since the anchor."""
+        with self._conn.serialised("audit"):
+            return self._append(fields, allow_gap)
+
+    def _append(self, fields: dict[str, Any], allow_gap: bool) -> dict[str, Any]:
         gap = self.gap()
         if gap is not None and not allow_gap:
             raise AuditError(
                 f"the audit log ends at entry #{gap[0]} but the keystore last saw entry #{gap[1]} (or another "
                 "entry there): entries were removed or this database was restored from an older copy. Restore the "
                 "audit entries, or record the loss with `cdrpipe vault audit acknowledge-gap`, before any query.")
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._conn.transaction():
             seq, prev = self.last()
             entry: dict[str, Any] = {"type": AUDIT_TYPE, "seq": seq + 1,
                                      "time": self._clock().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -243,10 +253,6 @@ class AuditLog:
                     self.witness.append(text)
                 except WitnessError as exc:
                     raise AuditError(f"{exc}; nothing was done") from None
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
         if self._anchor is not None:
             self._anchor.set_audit_anchor(entry["seq"], entry["hash"])
         return entry
@@ -268,6 +274,9 @@ class Verdict:
 
 def read_entries(db_path: str | os.PathLike[str]) -> list[tuple[int, str]]:
     """All ``(seq, entry text)`` rows of a vault database, in sequence order, read-only."""
+    if is_postgres(db_path):
+        from pipeline.vault.postgres import read_audit_rows
+        return read_audit_rows(str(db_path))
     path = Path(db_path)
     if not path.is_file():
         raise AuditError(f"no vault database at {path}")

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import signal
-import sqlite3
 import stat
 import sys
 import xml.etree.ElementTree as ET
@@ -46,7 +45,8 @@ from pipeline.vault.retention import LEGAL_RETENTION, retention_cutoff, utc_toda
 from pipeline.vault.retention import period as retention_period
 from pipeline.vault.retention import subtract_period  # noqa: F401  (re-exported for callers of the CLI module)
 from pipeline.vault.sink import DEFAULT_BATCH_BYTES, DEFAULT_GROUP, DEFAULT_TOPIC, VaultSink, ingest_file
-from pipeline.vault.store import DAY_US, StoreError, VaultStore
+from pipeline.vault.backend import DatabaseError, driver_errors, first_line, is_postgres, redact
+from pipeline.vault.store import DAY_US, RecordStore, StoreError, open_store
 from pipeline.vault.witness import ENV_AUDIT_WITNESS, WitnessError, compare, open_witness
 from pipeline.vault.warrants import Warrant, WarrantError, WarrantRegister, check_scope, parse_targets
 
@@ -65,7 +65,7 @@ class Vault:
     """An open vault: keyring, record store and keystore (close with ``close``)."""
 
     keyring: VaultKeyring
-    store: VaultStore
+    store: RecordStore
     keystore: Keystore
 
     def close(self) -> None:
@@ -80,31 +80,47 @@ def _keyring(path: str | None) -> VaultKeyring:
         raise FatalError(f"{exc} (the vault needs vault-keyring.json, from `cdrpipe keys generate`)") from None
 
 
+def keystore_spec(db: str, keystore: str | None) -> str | Path:
+    """The keystore ``--keystore`` names, else ``<db>.keys`` beside a SQLite file.
+
+    A PostgreSQL vault has no default: its day keys must live in another database (or file) with
+    its own backup policy, or a backup of the records would carry the keys that purges destroy.
+    """
+    if keystore:
+        return keystore if is_postgres(keystore) else Path(keystore)
+    if is_postgres(db):
+        raise UsageError("a PostgreSQL vault needs --keystore (env CDRPIPE_VAULT_KEYSTORE): a separate database "
+                         "(postgresql://…/vault_keys) or file, backed up apart from the records")
+    return default_keystore_path(db)
+
+
 @contextmanager
 def open_vault(args: argparse.Namespace, *, create: bool = False) -> Iterator[Vault]:
     """Load the keyring, then the database and keystore, checking all three belong together."""
     keyring = _keyring(args.keyring)
-    db = Path(args.db)
-    keystore_path = Path(args.keystore) if args.keystore else default_keystore_path(db)
-    if create and db.exists() and not keystore_path.exists():
+    db = args.db if is_postgres(args.db) else Path(args.db)
+    keystore_path = keystore_spec(args.db, args.keystore)
+    if create and isinstance(db, Path) and isinstance(keystore_path, Path) and db.exists() \
+            and not keystore_path.exists():
         raise FatalError(f"the vault database {db} exists but its keystore {keystore_path} does not: refusing to "
                          "create new day keys next to records written under lost ones. Pass --keystore with the "
                          "vault's key file.")
+    errors = driver_errors()
     try:
-        store = VaultStore(db, vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid,
+        store = open_store(db, vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid,
                            region=getattr(args, "region", None) if create else None, create=create)
-    except StoreError as exc:
+    except (StoreError, DatabaseError) as exc:
         raise FatalError(str(exc)) from None
-    except sqlite3.Error as exc:
-        raise FatalError(f"cannot open the vault database {db}: {exc}") from None
+    except errors as exc:
+        raise FatalError(f"cannot open the vault database {redact(db)}: {first_line(exc)}") from None
     try:
         keystore = Keystore(keystore_path, keyring, create=create)
-    except KeystoreError as exc:
+    except (KeystoreError, DatabaseError) as exc:
         store.close()
         raise FatalError(str(exc)) from None
-    except sqlite3.Error as exc:
+    except errors as exc:
         store.close()
-        raise FatalError(f"cannot open the keystore {keystore_path}: {exc}") from None
+        raise FatalError(f"cannot open the keystore {redact(keystore_path)}: {first_line(exc)}") from None
     vault = Vault(keyring, store, keystore)
     try:
         yield vault
@@ -135,7 +151,7 @@ def _audit_log(vault: Vault, args: argparse.Namespace) -> AuditLog:
         print(f"cdrpipe vault: warning: this vault's audit log has no witness outside the vault (--witness FILE or "
               f"kafka:vault.audit, env {ENV_AUDIT_WITNESS}): someone holding the database, keystore and keyring "
               "could rewrite it unnoticed", file=sys.stderr)
-    audit = AuditLog(vault.store.conn, anchor=vault.keystore, signer=signer, witness=witness)
+    audit = AuditLog(vault.store.db, anchor=vault.keystore, signer=signer, witness=witness)
     if witness is not None and witness.spec != known:
         try:
             audit.append({"action": "witness_enabled", "witness": witness.spec, "previous_witness": known})
@@ -341,7 +357,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
             "window": {"from": _iso(start_us), "to": _iso(end_us)},
         }
         try:
-            check_scope(WarrantRegister(vault.store.conn).get(warrant), warrant, officer, (args.kind, digest),
+            check_scope(WarrantRegister(vault.store.db).get(warrant), warrant, officer, (args.kind, digest),
                         start_us, end_us, _now_us(), _iso)
         except WarrantError as exc:
             try:  # a refused attempt is evidence too
@@ -453,13 +469,16 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
         public = load_public_key(args.public_key) if args.public_key else None
     except AuditError as exc:
         raise FatalError(str(exc)) from None
-    keystore = Path(args.keystore) if args.keystore else default_keystore_path(args.db)
-    anchor = read_audit_anchor(keystore) if keystore.is_file() else None
+    keystore = keystore_spec(args.db, args.keystore)
+    try:
+        anchor = read_audit_anchor(keystore) if is_postgres(keystore) or Path(keystore).is_file() else None
+    except driver_errors() as exc:
+        raise FatalError(f"cannot read the keystore {redact(keystore)}: {first_line(exc)}") from None
     verdict = verify_chain(rows, public, anchor, signed_from=args.signed_from)
     if not verdict.ok:
         raise FatalError(f"audit log broken at entry #{verdict.first_bad}: {verdict.reason}")
     if rows and anchor is None:
-        where = "holds no audit anchor" if keystore.is_file() else "does not exist"
+        where = "holds no audit anchor" if is_postgres(keystore) or Path(keystore).is_file() else "does not exist"
         raise FatalError(f"audit log not verified: the keystore {keystore} {where}, but the log has {len(rows)} "
                          "entries: the anchor was deleted, or pass --keystore with the vault's key file")
     checks = ["hash chain", "keystore anchor"]
@@ -607,7 +626,7 @@ def _cmd_warrant_add(args: argparse.Namespace) -> int:
             targets = parse_targets(args.targets, args.region or vault.store.region, indexer)
         except WarrantError as exc:
             raise UsageError(str(exc)) from None
-        register = WarrantRegister(vault.store.conn)
+        register = WarrantRegister(vault.store.db)
         if register.get(warrant_id) is not None:
             raise UsageError(f"warrant {warrant_id} is already registered (a warrant id is used once; register a "
                              "renewal under its own reference)")
@@ -631,7 +650,7 @@ def _cmd_warrant_add(args: argparse.Namespace) -> int:
 def _cmd_warrant_list(args: argparse.Namespace) -> int:
     operator = _operator(args, "who lists the warrants")
     with open_vault(args) as vault:
-        warrants = WarrantRegister(vault.store.conn).all()
+        warrants = WarrantRegister(vault.store.db).all()
         now = _now_us()
         try:
             _audit_log(vault, args).append({"action": "warrant_list", "operator": operator, "count": len(warrants)})
@@ -653,7 +672,7 @@ def _cmd_warrant_revoke(args: argparse.Namespace) -> int:
     if len(reason) > 500 or not reason.isprintable():
         raise UsageError("--reason must be one printable line of at most 500 characters")
     with open_vault(args) as vault:
-        register = WarrantRegister(vault.store.conn)
+        register = WarrantRegister(vault.store.db)
         warrant = register.get(warrant_id)
         if warrant is None:
             raise UsageError(f"warrant {warrant_id} is not registered")
@@ -679,9 +698,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         days = [{"day": str(day_date(d)), "records": n,
                  "key": "live" if d in live else "destroyed" if d in destroyed else "missing"}
                 for d, n in sorted(counts.items())]
-        audit_entries = int(vault.store.conn.execute("SELECT count(*) FROM audit").fetchone()[0])
+        audit_entries = vault.store.audit_count()
         now = _now_us()
-        states = [w.state(now) for w in WarrantRegister(vault.store.conn).all()]
+        states = [w.state(now) for w in WarrantRegister(vault.store.db).all()]
         doc = {"db": str(vault.store.path), "keystore": str(vault.keystore.path), "region": vault.store.region,
                "records": sum(counts.values()), "days": days, "purged_days": len(destroyed),
                # Unread records are not findable by target: `vault reindex --format …` reads them.

@@ -18,7 +18,8 @@ For a batch of retention envelopes (many segments, tens of thousands of records)
 
 :meth:`Ingester.write` then inserts the prepared rows with ``executemany`` in one
 transaction. The two halves can overlap (``sink.BatchPipeline``): SQLite releases the GIL
-while it steps, so one core writes batch *k* while the other prepares batch *k+1*.
+while it steps (and psycopg while it waits on the server), so one core writes batch *k* while
+the other prepares batch *k+1*.
 
 Records no reader can read are stored too, unindexed, under the day of ``sealed_at``
 (``vault reindex`` reads them again later, with the right ``--format``).
@@ -42,7 +43,7 @@ from pipeline.vault.index import PARTY_FIELDS, RID_BITS, TARGET_KINDS, BlindInde
 from pipeline.vault.keystore import Keystore, day_number
 from pipeline.vault.readers import SNIFFED, UNREAD, Reader, read_parties
 from pipeline.vault.retention import DEFAULT_RETENTION, retention_cutoff, utc_today
-from pipeline.vault.store import DAY_US, VaultStore
+from pipeline.vault.store import DAY_US, RecordStore
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def _sealed_us(text: Any) -> int:
 class Ingester:
     """Prepares and writes batches for one store; holds the normaliser, index and rid counters across batches."""
 
-    def __init__(self, store: VaultStore, keystore: Keystore, keyring: VaultKeyring, *,
+    def __init__(self, store: RecordStore, keystore: Keystore, keyring: VaultKeyring, *,
                  reader: Reader | None = None, retention: str = DEFAULT_RETENTION,
                  today: Callable[[], _dt.date] = utc_today) -> None:
         self.store = store
@@ -131,7 +132,6 @@ class Ingester:
         self._phones = PhoneNormaliser(store.region)
         store.lock_writer()
         self._reader = store.reader()
-        self._next_rid: dict[int, int] = {}
         #: Record ids of the batch being written (so the next batch's dedupe sees them before they commit).
         self.pending_ids: frozenset[str] = frozenset()
 
@@ -249,15 +249,14 @@ class Ingester:
             rows = rows.filter(~pl.col("day").is_in(expired))
             if rows.height == 0:
                 return []
-        # Row ids: each day continues its own sequence; rows sorted by day so each day is one slice.
-        firsts = {d: self._next_rid.get(d) or self.store.next_rid(d, conn=self._reader)
-                  for d, c in ciphers.items() if c is not None}
-        rows = rows.sort("day", maintain_order=True).with_columns(
+        # Row ids: each day continues its own sequence (reserved from the store, so concurrent
+        # sinks never share one); rows sorted by day so each day is one slice.
+        rows = rows.sort("day", maintain_order=True)
+        counts = rows.group_by("day", maintain_order=True).len()
+        firsts = {day: self.store.reserve_rids(day, n, conn=self._reader) for day, n in counts.iter_rows()}
+        rows = rows.with_columns(
             (pl.col("day").replace_strict(firsts, return_dtype=pl.Int64)
              + pl.int_range(pl.len(), dtype=pl.Int64).over("day")).alias("rid"))
-        counts = rows.group_by("day", maintain_order=True).len()
-        for day, n in counts.iter_rows():
-            self._next_rid[day] = firsts[day] + n
 
         # Blind index keys (bidx << 32 | rid) of every normalised party identifier, per day, as columns.
         # Day and rid are gathered by row number (no join); repeats (a self-call) are left to INSERT OR IGNORE.
@@ -306,11 +305,20 @@ class Ingester:
     # ------------------------------------------------------------------ write (one transaction)
 
     def write(self, prepared: PreparedBatch) -> IngestTotals:
-        """Insert a prepared batch in one transaction (safe to run on a writer thread)."""
+        """Insert a prepared batch in one transaction (safe to run on a writer thread).
+
+        A record another sink stored since :meth:`prepare` looked (PostgreSQL, several sinks in
+        one group after a rebalance) is not stored twice: the store skips it, and it is counted
+        as a duplicate, so the totals still reconcile.
+        """
+        totals = prepared.totals
+        self.store.prepare_days([(rows.day, rows.kid) for rows in prepared.days])
         with self.store.transaction():
             for segment_id, reason, body in prepared.quarantine:
                 self.store.quarantine(segment_id, reason, body)
             for rows in prepared.days:
                 self.store.ensure_partition(rows.day, rows.kid)
-                self.store.insert_day(rows.day, rows.records, rows.index, rows.ids)
-        return prepared.totals
+                raced = len(rows.records) - self.store.insert_day(rows.day, rows.records, rows.index, rows.ids)
+                totals.stored -= raced
+                totals.duplicates += raced
+        return totals

@@ -16,6 +16,14 @@ day unnoticed). Day keys live here, in a small SQLite file of their own (default
 
 The keystore also holds the audit log's anchor (last sequence number and hash), so a
 restored or truncated record database is detected by ``cdrpipe vault audit verify``.
+
+With a PostgreSQL vault the keystore can be a PostgreSQL database too (``--keystore
+postgresql://…``, schema ``keystore``), so sinks on several machines share one day key per
+day. It must be a *different* database from the records, with its own backup policy, for the
+same reason as the separate file. There the ingest role cannot read the ``day_keys`` table: it
+gets the key of a day it writes only through ``keystore.day_key_for_write`` (SECURITY
+DEFINER: creates the day's key once, returns it unless the day was purged). Deleted key rows
+stay in PostgreSQL's heap until ``VACUUM`` (docs/vault.md: the purge job runs it).
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pipeline.keys import VaultKeyring
+from pipeline.vault.backend import Database, SqliteDatabase, is_postgres
 
 KEYSTORE_FORMAT = "cdrpipe.vault-keystore/1"
 KEYSTORE_SALT = b"cdrpipe/vault-keystore/v1"
@@ -121,21 +131,31 @@ def _create_private_file(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+def _open_keystore_db(path: str | os.PathLike[str], *, create: bool) -> Database:
+    """The keystore's database: a SQLite file (``secure_delete``, WAL), or a PostgreSQL URL."""
+    if is_postgres(path):
+        from pipeline.vault.postgres import open_keystore_database
+        return open_keystore_database(str(path), create=create)
+    file = Path(path)
+    if not file.exists():
+        if not create:
+            raise KeystoreError(f"keystore {file} does not exist; pass --keystore with the vault's key "
+                                "file (default <db>.keys). Without it no stored record can be read.")
+        _create_private_file(file)
+    conn = sqlite3.connect(file, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(_SCHEMA)
+    return SqliteDatabase(conn, str(file))
+
+
 class Keystore:
-    """The day-key file: create, unwrap, destroy; plus the audit anchor."""
+    """The day keys: create, unwrap, destroy; plus the audit anchor (a SQLite file or a PostgreSQL schema)."""
 
     def __init__(self, path: str | os.PathLike[str], keyring: VaultKeyring, *, create: bool = False) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            if not create:
-                raise KeystoreError(f"keystore {self.path} does not exist; pass --keystore with the vault's key "
-                                    "file (default <db>.keys). Without it no stored record can be read.")
-            _create_private_file(self.path)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA secure_delete=ON")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
+        self._conn = _open_keystore_db(path, create=create)
+        self.path: Any = self._conn.name if is_postgres(path) else Path(path)
         secret = keyring.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                                serialization.NoEncryption())
         self._wrap = AESGCM(HKDF(hashes.SHA256(), 32, KEYSTORE_SALT, b"day-key-wrap").derive(secret))
@@ -145,10 +165,12 @@ class Keystore:
         self._cache: dict[int, DayCipher] = {}
         meta = dict(self._conn.execute("SELECT k, v FROM meta").fetchall())
         if not meta:
-            self._conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?)", [
-                ("format", KEYSTORE_FORMAT), ("vault_kid", keyring.vault_kid), ("check", check),
-                ("created", _utc_now_text())])
-        elif meta.get("format") != KEYSTORE_FORMAT:
+            with self._conn.transaction():
+                self._conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING", [
+                    ("format", KEYSTORE_FORMAT), ("vault_kid", keyring.vault_kid), ("check", check),
+                    ("created", _utc_now_text())])
+            meta = dict(self._conn.execute("SELECT k, v FROM meta").fetchall())
+        if meta.get("format") != KEYSTORE_FORMAT:
             raise KeystoreError(f"{self.path} is not a cdrpipe vault keystore")
         elif meta.get("vault_kid") != keyring.vault_kid:
             raise KeystoreError(f"keystore {self.path} belongs to vault key {meta.get('vault_kid')!r}, the keyring "
@@ -192,22 +214,33 @@ class Keystore:
         cipher = self._cache.get(day)
         if cipher is not None:
             return cipher
-        row = self._conn.execute("SELECT kid, wrapped FROM day_keys WHERE day = ?", (day,)).fetchone()
+        kid = secrets.token_hex(6)
+        key = AESGCM.generate_key(bit_length=256)
+        nonce = os.urandom(NONCE_BYTES)
+        wrapped = nonce + self._wrap.encrypt(nonce, key, self._aad(day, kid))
+        # Committed before any record uses it: an unused key is harmless, a lost one is not.
+        row = self._claim(day, kid, wrapped)
         if row is None:
-            if self._conn.execute("SELECT 1 FROM destroyed WHERE day = ?", (day,)).fetchone():
-                return None
-            kid = secrets.token_hex(6)
-            key = AESGCM.generate_key(bit_length=256)
-            nonce = os.urandom(NONCE_BYTES)
-            wrapped = nonce + self._wrap.encrypt(nonce, key, self._aad(day, kid))
-            # Committed before any record uses it: an unused key is harmless, a lost one is not.
-            self._conn.execute("INSERT INTO day_keys (day, kid, wrapped, created) VALUES (?, ?, ?, ?)",
-                               (day, kid, wrapped, _utc_now_text()))
-            cipher = DayCipher(day, kid, key)
-        else:
-            cipher = self._unwrap(day, row[0], row[1])
+            return None
+        cipher = DayCipher(day, kid, key) if row[0] == kid else self._unwrap(day, str(row[0]), bytes(row[1]))
         self._cache[day] = cipher
         return cipher
+
+    def _claim(self, day: int, kid: str, wrapped: bytes) -> tuple[str, bytes] | None:
+        """Store ``wrapped`` as the day's key unless it has one; the day's key (ours or the first one), or
+        ``None`` when the day was purged. Writers racing for a day all get the one key that won."""
+        if self._conn.kind == "postgresql":
+            # The ingest role may not read day_keys: this SECURITY DEFINER function is its only way in.
+            row = self._conn.execute("SELECT kid, wrapped FROM day_key_for_write(?, ?, ?, ?)",
+                                     (day, kid, wrapped, _utc_now_text())).fetchone()
+            return None if row is None else (str(row[0]), bytes(row[1]))
+        with self._conn.transaction():
+            if self._conn.execute("SELECT 1 FROM destroyed WHERE day = ?", (day,)).fetchone():
+                return None
+            self._conn.execute("INSERT INTO day_keys (day, kid, wrapped, created) VALUES (?, ?, ?, ?) "
+                               "ON CONFLICT (day) DO NOTHING", (day, kid, wrapped, _utc_now_text()))
+            row = self._conn.execute("SELECT kid, wrapped FROM day_keys WHERE day = ?", (day,)).fetchone()
+        return str(row[0]), bytes(row[1])
 
     def cipher_for_read(self, day: int, kid: str) -> DayCipher:
         """The cipher a partition was written with; raises :class:`KeyDestroyedError` after a purge."""
@@ -219,7 +252,7 @@ class Keystore:
                 if gone:
                     raise KeyDestroyedError(f"the key of {day_date(day)} was destroyed on {gone[0]} (purged)")
                 raise KeystoreError(f"{self.path} holds no key for {day_date(day)}: wrong --keystore?")
-            cipher = self._unwrap(day, row[0], row[1])
+            cipher = self._unwrap(day, str(row[0]), bytes(row[1]))
             self._cache[day] = cipher
         if cipher.kid != kid:
             raise KeyDestroyedError(f"the records of {day_date(day)} were written under key {kid!r}, which was "
@@ -228,7 +261,7 @@ class Keystore:
 
     def days(self) -> list[int]:
         """Days with a live key."""
-        return [r[0] for r in self._conn.execute("SELECT day FROM day_keys ORDER BY day")]
+        return [int(r[0]) for r in self._conn.execute("SELECT day FROM day_keys ORDER BY day")]
 
     def destroyed(self) -> dict[int, str]:
         """Purged days and when their keys were destroyed."""
@@ -241,32 +274,27 @@ class Keystore:
         """
         now = _utc_now_text()
         done = []
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._conn.transaction():
             if before is not None and before > self.purged_before():
-                self._conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('purged_before', ?)", (str(before),))
+                self._conn.execute("INSERT INTO meta (k, v) VALUES ('purged_before', ?) "
+                                   "ON CONFLICT (k) DO UPDATE SET v = excluded.v", (str(before),))
             for day in days:
                 row = self._conn.execute("SELECT kid FROM day_keys WHERE day = ?", (day,)).fetchone()
                 self._conn.execute("DELETE FROM day_keys WHERE day = ?", (day,))
-                self._conn.execute("INSERT OR IGNORE INTO destroyed (day, kid, destroyed_at) VALUES (?, ?, ?)",
-                                   (day, row[0] if row else "", now))
+                self._conn.execute("INSERT INTO destroyed (day, kid, destroyed_at) VALUES (?, ?, ?) "
+                                   "ON CONFLICT (day) DO NOTHING", (day, row[0] if row else "", now))
                 self._cache.pop(day, None)
                 if row:
                     done.append(day)
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        # secure_delete zeroed the pages in the WAL; the checkpoint writes them over the old ones.
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # SQLite: secure_delete zeroed the pages in the WAL; the checkpoint writes them over the old ones.
+        self._conn.checkpoint()
         return done
 
     def set_audit_anchor(self, seq: int, digest: str) -> None:
         """Remember the audit log's last entry outside the record database."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        self._conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
-                               [("audit_seq", str(seq)), ("audit_hash", digest)])
-        self._conn.execute("COMMIT")
+        with self._conn.transaction():
+            self._conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                                   [("audit_seq", str(seq)), ("audit_hash", digest)])
 
     def audit_anchor(self) -> tuple[int, str] | None:
         """The last audit entry this keystore saw, if any."""
@@ -276,6 +304,9 @@ class Keystore:
 
 def read_audit_anchor(path: str | os.PathLike[str]) -> tuple[int, str] | None:
     """The audit anchor without the keyring (it is not secret), for ``audit verify``."""
+    if is_postgres(path):
+        from pipeline.vault.postgres import read_keystore_anchor
+        return read_keystore_anchor(str(path))
     conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
     try:
         meta = dict(conn.execute("SELECT k, v FROM meta WHERE k IN ('audit_seq', 'audit_hash')").fetchall())

@@ -22,7 +22,7 @@ from pipeline.core.normalise import PhoneNormaliser
 from pipeline.vault.index import BlindIndexer
 from pipeline.vault.readers import normalised_parties, read_parties_as
 from pipeline.vault.keystore import KeyDestroyedError, Keystore, RecordIntegrityError, day_date
-from pipeline.vault.store import DAY_US, VaultStore
+from pipeline.vault.store import DAY_US, RecordStore
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def window_days(start_us: int, end_us: int, stored: dict[int, str]) -> list[int]
 class Searcher:
     """Runs searches against one store and keystore with one index key."""
 
-    def __init__(self, store: VaultStore, keystore: Keystore, indexer: BlindIndexer) -> None:
+    def __init__(self, store: RecordStore, keystore: Keystore, indexer: BlindIndexer) -> None:
         self.store = store
         self.keystore = keystore
         self.indexer = indexer

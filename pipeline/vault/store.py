@@ -23,6 +23,12 @@ so a power cut cannot lose records the topic no longer holds. One writer per dat
 with a lock file (``<db>.lock``). A purge drops whole tables (no row-by-row delete) with
 ``secure_delete`` on, then removes the days' ids; the keystore destroys the keys, which is
 what makes every copy unreadable.
+
+:class:`RecordStore` is the storage interface the rest of the vault uses, with what both
+databases share written once (settings, readers, the partitions list, quarantine);
+:class:`VaultStore` is its SQLite implementation (a file path, the default) and
+``pipeline.vault.postgres.PostgresStore`` its PostgreSQL one (``--db postgresql://…``).
+:func:`open_store` picks one from ``--db``.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.vault.backend import Database, SqliteDatabase, is_postgres
 from pipeline.vault.index import RID_BITS
 from pipeline.vault.keystore import _create_private_file, day_date
 from pipeline.vault.readers import JSONL_ID, Reader
@@ -77,19 +84,172 @@ def _now_text() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class VaultStore:
-    """One record database; single writer (SQLite's lock), any number of readers (WAL)."""
+class RecordStore:
+    """The record store interface: what ingest, query, reindex, purge and status need of a database.
+
+    Why a base class: the checks that make a database *this* vault's (format, key ids, region),
+    the settings, readers, quarantine and the partitions list are plain SQL both databases run
+    alike, so they are written here once over :class:`~pipeline.vault.backend.Database`; the
+    per-day layout (tables vs declarative partitions), bulk insert and locking differ and are
+    left to the implementations.
+    """
+
+    db: Database
+    #: What to call this store in messages and metrics (a URL without its password).
+    path: Any
+    region: str
+
+    def _check_meta(self, *, vault_kid: str, index_kid: str, region: str | None) -> None:
+        """Write the vault's identity on first open, then refuse a database of other keys or region."""
+        meta = dict(self.db.execute("SELECT k, v FROM meta").fetchall())
+        if not meta:
+            with self.db.transaction():
+                # ON CONFLICT: two sinks creating one vault at once agree on the first identity written.
+                self.db.executemany("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING", [
+                    ("format", STORE_FORMAT), ("vault_kid", vault_kid), ("index_kid", index_kid),
+                    ("region", (region or "GB").upper()), ("created", _now_text())])
+            meta = dict(self.db.execute("SELECT k, v FROM meta").fetchall())
+        if meta.get("format") != STORE_FORMAT:
+            raise StoreError(f"{self.path} is not a cdrpipe vault database")
+        if meta.get("vault_kid") != vault_kid or meta.get("index_kid") != index_kid:
+            raise StoreError(f"{self.path} was created with vault key {meta.get('vault_kid')!r} and index key "
+                             f"{meta.get('index_kid')!r}; the keyring holds {vault_kid!r} and {index_kid!r}: "
+                             "use the vault keyring that created this vault")
+        #: The region national numbers were read with at ingest (fixed for the vault's life).
+        self.region = meta["region"]
+        if region and region.upper() != self.region:
+            raise StoreError(f"{self.path} indexes national numbers as region {self.region}; ingesting with "
+                             f"--region {region.upper()} would index the same number twice. Use {self.region}.")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def reader(self) -> Database:
+        """A second connection for reads while this one writes (it sees committed data)."""
+        raise NotImplementedError
+
+    def lock_writer(self) -> None:
+        """Claim the right to ingest (SQLite: one writer; PostgreSQL: any number of sinks)."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """One write transaction."""
+        with self.db.transaction() as db:
+            yield db
+
+    # ------------------------------------------------------------------ partitions
+
+    def partitions(self) -> dict[int, str]:
+        """Day number -> key id of every day with records."""
+        return {int(d): str(k) for d, k in self.db.execute("SELECT day, kid FROM partitions ORDER BY day").fetchall()}
+
+    def prepare_days(self, days: Iterable[tuple[int, str]]) -> None:
+        """Create the days' storage before the batch's transaction, where that needs its own (PostgreSQL DDL)."""
+
+    def reserve_rids(self, day: int, n: int, conn: Database | None = None) -> int:
+        """The first of ``n`` row ids of ``day`` that no other batch (of this or another sink) will use."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ settings
+
+    def meta(self, key: str) -> str | None:
+        """A vault setting from the ``meta`` table (region, the audit witness, …)."""
+        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                       (key, value))
+
+    # ------------------------------------------------------------------ readers
+
+    def readers(self) -> dict[int, Reader]:
+        """Reader id -> the format (and mapping text) records with that ``parsed`` value were indexed with."""
+        return {int(i): Reader(f, m) for i, f, m in self.db.execute("SELECT id, format, mapping FROM readers")}
+
+    def reader_id(self, reader: Reader) -> int:
+        """The id of ``reader``, registered on first use (ids are never reused or changed)."""
+        row = self.db.execute("SELECT id FROM readers WHERE format = ? AND mapping = ?",
+                              (reader.format, reader.mapping)).fetchone()
+        if row is None:
+            with self.transaction() as db:
+                db.execute("INSERT INTO readers (format, mapping) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                           (reader.format, reader.mapping))
+            row = self.db.execute("SELECT id FROM readers WHERE format = ? AND mapping = ?",
+                                  (reader.format, reader.mapping)).fetchone()
+        return int(row[0])
+
+    def quarantine(self, segment_id: str | None, reason: str, envelope: bytes) -> None:
+        """Keep an envelope that could not be opened (still sealed to the vault) for investigation."""
+        self.db.execute("INSERT INTO quarantine (received_at, segment_id, reason, envelope) VALUES (?, ?, ?, ?)",
+                        (_now_text(), segment_id, reason, envelope))
+
+    def quarantined(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM quarantine").fetchone()[0])
+
+    def audit_count(self) -> int:
+        """Entries in the audit log (for ``vault status``)."""
+        return int(self.db.execute("SELECT count(*) FROM audit").fetchone()[0])
+
+    # ------------------------------------------------------------------ per backend (see the implementations)
+
+    def ensure_partition(self, day: int, kid: str) -> None:
+        raise NotImplementedError
+
+    def known_ids(self, record_ids: Sequence[str], conn: Database | None = None) -> set[str]:
+        raise NotImplementedError
+
+    def insert_day(self, day: int, records: Sequence[tuple[object, ...]], index: Sequence[int],
+                   ids: Sequence[str]) -> int:
+        raise NotImplementedError
+
+    def sealed_time_rows(self, day: int) -> list[tuple[object, ...]]:
+        raise NotImplementedError
+
+    def remove_records(self, day: int, rids: Sequence[int], index: Sequence[int], record_ids: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def find(self, day: int, bidx: int, lo_us: int, hi_us: int) -> list[tuple[object, ...]]:
+        raise NotImplementedError
+
+    def unparsed(self, day: int, lo_us: int, hi_us: int) -> list[tuple[object, ...]]:
+        raise NotImplementedError
+
+    def drop_days(self, days: Sequence[int]) -> int:
+        raise NotImplementedError
+
+    def day_counts(self) -> dict[int, int]:
+        raise NotImplementedError
+
+    def unread_count(self) -> int:
+        raise NotImplementedError
+
+
+def open_store(db: str | os.PathLike[str], *, vault_kid: str, index_kid: str, region: str | None = None,
+               create: bool = False) -> RecordStore:
+    """The store ``--db`` names: PostgreSQL for a ``postgresql://`` URL, else the SQLite file (the default)."""
+    if is_postgres(db):
+        from pipeline.vault.postgres import PostgresStore
+        return PostgresStore(str(db), vault_kid=vault_kid, index_kid=index_kid, region=region, create=create)
+    return VaultStore(db, vault_kid=vault_kid, index_kid=index_kid, region=region, create=create)
+
+
+class VaultStore(RecordStore):
+    """The SQLite record store: one file; single writer (a lock file), any number of readers (WAL)."""
 
     def __init__(self, path: str | os.PathLike[str], *, vault_kid: str, index_kid: str, region: str | None = None,
                  create: bool = False, cache_mib: int = 256) -> None:
         self.path = Path(path)
         self._lock: Any = None
+        self._next_rid: dict[int, int] = {}
         if not self.path.exists():
             if not create:
                 raise StoreError(f"no vault database at {self.path}: check --db, or fill one with "
                                  "`cdrpipe vault ingest` / `cdrpipe vault sink`")
             _create_private_file(self.path)
         self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        self.db = SqliteDatabase(self.conn, str(self.path))
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError:
@@ -99,44 +259,26 @@ class VaultStore:
         self.conn.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
         self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.executescript(_SCHEMA)
-        meta = dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
-        if not meta:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?)", [
-                ("format", STORE_FORMAT), ("vault_kid", vault_kid), ("index_kid", index_kid),
-                ("region", (region or "GB").upper()), ("created", _now_text())])
-            self.conn.execute("COMMIT")
-            meta = dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
-        if meta.get("format") != STORE_FORMAT:
-            raise StoreError(f"{self.path} is not a cdrpipe vault database")
-        if meta.get("vault_kid") != vault_kid or meta.get("index_kid") != index_kid:
-            raise StoreError(f"{self.path} was created with vault key {meta.get('vault_kid')!r} and index key "
-                             f"{meta.get('index_kid')!r}; the keyring holds {vault_kid!r} and {index_kid!r}: "
-                             "use the vault keyring that created this vault")
+        self._check_meta(vault_kid=vault_kid, index_kid=index_kid, region=region)
         if self.conn.execute("SELECT 1 FROM readers WHERE id = ?", (JSONL_ID,)).fetchone() is None:
             # A vault from before the readers table: its parsed = 1 records were read as JSONL.
             self.conn.execute("INSERT OR IGNORE INTO readers (id, format, mapping) VALUES (?, 'jsonl', '')",
                               (JSONL_ID,))
-        #: The region national numbers were read with at ingest (fixed for the vault's life).
-        self.region = meta["region"]
-        if region and region.upper() != self.region:
-            raise StoreError(f"{self.path} indexes national numbers as region {self.region}; ingesting with "
-                             f"--region {region.upper()} would index the same number twice. Use {self.region}.")
 
     def __repr__(self) -> str:
         return f"VaultStore(path={str(self.path)!r}, region={self.region!r})"
 
     def close(self) -> None:
-        self.conn.close()
+        self.db.close()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
 
-    def reader(self) -> sqlite3.Connection:
+    def reader(self) -> Database:
         """A second connection for reads while this one writes (WAL: it sees committed data)."""
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
         conn.execute("PRAGMA query_only=ON")
-        return conn
+        return SqliteDatabase(conn, str(self.path))
 
     def lock_writer(self) -> None:
         """Become the only ingest/sink writing this database (the lock goes with the process)."""
@@ -150,23 +292,6 @@ class VaultStore:
             raise StoreError(f"another `cdrpipe vault ingest` or `vault sink` is writing {self.path} (it holds "
                              f"{self.path}.lock): run one writer per vault database") from None
         self._lock = handle
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (taken at once, so two writers never interleave)."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-
-    # ------------------------------------------------------------------ partitions
-
-    def partitions(self) -> dict[int, str]:
-        """Day number -> key id of every day with records."""
-        return dict(self.conn.execute("SELECT day, kid FROM partitions ORDER BY day").fetchall())
 
     def ensure_partition(self, day: int, kid: str) -> None:
         """Create the day's tables if needed (inside the caller's transaction); refuse a different day key."""
@@ -183,57 +308,36 @@ class VaultStore:
             raise StoreError(f"the records of {day_date(day)} were written under day key {row[0]!r} but the "
                              f"keystore holds {kid!r}: wrong --keystore for this database?")
 
-    def next_rid(self, day: int, conn: sqlite3.Connection | None = None) -> int:
+    def reserve_rids(self, day: int, n: int, conn: Database | None = None) -> int:
+        """The next row ids of ``day``, counted on from the batch before (not committed yet: one writer)."""
+        first = self._next_rid.get(day) or self.next_rid(day, conn)
+        self._next_rid[day] = first + n
+        return first
+
+    def next_rid(self, day: int, conn: Database | None = None) -> int:
         """The first unused row id of the day's table (1 for a day without records)."""
-        conn = conn or self.conn
+        conn = conn or self.db
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                             (rec_table(day),)).fetchone():
             return 1
         return int(conn.execute(f"SELECT coalesce(max(rid), 0) + 1 FROM {rec_table(day)}").fetchone()[0])
 
-    # ------------------------------------------------------------------ settings
-
-    def meta(self, key: str) -> str | None:
-        """A vault setting from the ``meta`` table (region, the audit witness, …)."""
-        row = self.conn.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                         (key, value))
-
-    # ------------------------------------------------------------------ readers
-
-    def readers(self) -> dict[int, Reader]:
-        """Reader id -> the format (and mapping text) records with that ``parsed`` value were indexed with."""
-        return {int(i): Reader(f, m) for i, f, m in self.conn.execute("SELECT id, format, mapping FROM readers")}
-
-    def reader_id(self, reader: Reader) -> int:
-        """The id of ``reader``, registered on first use (ids are never reused or changed)."""
-        row = self.conn.execute("SELECT id FROM readers WHERE format = ? AND mapping = ?",
-                                (reader.format, reader.mapping)).fetchone()
-        if row is None:
-            with self.transaction() as conn:
-                conn.execute("INSERT OR IGNORE INTO readers (format, mapping) VALUES (?, ?)",
-                             (reader.format, reader.mapping))
-            row = self.conn.execute("SELECT id FROM readers WHERE format = ? AND mapping = ?",
-                                    (reader.format, reader.mapping)).fetchone()
-        return int(row[0])
-
     # ------------------------------------------------------------------ ingest
 
-    def known_ids(self, record_ids: Sequence[str], conn: sqlite3.Connection | None = None) -> set[str]:
+    def known_ids(self, record_ids: Sequence[str], conn: Database | None = None) -> set[str]:
         """Which of ``record_ids`` are already stored (one query per call)."""
         if not record_ids:
             return set()
-        rows = (conn or self.conn).execute("SELECT record_id FROM record_ids WHERE record_id IN "
+        rows = (conn or self.db).execute("SELECT record_id FROM record_ids WHERE record_id IN "
                                  "(SELECT value FROM json_each(?))", (orjson.dumps(list(record_ids)),))
         return {r[0] for r in rows}
 
-    def insert_day(self, day: int, records: Iterable[tuple[object, ...]], index: Sequence[int],
-                   ids: Sequence[str]) -> None:
-        """Insert one day's records (RECORD_COLUMNS order), index keys ``bidx << 32 | rid`` and record ids."""
+    def insert_day(self, day: int, records: Sequence[tuple[object, ...]], index: Sequence[int],
+                   ids: Sequence[str]) -> int:
+        """Insert one day's records (RECORD_COLUMNS order), index keys ``bidx << 32 | rid`` and record ids.
+
+        Returns the records stored: all of them, as the one writer deduplicated them already.
+        """
         self.conn.executemany(f"INSERT INTO {rec_table(day)} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
         # One statement each, so SQLite works through the rows without the GIL (a writer thread
         # then runs beside the thread preparing the next batch).
@@ -241,6 +345,7 @@ class VaultStore:
                           (orjson.dumps(index),))
         self.conn.execute("INSERT INTO record_ids (record_id, day) SELECT value, ? FROM json_each(?)",
                           (day, orjson.dumps(ids)))
+        return len(records)
 
     def sealed_time_rows(self, day: int) -> list[tuple[object, ...]]:
         """Records of ``day`` filed under their segment's ``sealed_at`` (no call start read): reindex candidates."""
@@ -256,11 +361,6 @@ class VaultStore:
                           (orjson.dumps(list(index)),))
         self.conn.execute("DELETE FROM record_ids WHERE record_id IN (SELECT value FROM json_each(?))",
                           (orjson.dumps(list(record_ids)),))
-
-    def quarantine(self, segment_id: str | None, reason: str, envelope: bytes) -> None:
-        """Keep an envelope that could not be opened (still sealed to the vault) for investigation."""
-        self.conn.execute("INSERT INTO quarantine (received_at, segment_id, reason, envelope) VALUES (?, ?, ?, ?)",
-                          (_now_text(), segment_id, reason, envelope))
 
     # ------------------------------------------------------------------ query
 
@@ -314,6 +414,3 @@ class VaultStore:
         """Records no input format could read (``parsed = 0``; counted through each day's partial index)."""
         return sum(int(self.conn.execute(f"SELECT count(*) FROM {rec_table(day)} WHERE parsed = 0").fetchone()[0])
                    for day in self.partitions())
-
-    def quarantined(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM quarantine").fetchone()[0])

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from pipeline.core.normalise import normalise_one
+from pipeline.vault.backend import Database, SqliteDatabase
 from pipeline.vault.index import TARGET_KINDS, BlindIndexer
 
 WARRANT_TYPE = "cdrpipe.warrant/1"
@@ -93,8 +94,8 @@ def parse_targets(text: str, region: str, indexer: BlindIndexer) -> tuple[tuple[
 class WarrantRegister:
     """The ``warrants`` table of a vault database."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: Database | sqlite3.Connection) -> None:
+        self._conn = conn if isinstance(conn, Database) else SqliteDatabase(conn)
 
     def __repr__(self) -> str:
         return "WarrantRegister()"
@@ -112,7 +113,7 @@ class WarrantRegister:
         try:
             self._conn.execute("INSERT INTO warrants (id, doc) VALUES (?, ?)",
                                (warrant.id, orjson.dumps(warrant.to_json()).decode()))
-        except sqlite3.IntegrityError:
+        except self._conn.unique_violation:
             raise WarrantError(f"warrant {warrant.id} is already registered (a warrant id is used once; register "
                                "a renewal under its own reference)") from None
 
