@@ -491,8 +491,10 @@ def test_poison_records_never_stall_a_partition(
     after = synthetic_lines(6_000, 16, malformed_rate=0.0)[3_000:]
     sent = [*before, *poison, *after]
     produce(kafka, topics.input, sent, partition=0)  # one partition: the poison sits in its middle
-    w = Worker(kafka, topic_prefix, keys, "poison", tmp_path, "--batch-size", "1000", "--exit-when-idle", "3",
-               "--log-format", log_format)
+    # One worker id per run: a static member's id reused within its session timeout would inherit the
+    # previous run's assignment (of another test's topic) instead of joining afresh.
+    w = Worker(kafka, topic_prefix, keys, f"poison-{log_format}", tmp_path, "--batch-size", "1000",
+               "--exit-when-idle", "3", "--log-format", log_format)
     workers.append(w)
     assert w.wait(120) == 0, w.stderr[-3000:]
     summary = w.summary()
