@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
-from pipeline.logs import add_log_arguments, configure_logging
+from pipeline.logs import ENV_LOG_FORMAT, add_log_arguments, configure_logging
 
 #: Each sub-command and the module that owns it (registers its parser), in `cdrpipe --help` order.
 COMMANDS = {
@@ -98,12 +99,29 @@ def _command_name(args: argparse.Namespace) -> str | None:
     return f"{args.command} {action}" if action else args.command
 
 
+def _json_requested(argv: list[str]) -> bool:
+    """Whether ``argv`` or the environment asks for JSON logs (the last flag wins, as argparse's)."""
+    choice = os.environ.get(ENV_LOG_FORMAT, "text")
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            choice = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            choice = arg.split("=", 1)[1]
+    return choice.lower() == "json"
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.allocator import tune_for_batches
     tune_for_batches()  # before the command modules import Polars
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    # A usage error is printed while parsing, before the flags are known: when JSON is asked for
+    # (env or flag), wrap stderr already, so that a collector gets that message as an object too.
+    restore_early = configure_logging("INFO", "json") if _json_requested(argv) else (lambda: None)
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        restore_early()
     restore_logging = configure_logging(args.log_level, args.log_format, _command_name(args))
     try:
         if not getattr(args, "func", None):

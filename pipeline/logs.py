@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -40,6 +41,8 @@ LOG_FORMATS = ("text", "json")
 #: The keys of every JSON log line, in order; a collector's parser can rely on them.
 JSON_KEYS = ("ts", "level", "logger", "msg", "command", "pid", "exc")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: How the CLI and argparse end on an error: ``cdrpipe vault: error: …``, ``cdrpipe run: …``.
+_ERROR_LINE = re.compile(r"cdrpipe(?: [\w-]+)*: ")
 
 
 def add_log_arguments(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
@@ -96,7 +99,7 @@ class JsonLinesStream(io.TextIOBase):
 
     Lines are buffered until their newline, so ``print(..., file=sys.stderr)`` (which writes the
     text and the newline separately) gives one object. ``level`` is ERROR for the command's
-    final usage or fatal error (``cdrpipe COMMAND: …``, see :func:`pipeline.cli.main`), else INFO.
+    final usage or fatal error (``cdrpipe COMMAND: …``, from :func:`pipeline.cli.main` or argparse), else INFO.
     """
 
     def __init__(self, target: TextIO, command: str | None) -> None:
@@ -120,7 +123,7 @@ class JsonLinesStream(io.TextIOBase):
     def _emit(self, line: str) -> None:
         if not line.strip():
             return
-        level = "ERROR" if line.startswith("cdrpipe ") and ": note:" not in line else "INFO"
+        level = "ERROR" if _ERROR_LINE.match(line) and ": note:" not in line else "INFO"
         self.target.write(json_line(line, level=level, logger="stderr", command=self.command) + "\n")
 
     def flush(self) -> None:

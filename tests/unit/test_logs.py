@@ -123,3 +123,14 @@ def _with(args, **changes):
     for key, value in changes.items():
         setattr(args, key, value)
     return args
+
+
+def test_a_usage_error_found_while_parsing_is_an_object_too(monkeypatch, capsys) -> None:
+    """In the cluster (CDRPIPE_LOG_FORMAT=json) a bad flag in a manifest must not be loose text."""
+    monkeypatch.setenv("CDRPIPE_LOG_FORMAT", "json")
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--no-such-flag"])
+    assert exc.value.code == 2
+    objects = _objects(capsys.readouterr().err)
+    assert any("unrecognized arguments: --no-such-flag" in o["msg"] and o["level"] == "ERROR" for o in objects)
+    assert not isinstance(sys.stderr, JsonLinesStream), "stderr is put back after the usage error"
