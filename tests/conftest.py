@@ -39,3 +39,43 @@ def _metric_samples(text: str) -> dict[str, float]:
 def metric_samples() -> Callable[[str], dict[str, float]]:
     """Prometheus exposition text as ``{'name{label="v"}': value}`` (comments skipped)."""
     return _metric_samples
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster per session (``tests/postgres_cluster.py``), like the Kafka broker.
+
+    Skipped, with the reason, when the server binaries are not installed, unless
+    ``CDRPIPE_REQUIRE_POSTGRES=1`` (CI), where their absence fails the run instead.
+    """
+    import os
+
+    from postgres_cluster import ENV_REQUIRE, LocalPostgres, find_bin
+    bin_dir = find_bin()
+    if bin_dir is None:
+        reason = ("PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb; install Debian's "
+                  "postgresql package or set CDRPIPE_PG_BIN)")
+        if os.environ.get(ENV_REQUIRE) == "1":
+            pytest.fail(f"{reason}, and {ENV_REQUIRE}=1 requires them")
+        pytest.skip(reason)
+    cluster = LocalPostgres(bin_dir)
+    try:
+        cluster.start()
+    except Exception:
+        cluster.stop()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_vault_urls(postgres, request):
+    """A fresh record database and a separate keystore database for one test: ``(db_url, keystore_url)``."""
+    import re
+    import uuid
+    base = re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:30] + "_" + uuid.uuid4().hex[:6]
+    return postgres.create_database("v_" + base), postgres.create_database("k_" + base)
