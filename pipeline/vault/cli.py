@@ -690,6 +690,13 @@ def _cmd_warrant_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    with open_vault(args, create=True) as vault:
+        doc = {"db": str(vault.store.path), "keystore": str(vault.keystore.path), "region": vault.store.region}
+    print(orjson.dumps(doc).decode())
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     with open_vault(args) as vault:
         counts = vault.store.day_counts()
@@ -719,9 +726,10 @@ def _vault_arguments(p: argparse.ArgumentParser, *, region: bool = False) -> Non
     p.add_argument("--keyring", default=None,
                    help=f"vault keyring file (env {ENV_VAULT_KEYRING_FILE} or CDRPIPE_VAULT_KEYRING_JSON)")
     p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
-                   help="vault record database (SQLite; env CDRPIPE_VAULT_DB)")
+                   help="vault record database: a SQLite file, or postgresql://… (env CDRPIPE_VAULT_DB)")
     p.add_argument("--keystore", default=os.environ.get("CDRPIPE_VAULT_KEYSTORE"),
-                   help="day-key store, a separate file (env CDRPIPE_VAULT_KEYSTORE; default <db>.keys)")
+                   help="day-key store, a separate file or PostgreSQL database (env CDRPIPE_VAULT_KEYSTORE; default "
+                        "<db>.keys for a SQLite vault; required with PostgreSQL)")
     if region:
         p.add_argument("--region", default=os.environ.get("CDRPIPE_REGION", "GB"),
                        help="default region for national numbers (env CDRPIPE_REGION; default GB)")
@@ -967,3 +975,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = vsub.add_parser("status", help="records per day, key state, quarantine and audit size (no secrets)")
     _vault_arguments(p)
     p.set_defaults(func=_cmd_status)
+
+    p = vsub.add_parser("init", help="create an empty vault (PostgreSQL: its schemas, as the owner role)",
+                        description="Create the vault's record store and keystore for this keyring and region, "
+                                    "and nothing else. On PostgreSQL run it once as the schema owner role, then "
+                                    "apply deploy/postgres/grants-*.sql; ingest, officer, auditor and purge roles "
+                                    "never create anything.")
+    _vault_arguments(p, region=True)
+    p.set_defaults(func=_cmd_init)
