@@ -284,6 +284,7 @@ class VaultSinkMetrics(_Metrics):
         the environment names. A witness is not compared: that stays the auditor's run.
         """
         from pipeline.vault.audit import AuditError, load_audit_signer, load_public_key, read_entries, verify_chain
+        from pipeline.vault.backend import is_postgres
         from pipeline.vault.keystore import day_date, default_keystore_path, read_audit_anchor
         try:
             if public_key:
@@ -294,7 +295,7 @@ class VaultSinkMetrics(_Metrics):
             store = keystore if keystore is not None else default_keystore_path(db)
             # The anchor before the entries: a purge appending meanwhile leaves the anchor behind
             # the log (fine), never ahead of it (which would read as entries cut off).
-            anchor = read_audit_anchor(store) if os.path.isfile(store) else None
+            anchor = read_audit_anchor(store) if is_postgres(store) or os.path.isfile(store) else None
             rows = read_entries(db)
             verdict = verify_chain(rows, public, anchor)
         except (AuditError, OSError, ValueError) as exc:
@@ -314,7 +315,7 @@ class VaultSinkMetrics(_Metrics):
         self.last_purge.set(_newest_purge(rows) or self._started)
         try:
             oldest = _oldest_day(db)
-        except sqlite3.Error as exc:  # busy or damaged: keep the last figure; the audit check speaks for the file
+        except Exception as exc:  # noqa: BLE001  (busy, damaged, unreachable: keep the last figure; the audit check speaks)
             log.warning("vault check: days not read (%s)", exc)
         else:
             self.oldest_day.set(math.nan if oldest is None else _dt.datetime.combine(
@@ -380,6 +381,15 @@ def _newest_purge(rows: Sequence[tuple[int, str]]) -> float | None:
 
 def _oldest_day(db: str | os.PathLike[str]) -> int | None:
     """The oldest day number with records in a vault database (read-only), None when empty."""
+    from pipeline.vault.backend import is_postgres
+    if is_postgres(db):
+        from pipeline.vault.backend import PostgresDatabase
+        pg = PostgresDatabase(str(db), "vault")
+        try:
+            row = pg.execute("SELECT min(day) FROM partitions").fetchone()
+        finally:
+            pg.close()
+        return None if row is None or row[0] is None else int(row[0])
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         row = conn.execute("SELECT min(day) FROM partitions").fetchone()

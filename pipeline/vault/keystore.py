@@ -156,6 +156,8 @@ class Keystore:
     def __init__(self, path: str | os.PathLike[str], keyring: VaultKeyring, *, create: bool = False) -> None:
         self._conn = _open_keystore_db(path, create=create)
         self.path: Any = self._conn.name if is_postgres(path) else Path(path)
+        #: A PostgreSQL keystore's URL with its credentials (``path`` is redacted), for readers of its anchor.
+        self.url: str | None = str(path) if is_postgres(path) else None
         secret = keyring.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                                serialization.NoEncryption())
         self._wrap = AESGCM(HKDF(hashes.SHA256(), 32, KEYSTORE_SALT, b"day-key-wrap").derive(secret))

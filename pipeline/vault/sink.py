@@ -158,7 +158,9 @@ class VaultSink:
         consumer = Consumer(self._config)
         metrics = self.metrics
         # Audit verification, the last purge and the oldest day, exported for the on-call alerts.
-        stop_checks = metrics.watch_vault(self.ingester.store.path, self.ingester.keystore.path,
+        store, keystore = self.ingester.store, self.ingester.keystore
+        stop_checks = metrics.watch_vault(getattr(store, "url", None) or store.path,  # PostgreSQL: with credentials
+                                          keystore.url or keystore.path,
                                           os.environ.get(ENV_AUDIT_PUBLIC_KEY)) if metrics else None
 
         def commit(totals: IngestTotals, token: tuple[list[TopicPartition], float]) -> None:

@@ -8,6 +8,7 @@ import sqlite3
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -151,10 +152,29 @@ def test_vault_lag_in_seconds_is_the_age_of_the_newest_read_while_more_wait(samp
         'cdrpipe_vault_consumer_lag_seconds{partition="1"}']
 
 
-@pytest.fixture
-def small_vault(tmp_path):
-    """A vault with records today and three days ago, filled through the CLI."""
+def _sql(spec: str, schema: str, statement: str) -> None:
+    """Run one statement on a vault's SQLite file or PostgreSQL schema, as someone with write access could."""
+    if not spec.startswith("postgresql"):
+        conn = sqlite3.connect(spec)
+        try:
+            conn.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    import psycopg
+    with psycopg.connect(spec, autocommit=True, options=f"-c search_path={schema}") as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def small_vault(request, tmp_path):
+    """A vault with records today and three days ago, filled through the CLI, on either backend."""
     from pipeline.cli import main
+    if request.param == "sqlite":
+        db, keystore = str(tmp_path / "vault.db"), str(tmp_path / "vault.db.keys")
+    else:
+        db, keystore = request.getfixturevalue("pg_vault_urls")
     keys = tmp_path / "keys"
     assert main(["keys", "generate", "--dir", str(keys)]) == 0
     today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=5, second=0, microsecond=0)
@@ -164,19 +184,18 @@ def small_vault(tmp_path):
                                        "duration": 5}) + "\n" for i in range(6)))
     assert main(["process", "--keyring", str(keys / "worker-keyring.json"), "--input", str(raw),
                  "--out-dir", str(tmp_path / "out"), "--quiet"]) == 0
-    db = tmp_path / "vault.db"
-    assert main(["vault", "ingest", "--keyring", str(keys / "vault-keyring.json"), "--db", str(db),
-                 "--input", str(tmp_path / "out" / "retention.jsonl"), "--quiet"]) == 0
-    return {"db": db, "keyring": keys / "vault-keyring.json", "today": today}
+    vault = ["--keyring", str(keys / "vault-keyring.json"), "--db", db, "--keystore", keystore]
+    assert main(["vault", "ingest", *vault, "--input", str(tmp_path / "out" / "retention.jsonl"), "--quiet"]) == 0
+    return {"db": db, "keystore": keystore, "vault": vault, "keyring": keys / "vault-keyring.json", "today": today}
 
 
 def test_vault_checks_export_audit_verification_last_purge_and_oldest_day(small_vault, samples, monkeypatch) -> None:
     from pipeline.cli import main
-    db, today = small_vault["db"], small_vault["today"]
+    db, keystore, today = small_vault["db"], small_vault["keystore"], small_vault["today"]
     m = VaultSinkMetrics()
     nan = samples(m)
     assert math.isnan(nan["cdrpipe_vault_audit_verify_ok"]), "no figure before the first check"
-    assert m.check_vault(db, None) is True
+    assert m.check_vault(db, keystore) is True
     s = samples(m)
     assert s["cdrpipe_vault_audit_verify_ok"] == 1 and s["cdrpipe_vault_audit_verified_timestamp_seconds"] > 0
     assert s["cdrpipe_vault_last_purge_timestamp_seconds"] == m._started, "never purged: counts from the start"
@@ -184,51 +203,44 @@ def test_vault_checks_export_audit_verification_last_purge_and_oldest_day(small_
     assert s["cdrpipe_vault_oldest_day_timestamp_seconds"] == (midnight - dt.timedelta(days=3)).timestamp()
 
     before_purge = time.time()
-    assert main(["vault", "purge", "--keyring", str(small_vault["keyring"]), "--db", str(db),
-                 "--before", (today - dt.timedelta(days=1)).date().isoformat(), "--allow-early",
-                 "--operator", "test"]) == 0
-    assert m.check_vault(db, None) is True
+    assert main(["vault", "purge", *small_vault["vault"], "--before", (today - dt.timedelta(days=1)).date().isoformat(),
+                 "--allow-early", "--operator", "test"]) == 0
+    assert m.check_vault(db, keystore) is True
     s = samples(m)
     assert s["cdrpipe_vault_last_purge_timestamp_seconds"] >= before_purge - 1
     assert s["cdrpipe_vault_oldest_day_timestamp_seconds"] == midnight.timestamp()
     assert s["cdrpipe_vault_audit_entries"] == 1
     # With the keyring in the environment (as the sink runs) the entries' signatures are checked too.
     monkeypatch.setenv("CDRPIPE_VAULT_KEYRING", str(small_vault["keyring"]))
-    assert m.check_vault(db, None) is True
+    assert m.check_vault(db, keystore) is True
     verified = samples(m)["cdrpipe_vault_audit_verified_timestamp_seconds"]
     other = AuditSigner.generate().public_b64()
-    assert m.check_vault(db, None, public_key=other) is False, "signed by another key"
+    assert m.check_vault(db, keystore, public_key=other) is False, "signed by another key"
 
-    conn = sqlite3.connect(db)
-    conn.execute("UPDATE audit SET entry = replace(entry, '\"test\"', '\"someone else\"')")
-    conn.commit()
-    conn.close()
+    _sql(db, "vault", "UPDATE audit SET entry = replace(entry, '\"test\"', '\"someone else\"')")
     time.sleep(0.01)
-    assert m.check_vault(db, None) is False
+    assert m.check_vault(db, keystore) is False
     s = samples(m)
     assert s["cdrpipe_vault_audit_verify_ok"] == 0
     assert s["cdrpipe_vault_audit_verified_timestamp_seconds"] == verified, "a failed check is no verification"
-    assert m.check_vault(db.with_name("missing.db"), None) is False
 
 
-def test_vault_checks_fail_when_the_anchor_is_gone(small_vault, samples) -> None:
+def test_vault_checks_fail_on_a_missing_vault_or_a_missing_anchor(small_vault, samples) -> None:
     """As `vault audit verify`: a log with entries and no anchor may have been cut at its end."""
     from pipeline.cli import main
-    db = small_vault["db"]
-    assert main(["vault", "purge", "--keyring", str(small_vault["keyring"]), "--db", str(db), "--before",
-                 small_vault["today"].date().isoformat(), "--allow-early", "--operator", "test"]) == 0
+    db, keystore = small_vault["db"], small_vault["keystore"]
+    assert main(["vault", "purge", *small_vault["vault"], "--before", small_vault["today"].date().isoformat(),
+                 "--allow-early", "--operator", "test"]) == 0
     m = VaultSinkMetrics()
-    assert m.check_vault(db, None) is True
-    conn = sqlite3.connect(str(db) + ".keys")
-    conn.execute("DELETE FROM meta WHERE k IN ('audit_seq', 'audit_hash')")
-    conn.commit()
-    conn.close()
-    assert m.check_vault(db, None) is False and samples(m)["cdrpipe_vault_audit_verify_ok"] == 0
+    assert m.check_vault(db, keystore) is True
+    _sql(keystore, "keystore", "DELETE FROM meta WHERE k IN ('audit_seq', 'audit_hash')")
+    assert m.check_vault(db, keystore) is False and samples(m)["cdrpipe_vault_audit_verify_ok"] == 0
+    assert VaultSinkMetrics().check_vault(str(Path(small_vault["keyring"]).parent / "missing.db"), None) is False
 
 
 def test_vault_checks_run_on_a_thread_until_stopped(small_vault, samples) -> None:
     m = VaultSinkMetrics()
-    stop = m.watch_vault(small_vault["db"], None, interval=0.05)
+    stop = m.watch_vault(small_vault["db"], small_vault["keystore"], interval=0.05)
     try:
         deadline = time.monotonic() + 10
         while math.isnan(samples(m)["cdrpipe_vault_audit_verify_ok"]) and time.monotonic() < deadline:
