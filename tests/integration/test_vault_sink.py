@@ -182,3 +182,72 @@ def test_cli_sink_stops_on_a_foreign_vault_key_without_committing(kafka, topic_p
         consumer.close()
     assert all(tp.offset < 0 for tp in committed)  # nothing committed: the records wait for the right keyring
     assert _stored_ids(db) == set()
+
+
+def test_two_sinks_on_postgres_one_killed_mid_batch_store_everything_once(kafka, topic_prefix, tmp_path, keys,
+                                                                         postgres, pg_vault_urls, capsys):
+    """Two `vault sink` processes in one group on one PostgreSQL vault; one is SIGKILLed while it works and
+    replaced. Every committed record is stored exactly once, officers query meanwhile, and the audit
+    chain (with its witness) verifies."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+    worker, _vault, keyring = keys
+    db, keystore = pg_vault_urls
+    topic = f"{topic_prefix}cdr.retention"
+    admin = AdminClient(kafka.admin_config())
+    admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(timeout=30)
+    n = 3000
+    lines = _lines("p", n)
+    envelopes = _envelopes(worker, lines, "cdr.raw")
+    producer = Producer({**kafka.admin_config(), "transactional.id": f"{topic_prefix}wp", "enable.idempotence": True})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i, value in enumerate(envelopes):
+        producer.produce(topic, value=value, partition=i % 4)
+    producer.commit_transaction(30)
+    assert main(["vault", "init", "--keyring", str(keyring), "--db", db, "--keystore", keystore]) == EXIT_OK
+    cmd = [sys.executable, "-m", "pipeline.cli", "vault", "sink", "--bootstrap-servers", kafka.bootstrap,
+           "--keyring", str(keyring), "--db", db, "--keystore", keystore, "--topic", topic,
+           "--group", f"{topic_prefix}pg", "--max-messages", "2", "--idle-exit", "15",
+           "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000", "--quiet"]
+
+    def stored() -> int:
+        with psycopg.connect(db, autocommit=True) as conn:
+            return int(conn.execute("SELECT count(*) FROM vault.records").fetchone()[0])
+
+    victim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    other = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while stored() < 50 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert victim.poll() is None, "the sink finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    replacement = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    # An officer works while ingest runs.
+    witness = tmp_path / "witness.jsonl"
+    window = ["--from", str(BASE), "--to", str(BASE + dt.timedelta(days=30))]
+    assert main(["vault", "warrant", "add", "--keyring", str(keyring), "--db", db, "--keystore", keystore,
+                 "--id", "WR-PG", "--authority", "test", "--officer", "PC-1", "--targets", TARGET, *window,
+                 "--expires", str(BASE + dt.timedelta(days=60)), "--witness", str(witness)]) == EXIT_OK
+    assert main(["vault", "query", "--keyring", str(keyring), "--db", db, "--keystore", keystore,
+                 "--target", TARGET, *window, "--warrant", "WR-PG", "--officer", "PC-1"]) == EXIT_OK
+    for proc in (other, replacement):
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    with psycopg.connect(db, autocommit=True) as conn:
+        ids = [r[0] for r in conn.execute("SELECT record_id FROM vault.records")]
+        id_rows = int(conn.execute("SELECT count(*) FROM vault.record_ids").fetchone()[0])
+    assert len(ids) == len(set(ids)) == id_rows == n           # nothing lost, nothing twice
+    assert set(ids) == {f"p-{i}" for i in range(n)}
+    capsys.readouterr()
+    assert main(["vault", "query", "--keyring", str(keyring), "--db", db, "--keystore", keystore,
+                 "--target", TARGET, *window, "--warrant", "WR-PG", "--officer", "PC-1"]) == EXIT_OK
+    found = [orjson.loads(line)["record_id"] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(found) == sorted(f"p-{i}" for i in range(0, n, 3))
+    assert main(["vault", "audit", "verify", "--db", db, "--keystore", keystore, "--witness", str(witness)]) == EXIT_OK
