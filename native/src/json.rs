@@ -64,6 +64,9 @@ impl Val {
 pub struct Scratch {
     keys: Vec<Vec<(bool, u32, u32)>>, // per depth: keys seen in the open object (scratch?, start, end)
     text: Vec<u8>,                    // decoded keys with escapes
+    /// Per top-level key position, the field it matched last record: a source writes its
+    /// keys in one order, so one comparison usually finds the field.
+    hints: Vec<usize>,
 }
 
 /// Strip JSON whitespace (space, tab, CR, LF) from both ends.
@@ -259,7 +262,7 @@ impl<'a, 'b> Parser<'a, 'b> {
                     return Ok(());
                 }
                 let (s, e, float) = self.number()?;
-                if float && !number_is_finite(&self.buf[s..e]) {
+                if overflows(&self.buf[s..e], float) {
                     self.nonfinite = true;
                 }
                 if emit.is_some() {
@@ -493,7 +496,7 @@ impl<'a, 'b> Parser<'a, 'b> {
             }
             self.pos += 1;
             self.ws();
-            let slot = if top { self.wanted(key_ref) } else { None };
+            let slot = if top { self.wanted(key_ref, self.scratch.keys[level].len() - 1) } else { None };
             match slot {
                 Some(i) => self.field_value(level, i)?,
                 None => self.value_nested(level, emit)?,
@@ -533,9 +536,21 @@ impl<'a, 'b> Parser<'a, 'b> {
         set.contains(name)
     }
 
-    fn wanted(&self, k: (bool, u32, u32)) -> Option<usize> {
+    fn wanted(&mut self, k: (bool, u32, u32), ordinal: usize) -> Option<usize> {
         let name = self.key_bytes(k);
-        self.fields.iter().position(|f| *f == name)
+        if let Some(&h) = self.scratch.hints.get(ordinal) {
+            if h < self.fields.len() && self.fields[h] == name {
+                return Some(h);
+            }
+        }
+        let found = self.fields.iter().position(|f| *f == name);
+        if let Some(i) = found {
+            if self.scratch.hints.len() <= ordinal {
+                self.scratch.hints.resize(ordinal + 1, usize::MAX);
+            }
+            self.scratch.hints[ordinal] = i;
+        }
+        found
     }
 
     /// A wanted top-level field's value, kept as text.
@@ -572,10 +587,10 @@ impl<'a, 'b> Parser<'a, 'b> {
             b'-' | b'0'..=b'9' if self.buf.get(self.pos + 1) != Some(&b'I') => {
                 let (s, e, float) = self.number()?;
                 let text = &self.buf[s..e];
+                if overflows(text, float) {
+                    self.nonfinite = true;
+                }
                 if float {
-                    if !number_is_finite(text) {
-                        self.nonfinite = true;
-                    }
                     let m = self.arena.len();
                     number_text(self.arena, text, true);
                     Val::Arena(m as u32, self.arena.len() as u32)
@@ -612,6 +627,13 @@ fn hex4(b: &[u8], p: usize, end: usize) -> R<u32> {
 
 fn number_is_finite(text: &[u8]) -> bool {
     std::str::from_utf8(text).ok().and_then(|t| t.parse::<f64>().ok()).map_or(false, |f| f.is_finite())
+}
+
+/// A number too big for a double (`1e400`, or an integer of 309 digits): non-finite, whatever its
+/// shape. An integer of at most 20 characters always fits, so only longer ones are converted.
+#[inline]
+fn overflows(text: &[u8], float: bool) -> bool {
+    (float || text.len() > 20) && !number_is_finite(text)
 }
 
 /// A number's text as the contract defines it: an integer that fits 64 bits verbatim
@@ -691,11 +713,39 @@ fn write_json_string(arena: &mut Vec<u8>, body: &[u8], escaped: bool) -> R<()> {
     Ok(())
 }
 
+/// A number in decimal (what `write!` does, without the formatting machinery).
+#[inline]
+pub fn write_uint(out: &mut Vec<u8>, mut v: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+#[inline]
+pub fn write_int(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    write_uint(out, v.unsigned_abs());
+}
+
 /// JSON string escaping as orjson writes it: `\"`, `\\`, the short forms for
 /// backspace, form feed, newline, carriage return and tab, `\u00XX` for other control
 /// bytes; everything else (including non-ASCII UTF-8 and `/`) as is.
 pub fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    if !s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(s); // the common case: nothing to escape
+        return;
+    }
     let mut last = 0;
     for (i, &b) in s.iter().enumerate() {
         let rep: &[u8] = match b {
@@ -747,6 +797,12 @@ mod tests {
         assert_eq!(run(b"{\"a\":-Infinity}", f), Err("non_finite_number"));
         assert_eq!(run(b"{\"a\":1e400}", f), Err("non_finite_number"));
         assert_eq!(run(b"{\"a\":1,\"a\":NaN}", f), Err("non_finite_number"));
+        let big_int = format!("{{\"a\":{}}}", format!("1{}", "0".repeat(400)));
+        assert_eq!(run(big_int.as_bytes(), f), Err("non_finite_number"));
+        let nested_big_int = format!("{{\"b\":[-{}]}}", "9".repeat(400));
+        assert_eq!(run(nested_big_int.as_bytes(), f), Err("non_finite_number"));
+        let just_fits = format!("{{\"a\":1{}}}", "0".repeat(307));
+        assert_eq!(run(just_fits.as_bytes(), f), Ok(vec![Some(format!("1{}", "0".repeat(307)))]));
         assert_eq!(run(b"{\"a\":NaN,}", f), Err("invalid_json"));
         assert_eq!(run(b"[1,2]", f), Err("not_object"));
         assert_eq!(run(b"\"x\"", f), Err("not_object"));

@@ -59,7 +59,7 @@ impl PhoneMeta {
     }
 
     /// `+` then 8-15 digits starting 1-9, under a real country code, not followed by 0.
-    fn is_e164(&self, v: &[u8]) -> bool {
+    pub fn is_e164(&self, v: &[u8]) -> bool {
         if v.len() < 9 || v.len() > 16 || v[0] != b'+' || !(b'1'..=b'9').contains(&v[1]) {
             return false;
         }
@@ -76,7 +76,11 @@ impl PhoneMeta {
     pub fn msisdn(&self, raw: &str, out: &mut Vec<u8>) -> Fast {
         out.clear();
         if !raw.is_ascii() {
-            return Fast::Pending;
+            let mut folded = String::with_capacity(raw.len());
+            if !fold_fullwidth(raw, &mut folded) {
+                return Fast::Pending;
+            }
+            return self.msisdn(&folded, out);
         }
         if self.is_e164(raw.as_bytes()) {
             out.extend_from_slice(raw.as_bytes());
@@ -138,11 +142,29 @@ impl PhoneMeta {
     }
 }
 
+/// NFKC for text that is ASCII plus full-width forms (U+FF01-U+FF5E, which NFKC maps to
+/// U+0021-U+007E one for one, e.g. `０７７００`); false for any other non-ASCII text,
+/// which stays pending for the exact Unicode normalisation in Python.
+pub fn fold_fullwidth(raw: &str, out: &mut String) -> bool {
+    for c in raw.chars() {
+        match c {
+            '\u{0}'..='\u{7f}' => out.push(c),
+            '\u{ff01}'..='\u{ff5e}' => out.push(char::from_u32(c as u32 - 0xfee0).unwrap_or('?')),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// IMSI (6-15 digits) or IMEI (14-16 digits, cut to the 14-digit TAC + serial), separators removed.
 pub fn digits(raw: &str, min: usize, max: usize, keep: Option<usize>, out: &mut Vec<u8>) -> Fast {
     out.clear();
     if !raw.is_ascii() {
-        return Fast::Pending;
+        let mut folded = String::with_capacity(raw.len());
+        if !fold_fullwidth(raw, &mut folded) {
+            return Fast::Pending;
+        }
+        return digits(&folded, min, max, keep, out);
     }
     for &c in raw.as_bytes() {
         match c {
@@ -164,7 +186,11 @@ pub fn digits(raw: &str, min: usize, max: usize, keep: Option<usize>, out: &mut 
 pub fn account(raw: &str, out: &mut Vec<u8>) -> Fast {
     out.clear();
     if !raw.is_ascii() {
-        return Fast::Pending;
+        let mut folded = String::with_capacity(raw.len());
+        if !fold_fullwidth(raw, &mut folded) {
+            return Fast::Pending;
+        }
+        return account(&folded, out);
     }
     let t = raw.trim();
     if t.is_empty() {
@@ -178,13 +204,16 @@ fn v4_octets(s: &[u8]) -> Option<[u8; 4]> {
     let mut parts = [0u8; 4];
     let mut n = 0;
     for part in s.split(|&c| c == b'.') {
-        if n == 4 || part.is_empty() || part.len() > 3 || !part.iter().all(u8::is_ascii_digit) {
+        if n == 4 || part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
             return None;
         }
-        if part.len() > 1 && part[0] == b'0' {
-            return None;
+        let mut v = 0u32;
+        for &c in part {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + (c - b'0') as u32;
         }
-        let v: u32 = std::str::from_utf8(part).ok()?.parse().ok()?;
         if v > 255 {
             return None;
         }
@@ -194,41 +223,73 @@ fn v4_octets(s: &[u8]) -> Option<[u8; 4]> {
     (n == 4).then_some(parts)
 }
 
-/// Plain IPv4 (with an optional `:port`) and plain hex IPv6; brackets, zones and dotted tails are pending.
+/// An IP address in canonical text: dotted IPv4 (a port dropped), compressed lower-case IPv6,
+/// IPv4-mapped IPv6 as IPv4; brackets with a port and zone ids removed. Anything else pending.
 pub fn ip(raw: &str, out: &mut Vec<u8>) -> Fast {
     out.clear();
-    let b = raw.as_bytes();
-    if !raw.is_ascii() || b.is_empty() {
+    if !raw.is_ascii() {
         return Fast::Pending;
     }
-    let colons = b.iter().filter(|&&c| c == b':').count();
-    let host_end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
-    let dotted = |s: &[u8]| s.iter().all(|&c| c.is_ascii_digit() || c == b'.');
-    let port_ok = colons == 0 || (colons == 1 && (1..=5).contains(&(b.len() - host_end - 1))
-        && b[host_end + 1..].iter().all(u8::is_ascii_digit));
-    if colons <= 1 && dotted(&b[..host_end]) && port_ok {
-        let host = &b[..host_end];
-        return match v4_octets(host) {
-            Some(_) => {
-                out.extend_from_slice(host);
-                Fast::Value(0)
+    let t = raw.trim().as_bytes();
+    let port_ok = |p: &[u8]| p.is_empty() || (p[0] == b':' && (2..=6).contains(&p.len()) && p[1..].iter().all(u8::is_ascii_digit));
+    let mut host: &[u8] = t;
+    if t.first() == Some(&b'[') {
+        match t.iter().position(|&c| c == b']') {
+            Some(j) if j > 1 && port_ok(&t[j + 1..]) => host = &t[1..j],
+            _ => return Fast::Pending,
+        }
+        if !host.contains(&b':') {
+            return Fast::Pending;
+        }
+    } else if let Some(i) = t.iter().position(|&c| c == b':') {
+        if !t[i + 1..].contains(&b':') && t[..i].contains(&b'.') {
+            // a.b.c.d:port
+            if !port_ok(&t[i..]) {
+                return Fast::Pending;
             }
-            None => Fast::Pending,
-        };
+            host = &t[..i];
+        }
     }
-    if b.iter().all(|&c| c.is_ascii_hexdigit() || c == b':') && b.contains(&b':') {
-        return match raw.parse::<Ipv6Addr>() {
+    if let Some(z) = host.iter().position(|&c| c == b'%') {
+        host = &host[..z];
+    }
+    if host.contains(&b':') {
+        let text = std::str::from_utf8(host).unwrap_or("");
+        return match text.parse::<Ipv6Addr>() {
             Ok(addr) => {
                 match addr.to_ipv4_mapped() {
-                    Some(v4) => out.extend_from_slice(v4.to_string().as_bytes()),
-                    None => out.extend_from_slice(addr.to_string().as_bytes()),
+                    Some(v4) => write_v4(v4.octets(), out),
+                    None => {
+                        use std::io::Write;
+                        let _ = write!(out, "{}", addr);
+                    }
                 }
                 Fast::Value(0)
             }
             Err(_) => Fast::Pending,
         };
     }
-    Fast::Pending
+    match v4_octets(host) {
+        Some(_) => {
+            out.extend_from_slice(host);
+            Fast::Value(0)
+        }
+        None => Fast::Pending,
+    }
+}
+
+/// Dotted IPv4 without a port: its own canonical form.
+pub fn is_plain_v4(v: &str) -> bool {
+    v4_octets(v.as_bytes()).is_some()
+}
+
+fn write_v4(o: [u8; 4], out: &mut Vec<u8>) {
+    for (i, x) in o.iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        crate::json::write_uint(out, *x as u64);
+    }
 }
 
 /// The network of a canonical address (`203.0.113.0/24`, `2001:db8::/48`); None if not an address.
@@ -237,8 +298,9 @@ pub fn truncate_ip(canonical: &str, v4_bits: u32, v6_bits: u32, out: &mut Vec<u8
     if let Some(o) = v4_octets(canonical.as_bytes()) {
         let v = u32::from_be_bytes(o);
         let mask = if v4_bits == 0 { 0 } else { u32::MAX << (32 - v4_bits) };
-        let n = (v & mask).to_be_bytes();
-        let _ = write!(out, "{}.{}.{}.{}/{}", n[0], n[1], n[2], n[3], v4_bits);
+        write_v4((v & mask).to_be_bytes(), out);
+        out.push(b'/');
+        crate::json::write_uint(out, v4_bits as u64);
         return true;
     }
     match canonical.parse::<Ipv6Addr>() {
@@ -363,7 +425,9 @@ mod tests {
         assert_eq!(out, b"MONZO");
         assert_eq!(m.msisdn("999", &mut out), Fast::Pending);
         assert_eq!(m.msisdn("+44 07700 900123", &mut out), Fast::Pending);
-        assert_eq!(m.msisdn("０７７００", &mut out), Fast::Pending);
+        assert_eq!(m.msisdn("０７７００ ９００１２３", &mut out), Fast::Value(E164));
+        assert_eq!(out, b"+447700900123");
+        assert_eq!(m.msisdn("٠٧٧٠٠٩٠٠١٢٣", &mut out), Fast::Pending);
         assert_eq!(m.msisdn("+999123456789", &mut out), Fast::Pending);
     }
 
@@ -377,7 +441,14 @@ mod tests {
         assert_eq!(ip("::ffff:cb00:7107", &mut out), Fast::Value(0));
         assert_eq!(out, b"203.0.113.7");
         assert_eq!(ip("203.0.113.07", &mut out), Fast::Pending);
-        assert_eq!(ip("[::1]:5060", &mut out), Fast::Pending);
+        assert_eq!(ip("[::1]:5060", &mut out), Fast::Value(0));
+        assert_eq!(out, b"::1");
+        assert_eq!(ip(" [FE80::1%eth0]:5060 ", &mut out), Fast::Value(0));
+        assert_eq!(out, b"fe80::1");
+        assert_eq!(ip("::FFFF:203.0.113.7", &mut out), Fast::Value(0));
+        assert_eq!(out, b"203.0.113.7");
+        assert_eq!(ip("[203.0.113.7]:80", &mut out), Fast::Pending);
+        assert_eq!(ip("1.2.3.4:123456", &mut out), Fast::Pending);
         out.clear();
         assert!(truncate_ip("203.0.113.7", 24, 48, &mut out));
         assert_eq!(out, b"203.0.113.0/24");

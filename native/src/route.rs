@@ -9,7 +9,6 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 
 use crate::json::{escape_into, parse_record, Scratch, Val};
 use crate::normalise::{self, Fast, PhoneMeta, CLASSES};
@@ -138,6 +137,8 @@ fn valid_record_id(id: &str) -> bool {
 }
 
 /// A reject's own plain `"record_id":"..."` (within its first 4096 bytes), so a replay is recognised.
+/// The first plain one is the record's own: if it is a bare number it is refused, and no later
+/// (nested or repeated) `record_id` is taken instead.
 fn raw_record_id(rec: &[u8]) -> Option<&str> {
     let window = &rec[..rec.len().min(4096)];
     let pat = b"\"record_id\"";
@@ -166,9 +167,7 @@ fn raw_record_id(rec: &[u8]) -> Option<&str> {
         }
         if p - s >= 1 && p - s <= 128 && p < window.len() && window[p] == b'"' {
             let id = &window[s..p];
-            if !number_shaped(id) {
-                return std::str::from_utf8(id).ok();
-            }
+            return if number_shaped(id) { None } else { std::str::from_utf8(id).ok() };
         }
     }
     None
@@ -193,7 +192,12 @@ fn cell_area(v: &str, out: &mut Vec<u8>) -> bool {
     if !(dig(parts[0], 3, 3) && dig(parts[1], 2, 3) && hex(parts[2], 8) && hex(parts[3], 10)) {
         return false;
     }
-    let _ = write!(out, "{}-{}-{}", parts[0], parts[1], parts[2]);
+    for (i, p) in parts[..3].iter().enumerate() {
+        if i > 0 {
+            out.push(b'-');
+        }
+        out.extend_from_slice(p.as_bytes());
+    }
     true
 }
 
@@ -342,8 +346,15 @@ impl Core {
             }
             for &(f, k) in &wanted {
                 let Some(v) = b.parsed.vals[row * nf + f].get(b.buf, &b.parsed.arena) else { continue };
-                let pending = if k == K_TIME {
-                    normalise::time_fast(v).is_none() && !self.learned_times.contains_key(v)
+                // The common shapes are settled without the full fast path (it runs again in `route`).
+                let settled = match k {
+                    K_TIME => normalise::time_fast(v).is_some(),
+                    K_MSISDN => v.is_ascii() && self.cfg.phone.is_e164(v.as_bytes()),
+                    3 => normalise::is_plain_v4(v),
+                    _ => v.is_ascii(),
+                };
+                let pending = !settled && if k == K_TIME {
+                    !self.learned_times.contains_key(v)
                 } else {
                     self.fast(k, v, &mut out) == Fast::Pending && !self.learned[k].contains_key(v)
                 };
@@ -611,7 +622,7 @@ impl Core {
                 match r.action {
                     Action::Keep if r.name == "duration" => match v {
                         Some(d) => {
-                            let _ = write!(a, "{}", d.parse::<u64>().unwrap_or(0));
+                            crate::json::write_uint(a, d.parse::<u64>().unwrap_or(0));
                         }
                         None => a.extend_from_slice(b"null"),
                     },
@@ -762,9 +773,13 @@ impl Core {
             d.extend_from_slice(b"\",\"record_id\":\"");
             escape_into(d, id.as_bytes());
             let pr = part(row);
-            let _ = write!(d, "\",\"source\":{{\"name\":\"");
+            d.extend_from_slice(b"\",\"source\":{\"name\":\"");
             d.extend_from_slice(&name_json);
-            let _ = write!(d, "\",\"partition\":{},\"offset\":{}}},\"failed_at\":\"", pr, offsets[row]);
+            d.extend_from_slice(b"\",\"partition\":");
+            crate::json::write_int(d, pr);
+            d.extend_from_slice(b",\"offset\":");
+            crate::json::write_int(d, offsets[row]);
+            d.extend_from_slice(b"},\"failed_at\":\"");
             d.extend_from_slice(&now_json);
             d.extend_from_slice(b"\",\"payload\":");
             random(&mut rnd);
@@ -826,6 +841,8 @@ mod tests {
         assert_eq!(raw_record_id(br#"{"record_id" : "r-1","cli":"#), Some("r-1"));
         assert_eq!(raw_record_id(br#"{"record_id":"447700900123","#), None);
         assert_eq!(raw_record_id(br#"{"record_id":"r 1","#), None);
+        assert_eq!(raw_record_id(br#"{"record_id":"r 1","x":{"record_id":"r-2"}"#), Some("r-2"));
+        assert_eq!(raw_record_id(br#"{"record_id":"447700900123","x":{"record_id":"r-2"}"#), None);
     }
 
     #[test]

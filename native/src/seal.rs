@@ -10,9 +10,8 @@ use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use std::io::Write;
 
-use crate::json::escape_into;
+use crate::json::{escape_into, write_int, write_uint};
 
 /// Partition or offset: one value for the whole segment, or one per record.
 #[derive(Clone, Copy)]
@@ -24,16 +23,14 @@ pub enum Coord<'a> {
 impl Coord<'_> {
     fn write(&self, out: &mut Vec<u8>) {
         match self {
-            Coord::One(v) => {
-                let _ = write!(out, "{}", v);
-            }
+            Coord::One(v) => write_int(out, *v),
             Coord::Many(vs) => {
                 out.push(b'[');
                 for (i, v) in vs.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
-                    let _ = write!(out, "{}", v);
+                    write_int(out, *v);
                 }
                 out.push(b']');
             }
@@ -92,7 +89,7 @@ impl Sealer {
             if i > 0 {
                 out.push(b',');
             }
-            let _ = write!(out, "{}", n);
+            write_uint(out, *n as u64);
         }
         out.push(b']');
     }

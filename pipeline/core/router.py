@@ -19,6 +19,7 @@ paths leave pending (libphonenumber, ``ipaddress`` and the odd time shapes, thro
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from pipeline.core.times import parse_times
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, KINDS, Tokeniser
 from pipeline.keys import WorkerKeyring
 from pipeline.policy import Policy, load_policy
+
+log = logging.getLogger(__name__)
 
 #: Fields whose tokens decide suppression: a suppressed subscriber as either party, or by IMSI.
 SUPPRESSION_FIELDS = (("cli", "msisdn"), ("dialled", "msisdn"), ("imsi", "imsi"))
@@ -253,10 +256,18 @@ class Router:
         """Settle the batch's distinct values the native fast paths left pending (once each, then learned)."""
         for kind, raws in self._native.pending(batch):
             values = pl.Series("raw", raws, dtype=pl.String)
-            if kind == "time":
-                micros = parse_times(values).dt.epoch("us").to_list()
-                self._native.learn_times(raws, micros)
-                continue
-            answers = canonical_answers(kind, values, self._phones)
-            self._native.learn(kind, answers["raw"].to_list(), answers["value"].to_list(),
-                               answers["cls"].to_list())
+            try:
+                if kind == "time":
+                    self._native.learn_times(raws, parse_times(values).dt.epoch("us").to_list())
+                    continue
+                answers = canonical_answers(kind, values, self._phones)
+                self._native.learn(kind, answers["raw"].to_list(), answers["value"].to_list(),
+                                   answers["cls"].to_list())
+            except Exception as exc:  # noqa: BLE001 - a value no tool can read is invalid, never a crash
+                # The exception type only: its message could quote the value.
+                log.warning("%d %s value(s) could not be normalised (%s); their records go to the DLQ as invalid",
+                            len(raws), kind, type(exc).__name__)
+                if kind == "time":
+                    self._native.learn_times(raws, [None] * len(raws))
+                else:
+                    self._native.learn(kind, raws, [None] * len(raws), [None] * len(raws))

@@ -35,7 +35,7 @@ def _parse_other_times(s: pl.Series) -> pl.Series:
     digits = s.str.replace(r"\.\d+$", "").str.len_chars()
     as_float = s.cast(pl.Float64, strict=False)
     micros = (pl.when(digits >= 15).then(as_float).when(digits >= 12).then(as_float * 1e3)
-              .otherwise(as_float * 1e6)).cast(pl.Int64)
+              .otherwise(as_float * 1e6)).cast(pl.Int64, strict=False)
     return s.to_frame("s").select(pl.coalesce(
         pl.when(number).then(micros.cast(pl.Datetime("us", "UTC"))),
         pl.col("s").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us")
