@@ -27,14 +27,7 @@ BEGIN
     END LOOP;
 END $$;
 
--- Then, as the same superuser (two databases: the keystore is backed up apart from the records,
--- so a restored record backup never carries the day keys a purge destroyed):
---   CREATE DATABASE vault OWNER cdrpipe_owner;
---   CREATE DATABASE vault_keys OWNER cdrpipe_owner;
---   REVOKE ALL ON DATABASE vault, vault_keys FROM PUBLIC;
---   GRANT CONNECT ON DATABASE vault TO cdrpipe_ingest, cdrpipe_officer, cdrpipe_auditor, cdrpipe_purge;
---   GRANT CONNECT ON DATABASE vault_keys TO cdrpipe_ingest, cdrpipe_officer, cdrpipe_auditor, cdrpipe_purge;
--- then, as cdrpipe_owner:
+-- Then, as the same superuser: databases.sql (the record and keystore databases); as cdrpipe_owner:
 --   cdrpipe vault init --keyring vault-keyring.json --db postgresql://cdrpipe_owner@HOST/vault \
 --       --keystore postgresql://cdrpipe_owner@HOST/vault_keys
 --   psql postgresql://cdrpipe_owner@HOST/vault -f grants-vault.sql

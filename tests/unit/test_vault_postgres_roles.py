@@ -10,7 +10,6 @@ change the audit log or drop a partition except through the purge function.
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ import pytest
 from pipeline.cli import EXIT_OK, main
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "postgres"
-ROLES = ("cdrpipe_ingest", "cdrpipe_officer", "cdrpipe_auditor", "cdrpipe_purge")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,19 +28,16 @@ def long_retention():
 
 @pytest.fixture(scope="module")
 def deployed(postgres, tmp_path_factory):
-    """Roles, two databases owned by cdrpipe_owner, ``vault init`` and the grants; a few records ingested."""
+    """deploy/postgres/ applied as documented: roles, databases, ``vault init`` as owner, the grants; records ingested."""
     import psycopg
-    from psycopg import sql
     root = tmp_path_factory.mktemp("roles")
-    suffix = uuid.uuid4().hex[:6]
-    names = {"db": f"vault_{suffix}", "keys": f"vault_keys_{suffix}"}
+    names = {"db": "vault", "keys": "vault_keys"}  # as deploy/postgres/databases.sql names them
     with psycopg.connect(postgres.url(), autocommit=True) as conn:
         conn.execute((DEPLOY / "roles.sql").read_text())
-        for name in names.values():
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER cdrpipe_owner").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-                sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(r) for r in ROLES)))
+        conn.execute((DEPLOY / "roles.sql").read_text())  # idempotent: a second run changes nothing
+        for statement in (DEPLOY / "databases.sql").read_text().split(";"):  # CREATE DATABASE: one at a time
+            if statement.strip() and not all(line.startswith("--") for line in statement.strip().splitlines()):
+                conn.execute(statement)
 
     def url(role: str, which: str) -> str:
         return postgres.url(names[which], user=role)
