@@ -440,6 +440,202 @@ def vault_manifests(cluster: str, image: str) -> list[dict[str, Any]]:
     return [*claims, sink, purge]
 
 
+# --------------------------------------------------------------------------- the vault on PostgreSQL
+
+#: The overlay's directory under deploy/k8s/: `kubectl apply -k deploy/k8s/vault-postgres` deploys
+#: everything in deploy/k8s/ with the vault on CloudNativePG instead of SQLite volumes.
+PG_OVERLAY = "vault-postgres"
+PG_RECORDS = "cdrpipe-vault-pg"
+PG_KEYS = "cdrpipe-vault-keys-pg"
+PG_ROLES = ("ingest", "officer", "auditor", "purge")
+
+
+def _pg_url(cluster: str, role: str, database: str) -> str:
+    """A libpq URL for ``role`` on a CloudNativePG cluster's read-write service, TLS verified
+    against the cluster's own CA (mounted from ``<cluster>-ca``); the password comes from
+    ``PGPASSWORD`` (a Secret), never the URL."""
+    return (f"postgresql://cdrpipe_{role}@{cluster}-rw:5432/{database}"
+            f"?sslmode=verify-full&sslrootcert=/etc/{cluster}-ca/ca.crt")
+
+
+def _pg_env(role: str) -> list[dict[str, Any]]:
+    """Where a vault pod's role finds the records, the keystore and its password."""
+    return [{"name": "CDRPIPE_VAULT_DB", "value": _pg_url(PG_RECORDS, role, "vault")},
+            {"name": "CDRPIPE_VAULT_KEYSTORE", "value": _pg_url(PG_KEYS, role, "vault_keys")},
+            _secret_env("PGPASSWORD", f"cdrpipe-pg-{role}", "password"),
+            _secret_env(ENV_VAULT_KEYRING_JSON, "cdrpipe-vault-keyring", "vault-keyring.json")]
+
+
+def _pg_ca_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes = [{"name": f"{c}-ca", "secret": {"secretName": f"{c}-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
+               for c in (PG_RECORDS, PG_KEYS)]
+    mounts = [{"name": f"{c}-ca", "mountPath": f"/etc/{c}-ca", "readOnly": True} for c in (PG_RECORDS, PG_KEYS)]
+    return volumes, mounts
+
+
+def cnpg_cluster(name: str, database: str, *, instances: int, storage: str, retention: str) -> dict[str, Any]:
+    """A CloudNativePG ``Cluster``: the owner from ``cdrpipe-pg-owner``, the four vault roles managed
+    declaratively (passwords from ``cdrpipe-pg-<role>``), backups to object storage.
+
+    Two clusters, not two databases in one: the keystore's backups must never outlive the purge
+    interval (``retention``), or a restored keystore would bring destroyed day keys back.
+    """
+    return {
+        "apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster",
+        "metadata": {"name": name, "labels": _labels(name)},
+        "spec": {
+            "instances": instances,
+            "imageName": "ghcr.io/cloudnative-pg/postgresql:15",
+            "primaryUpdateStrategy": "unsupervised",
+            "storage": {"size": storage},
+            "postgresql": {"parameters": {"synchronous_commit": "on", "password_encryption": "scram-sha-256"}},
+            "minSyncReplicas": 1 if instances > 2 else 0,
+            "maxSyncReplicas": 1 if instances > 2 else 0,
+            # Who may connect at all is the operator's pg_hba (TLS, SCRAM); what each role may do once
+            # connected is deploy/postgres/grants-*.sql, applied by the cdrpipe-vault-init Job.
+            "bootstrap": {"initdb": {"database": database, "owner": "cdrpipe_owner",
+                                     "secret": {"name": "cdrpipe-pg-owner"}}},
+            "managed": {"roles": [
+                {"name": f"cdrpipe_{r}", "ensure": "present", "login": True, "superuser": False,
+                 "createdb": False, "createrole": False, "replication": False,
+                 "passwordSecret": {"name": f"cdrpipe-pg-{r}"}} for r in PG_ROLES]},
+            "backup": {"retentionPolicy": retention,
+                       "barmanObjectStore": {"destinationPath": f"s3://CHANGE-ME/{name}",
+                                             "s3Credentials": {
+                                                 "accessKeyId": {"name": "cdrpipe-pg-backup", "key": "ACCESS_KEY_ID"},
+                                                 "secretAccessKey": {"name": "cdrpipe-pg-backup",
+                                                                     "key": "ACCESS_SECRET_KEY"}}}},
+        },
+    }
+
+
+def vault_postgres_manifests(cluster: str, image: str) -> list[dict[str, Any]]:
+    """The vault on CloudNativePG: two clusters, the init Job (schemas, then grants), several sinks
+    (a Deployment: any number of sinks in one group) and the purge CronJob, each with its own role."""
+    ca_volumes, ca_mounts = _pg_ca_volumes()
+    grants = {"apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": {"name": "cdrpipe-vault-pg-grants", "labels": _labels("cdrpipe-vault-init")},
+              "data": {name: (REPO / "deploy" / "postgres" / name).read_text()
+                       for name in ("grants-vault.sql", "grants-keystore.sql")}}
+    tmp = {"name": "tmp", "emptyDir": {}}
+    tmp_mount = {"name": "tmp", "mountPath": "/tmp"}
+    resources = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+    owner_password = _secret_env("PGPASSWORD", "cdrpipe-pg-owner", "password")
+    init = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "cdrpipe-vault-init", "labels": _labels("cdrpipe-vault-init")},
+        "spec": {"backoffLimit": 6, "template": {
+            "metadata": {"labels": _labels("cdrpipe-vault-init")},
+            "spec": {
+                "restartPolicy": "OnFailure",
+                "automountServiceAccountToken": False,
+                "securityContext": _pod_security(),
+                "initContainers": [{
+                    "name": "init", "image": image, "args": ["vault", "init"],
+                    "env": [{"name": "CDRPIPE_VAULT_DB", "value": _pg_url(PG_RECORDS, "owner", "vault")},
+                            {"name": "CDRPIPE_VAULT_KEYSTORE", "value": _pg_url(PG_KEYS, "owner", "vault_keys")},
+                            owner_password,
+                            _secret_env(ENV_VAULT_KEYRING_JSON, "cdrpipe-vault-keyring", "vault-keyring.json"),
+                            _log_env()],
+                    "resources": resources, "securityContext": _container_security(),
+                    "volumeMounts": [*ca_mounts, tmp_mount]}],
+                "containers": [{
+                    "name": "grants", "image": "ghcr.io/cloudnative-pg/postgresql:15",
+                    "command": ["sh", "-c",
+                                "psql -v ON_ERROR_STOP=1 \"$VAULT_URL\" -f /sql/grants-vault.sql && "
+                                "psql -v ON_ERROR_STOP=1 \"$KEYS_URL\" -f /sql/grants-keystore.sql"],
+                    "env": [{"name": "VAULT_URL", "value": _pg_url(PG_RECORDS, "owner", "vault")},
+                            {"name": "KEYS_URL", "value": _pg_url(PG_KEYS, "owner", "vault_keys")},
+                            owner_password],
+                    "resources": resources, "securityContext": _container_security(),
+                    "volumeMounts": [*ca_mounts, tmp_mount,
+                                     {"name": "grants", "mountPath": "/sql", "readOnly": True}]}],
+                "volumes": [*ca_volumes, tmp, {"name": "grants", "configMap": {"name": "cdrpipe-vault-pg-grants"}}],
+            }}},
+    }
+    name = "cdrpipe-vault-pg"
+    sink_name = "cdrpipe-vault-sink"
+    sink = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": sink_name, "labels": _labels(sink_name)},
+        "spec": {
+            "replicas": 2,  # PostgreSQL: any number of sinks in one consumer group
+            "selector": {"matchLabels": _labels(sink_name)},
+            "template": {
+                "metadata": {"labels": _labels(sink_name), "annotations": _scrape_annotations()},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    "terminationGracePeriodSeconds": 120,
+                    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                        {"weight": 100, "podAffinityTerm": {"labelSelector": {"matchLabels": _labels(sink_name)},
+                                                            "topologyKey": "kubernetes.io/hostname"}}]}},
+                    "containers": [{
+                        "name": "sink", "image": image,
+                        "args": ["vault", "sink", *_X_ARGS],
+                        "env": [*_kafka_env("vault", cluster, env_x=False), *_pg_env("ingest"),
+                                {"name": "CDRPIPE_METRICS_PORT", "value": str(METRICS_PORT)}, _log_env()],
+                        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                        **_metrics_probes(),
+                        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+                        "securityContext": _container_security(),
+                        "volumeMounts": [*ca_mounts, tmp_mount,
+                                         {"name": "kafka-ca", "mountPath": "/etc/kafka-ca", "readOnly": True}],
+                    }],
+                    "volumes": [*ca_volumes, tmp, _ca_volume(cluster)],
+                },
+            },
+        },
+    }
+    purge_name = "cdrpipe-vault-purge-pg"
+    purge = {
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": purge_name, "labels": _labels(purge_name)},
+        "spec": {
+            "schedule": "15 3 * * *", "timeZone": "Etc/UTC", "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 3600, "successfulJobsHistoryLimit": 7, "failedJobsHistoryLimit": 7,
+            "jobTemplate": {"spec": {"backoffLimit": 3, "template": {
+                "metadata": {"labels": _labels(purge_name)},
+                "spec": {
+                    "restartPolicy": "OnFailure",
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    "containers": [{
+                        "name": "purge", "image": image,
+                        "args": ["vault", "purge", "--retention", "12mo", "--operator", "k8s-cronjob"],
+                        "env": [*_pg_env("purge"), _log_env()],
+                        "resources": resources, "securityContext": _container_security(),
+                        "volumeMounts": [*ca_mounts, tmp_mount]}],
+                    "volumes": [*ca_volumes, tmp],
+                }}}},
+        },
+    }
+    return [cnpg_cluster(PG_RECORDS, "vault", instances=3, storage="500Gi", retention="30d"),
+            cnpg_cluster(PG_KEYS, "vault_keys", instances=3, storage="1Gi", retention="7d"),
+            grants, init, sink, purge]
+
+
+def vault_postgres_overlay(cluster: str, image: str) -> dict[str, str]:
+    """deploy/k8s/vault-postgres/: the base with its SQLite vault removed and the PostgreSQL one added."""
+    deleted = [("apps/v1", "StatefulSet", "cdrpipe-vault"), ("batch/v1", "CronJob", "cdrpipe-vault-purge"),
+               ("v1", "PersistentVolumeClaim", "cdrpipe-vault-data"),
+               ("v1", "PersistentVolumeClaim", "cdrpipe-vault-keys")]
+    return {
+        "vault.yaml": dump_all(vault_postgres_manifests(cluster, image),
+                               "# Needs the CloudNativePG operator, and Secrets made by hand: cdrpipe-pg-owner and\n"
+                               "# cdrpipe-pg-<ingest|officer|auditor|purge> (kubernetes.io/basic-auth), cdrpipe-pg-backup,\n"
+                               "# cdrpipe-vault-keyring. Officers and auditors run `cdrpipe vault query|audit` with\n"
+                               "# their own roles (docs/vault.md, \"PostgreSQL\").\n"),
+        "kustomization.yaml": dump_all([{
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": ["..", "vault.yaml"],
+            "patches": [{"patch": dump_all([{"apiVersion": api, "kind": kind, "metadata": {"name": n},
+                                             "$patch": "delete"}]).split("---\n", 1)[1]}
+                        for api, kind, n in deleted],
+        }]),
+    }
+
+
 def faust_app_manifests(role: str, command: list[str], cluster: str, image: str, *,
                         keyring: bool) -> list[dict[str, Any]]:
     """A faust app (privacy or aggregates): one Deployment; faust rebalances over replicas itself."""
@@ -570,6 +766,11 @@ def render(*, cluster: str = DEFAULT_CLUSTER, image: str = DEFAULT_IMAGE,
     return files
 
 
+def render_overlays(*, cluster: str = DEFAULT_CLUSTER, image: str = DEFAULT_IMAGE) -> dict[str, str]:
+    """Every file of the overlays under deploy/k8s/, as text, by path relative to deploy/k8s/."""
+    return {f"{PG_OVERLAY}/{n}": text for n, text in vault_postgres_overlay(cluster, image).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write (or with --check compare) deploy/k8s/."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -585,6 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = render(cluster=args.cluster, image=args.image, namespace=args.namespace,
                    worker_replicas=args.worker_replicas, policy=args.policy)
+    files.update(render_overlays(cluster=args.cluster, image=args.image))
     stale = [n for n, text in files.items()
              if not (args.out / n).is_file() or (args.out / n).read_text() != text]
     extra = sorted(p.name for p in args.out.glob("*.yaml") if p.name not in files) \
@@ -597,6 +799,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if stale or extra else 0
     args.out.mkdir(parents=True, exist_ok=True)
     for n in stale:
+        (args.out / n).parent.mkdir(parents=True, exist_ok=True)
         (args.out / n).write_text(files[n])
         print(f"wrote {args.out / n}", file=sys.stderr)
     for n in extra:

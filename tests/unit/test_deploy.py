@@ -459,3 +459,57 @@ def test_dockerfile_is_slim_non_root_and_enters_cdrpipe() -> None:
     assert "build-essential" not in last_stage  # compilers stay in the build stage
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ignore[ignore.index("*") if "*" in ignore else 0] == "*"  # deny by default: no keys
+
+
+# --------------------------------------------------------------------------- the vault on PostgreSQL
+
+
+def test_vault_postgres_overlay_is_fresh_and_replaces_the_sqlite_vault(yaml: ModuleType,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/k8s/vault-postgres/ is what render writes; it swaps the SQLite vault for CloudNativePG
+    clusters, several sinks, and a purge, each pod connecting as its own least-privilege role."""
+    files = render.render_overlays()
+    for name, text in files.items():
+        assert (K8S / name).read_text() == text, f"{name} is stale: run python deploy/render.py"
+    overlay = K8S / render.PG_OVERLAY
+    assert {p.name for p in overlay.glob("*.yaml")} == {n.split("/", 1)[1] for n in files}
+    (kust,) = [d for d in yaml.safe_load_all((overlay / "kustomization.yaml").read_text()) if d]
+    assert kust["resources"] == ["..", "vault.yaml"]
+    deleted = {(p["kind"], p["metadata"]["name"]) for p in (yaml.safe_load(x["patch"]) for x in kust["patches"])
+               if p.get("$patch") == "delete"}
+    base_vault = {(d["kind"], d["metadata"]["name"]) for d in _docs(yaml, "vault.yaml")}
+    assert deleted == base_vault  # nothing of the SQLite vault is left running beside the new one
+    docs = [d for d in yaml.safe_load_all((overlay / "vault.yaml").read_text()) if d]
+    clusters = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Cluster"}
+    assert set(clusters) == {render.PG_RECORDS, render.PG_KEYS}  # the keystore is backed up apart
+    for cluster in clusters.values():
+        assert cluster["apiVersion"] == "postgresql.cnpg.io/v1" and cluster["spec"]["instances"] >= 3
+        roles = {r["name"] for r in cluster["spec"]["managed"]["roles"]}
+        assert roles == {f"cdrpipe_{r}" for r in render.PG_ROLES}
+        assert not any(r["superuser"] for r in cluster["spec"]["managed"]["roles"])
+    (sink,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert sink["spec"]["replicas"] >= 2
+    role_of = {}
+    for doc in docs:
+        for c in _containers(doc):
+            env = {e["name"]: e for e in c.get("env", [])}
+            if "CDRPIPE_VAULT_DB" in env:
+                db, keys = env["CDRPIPE_VAULT_DB"]["value"], env["CDRPIPE_VAULT_KEYSTORE"]["value"]
+                assert "sslmode=verify-full" in db and "sslmode=verify-full" in keys
+                assert db.split("//")[1].split("@")[0] == keys.split("//")[1].split("@")[0]  # one role each
+                assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == \
+                    "cdrpipe-pg-" + db.split("//cdrpipe_")[1].split("@")[0]
+                role_of[c["args"][1]] = db.split("//")[1].split("@")[0]
+                pod = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"] \
+                    if doc["kind"] == "CronJob" else doc["spec"]["template"]["spec"]
+                assert pod["securityContext"]["runAsNonRoot"] is True
+                assert c["securityContext"]["readOnlyRootFilesystem"] is True
+                with monkeypatch.context() as m:
+                    for key, value in env.items():
+                        m.setenv(key, value.get("value", "from-secret"))
+                    argv = [re.sub(r"\$\((\w+)\)", lambda x: env[x.group(1)].get("value", "s"), a) for a in c["args"]]
+                    assert callable(cli.build_parser().parse_args(argv).func)
+    assert role_of == {"sink": "cdrpipe_ingest", "purge": "cdrpipe_purge"}
+    (grants,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    for name, text in grants["data"].items():
+        assert text == (DEPLOY / "postgres" / name).read_text()
