@@ -238,12 +238,22 @@ impl NativeCore {
         };
         let reasons: Vec<&str> = r.dlq_reasons.iter().map(|&c| core.reason_code(c)).collect();
         let out = (
-            PyBytes::new(py, &r.analytics), r.analytics_ends.clone(), keys,
-            PyBytes::new(py, &r.retention), r.retention_ends.clone(), r.segment_ids.clone(),
-            PyBytes::new(py, &r.dlq), r.dlq_ends.clone(), reasons, r.dlq_ids.clone(), r.suppressed,
+            PyBytes::new(py, &r.analytics), ends_bytes(py, &r.analytics_ends), keys,
+            PyBytes::new(py, &r.retention), ends_bytes(py, &r.retention_ends), r.segment_ids.clone(),
+            PyBytes::new(py, &r.dlq), ends_bytes(py, &r.dlq_ends), reasons, r.dlq_ids.clone(), r.suppressed,
         );
         Ok(out.into_pyobject(py)?.into_any())
     }
+}
+
+/// Message ends as native-endian u32s (Python reads them through `memoryview.cast("I")`), so a
+/// file runner that writes whole buffers never makes an int object per record.
+fn ends_bytes<'py>(py: Python<'py>, ends: &[u32]) -> Bound<'py, PyBytes> {
+    let mut raw = Vec::with_capacity(ends.len() * 4);
+    for e in ends {
+        raw.extend_from_slice(&e.to_ne_bytes());
+    }
+    PyBytes::new(py, &raw)
 }
 
 /// One retention envelope (the function `Sealer.seal` and the test vectors use).

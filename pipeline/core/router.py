@@ -88,7 +88,7 @@ class Output(Sequence[bytes]):
 
     __slots__ = ("buffer", "ends", "keys", "headers")
 
-    def __init__(self, buffer: bytes, ends: list[int], keys: Sequence[bytes | str | None] | None,
+    def __init__(self, buffer: bytes, ends: Sequence[int], keys: Sequence[bytes | str | None] | None,
                  headers: Sequence[list[tuple[str, bytes]]] | list[tuple[str, bytes]]) -> None:
         self.buffer, self.ends, self.keys, self.headers = buffer, ends, keys, headers
 
@@ -231,6 +231,7 @@ class Router:
         (analytics, a_ends, keys, retention, r_ends, segment_ids, dlq, d_ends, reasons, dlq_ids,
          suppressed) = self._native.route(batch, source.name, partitions, offsets, now,
                                           sealer.data_key, sealer.vault_kid, sealer.wrapped_key, want_keys)
+        a_ends, r_ends, d_ends = (memoryview(e).cast("I") for e in (a_ends, r_ends, d_ends))
         n = len(batch)
         dlq_headers = [[("schema", DLQ_SCHEMA), ("reason", code.encode())] for code in reasons]
         counts = {"in": n, "analytics": len(a_ends), "retention": n, "dlq": len(d_ends), "suppressed": suppressed}

@@ -60,9 +60,10 @@ def iter_line_batches(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) 
 ChunkResult = tuple[bytes, bytes, bytes, dict[str, int], Counter[str]]
 
 
-def route_chunk(router: Router, name: str, first_line: int, chunk: bytes) -> ChunkResult:
-    """Route one chunk of lines (line numbers from ``first_line``) into three output buffers."""
-    n = chunk.count(b"\n") + 1
+def route_chunk(router: Router, name: str, first_line: int, chunk: bytes, n: int | None = None) -> ChunkResult:
+    """Route one chunk of ``n`` lines (line numbers from ``first_line``) into three output buffers."""
+    if n is None:
+        n = chunk.count(b"\n") + 1
     routed = router.route(None, Source(name, 0, range(first_line, first_line + n)), chunk)
     return (routed.analytics.buffer, routed.retention.buffer, routed.dlq.buffer, routed.counts,
             routed.dlq_reasons)
@@ -136,10 +137,10 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
     threads = ThreadPoolExecutor(max(1, workers), thread_name_prefix="route")
     queued: deque[Future[ChunkResult]] = deque()
 
-    def work(first: int, chunk: bytes) -> ChunkResult:
+    def work(first: int, chunk: bytes, n: int) -> ChunkResult:
         r = routers.get()  # a router routes one batch at a time: each thread takes a free one
         try:
-            return route_chunk(r, name, first, chunk)
+            return route_chunk(r, name, first, chunk, n)
         finally:
             routers.put(r)
 
@@ -161,8 +162,9 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
     try:
         line = 1
         for chunk in iter_chunks(stream, batch_bytes):
-            queued.append(threads.submit(work, line, chunk))
-            line += chunk.count(b"\n") + 1
+            n = chunk.count(b"\n") + 1
+            queued.append(threads.submit(work, line, chunk, n))
+            line += n
             if len(queued) >= max(1, workers) * 2:  # bounded: memory stays flat
                 write_oldest()
         while queued:
