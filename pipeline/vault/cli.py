@@ -690,6 +690,44 @@ def _cmd_warrant_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from pipeline.vault.migrate import MigrateError, describe, migrate
+    if not args.source or is_postgres(args.source):
+        raise UsageError("--from is the SQLite vault file to copy (its keystore: --from-keystore, default <from>.keys)")
+    if not is_postgres(args.to):
+        raise UsageError("--to must be a postgresql://… URL (an empty vault database), with --to-keystore another")
+    if not args.to_keystore or not is_postgres(args.to_keystore):
+        raise UsageError("--to-keystore must be a postgresql://… URL: the target's keystore database, apart from --to")
+    if not Path(args.source).is_file():
+        raise UsageError(f"--from {args.source}: no such file")
+    operator = _operator(args, "who runs the migration")
+    source_args = argparse.Namespace(keyring=args.keyring, db=args.source, keystore=args.from_keystore)
+    with open_vault(source_args) as source:
+        target_args = argparse.Namespace(keyring=args.keyring, db=args.to, keystore=args.to_keystore,
+                                         region=source.store.region, witness=args.witness, audit_key=args.audit_key,
+                                         X=args.X)
+        with open_vault(target_args, create=True) as target:
+            try:
+                report = migrate(source.store, source.keystore, target.store, target.keystore,  # type: ignore[arg-type]
+                                 progress=lambda m: None if args.quiet else print(f"vault migrate: {m}",
+                                                                                  file=sys.stderr))
+            except (MigrateError, StoreError, KeystoreError) as exc:
+                raise FatalError(f"migration not done: {describe(exc)}") from None
+            except driver_errors() as exc:
+                raise FatalError(f"migration not done: {first_line(exc)}") from None
+            copied = {k: v for k, v in report.summary().items() if k != "checks"}
+            try:
+                entry = _audit_log(target, target_args).append({
+                    "action": "migrate", "operator": operator, "source": str(source.store.path), "copied": copied})
+            except AuditError as exc:
+                raise FatalError(f"copied and verified, but not audited: {exc}") from None
+    print(f"vault migrate: {report.records:,} records of {report.days} day(s), {report.audit_entries} audit entries, "
+          f"{report.warrants} warrant(s) and {report.day_keys} day key(s) copied; verified: "
+          f"{'; '.join(report.checks)} (audit entry #{entry['seq']})", file=sys.stderr)
+    print(orjson.dumps({**copied, "audit_seq": entry["seq"]}).decode())
+    return 0
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     with open_vault(args, create=True) as vault:
         doc = {"db": str(vault.store.path), "keystore": str(vault.keystore.path), "region": vault.store.region}
@@ -975,6 +1013,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = vsub.add_parser("status", help="records per day, key state, quarantine and audit size (no secrets)")
     _vault_arguments(p)
     p.set_defaults(func=_cmd_status)
+
+    p = vsub.add_parser("migrate", help="copy a SQLite vault into PostgreSQL, audit chain included, and verify it",
+                        description="Copy --from (a SQLite vault and its keystore) into an empty PostgreSQL vault "
+                                    "(--to, --to-keystore) byte for byte: records, index, day keys and tombstones, "
+                                    "warrants, readers, quarantine and the audit log with its anchor. Then read the "
+                                    "target back and compare everything; only a verified copy gets its `migrate` "
+                                    "audit entry. The source is not changed.")
+    p.add_argument("--keyring", default=None,
+                   help=f"vault keyring file (env {ENV_VAULT_KEYRING_FILE} or CDRPIPE_VAULT_KEYRING_JSON)")
+    p.add_argument("--from", dest="source", required=True, help="the SQLite vault database to copy")
+    p.add_argument("--from-keystore", default=None, help="its keystore (default <from>.keys)")
+    p.add_argument("--to", required=True, help="postgresql://… of the empty target vault database")
+    p.add_argument("--to-keystore", default=None, help="postgresql://… of the target keystore database")
+    p.add_argument("--operator", default=None, help="who runs it (env CDRPIPE_OPERATOR; default: OS user)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _audit_arguments(p)
+    p.set_defaults(func=_cmd_migrate)
 
     p = vsub.add_parser("init", help="create an empty vault (PostgreSQL: its schemas, as the owner role)",
                         description="Create the vault's record store and keystore for this keyring and region, "

@@ -292,6 +292,30 @@ class Keystore:
         self._conn.checkpoint()
         return done
 
+    def export_state(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row, as stored (keys stay wrapped): what ``vault migrate`` copies to another keystore."""
+        return {"meta": [(str(k), str(v)) for k, v in self._conn.execute(
+                    "SELECT k, v FROM meta WHERE k NOT IN ('format', 'vault_kid', 'check', 'created') ORDER BY k")],
+                "day_keys": [(int(d), str(k), bytes(w), str(c)) for d, k, w, c in self._conn.execute(
+                    "SELECT day, kid, wrapped, created FROM day_keys ORDER BY day")],
+                "destroyed": [(int(d), str(k), str(t)) for d, k, t in self._conn.execute(
+                    "SELECT day, kid, destroyed_at FROM destroyed ORDER BY day")]}
+
+    def import_state(self, state: dict[str, list[tuple[Any, ...]]]) -> None:
+        """Write :meth:`export_state`'s rows into this (new, empty) keystore of the same keyring, in one
+        transaction; the wrapping key is the keyring's, so wrapped keys move unchanged."""
+        with self._conn.transaction():
+            if self._conn.execute("SELECT count(*) FROM day_keys").fetchone()[0] or \
+                    self._conn.execute("SELECT count(*) FROM destroyed").fetchone()[0]:
+                raise KeystoreError(f"keystore {self.path} already holds day keys: migrate into an empty one")
+            self._conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                                   state["meta"])
+            self._conn.executemany("INSERT INTO day_keys (day, kid, wrapped, created) VALUES (?, ?, ?, ?)",
+                                   state["day_keys"])
+            self._conn.executemany("INSERT INTO destroyed (day, kid, destroyed_at) VALUES (?, ?, ?)",
+                                   state["destroyed"])
+        self._cache.clear()
+
     def set_audit_anchor(self, seq: int, digest: str) -> None:
         """Remember the audit log's last entry outside the record database."""
         with self._conn.transaction():

@@ -301,6 +301,24 @@ class PostgresStore(RecordStore):
     def unread_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM records WHERE parsed = 0").fetchone()[0])
 
+    def day_rows(self, day: int, after_rid: int, limit: int) -> list[tuple[object, ...]]:
+        return [(*r[:8], bytes(r[8])) for r in self.db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM records WHERE day = ? AND rid > ? ORDER BY rid LIMIT ?",
+            (day, after_rid, limit))]
+
+    def day_index(self, day: int) -> list[int]:
+        return [int(k) for (k,) in self.db.execute("SELECT k FROM blind_index WHERE day = ? ORDER BY k", (day,))]
+
+    def continue_rids(self, day: int, next_rid: int) -> None:
+        """Row ids of ``day`` go on from ``next_rid`` (after records were copied in with their own)."""
+        self.db.execute("INSERT INTO day_rids AS r (day, next) VALUES (?, ?) "
+                        "ON CONFLICT (day) DO UPDATE SET next = greatest(r.next, excluded.next)", (day, next_rid))
+
+    def continue_identities(self) -> None:
+        """Readers registered after a copy get new ids (the copy kept the source's)."""
+        self.db.execute("SELECT setval(pg_get_serial_sequence('vault.readers', 'id'), greatest(max(id), 1)) "
+                        "FROM readers")
+
 
 def open_keystore_database(url: str, *, create: bool) -> PostgresDatabase:
     """The keystore's connection (schema ``keystore``), creating the schema when allowed."""

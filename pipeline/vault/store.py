@@ -225,6 +225,14 @@ class RecordStore:
     def unread_count(self) -> int:
         raise NotImplementedError
 
+    def day_rows(self, day: int, after_rid: int, limit: int) -> list[tuple[object, ...]]:
+        """Up to ``limit`` records of ``day`` with ``rid > after_rid``, by rid (RECORD_COLUMNS order)."""
+        raise NotImplementedError
+
+    def day_index(self, day: int) -> list[int]:
+        """Every index key of ``day``, ascending."""
+        raise NotImplementedError
+
 
 def open_store(db: str | os.PathLike[str], *, vault_kid: str, index_kid: str, region: str | None = None,
                create: bool = False) -> RecordStore:
@@ -404,6 +412,14 @@ class VaultStore(RecordStore):
             self.conn.execute("PRAGMA secure_delete=OFF")
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return dropped
+
+    def day_rows(self, day: int, after_rid: int, limit: int) -> list[tuple[object, ...]]:
+        return self.conn.execute(
+            f"SELECT rid, record_id, ts, parsed, sealed_time, src, part, off, ct FROM {rec_table(day)} "
+            "WHERE rid > ? ORDER BY rid LIMIT ?", (after_rid, limit)).fetchall()
+
+    def day_index(self, day: int) -> list[int]:
+        return [int(k) for (k,) in self.conn.execute(f"SELECT k FROM {idx_table(day)} ORDER BY k")]
 
     def day_counts(self) -> dict[int, int]:
         """Records per stored day (for ``vault status``)."""

@@ -233,3 +233,49 @@ def test_purge_destroys_the_days_keys_and_drops_their_storage(world, backend, ca
     # A late copy of a purged day's records is not stored again (the cut-off holds on both backends).
     late = _ingest(world, backend, capsys)
     assert late["stored"] == 0 and late["expired"] == 12
+
+
+# --------------------------------------------------------------------------- migration SQLite -> PostgreSQL
+
+def test_migrate_copies_a_sqlite_vault_with_its_audit_chain_and_verifies_it(world, tmp_path, pg_vault_urls, capsys):
+    sqlite = Backend("sqlite", str(tmp_path / "vault.db"), str(tmp_path / "vault.db.keys"))
+    witness = str(tmp_path / "witness.jsonl")
+    _ingest(world, sqlite, capsys)
+    assert main(["vault", "warrant", "add", "--keyring", world["keyring"], *sqlite.args(), "--id", "W-1",
+                 "--authority", "test", "--officer", "PC-1", "--from", "2020-01-01", "--to", "2020-12-31",
+                 "--expires", "2099-01-01", "--targets", f"{A},{B}", "--witness", witness]) == EXIT_OK
+    assert _vault(world, sqlite, "purge", "--before", "2020-01-04", "--operator", "ops") == EXIT_OK
+    code, before, _ = _query(world, sqlite, capsys, A)
+    assert code == EXIT_OK and before == world["expect"]["A"] - {r for r in world["expect"]["A-jan"]
+                                                                 if int(r.split("-")[1]) <= 6}
+    entries_before = [e for (e,) in sqlite.sql("SELECT entry FROM audit ORDER BY seq")]
+
+    db, keys = pg_vault_urls
+    pg = Backend("postgresql", db, keys)
+    capsys.readouterr()
+    assert main(["vault", "migrate", "--keyring", world["keyring"], "--from", sqlite.db, "--to", db,
+                 "--to-keystore", keys, "--operator", "dba", "--quiet"]) == EXIT_OK
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["records"] == world["total"] - 6 and summary["days"] == 2
+    assert summary["audit_entries"] == len(entries_before) and summary["warrants"] == 1
+    assert summary["day_keys"] == 2 and summary["destroyed_keys"] == 1
+    # The audit log moved byte for byte, and the migration is the next entry, witnessed like the rest.
+    after = [e for (e,) in pg.sql("SELECT entry FROM audit ORDER BY seq")]
+    assert after[:len(entries_before)] == entries_before
+    assert orjson.loads(after[-1])["action"] == "migrate" and orjson.loads(after[-1])["operator"] == "dba"
+    assert "@" not in orjson.loads(after[-1])["source"]
+    capsys.readouterr()
+    assert main(["vault", "audit", "verify", *pg.args(), "--witness", witness]) == EXIT_OK, capsys.readouterr().err
+    # The same answers from the copy; the purged day stays purged (its tombstone and cut-off moved too).
+    code, ids, err = _query(world, pg, capsys, A)
+    assert code == EXIT_OK, err
+    assert ids == before
+    assert pg.day_keys() == {JAN_4, FEB_10}
+    late = _ingest(world, pg, capsys)
+    assert late["stored"] == 0 and late["expired"] == 6 and late["duplicates"] == world["total"] - 6
+    # A second migration into the now non-empty target is refused, and changes nothing.
+    capsys.readouterr()
+    assert main(["vault", "migrate", "--keyring", world["keyring"], "--from", sqlite.db, "--to", db,
+                 "--to-keystore", keys, "--quiet"]) == EXIT_FATAL
+    assert "migration not done" in (err := capsys.readouterr().err) and "already holds" in err
+    assert len(pg.sql("SELECT seq FROM audit")) == len(after) + 1  # only the query above was added
