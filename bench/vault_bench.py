@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,7 +50,7 @@ from pipeline.vault.ingest import Ingester, IngestTotals  # noqa: E402
 from pipeline.vault.keystore import Keystore, day_number  # noqa: E402
 from pipeline.vault.query import Searcher  # noqa: E402
 from pipeline.vault.sink import BatchPipeline  # noqa: E402
-from pipeline.vault.store import DAY_US, VaultStore  # noqa: E402
+from pipeline.vault.store import DAY_US, open_store  # noqa: E402
 
 SEGMENT_RECORDS = 900        # ~256 KiB of ~280-byte records, as the worker's default segment_bytes
 SEGMENTS_PER_BATCH = 64      # the sink's default --max-messages
@@ -164,15 +165,18 @@ def main() -> None:
                     help="fraction of records written as Asterisk cdr_csv rows (default 0: all raw v1 JSON)")
     ap.add_argument("--workdir", default=None, help="where the database goes (default: a temp dir, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    ap.add_argument("--db", default=None, help="an empty postgresql://… vault database (default: SQLite in --workdir)")
+    ap.add_argument("--keystore", default=None, help="with --db: an empty postgresql://… keystore database")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="vault-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    db = work / "vault.db"
+    db: Any = args.db or work / "vault.db"
+    keys = args.keystore or str(db) + ".keys"
     for p in work.glob("vault.db*"):
         p.unlink()
     worker, vault = generate()
-    store = VaultStore(db, vault_kid=vault.vault_kid, index_kid=vault.index_key.kid, region="GB", create=True)
-    keystore = Keystore(str(db) + ".keys", vault, create=True)
+    store = open_store(db, vault_kid=vault.vault_kid, index_kid=vault.index_key.kid, region="GB", create=True)
+    keystore = Keystore(keys, vault, create=True)
     start = first_day(args.days)
     # Retention as long as the workload, so every record is within it at ingest (none expired).
     ingester = Ingester(store, keystore, vault, retention=f"{args.days + 1}d")
@@ -221,8 +225,8 @@ def main() -> None:
     keystore.close()
 
     # Query: a fresh process-level connection, one month in the middle of the data.
-    store = VaultStore(db, vault_kid=vault.vault_kid, index_kid=vault.index_key.kid)
-    keystore = Keystore(str(db) + ".keys", vault)
+    store = open_store(db, vault_kid=vault.vault_kid, index_kid=vault.index_key.kid)
+    keystore = Keystore(keys, vault)
     searcher = Searcher(store, keystore, BlindIndexer(vault.index_key))
     mid = start + _dt.timedelta(days=args.days // 2)
     lo = day_number(mid.date()) * DAY_US
@@ -243,7 +247,8 @@ def main() -> None:
             warm.append(time.perf_counter() - t)
         queries[label] = {"results": len(found.records), "cold_ms": round(cold * 1000, 1),
                           "warm_median_ms": round(statistics.median(warm) * 1000, 1)}
-    size = sum(p.stat().st_size for p in work.glob("vault.db*"))
+    size = int(store.db.execute("SELECT pg_database_size(current_database())").fetchone()[0]) if args.db \
+        else sum(p.stat().st_size for p in work.glob("vault.db*"))
     # Purge the first month: destroy its day keys, drop its tables, delete its record ids.
     cutoff = day_number(start.date()) + min(31, args.days)
     days = [d for d in store.partitions() if d < cutoff]
@@ -252,7 +257,7 @@ def main() -> None:
     purged = store.drop_days(days)
     purge_s = time.perf_counter() - t
     report = {
-        "records": args.records, "days": args.days, "subscribers": args.subscribers, "seed": args.seed,
+        "backend": "postgresql" if args.db else "sqlite", "records": args.records, "days": args.days, "subscribers": args.subscribers, "seed": args.seed,
         "csv_share": args.csv_share,
         "ingest_seconds": round(ingest_s, 2), "ingest_records_per_s": round(args.records / ingest_s),
         "ingest_cpu_seconds": round(cpu_s, 2), "ingest_records_per_cpu_s": round(args.records / cpu_s),
