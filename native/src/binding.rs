@@ -339,20 +339,8 @@ fn parse_columns(py: Python<'_>, buf: &[u8], lengths: Vec<u32>, fields: Vec<Stri
     })
 }
 
-/// Keep batch-sized buffers (tens of MB) in the heap for reuse instead of mapping and zeroing
-/// fresh pages for every batch and unmapping them after: page faults were a third of the
-/// routing time (perf, 100k-record batches). glibc only; other allocators manage their own.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
-}
-
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    tune_allocator();
     m.add("PARSE_REASON_CODES", crate::json::REASON_CODES.to_vec())?;
     m.add_function(wrap_pyfunction!(tokens, m)?)?;
     m.add_function(wrap_pyfunction!(parse_columns, m)?)?;
