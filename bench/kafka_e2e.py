@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ from pipeline.allocator import tune_for_batches  # noqa: E402
 tune_for_batches()  # as `cdrpipe run` does, before Polars is imported
 
 from pipeline.broker import KAFKA_VERSION, LocalKafka  # noqa: E402
-from pipeline.core.router import CoreConfig, Router, Source  # noqa: E402
+from pipeline.core.router import (ANALYTICS_HEADERS, RETENTION_HEADERS, CoreConfig, Output,  # noqa: E402
+                                  RoutedBatch, Router, Source)
 from pipeline.demo import produce_synthetic  # noqa: E402
 from pipeline.keys import generate  # noqa: E402
 from pipeline.runners.kafka import (DEFAULT_BATCH_SIZE, Topics, TransactionLoop, WorkerSettings,  # noqa: E402
@@ -59,42 +61,24 @@ from pipeline.synthetic import generate as synthetic  # noqa: E402
 from pipeline.topics import TopicSpec, apply_topics, load_topic_policy  # noqa: E402
 
 
-@dataclass
-class PassthroughBatch:
-    """What the transaction loop needs from a routed batch, holding the consumed bytes unchanged."""
+def ready(values: Sequence[bytes], headers: list[tuple[str, bytes]]) -> Output:
+    """Messages as the core hands them over: one newline-terminated buffer and the ends."""
+    ends = list(itertools.accumulate(len(v) + 1 for v in values))
+    return Output(b"\n".join(values) + b"\n" if values else b"", ends, None, headers)
 
-    records: Sequence[bytes]
-    retention: list[bytes] = field(default_factory=list)
-    dlq: list[bytes] = field(default_factory=list)
-    dlq_reasons: Counter[str] = field(default_factory=Counter)
 
-    @property
-    def counts(self) -> dict[str, int]:
-        n = len(self.records)
-        return {"in": n, "analytics": n, "retention": n, "dlq": 0, "suppressed": 0}
-
-    def analytics_ndjson(self) -> bytes:
-        return b"\n".join(self.records)
-
-    def analytics_keys(self) -> list[str | None]:
-        return [None] * len(self.records)
+def batch_of(records: Sequence[bytes], analytics: Sequence[bytes], retention: Sequence[bytes] = ()) -> RoutedBatch:
+    n = len(records)
+    return RoutedBatch(ready(analytics, ANALYTICS_HEADERS), ready(retention, RETENTION_HEADERS), ready([], []),
+                       {"in": n, "analytics": n, "retention": n, "dlq": 0, "suppressed": 0}, Counter())
 
 
 class PassthroughRouter:
     """Stands in for the core: every record goes out as it came in (the ceiling of the Kafka side)."""
 
-    def route(self, records: Sequence[bytes], source: Source) -> PassthroughBatch:
-        return PassthroughBatch(records)
-
-
-@dataclass
-class VolumeBatch(PassthroughBatch):
-    """The pipeline's output volume without its work: analytics lines padded to the measured size."""
-
-    pad: bytes = b""
-
-    def analytics_ndjson(self) -> bytes:
-        return b"\n".join(r + self.pad for r in self.records)
+    def route(self, records: Sequence[bytes], source: Source, buf: bytes | None = None, *,
+              want_keys: bool = False) -> RoutedBatch:
+        return batch_of(records, records)
 
 
 class VolumeRouter:
@@ -108,11 +92,12 @@ class VolumeRouter:
     def __init__(self, analytics_bytes: float) -> None:
         self.analytics_bytes = analytics_bytes
 
-    def route(self, records: Sequence[bytes], source: Source) -> VolumeBatch:
+    def route(self, records: Sequence[bytes], source: Source, buf: bytes | None = None, *,
+              want_keys: bool = False) -> RoutedBatch:
         pad = b" " * max(0, round(self.analytics_bytes - sum(map(len, records)) / max(len(records), 1)))
         segments = [b'{"ct":"' + base64.b64encode(b"\n".join(records[i:i + 1000])) + b'"}'
                     for i in range(0, len(records), 1000)]
-        return VolumeBatch(records, retention=segments, pad=pad)
+        return batch_of(records, [r + pad for r in records], segments)
 
 
 def run_loop(bootstrap: str, router: Any, topics: Topics, n: int, batch_size: int,
@@ -148,11 +133,9 @@ def core_alone(lines: list[bytes], batch_size: int) -> tuple[float, float]:
     analytics_bytes = analytics_lines = 0
     for i in range(0, len(lines), batch_size):
         batch = lines[i:i + batch_size]
-        routed = router.route(batch, Source("bench", 0, range(i, i + len(batch))))
-        ndjson = routed.analytics_ndjson()
-        analytics_lines += len(ndjson.split(b"\n")) - 1
-        analytics_bytes += len(ndjson)
-        routed.analytics_keys()
+        routed = router.route(batch, Source("bench", 0, range(i, i + len(batch))), want_keys=True)
+        analytics_lines += len(routed.analytics)
+        analytics_bytes += len(routed.analytics.buffer)
     return len(lines) / (time.perf_counter() - started), analytics_bytes / max(analytics_lines, 1)
 
 

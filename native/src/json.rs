@@ -844,6 +844,53 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_inclusive() {
+        let f: &[&[u8]] = &[b"a"];
+        // Depth exactly at the limit passes; one more fails, in objects and arrays alike.
+        let at = format!("{{\"a\":{}1{}}}", "[".repeat(31), "]".repeat(31));
+        assert!(run(at.as_bytes(), f).is_ok());
+        let over = format!("{{\"a\":{}1{}}}", "[".repeat(32), "]".repeat(32));
+        assert_eq!(run(over.as_bytes(), f), Err("too_deep"));
+        // Brackets inside strings do not count.
+        let quoted = format!("{{\"a\":\"{}\"}}", "[{".repeat(40));
+        assert!(run(quoted.as_bytes(), f).is_ok());
+        // Size: the raw record, whitespace included, against the limit.
+        let mut line = vec![b'{', b'}'];
+        line.resize(65536, b' ');
+        assert!(run(&line, f).is_ok());
+        line.push(b' ');
+        assert_eq!(run(&line, f), Err("too_large"));
+    }
+
+    #[test]
+    fn duplicates_anywhere_but_only_in_one_object() {
+        let f: &[&[u8]] = &[b"a"];
+        assert_eq!(run(br#"{"a":[{"x":1,"x":2}]}"#, f), Err("duplicate_key"));
+        assert_eq!(run(br#"{"a":[{"x":1},{"x":2}],"b":{"x":3}}"#, f).map(|_| ()), Ok(()));
+        assert_eq!(run(r#"{"\u00e9":1,"é":2}"#.as_bytes(), f), Err("duplicate_key"));
+        let many: String = (0..100).map(|i| format!("\"k{i}\":{i},")).collect();
+        assert!(run(format!("{{{many}\"a\":1}}").as_bytes(), f).is_ok());
+        assert_eq!(run(format!("{{{many}\"k7\":1}}").as_bytes(), f), Err("duplicate_key"));
+    }
+
+    #[test]
+    fn whitespace_and_shapes() {
+        let f: &[&[u8]] = &[b"a"];
+        assert_eq!(run(b" \t{ \"a\" :\r\n\"x\" }\r", f).unwrap(), vec![Some("x".into())]);
+        assert_eq!(run(b"{}", f).unwrap(), vec![None]);
+        assert_eq!(run(b"{\"a\":null}", f).unwrap(), vec![None]);
+        assert_eq!(run(b"{\"a\":1}\x0c", f), Err("invalid_json")); // form feed is not JSON whitespace
+        assert_eq!(run(b"{\"a\":1,}", f), Err("invalid_json"));
+        assert_eq!(run(b"{\"a\" 1}", f), Err("invalid_json"));
+        assert_eq!(run(b"{'a':1}", f), Err("invalid_json"));
+        assert_eq!(run(b"{\"a\":tru}", f), Err("invalid_json"));
+        assert_eq!(run(b"{\"a\":\"\\u12\"}", f), Err("invalid_json"));
+        assert_eq!(run(b"null", f), Err("not_object"));
+        assert_eq!(run(b"{\"a\":\"\xe2\x82\"}", f), Err("invalid_utf8")); // a cut multi-byte character
+        assert_eq!(run(b"{\"a\":\"\xed\xa0\x80\"}", f), Err("invalid_utf8")); // an encoded surrogate
+    }
+
+    #[test]
     fn escaping_matches_orjson() {
         let mut out = Vec::new();
         escape_into(&mut out, "a\"\\\n\x01\x1f\x7f/é\x08\x0c".as_bytes());
