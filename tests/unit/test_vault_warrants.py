@@ -1,7 +1,9 @@
 """Warrants: registered with a scope, and no query answers outside it.
 
 Records are built here with known parties and call times within the retention period (relative
-to today), so what each warrant may see is known by construction.
+to today), so what each warrant may see is known by construction. The whole suite runs on both
+storage backends, SQLite and PostgreSQL (the session's throwaway cluster; skipped with the reason
+where the server is not installed): a warrant's scope must not depend on where the vault lives.
 """
 from __future__ import annotations
 
@@ -39,18 +41,26 @@ def _records() -> tuple[list[bytes], list[tuple[str, str, str, dt.datetime]]]:
     return lines, facts
 
 
-@pytest.fixture(scope="module")
-def vault(tmp_path_factory: pytest.TempPathFactory) -> dict:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def vault(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict:
     root = tmp_path_factory.mktemp("warrants")
+    if request.param == "postgresql":
+        cluster = request.getfixturevalue("postgres")
+        tag = root.name.lower().replace("-", "_")
+        db, keys = cluster.create_database(f"w_{tag}"), cluster.create_database(f"wk_{tag}")
+        where = ["--db", db, "--keystore", keys]
+    else:
+        db = root / "vault.db"
+        where = ["--db", str(db)]
     assert main(["keys", "generate", "--dir", str(root / "keys")]) == 0
     lines, facts = _records()
     (root / "raw.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     assert main(["process", "--keyring", str(root / "keys" / "worker-keyring.json"), "--input",
                  str(root / "raw.jsonl"), "--out-dir", str(root / "out"), "--quiet"]) == 0
-    keyring, db = root / "keys" / "vault-keyring.json", root / "vault.db"
-    assert main(["vault", "ingest", "--keyring", str(keyring), "--db", str(db), "--quiet",
+    keyring = root / "keys" / "vault-keyring.json"
+    assert main(["vault", "ingest", "--keyring", str(keyring), *where, "--quiet",
                  "--input", str(root / "out" / "retention.jsonl")]) == 0
-    base = ["--keyring", str(keyring), "--db", str(db)]
+    base = ["--keyring", str(keyring), *where]
     # W-A: A only, from 35 days ago to 8 days ago (inclusive), officer PC-1.
     w_from, w_to = str(TODAY - dt.timedelta(days=35)), str(TODAY - dt.timedelta(days=8))
     assert main(["vault", "warrant", "add", *base, "--id", "W-A", "--authority", "Sec. of State",
