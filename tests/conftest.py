@@ -79,3 +79,10 @@ def pg_vault_urls(postgres, request):
     import uuid
     base = re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:30] + "_" + uuid.uuid4().hex[:6]
     return postgres.create_database("v_" + base), postgres.create_database("k_" + base)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def vault_backend(request, tmp_path):
+    """An empty vault location on each storage backend in turn (``tests/vault_backend.py``)."""
+    from vault_backend import make_backend
+    return make_backend(request.param, tmp_path, request)

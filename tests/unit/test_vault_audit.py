@@ -3,24 +3,25 @@
 Entries are written through ``AuditLog`` into a real vault database table, then tampered
 with in SQL the way someone with write access to the file would, and checked with both
 ``verify_chain`` and ``cdrpipe vault audit verify``. Every entry is validated against
-``schemas/audit-entry.v1.json``.
+``schemas/audit-entry.v1.json``. The log's tests run on both storage backends (SQLite and
+PostgreSQL, ``vault_backend``): tampering is caught wherever the vault lives.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from pathlib import Path
 
 import orjson
 import pytest
 from jsonschema import Draft202012Validator
+from vault_backend import VaultBackend
 
 from pipeline.cli import EXIT_FATAL, EXIT_OK, main
 from pipeline.vault.audit import (GENESIS, AuditError, AuditLog, AuditSigner, entry_hash, load_audit_signer,
                                   read_entries, verify_chain)
 from pipeline.vault.keystore import Keystore
-from pipeline.vault.store import VaultStore
+from pipeline.vault.store import open_store
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "audit-entry.v1.json").read_text())
 VALIDATOR = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
@@ -35,14 +36,14 @@ def _query_fields(i: int) -> dict:
 
 
 @pytest.fixture
-def vault_db(tmp_path, vault_keyring):
-    """A vault database and keystore with five audit entries (the first four signed), files closed."""
-    db = tmp_path / "vault.db"
-    store = VaultStore(db, vault_kid=vault_keyring.vault_kid, index_kid=vault_keyring.index_key.kid, create=True)
-    keystore = Keystore(str(db) + ".keys", vault_keyring, create=True)
+def vault_db(vault_backend, vault_keyring):
+    """A vault database and keystore with five audit entries (the first four signed), closed again."""
+    db = vault_backend
+    store = open_store(db.db, vault_kid=vault_keyring.vault_kid, index_kid=vault_keyring.index_key.kid, create=True)
+    keystore = Keystore(db.keystore, vault_keyring, create=True)
     clock = iter(dt.datetime(2026, 1, 1, 9, 0, i, tzinfo=dt.timezone.utc) for i in range(100))
     signer = AuditSigner.generate()
-    log = AuditLog(store.conn, anchor=keystore, signer=signer, clock=lambda: next(clock))
+    log = AuditLog(store.db, anchor=keystore, signer=signer, clock=lambda: next(clock))
     for i in range(1, 5):
         log.append(_query_fields(i))
     log.append({"action": "purge", "operator": "cron", "cutoff": "2019-12-01", "days": ["2019-11-30"],
@@ -52,21 +53,18 @@ def vault_db(tmp_path, vault_keyring):
     return db, signer
 
 
-def _rows(db: Path) -> list[tuple[int, str]]:
-    return read_entries(db)
+def _rows(db: VaultBackend) -> list[tuple[int, str]]:
+    return read_entries(db.db)
 
 
-def _sql(db: Path, *statements: tuple[str, tuple]) -> None:
-    conn = sqlite3.connect(db)
-    with conn:
-        for sql, params in statements:
-            conn.execute(sql, params)
-    conn.close()
+def _sql(db: VaultBackend, *statements: tuple[str, tuple]) -> None:
+    """Tamper as someone with write access to the database would (one transaction)."""
+    db.sql_many(*statements)
 
 
-def _verify_cli(db: Path, capsys, *extra: str) -> tuple[int, str]:
+def _verify_cli(db: VaultBackend, capsys, *extra: str) -> tuple[int, str]:
     capsys.readouterr()
-    code = main(["vault", "audit", "verify", "--db", str(db), *extra])
+    code = main(["vault", "audit", "verify", *db.args(), *extra])
     return code, capsys.readouterr().err
 
 
@@ -169,7 +167,7 @@ def test_a_rebuilt_unsigned_chain_fails_with_the_public_key(vault_db, capsys):
         entry["hash"] = prev = entry_hash(entry)
         forged.append((orjson.dumps(entry).decode(), seq))
     _sql(db, *[("UPDATE audit SET entry = ? WHERE seq = ?", f) for f in forged])
-    Path(str(db) + ".keys").unlink()  # and the attacker removed the anchor too
+    db.drop_anchor()  # and the attacker removed the anchor too
     assert verify_chain(_rows(db)).ok  # without a key, a fully rebuilt chain is consistent...
     code, err = _verify_cli(db, capsys)
     assert code == EXIT_FATAL and "anchor was deleted" in err  # ...but a missing anchor is itself detected
@@ -189,10 +187,10 @@ def test_a_rebuilt_unsigned_chain_fails_with_the_public_key(vault_db, capsys):
 def test_appending_after_entries_were_lost_is_refused_until_acknowledged(vault_db, vault_keyring):
     db, _ = vault_db
     _sql(db, ("DELETE FROM audit WHERE seq = 5", ()))
-    store = VaultStore(db, vault_kid=vault_keyring.vault_kid, index_kid=vault_keyring.index_key.kid)
-    keystore = Keystore(str(db) + ".keys", vault_keyring)
+    store = open_store(db.db, vault_kid=vault_keyring.vault_kid, index_kid=vault_keyring.index_key.kid)
+    keystore = Keystore(db.keystore, vault_keyring)
     try:
-        log = AuditLog(store.conn, anchor=keystore)
+        log = AuditLog(store.db, anchor=keystore)
         assert log.gap() == (4, 5)
         with pytest.raises(AuditError, match="acknowledge-gap"):
             log.append(_query_fields(9))

@@ -13,11 +13,10 @@ Expected answers come from how the records are built here, not from the code und
 from __future__ import annotations
 
 import json
-import sqlite3
-from pathlib import Path
 
 import orjson
 import pytest
+from vault_backend import VaultBackend as Backend
 
 from pipeline.cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, main
 
@@ -72,56 +71,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "total": raw.count(b"\n")}
 
 
-class Backend:
-    """Where one test's vault lives, and how to look at its storage directly (for the checks only)."""
-
-    def __init__(self, kind: str, db: str, keystore: str) -> None:
-        self.kind, self.db, self.keystore = kind, db, keystore
-
-    def args(self) -> list[str]:
-        return ["--db", self.db, "--keystore", self.keystore]
-
-    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
-        if self.kind == "sqlite":
-            conn = sqlite3.connect(self.db)
-            try:
-                rows = conn.execute(statement, params).fetchall()
-                conn.commit()
-                return rows
-            finally:
-                conn.close()
-        import psycopg
-        with psycopg.connect(self.db, autocommit=True, options="-c search_path=vault") as conn:
-            cur = conn.execute(statement.replace("?", "%s"), params)
-            return cur.fetchall() if cur.description else []
-
-    def day_storage(self) -> set[str]:
-        """The names of the per-day tables / partitions that exist."""
-        if self.kind == "sqlite":
-            return {n for (n,) in self.sql("SELECT name FROM sqlite_master WHERE type = 'table' AND "
-                                           "(name GLOB 'rec_*' OR name GLOB 'idx_*')")}
-        return {n for (n,) in self.sql("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                                       "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname IN "
-                                       "('records', 'blind_index', 'record_ids')")}
-
-    def day_keys(self) -> set[int]:
-        if self.kind == "sqlite":
-            conn = sqlite3.connect(self.keystore)
-            try:
-                return {d for (d,) in conn.execute("SELECT day FROM day_keys")}
-            finally:
-                conn.close()
-        import psycopg
-        with psycopg.connect(self.keystore, autocommit=True) as conn:
-            return {d for (d,) in conn.execute("SELECT day FROM keystore.day_keys")}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, tmp_path) -> Backend:
-    if request.param == "sqlite":
-        return Backend("sqlite", str(tmp_path / "vault.db"), str(tmp_path / "vault.db.keys"))
-    db, keys = request.getfixturevalue("pg_vault_urls")
-    return Backend("postgresql", db, keys)
+@pytest.fixture
+def backend(vault_backend: Backend) -> Backend:
+    """Each test below runs once per storage backend (conftest's ``vault_backend``)."""
+    return vault_backend
 
 
 def _vault(world: dict, backend: Backend, *argv: str) -> int:
