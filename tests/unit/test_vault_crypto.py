@@ -1,9 +1,13 @@
-"""Blind indexes, day keys and the keystore: the vault's cryptographic promises, one by one."""
+"""Blind indexes, day keys and the keystore: the vault's cryptographic promises, one by one.
+
+The keystore's tests run on both storage backends (a SQLite file, a PostgreSQL database:
+``vault_backend``): crypto-shredding must hold wherever the day keys live.
+"""
 from __future__ import annotations
 
 import hashlib
 import hmac
-import sqlite3
+import os
 
 import polars as pl
 import pytest
@@ -56,8 +60,8 @@ def test_day_cipher_round_trip_and_binding():
     assert "k1" in repr(cipher) and bytes(range(32)).hex() not in repr(cipher)
 
 
-def test_keystore_creates_reuses_and_destroys_day_keys(tmp_path, vault_keyring):
-    path = tmp_path / "v.db.keys"
+def test_keystore_creates_reuses_and_destroys_day_keys(vault_backend, vault_keyring):
+    path = vault_backend.keystore
     keystore = Keystore(path, vault_keyring, create=True)
     first = keystore.cipher_for_write(18262)
     blob = first.seal_many(["r"], [b"x"])[0]
@@ -77,18 +81,18 @@ def test_keystore_creates_reuses_and_destroys_day_keys(tmp_path, vault_keyring):
     with pytest.raises(KeystoreError, match="no key"):
         keystore.cipher_for_read(18400, "zz")
     keystore.close()
-    assert (path.stat().st_mode & 0o077) == 0
+    if vault_backend.kind == "sqlite":
+        assert (os.stat(path).st_mode & 0o077) == 0
+    assert vault_backend.day_keys() == {18300}               # the destroyed key's row is gone, not hidden
 
 
-def test_the_keystore_file_alone_is_useless(tmp_path, vault_keyring):
+def test_the_keystore_file_alone_is_useless(vault_backend, tmp_path, vault_keyring):
     """Wrapped keys open only with the keyring: another keyring (even with the same id) is refused."""
-    path = tmp_path / "v.db.keys"
+    path = vault_backend.keystore
     keystore = Keystore(path, vault_keyring, create=True)
     keystore.cipher_for_write(18262)
     keystore.close()
-    conn = sqlite3.connect(path)
-    wrapped = conn.execute("SELECT wrapped FROM day_keys").fetchone()[0]
-    conn.close()
+    wrapped = bytes(vault_backend.keystore_sql("SELECT wrapped FROM day_keys")[0][0])
     assert len(wrapped) == 12 + 32 + 16  # nonce, AES-GCM(key), tag: not the key itself
     other = generate()[1]
     with pytest.raises(KeystoreError, match="belongs to vault key"):
@@ -100,16 +104,14 @@ def test_the_keystore_file_alone_is_useless(tmp_path, vault_keyring):
         Keystore(tmp_path / "nope.keys", vault_keyring)
 
 
-def test_an_altered_wrapped_key_is_reported(tmp_path, vault_keyring):
-    path = tmp_path / "v.db.keys"
+def test_an_altered_wrapped_key_is_reported(vault_backend, vault_keyring):
+    path = vault_backend.keystore
     keystore = Keystore(path, vault_keyring, create=True)
     kid = keystore.cipher_for_write(18262).kid
     keystore.close()
-    conn = sqlite3.connect(path)
-    with conn:
-        wrapped = conn.execute("SELECT wrapped FROM day_keys").fetchone()[0]
-        conn.execute("UPDATE day_keys SET wrapped = ?", (wrapped[:20] + bytes([wrapped[20] ^ 1]) + wrapped[21:],))
-    conn.close()
+    wrapped = bytes(vault_backend.keystore_sql("SELECT wrapped FROM day_keys")[0][0])
+    vault_backend.keystore_sql("UPDATE day_keys SET wrapped = ?",
+                               (wrapped[:20] + bytes([wrapped[20] ^ 1]) + wrapped[21:],))
     keystore = Keystore(path, vault_keyring)
     with pytest.raises(KeystoreError, match="cannot be unwrapped"):
         keystore.cipher_for_read(18262, kid)
@@ -120,8 +122,8 @@ def test_day_numbers():
     assert day_number(day_date(18293)) == 18293 and str(day_date(18293)) == "2020-02-01"
 
 
-def test_a_running_writer_drops_a_cached_key_once_another_process_purged_its_day(tmp_path, vault_keyring):
-    path = tmp_path / "v.db.keys"
+def test_a_running_writer_drops_a_cached_key_once_another_process_purged_its_day(vault_backend, vault_keyring):
+    path = vault_backend.keystore
     sink_side = Keystore(path, vault_keyring, create=True)
     assert sink_side.cipher_for_write(18262) is not None     # cached by the long-running sink
     purge_side = Keystore(path, vault_keyring)                # `cdrpipe vault purge`, another connection
