@@ -115,7 +115,7 @@ impl NativeCore {
     }
 
     /// A batch another adapter parsed: raw records plus its field columns (schema order) and rejects.
-    fn columns(&mut self, buf: Py<PyBytes>, lengths: Vec<u32>, columns: Vec<Vec<Option<String>>>, rows: Vec<usize>,
+    fn columns(&mut self, py: Python<'_>, buf: Py<PyBytes>, lengths: Vec<u32>, columns: Vec<Vec<Option<String>>>, rows: Vec<usize>,
                reject_rows: Vec<usize>, reject_reasons: Vec<String>) -> PyResult<ParsedBatch> {
         let nf = self.core.fields().len();
         let n = lengths.len();
@@ -155,19 +155,17 @@ impl NativeCore {
         if let Some(row) = seen.iter().position(|s| !s) {
             return Err(PyValueError::new_err(format!("the adapter neither parsed nor rejected record {row}")));
         }
-        Ok(ParsedBatch { buf, parsed: Parsed { starts, lengths, reasons, vals, arena } })
+        let mut parsed = Parsed { starts, lengths, reasons, vals, arena, pending: Vec::new() };
+        parsed.pending = self.core.pending(buf.as_bytes(py), &parsed);
+        Ok(ParsedBatch { buf, parsed })
     }
 
     /// Distinct values the fast paths leave to Python: `[(kind, [raw...]), ...]` (kind `time` for times).
-    fn pending(&self, py: Python<'_>, batch: &ParsedBatch) -> Vec<(String, Vec<String>)> {
-        let data = batch.buf.as_bytes(py);
-        let core = &self.core;
-        let parsed = &batch.parsed;
-        let sets = py.allow_threads(|| core.pending(&Batch { buf: data, parsed }));
-        sets.into_iter()
+    fn pending(&self, batch: &ParsedBatch) -> Vec<(String, Vec<String>)> {
+        batch.parsed.pending.iter()
             .enumerate()
             .filter(|(_, s)| !s.is_empty())
-            .map(|(k, s)| (KINDS.get(k).copied().unwrap_or("time").to_string(), s))
+            .map(|(k, s)| (KINDS.get(k).copied().unwrap_or("time").to_string(), s.clone()))
             .collect()
     }
 

@@ -86,6 +86,8 @@ pub struct Parsed {
     pub reasons: Vec<u16>,
     pub vals: Vec<Val>,
     pub arena: Vec<u8>,
+    /// Distinct values the fast paths leave to Python, per kind (index 5: times), found while parsing.
+    pub pending: Vec<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -308,62 +310,85 @@ impl Core {
         let mut arena = Vec::new();
         let mut scratch = Scratch::default();
         let names: Vec<&[u8]> = self.field_names.iter().map(|v| v.as_slice()).collect();
+        let wanted = self.normalised_fields();
+        let mut sets: Vec<HashSet<String>> = (0..=KINDS.len()).map(|_| HashSet::new()).collect();
+        let mut out = Vec::new();
         for i in 0..n {
             let (s, e) = (starts[i], starts[i] + lengths[i] as usize);
-            if let Err(r) = parse_record(buf, s, e, self.cfg.max_bytes, self.cfg.max_depth, &names,
-                                         &mut vals[i * nf..(i + 1) * nf], &mut arena, &mut scratch) {
-                reasons[i] = r as u16;
+            let row = &mut vals[i * nf..(i + 1) * nf];
+            match parse_record(buf, s, e, self.cfg.max_bytes, self.cfg.max_depth, &names, row, &mut arena, &mut scratch) {
+                // The record's values are in cache now: find the ones Python must settle.
+                Ok(()) => self.collect_pending(buf, row, &arena, &wanted, &mut sets, &mut out),
+                Err(r) => reasons[i] = r as u16,
             }
         }
-        Parsed { starts, lengths, reasons, vals, arena }
+        let pending = sets.into_iter().map(|s| s.into_iter().collect()).collect();
+        Parsed { starts, lengths, reasons, vals, arena, pending }
     }
 
-    /// Distinct values of this batch the fast paths leave to Python, per kind (index 5: times).
-    pub fn pending(&self, b: &Batch) -> Vec<Vec<String>> {
-        let mut sets: Vec<HashSet<&str>> = (0..=KINDS.len()).map(|_| HashSet::new()).collect();
-        let mut out = Vec::new();
-        let nf = self.cfg.fields.len();
-        let mut wanted: Vec<(usize, usize)> = Vec::new(); // (field, kind)
+    /// The (field, kind) pairs whose values need a canonical form (kind 5: a time), once each.
+    fn normalised_fields(&self) -> Vec<(usize, usize)> {
+        let mut wanted: Vec<(usize, usize)> = Vec::new();
         for c in &self.checks {
-            match *c {
-                Check::Start => wanted.push((self.idx[3], K_TIME)),
+            let pair = match *c {
+                Check::Start => Some((self.idx[3], K_TIME)),
                 Check::Rule(i) => {
                     let r = &self.cfg.rules[i];
                     match r.action {
-                        Action::Token(k) => wanted.push((r.field, k)),
-                        Action::TruncateIp(..) => wanted.push((r.field, 3)),
-                        Action::Coarsen(_) => wanted.push((r.field, K_TIME)),
-                        _ => {}
+                        Action::Token(k) => Some((r.field, k)),
+                        Action::TruncateIp(..) => Some((r.field, 3)),
+                        Action::Coarsen(_) => Some((r.field, K_TIME)),
+                        _ => None,
                     }
                 }
-                Check::Contract(f, k) => wanted.push((f, k)),
-                _ => {}
-            }
-        }
-        for row in 0..b.parsed.reasons.len() {
-            if b.parsed.reasons[row] != 0 {
-                continue;
-            }
-            for &(f, k) in &wanted {
-                let Some(v) = b.parsed.vals[row * nf + f].get(b.buf, &b.parsed.arena) else { continue };
-                // The common shapes are settled without the full fast path (it runs again in `route`).
-                let settled = match k {
-                    K_TIME => normalise::time_fast(v).is_some(),
-                    K_MSISDN => v.is_ascii() && self.cfg.phone.is_e164(v.as_bytes()),
-                    3 => normalise::is_plain_v4(v),
-                    _ => v.is_ascii(),
-                };
-                let pending = !settled && if k == K_TIME {
-                    !self.learned_times.contains_key(v)
-                } else {
-                    self.fast(k, v, &mut out) == Fast::Pending && !self.learned[k].contains_key(v)
-                };
-                if pending {
-                    sets[k].insert(v);
+                Check::Contract(f, k) => Some((f, k)),
+                _ => None,
+            };
+            if let Some(p) = pair {
+                if !wanted.contains(&p) {
+                    wanted.push(p);
                 }
             }
         }
-        sets.into_iter().map(|s| s.into_iter().map(str::to_owned).collect()).collect()
+        wanted
+    }
+
+    /// Add one parsed record's values the fast paths leave to Python (and that are not learned yet).
+    #[allow(clippy::too_many_arguments)]
+    fn collect_pending(&self, buf: &[u8], vals: &[Val], arena: &[u8], wanted: &[(usize, usize)],
+                       sets: &mut [HashSet<String>], out: &mut Vec<u8>) {
+        for &(f, k) in wanted {
+            let Some(v) = vals[f].get(buf, arena) else { continue };
+            // The common shapes are settled without the full fast path (it runs again in `route`).
+            let settled = match k {
+                K_TIME => normalise::time_fast(v).is_some(),
+                K_MSISDN => v.is_ascii() && self.cfg.phone.is_e164(v.as_bytes()),
+                3 => normalise::is_plain_v4(v),
+                _ => v.is_ascii(),
+            };
+            let pending = !settled && if k == K_TIME {
+                !self.learned_times.contains_key(v)
+            } else {
+                self.fast(k, v, out) == Fast::Pending && !self.learned[k].contains_key(v)
+            };
+            if pending && !sets[k].contains(v) {
+                sets[k].insert(v.to_owned());
+            }
+        }
+    }
+
+    /// Distinct values of a batch the fast paths leave to Python, per kind (index 5: times).
+    pub fn pending(&self, buf: &[u8], p: &Parsed) -> Vec<Vec<String>> {
+        let nf = self.cfg.fields.len();
+        let wanted = self.normalised_fields();
+        let mut sets: Vec<HashSet<String>> = (0..=KINDS.len()).map(|_| HashSet::new()).collect();
+        let mut out = Vec::new();
+        for row in 0..p.reasons.len() {
+            if p.reasons[row] == 0 {
+                self.collect_pending(buf, &p.vals[row * nf..(row + 1) * nf], &p.arena, &wanted, &mut sets, &mut out);
+            }
+        }
+        sets.into_iter().map(|s| s.into_iter().collect()).collect()
     }
 
     fn fast(&self, kind: usize, v: &str, out: &mut Vec<u8>) -> Fast {
