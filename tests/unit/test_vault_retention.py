@@ -14,7 +14,7 @@ from pipeline.vault.index import BlindIndexer
 from pipeline.vault.keystore import Keystore, day_number
 from pipeline.vault.query import Searcher
 from pipeline.vault.retention import retention_cutoff
-from pipeline.vault.store import DAY_US, VaultStore
+from pipeline.vault.store import DAY_US, open_store
 
 TODAY = dt.datetime.now(dt.timezone.utc).date()
 A = "+447700900123"
@@ -26,7 +26,8 @@ def _months_ago(n: int) -> str:
 
 
 @pytest.fixture()
-def world(tmp_path, monkeypatch):
+def world(tmp_path, monkeypatch, vault_backend):
+    """Three records (13, 11 and 1 month old) sealed for a vault on each storage backend in turn."""
     monkeypatch.delenv("CDRPIPE_VAULT_RETENTION", raising=False)
     assert main(["keys", "generate", "--dir", str(tmp_path / "keys")]) == 0
     lines = [orjson.dumps({"record_id": rid, "cli": A, "dialled": "+447700900999", "start": _months_ago(m),
@@ -34,19 +35,20 @@ def world(tmp_path, monkeypatch):
     (tmp_path / "raw.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     assert main(["process", "--keyring", str(tmp_path / "keys" / "worker-keyring.json"), "--input",
                  str(tmp_path / "raw.jsonl"), "--out-dir", str(tmp_path / "out"), "--quiet"]) == 0
-    return {"root": tmp_path, "keyring": tmp_path / "keys" / "vault-keyring.json", "db": tmp_path / "vault.db",
+    return {"root": tmp_path, "keyring": tmp_path / "keys" / "vault-keyring.json", "db": vault_backend.db,
+            "keys": vault_backend.keystore, "where": vault_backend.args(),
             "retention": tmp_path / "out" / "retention.jsonl"}
 
 
 def _ingest(world, capsys, *extra: str) -> dict:
     capsys.readouterr()
-    assert main(["vault", "ingest", "--keyring", str(world["keyring"]), "--db", str(world["db"]), "--quiet",
+    assert main(["vault", "ingest", "--keyring", str(world["keyring"]), *world["where"], "--quiet",
                  "--input", str(world["retention"]), *extra]) == EXIT_OK
     return json.loads(capsys.readouterr().out.splitlines()[-1])
 
 
 def _warrant(world, start: str) -> None:
-    assert main(["vault", "warrant", "add", "--keyring", str(world["keyring"]), "--db", str(world["db"]),
+    assert main(["vault", "warrant", "add", "--keyring", str(world["keyring"]), *world["where"],
                  "--id", "W-1", "--authority", "t", "--officer", "PC-1", "--targets", A, "--from", start,
                  "--to", str(TODAY), "--expires", str(TODAY + dt.timedelta(days=1))]) == EXIT_OK
 
@@ -57,7 +59,7 @@ def test_a_record_13_months_old_is_expired_at_ingest_and_never_returned(world, c
     cutoff = retention_cutoff(TODAY, "12mo")
     _warrant(world, str(cutoff))
     capsys.readouterr()
-    assert main(["vault", "query", "--keyring", str(world["keyring"]), "--db", str(world["db"]), "--target", A,
+    assert main(["vault", "query", "--keyring", str(world["keyring"]), *world["where"], "--target", A,
                  "--from", str(cutoff), "--to", str(TODAY), "--warrant", "W-1", "--officer", "PC-1"]) == EXIT_OK
     ids = [orjson.loads(line)["record_id"] for line in capsys.readouterr().out.splitlines()]
     assert ids == ["new-11mo", "new-1mo"]
@@ -68,7 +70,7 @@ def test_a_query_window_before_the_cutoff_is_refused_naming_it(world, capsys):
     cutoff = retention_cutoff(TODAY, "12mo")
     for start in ("2000-01-01", str(cutoff - dt.timedelta(days=1))):
         capsys.readouterr()
-        assert main(["vault", "query", "--keyring", str(world["keyring"]), "--db", str(world["db"]), "--target", A,
+        assert main(["vault", "query", "--keyring", str(world["keyring"]), *world["where"], "--target", A,
                      "--from", start, "--to", "2030-01-01", "--warrant", "W-1", "--officer", "PC-1"]) == EXIT_USAGE
         out = capsys.readouterr()
         assert out.out == "" and f"retention cut-off {cutoff}" in out.err
@@ -79,8 +81,8 @@ def test_a_record_past_retention_is_not_returned_even_before_the_purge(world, ca
     summary = _ingest(world, capsys, "--retention", "24mo")
     assert summary["stored"] == 3 and summary["expired"] == 0
     keyring = load_vault_keyring(world["keyring"])
-    store = VaultStore(world["db"], vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid)
-    keystore = Keystore(str(world["db"]) + ".keys", keyring)
+    store = open_store(world["db"], vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid)
+    keystore = Keystore(world["keys"], keyring)
     try:
         searcher = Searcher(store, keystore, BlindIndexer(keyring.index_key))
         everything = searcher.search("msisdn", A, 0, (day_number(TODAY) + 1) * DAY_US)
@@ -97,8 +99,8 @@ def test_the_sink_metrics_count_expired_records(world, capsys, metric_samples):
     from pipeline.metrics import VaultSinkMetrics
     from pipeline.vault.ingest import Ingester
     keyring = load_vault_keyring(world["keyring"])
-    store = VaultStore(world["db"], vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid, create=True)
-    keystore = Keystore(str(world["db"]) + ".keys", keyring, create=True)
+    store = open_store(world["db"], vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid, create=True)
+    keystore = Keystore(world["keys"], keyring, create=True)
     try:
         totals = Ingester(store, keystore, keyring).ingest(world["retention"].read_bytes().splitlines())
     finally:
