@@ -386,7 +386,7 @@ def _epoch_us(values: list[str]) -> list[int | None]:
 
 
 class ReferenceCore:
-    """The per-record semantics of ``Router`` for one configuration (JSONL input, no suppressions)."""
+    """The per-record semantics of ``Router`` for one configuration (JSONL input)."""
 
     def __init__(self, tokeniser: Tokeniser, config: CoreConfig | None = None) -> None:
         self.config = cfg = config or CoreConfig()
@@ -442,8 +442,26 @@ class ReferenceCore:
 
     # -- one batch
 
-    def route(self, records: list[bytes], source_name: str, partition: int, offsets: list[int]) -> ReferenceResult:
+    def party_tokens(self, vals: dict[str, str | None]) -> list[str]:
+        """Tokens that decide suppression: cli and dialled as msisdn, imsi as imsi (valid values only)."""
+        out = []
+        for name, kind in SUPPRESSION_FIELDS:
+            if vals[name] is not None:
+                ok, value, _ = self.canonical(kind, vals[name])
+                if ok and value is not None:
+                    out.append(self.tokeniser.token_one(kind, value))
+        return out
+
+    def record_fields(self, raw: bytes) -> dict[str, str | None] | None:
+        """A record's wanted fields as text, or None if it does not parse."""
+        _, obj = parse_line(raw, self.config.max_record_bytes, self.config.max_depth)
+        return None if obj is None else {f: field_text(dict(obj).get(f)) for f in self.fields}
+
+    def route(self, records: list[bytes], source_name: str, partition: int, offsets: list[int],
+              suppressed: frozenset[str] = frozenset()) -> ReferenceResult:
+        """The batch's analytics, DLQ and counts; a valid record with a party in ``suppressed`` is only counted."""
         cfg = self.config
+        n_suppressed = 0
         prefix = safe_source_name(source_name)
         parse_rejects, check_rejects, analytics = [], [], []
         parsed = [parse_line(raw, cfg.max_record_bytes, cfg.max_depth) for raw in records]
@@ -462,11 +480,13 @@ class ReferenceCore:
             if failed is not None:
                 code, name, detail = failed
                 check_rejects.append((code, name, detail, rid))
+            elif suppressed and any(t in suppressed for t in self.party_tokens(vals)):
+                n_suppressed += 1
             else:
                 analytics.append(out)
         dlq = parse_rejects + check_rejects
         counts = {"in": len(records), "analytics": len(analytics), "retention": len(records), "dlq": len(dlq),
-                  "suppressed": 0}
+                  "suppressed": n_suppressed}
         return ReferenceResult(analytics, dlq, counts)
 
     def _prefetch_batch(self, rows: list[dict[str, str | None]]) -> None:

@@ -70,11 +70,15 @@ def small_cores(worker_keyring):
     return _cores(worker_keyring, "small")
 
 
-def assert_same(cores, lines: list[bytes]) -> None:
+def assert_same(cores, lines: list[bytes], suppressed: frozenset[str] = frozenset()) -> None:
     router, reference = cores
     offsets = list(range(1000, 1000 + len(lines)))
-    want = reference.route(lines, SOURCE_NAME, 5, offsets)
-    routed = router.route(lines, Source(SOURCE_NAME, 5, offsets))
+    want = reference.route(lines, SOURCE_NAME, 5, offsets, suppressed)
+    router.suppressions.replace(suppressed)
+    try:
+        routed = router.route(lines, Source(SOURCE_NAME, 5, offsets))
+    finally:
+        router.suppressions.replace(())
     got_analytics = routed.analytics_records()
     assert [list(r.items()) for r in got_analytics] == [list(r.items()) for r in want.analytics], lines
     got_dlq = [(d["reason"], d["field"], d["detail"], d["record_id"]) for d in map(orjson.loads, routed.dlq)]
@@ -469,6 +473,16 @@ def test_native_equals_reference_on_field_values_nesting_and_size(small_cores, l
 @given(st.lists(raw_lines, min_size=1, max_size=10))
 def test_native_equals_reference_on_arbitrary_bytes(small_cores, lines):
     assert_same(small_cores, lines)
+
+
+@settings(SETTINGS, max_examples=60)
+@given(st.lists(cdr_line(), min_size=1, max_size=6), st.data())
+def test_native_equals_reference_with_suppressed_parties(cores, lines, data):
+    _, reference = cores
+    rows = [vals for line in lines if (vals := reference.record_fields(line)) is not None]
+    tokens = sorted({t for vals in rows for t in reference.party_tokens(vals)})
+    suppressed = frozenset(data.draw(st.lists(st.sampled_from(tokens), max_size=3))) if tokens else frozenset()
+    assert_same(cores, lines, suppressed | {"k0:not-a-token"})
 
 
 @pytest.mark.parametrize("line, reason", [
