@@ -60,7 +60,7 @@ def _cores(keyring, name):
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def cores(request, worker_keyring):
-    """The native router and the reference, with the default limits and with small ones."""
+    """The native router and the reference: default limits, small ones, and a custom policy."""
     return _cores(worker_keyring, request.param)
 
 
@@ -510,6 +510,17 @@ def test_reference_matches_native_on_fixed_cases(cores):
         b'{"cli":"+447700900123","dialled":"999","start":"2026-01-02T03:59:59.9999999Z","duration":1}',
         b'{"cli":"+447700900123","dialled":"999","start":0,"duration":1,"record_id":' + b"1" + b"0" * 400 + b"}",
     ])
+
+
+def test_fixed_disagreements(small_cores):
+    """Settled for the native core: a 400-digit integer is non-finite (it was the text "inf"); a reject whose
+    first plain record id is a bare number gets a derived id, never a later nested one."""
+    router, _ = small_cores
+    lines = [b'{"cli":"+447700900123","dialled":"999","start":0,"duration":1,"record_id":1' + b"0" * 400 + b"}",
+             b'{"record_id":"4477009001234","x":{"record_id":"r-nested"},']
+    routed = router.route(lines, Source(SOURCE_NAME, 5, [7, 8]))
+    dlq = [(d["reason"], d["record_id"]) for d in map(orjson.loads, routed.dlq)]
+    assert dlq == [("non_finite_number", "in/feed_7.jsonl:5:7"), ("invalid_json", "in/feed_7.jsonl:5:8")]
 
 
 @pytest.mark.parametrize("start", [b'"1e300"', b"1e300", b'"9223372036854775296"', b'"1.3e192"'])
