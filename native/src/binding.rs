@@ -90,6 +90,10 @@ impl NativeCore {
         if chars == 0 || chars > 64 {
             return Err(PyValueError::new_err("token length must be 1-64 hex characters"));
         }
+        if !(1..=512).contains(&max_depth) {
+            // The parser recurses once a nesting level; 512 levels stay far inside any thread's stack.
+            return Err(PyValueError::new_err("the nesting limit must be 1-512 levels"));
+        }
         let cfg = Config {
             fields,
             rules: parsed_rules,
@@ -307,7 +311,10 @@ fn tokens(hex_key: &str, prefix: &str, chars: usize, values: Vec<Option<String>>
 #[pyfunction]
 #[allow(clippy::type_complexity)]
 fn parse_columns(py: Python<'_>, buf: &[u8], lengths: Vec<u32>, fields: Vec<String>, max_bytes: usize, max_depth: usize)
-    -> (Vec<Vec<Option<String>>>, Vec<usize>, Vec<usize>, Vec<&'static str>) {
+    -> PyResult<(Vec<Vec<Option<String>>>, Vec<usize>, Vec<usize>, Vec<&'static str>)> {
+    if !(1..=512).contains(&max_depth) {
+        return Err(PyValueError::new_err("the nesting limit must be 1-512 levels"));
+    }
     let names: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
     let nf = names.len();
     py.allow_threads(|| {
@@ -333,7 +340,7 @@ fn parse_columns(py: Python<'_>, buf: &[u8], lengths: Vec<u32>, fields: Vec<Stri
             }
             pos += l as usize + 1;
         }
-        (columns, rows, reject_rows, reject_codes)
+        Ok((columns, rows, reject_rows, reject_codes))
     })
 }
 

@@ -34,7 +34,7 @@ from pipeline.core.formats import get_format
 from pipeline.core.normalise import COUNTRY_CODES, WITHHELD_WORDS, PhoneNormaliser, canonical_answers
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, PARSE_REASONS
 from pipeline.core.times import parse_times
-from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, KINDS, Tokeniser
+from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, Tokeniser
 from pipeline.keys import WorkerKeyring
 from pipeline.policy import Policy, load_policy
 

@@ -234,7 +234,7 @@ def test_compose_provisions_the_rules_and_the_dashboard(yaml: ModuleType) -> Non
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yaml"]
     jobs = {j["job_name"]: j["dns_sd_configs"][0]["names"] for j in prometheus["scrape_configs"]}
     # The jobs the rules select on, one per service, named like the Kubernetes workloads.
-    assert jobs == {"cdrpipe-worker": ["worker"], "cdrpipe-vault": ["vault-sink"],
+    assert jobs == {"cdrpipe-worker": ["worker"], "cdrpipe-vault": ["vault-sink", "vault-sink-pg"],
                     "cdrpipe-privacy": ["privacy"], "cdrpipe-aggregates": ["aggregates"]}
     assert all(p.startswith("127.0.0.1:") for s in ("prometheus", "grafana") for p in services[s]["ports"])
 
