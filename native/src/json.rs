@@ -342,9 +342,7 @@ impl<'a, 'b> Parser<'a, 'b> {
         let mut p = self.pos;
         loop {
             // Fast scan to the next quote, backslash or control byte.
-            while p < self.end && b[p] != b'"' && b[p] != b'\\' && b[p] >= 0x20 {
-                p += 1;
-            }
+            p = find_special(&b[..self.end], p);
             if p >= self.end {
                 return Err(());
             }
@@ -612,6 +610,34 @@ impl<'a, 'b> Parser<'a, 'b> {
     }
 }
 
+/// The first position at or after `from` holding `"`, `\\` or a control byte (or `b.len()`).
+///
+/// Eight bytes at a time (SWAR): string bodies are most of a record's bytes, and a byte-by-byte
+/// loop with three tests was the parser's largest cost.
+#[inline]
+pub fn find_special(b: &[u8], mut from: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while from + 8 <= b.len() {
+        let x = u64::from_le_bytes(b[from..from + 8].try_into().unwrap_or([0; 8]));
+        let quote = x ^ (LO * b'"' as u64);
+        let slash = x ^ (LO * b'\\' as u64);
+        // A zero byte in `quote`/`slash`, or a byte of `x` below 0x20, sets that byte's high bit.
+        // The borrow trick can also flag a byte above a true hit, never one before the first,
+        // so the lowest flag is exact; bytes >= 0x80 are masked out by `!x` for the < 0x20 test.
+        let hits = ((quote.wrapping_sub(LO) & !quote) | (slash.wrapping_sub(LO) & !slash)
+            | (x.wrapping_sub(LO * 0x20) & !x)) & HI;
+        if hits != 0 {
+            return from + (hits.trailing_zeros() / 8) as usize;
+        }
+        from += 8;
+    }
+    while from < b.len() && b[from] != b'"' && b[from] != b'\\' && b[from] >= 0x20 {
+        from += 1;
+    }
+    from
+}
+
 #[inline]
 fn hex4(b: &[u8], p: usize, end: usize) -> R<u32> {
     if p + 4 > end {
@@ -742,7 +768,7 @@ pub fn write_int(out: &mut Vec<u8>, v: i64) {
 /// bytes; everything else (including non-ASCII UTF-8 and `/`) as is.
 pub fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    if !s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+    if find_special(s, 0) == s.len() {
         out.extend_from_slice(s); // the common case: nothing to escape
         return;
     }
@@ -888,6 +914,36 @@ mod tests {
         assert_eq!(run(b"null", f), Err("not_object"));
         assert_eq!(run(b"{\"a\":\"\xe2\x82\"}", f), Err("invalid_utf8")); // a cut multi-byte character
         assert_eq!(run(b"{\"a\":\"\xed\xa0\x80\"}", f), Err("invalid_utf8")); // an encoded surrogate
+    }
+
+    #[test]
+    fn find_special_agrees_with_a_plain_scan() {
+        let plain = |b: &[u8], from: usize| {
+            (from..b.len()).find(|&i| b[i] == b'"' || b[i] == b'\\' || b[i] < 0x20).unwrap_or(b.len())
+        };
+        let mut x: u64 = 42;
+        for len in 0..80usize {
+            for _ in 0..200 {
+                let buf: Vec<u8> = (0..len).map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Mostly plain text, with quotes, backslashes, controls and high bytes mixed in.
+                    match x % 23 {
+                        0 => b'"',
+                        1 => b'\\',
+                        2 => (x >> 8) as u8 % 0x20,
+                        3 => 0x80 | (x >> 8) as u8,
+                        4 => 0x21,
+                        5 => 0x5b,
+                        _ => b'a' + (x >> 8) as u8 % 26,
+                    }
+                }).collect();
+                for from in 0..=len {
+                    assert_eq!(find_special(&buf, from), plain(&buf, from), "{buf:?} from {from}");
+                }
+            }
+        }
     }
 
     #[test]
