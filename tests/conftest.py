@@ -1,12 +1,32 @@
 """Shared fixtures: keyrings and routers built once, with no I/O; a reader of Prometheus text."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from pipeline.core.router import CoreConfig, Router
 from pipeline.keys import generate
+
+
+#: Real public CDR samples written by others, beside the clone (absent from a user's plain clone).
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The shared corpus: skipped with the reason where it is absent, a failure where CI requires it.
+
+    ``.ci/run`` sets ``CDRPIPE_REQUIRE_CORPUS=1``, so a CI machine without it never passes by skipping.
+    """
+    if not (CORPUS / "README.md").is_file():
+        reason = f"the shared CDR corpus is not at {CORPUS} (shared/ beside the clone)"
+        if os.environ.get("CDRPIPE_REQUIRE_CORPUS") == "1":
+            pytest.fail(reason + "; CDRPIPE_REQUIRE_CORPUS=1 requires it")
+        pytest.skip(reason)
+    return CORPUS
 
 
 @pytest.fixture(scope="session")

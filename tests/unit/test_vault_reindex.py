@@ -20,9 +20,7 @@ TARGET = "+49 8651 7174963"
 
 
 @pytest.fixture()
-def world(tmp_path, monkeypatch, capsys):
-    if not SAMPLE.is_file():
-        pytest.skip(f"the shared CDR corpus is not at {CORPUS} (shared/ beside the clone)")
+def world(tmp_path, monkeypatch, capsys, corpus):
     monkeypatch.setenv("CDRPIPE_VAULT_RETENTION", "20y")  # the sample's calls are from 2013
     assert main(["keys", "generate", "--dir", str(tmp_path / "keys")]) == 0
     fmt = ["--format", "csv", "--mapping", str(MAPPING)]
