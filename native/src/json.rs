@@ -207,9 +207,9 @@ impl<'a, 'b> Parser<'a, 'b> {
         self.ws();
         let is_object = self.peek() == Some(b'{');
         if is_object {
-            self.object(0, true)?;
+            self.object(0, false, true)?;
         } else {
-            self.value(0, None)?;
+            self.value(0, false)?;
         }
         self.ws();
         if self.pos != self.end {
@@ -219,12 +219,12 @@ impl<'a, 'b> Parser<'a, 'b> {
     }
 
     /// One value; with `emit`, its text is written to the arena (nested values re-serialised).
-    fn value(&mut self, level: usize, emit: Option<()>) -> R<()> {
+    fn value(&mut self, level: usize, emit: bool) -> R<()> {
         match self.peek().ok_or(())? {
-            b'{' => self.object(level + 1, false),
+            b'{' => self.object(level + 1, emit, false),
             b'[' => self.array(level + 1, emit),
             b'"' => {
-                if emit.is_some() {
+                if emit {
                     let (s, e, escaped) = self.string()?;
                     write_json_string(self.arena, &self.buf[s..e], escaped)?;
                 } else {
@@ -239,7 +239,7 @@ impl<'a, 'b> Parser<'a, 'b> {
                     _ => b"null",
                 };
                 self.literal(word)?;
-                if emit.is_some() {
+                if emit {
                     self.arena.extend_from_slice(word);
                 }
                 Ok(())
@@ -265,7 +265,7 @@ impl<'a, 'b> Parser<'a, 'b> {
                 if overflows(&self.buf[s..e], float) {
                     self.nonfinite = true;
                 }
-                if emit.is_some() {
+                if emit {
                     self.arena.extend_from_slice(&self.buf[s..e]);
                 }
                 Ok(())
@@ -383,15 +383,15 @@ impl<'a, 'b> Parser<'a, 'b> {
         Ok((s, p, escaped))
     }
 
-    fn array(&mut self, level: usize, emit: Option<()>) -> R<()> {
+    fn array(&mut self, level: usize, emit: bool) -> R<()> {
         self.pos += 1;
-        if emit.is_some() {
+        if emit {
             self.arena.push(b'[');
         }
         self.ws();
         if self.peek() == Some(b']') {
             self.pos += 1;
-            if emit.is_some() {
+            if emit {
                 self.arena.push(b']');
             }
             return Ok(());
@@ -399,7 +399,7 @@ impl<'a, 'b> Parser<'a, 'b> {
         let mut first = true;
         loop {
             self.ws();
-            if emit.is_some() && !first {
+            if emit && !first {
                 self.arena.extend_from_slice(b", ");
             }
             first = false;
@@ -409,7 +409,7 @@ impl<'a, 'b> Parser<'a, 'b> {
                 Some(b',') => self.pos += 1,
                 Some(b']') => {
                     self.pos += 1;
-                    if emit.is_some() {
+                    if emit {
                         self.arena.push(b']');
                     }
                     return Ok(());
@@ -420,44 +420,28 @@ impl<'a, 'b> Parser<'a, 'b> {
     }
 
     /// A value inside a nested container: objects keep their own emit flag.
-    fn value_nested(&mut self, level: usize, emit: Option<()>) -> R<()> {
+    fn value_nested(&mut self, level: usize, emit: bool) -> R<()> {
         if self.peek() == Some(b'{') {
-            return self.object_inner(level + 1, emit);
+            return self.object(level + 1, emit, false);
         }
         self.value(level, emit)
     }
 
-    fn object(&mut self, level: usize, top: bool) -> R<()> {
-        if top {
-            self.object_top()
-        } else {
-            self.object_inner(level, None)
-        }
-    }
-
-    /// The record itself: every key checked for duplicates, wanted fields extracted.
-    fn object_top(&mut self) -> R<()> {
-        self.object_generic(0, None, true)
-    }
-
-    fn object_inner(&mut self, level: usize, emit: Option<()>) -> R<()> {
-        self.object_generic(level, emit, false)
-    }
-
-    fn object_generic(&mut self, level: usize, emit: Option<()>, top: bool) -> R<()> {
+    /// An object at nesting `level`; `top` is the record itself, whose wanted fields are extracted.
+    fn object(&mut self, level: usize, emit: bool, top: bool) -> R<()> {
         self.pos += 1;
         if self.scratch.keys.len() <= level {
             self.scratch.keys.resize_with(level + 1, Vec::new);
         }
         self.scratch.keys[level].clear();
         let text_mark = self.scratch.text.len();
-        if emit.is_some() {
+        if emit {
             self.arena.push(b'{');
         }
         self.ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
-            if emit.is_some() {
+            if emit {
                 self.arena.push(b'}');
             }
             return Ok(());
@@ -480,7 +464,7 @@ impl<'a, 'b> Parser<'a, 'b> {
                 self.duplicate = true;
             }
             self.scratch.keys[level].push(key_ref);
-            if emit.is_some() {
+            if emit {
                 if !first {
                     self.arena.extend_from_slice(b", ");
                 }
@@ -504,7 +488,7 @@ impl<'a, 'b> Parser<'a, 'b> {
                 Some(b',') => self.pos += 1,
                 Some(b'}') => {
                     self.pos += 1;
-                    if emit.is_some() {
+                    if emit {
                         self.arena.push(b'}');
                     }
                     self.scratch.text.truncate(text_mark);
@@ -579,7 +563,7 @@ impl<'a, 'b> Parser<'a, 'b> {
             }
             b'{' | b'[' => {
                 let m = self.arena.len();
-                self.value_nested(level, Some(()))?;
+                self.value_nested(level, true)?;
                 Val::Arena(m as u32, self.arena.len() as u32)
             }
             b'-' | b'0'..=b'9' if self.buf.get(self.pos + 1) != Some(&b'I') => {
@@ -601,7 +585,7 @@ impl<'a, 'b> Parser<'a, 'b> {
                 }
             }
             _ => {
-                self.value(level, None)?;
+                self.value(level, false)?;
                 Val::Null
             }
         };
