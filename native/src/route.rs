@@ -458,7 +458,8 @@ impl Core {
         };
         let mut ids: Vec<String> = Vec::with_capacity(n); // only where not the record's own id
         let mut id_of: Vec<(u8, u32)> = Vec::with_capacity(n); // 0 own (val), 1 derived (ids), 2 raw reject id
-        let mut invalid: Vec<(usize, u16, Option<usize>, String)> = Vec::new(); // row, reason, check, detail
+        // Records that failed a check: row, reason, field, detail (rare, so owned text is fine).
+        let mut invalid: Vec<(usize, u16, &str, String)> = Vec::new();
         let mut res = vec![Res::Null; self.cfg.rules.len()];
         let mut supp_res = [Res::Null; 3];
         let mut scratch: Vec<u8> = Vec::with_capacity(256);
@@ -490,31 +491,31 @@ impl Core {
             }
             // Checks in the contract's order; the first failure is the record's reason.
             scratch.clear();
-            let mut failed: Option<(&'static str, String)> = None;
+            let mut failed: Option<(&'static str, &str, String)> = None; // reason, field, detail
             for c in &self.checks {
                 match *c {
                     Check::Missing(f) => {
                         if val(row, f).is_none() {
                             let name = &self.cfg.fields[f];
-                            failed = Some(("missing_field", format!("{name}\u{0}{name} is missing or null")));
+                            failed = Some(("missing_field", name, format!("{name} is missing or null")));
                         }
                     }
                     Check::RecordId => {
                         if val(row, self.idx[0]).is_some() && !rid_own {
-                            failed = Some(("invalid_record_id", format!("record_id\u{0}{RECORD_ID_DETAIL}")));
+                            failed = Some(("invalid_record_id", "record_id", RECORD_ID_DETAIL.into()));
                         }
                     }
                     Check::Duration => {
                         if let Some(d) = val(row, self.idx[4]) {
                             if !((1..=9).contains(&d.len()) && d.bytes().all(|c| c.is_ascii_digit())) {
-                                failed = Some(("invalid_field", "duration\u{0}duration must be whole seconds >= 0".into()));
+                                failed = Some(("invalid_field", "duration", "duration must be whole seconds >= 0".into()));
                             }
                         }
                     }
                     Check::Start => {
                         if let Some(v) = val(row, self.idx[3]) {
                             if self.time(v).is_none() {
-                                failed = Some(("invalid_field", "start\u{0}start must be ISO-8601 or epoch seconds".into()));
+                                failed = Some(("invalid_field", "start", "start must be ISO-8601 or epoch seconds".into()));
                             }
                         }
                     }
@@ -568,7 +569,7 @@ impl Core {
                         };
                         if !ok {
                             let code = if r.action == Action::Keep { "unsafe_value" } else { "invalid_field" };
-                            failed = Some((code, format!("{}\u{0}{}: {}", r.name, r.name, detail)));
+                            failed = Some((code, r.name.as_str(), format!("{}: {}", r.name, detail)));
                         }
                     }
                     Check::Contract(f, k) => {
@@ -579,7 +580,7 @@ impl Core {
                         };
                         if matches!(supp_res[j], Res::Bad) {
                             let name = &self.cfg.fields[f];
-                            failed = Some(("invalid_field", format!("{name}\u{0}{name}: not a valid {}", KINDS[k])));
+                            failed = Some(("invalid_field", name, format!("{name}: not a valid {}", KINDS[k])));
                         }
                     }
                 }
@@ -587,9 +588,9 @@ impl Core {
                     break;
                 }
             }
-            if let Some((code, text)) = failed {
+            if let Some((code, field, text)) = failed {
                 let code_i = self.cfg.reasons.iter().position(|(c, _)| c == code).unwrap_or(0) as u16;
-                invalid.push((row, code_i, None, text));
+                invalid.push((row, code_i, field, text));
                 continue;
             }
             // Suppressed subscriber as either party (or by IMSI): counted, not published.
@@ -775,10 +776,7 @@ impl Core {
         let mut now_json = Vec::new();
         escape_into(&mut now_json, now.as_bytes());
         let rejects = (0..n).filter(|&r| p.reasons[r] != 0).map(|r| (r, p.reasons[r], None::<&str>, None::<&str>));
-        let checked = invalid.iter().map(|(r, code, _, text)| {
-            let (f, d) = text.split_once('\u{0}').unwrap_or(("", text.as_str()));
-            (*r, *code, Some(f), Some(d))
-        });
+        let checked = invalid.iter().map(|(r, code, field, text)| (*r, *code, Some(*field), Some(text.as_str())));
         for (row, code, field, detail) in rejects.collect::<Vec<_>>().into_iter().chain(checked) {
             let d = &mut out.dlq;
             let id = id_text(row);
