@@ -833,10 +833,13 @@ pub fn token(mac: &Hmac<Sha256>, prefix: &str, chars: usize, value: &[u8], out: 
     mac.update(value);
     let digest = mac.finalize().into_bytes();
     out.extend_from_slice(prefix.as_bytes());
-    for i in 0..chars {
-        let byte = digest[i / 2];
-        out.push(HEX[if i % 2 == 0 { (byte >> 4) as usize } else { (byte & 15) as usize }]);
+    // Two hex digits a byte, written into the buffer's spare room in one pass.
+    let mut hex = [0u8; 64];
+    for (i, byte) in digest.iter().enumerate() {
+        hex[2 * i] = HEX[(byte >> 4) as usize];
+        hex[2 * i + 1] = HEX[(byte & 15) as usize];
     }
+    out.extend_from_slice(&hex[..chars]);
 }
 
 fn hex12(b: &[u8]) -> String {
