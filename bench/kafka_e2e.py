@@ -20,7 +20,7 @@ time goes. Every run reconciles its counts (in == retention == analytics + dlq).
     python bench/kafka_e2e.py                       # 200k records, 1 warm-up + 2 rounds, local broker
     python bench/kafka_e2e.py --records 500000 --rounds 3 --json
 
-Target (issue 3): pipeline >= 70% of passthrough.
+Target (the native-core issue): pipeline >= 85% of passthrough (issue 3 asked for 70%).
 """
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f", -X {' -X '.join(args.X)}" if args.X else ""))
     print(f"  passthrough (same loop and client, transactions, no core): {ceiling:>10,.0f} records/s")
     print(f"  pipeline    (core, analytics+retention+dlq+offsets, EOS):  {e2e:>10,.0f} records/s")
-    print(f"  ratio: {ratio:.0%} of passthrough (target >= 70%)")
+    print(f"  ratio: {ratio:.0%} of passthrough (target >= 85%)")
     print(f"  core alone, no Kafka (same batches):                       {core_rate:>10,.0f} records/s")
     if volume:
         print(f"  zero-cost core, the pipeline's bytes (--volume-check):     "
