@@ -62,7 +62,7 @@ with atheris.instrument_imports(include=["pipeline"]):
 
     from pipeline.core.envelope import open_segment
     from pipeline.core.normalise import normalise_one
-    from pipeline.core.router import CoreConfig, Router, Source, Suppressions
+    from pipeline.core.router import CoreConfig, Router, Source
     from pipeline.keys import generate
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
