@@ -126,12 +126,7 @@ impl NativeCore {
         if columns.len() != nf || columns.iter().any(|c| c.len() != rows.len()) || reject_rows.len() != reject_reasons.len() {
             return Err(PyValueError::new_err("columns do not match the schema or the rows"));
         }
-        let mut starts = Vec::with_capacity(n);
-        let mut pos = 0usize;
-        for &l in &lengths {
-            starts.push(pos);
-            pos += l as usize + 1;
-        }
+        let starts = crate::route::record_starts(&lengths);
         let mut reasons = vec![0u16; n];
         let mut vals = vec![crate::json::Val::Null; n * nf];
         let mut arena = Vec::new();

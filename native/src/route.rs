@@ -299,12 +299,7 @@ impl Core {
         let lengths = lengths.unwrap_or_else(|| buf.split(|&b| b == b'\n').map(|l| l.len() as u32).collect());
         let nf = self.cfg.fields.len();
         let n = lengths.len();
-        let mut starts = Vec::with_capacity(n);
-        let mut pos = 0usize;
-        for &l in &lengths {
-            starts.push(pos);
-            pos += l as usize + 1;
-        }
+        let starts = record_starts(&lengths);
         let mut vals = vec![Val::Null; n * nf];
         let mut reasons = vec![0u16; n];
         let mut arena = Vec::new();
@@ -824,6 +819,16 @@ impl Core {
             out.dlq_ids.push(id.to_string());
         }
     }
+}
+
+/// Where each record starts in a batch buffer of records joined by `\n`.
+pub fn record_starts(lengths: &[u32]) -> Vec<usize> {
+    let mut pos = 0usize;
+    lengths.iter().map(|&l| {
+        let start = pos;
+        pos += l as usize + 1;
+        start
+    }).collect()
 }
 
 /// `prefix` + the first `chars` hex digits of HMAC-SHA256(key, value): the token construction.

@@ -57,3 +57,25 @@ def test_message_ends_and_keys_line_up_with_the_records(worker_keyring) -> None:
         assert key == (cli.encode() if cli is not None else None) and headers == [("schema", b"cdr.analytics/1")]
     assert sum(len(orjson.loads(s)["record_ids"]) for s in routed.retention) == len(LINES)
     assert routed.dlq_reasons.total() == len(routed.dlq) == routed.counts["dlq"]
+
+
+def test_a_value_the_slow_path_cannot_read_is_invalid_and_never_logged(worker_keyring, monkeypatch, caplog) -> None:
+    """A failing slow path (an exception quoting the value) costs the record a DLQ reason, not the batch;
+    the log line names the count and the exception type only."""
+    import pipeline.core.router as router_mod
+
+    number = "0 7 7 0 0 9 0 0 1 2 3 x"  # not a shape the native fast path settles: goes to Python
+
+    def boom(kind, values, phones):
+        raise ValueError(f"cannot read {values.to_list()}")
+
+    monkeypatch.setattr(router_mod, "canonical_answers", boom)
+    line = orjson.dumps({"record_id": "r-1", "cli": number, "dialled": "+447700900456",
+                         "start": "2026-11-25T10:00:00Z", "duration": 5})
+    with caplog.at_level("DEBUG"):
+        routed = Router(worker_keyring).route([line], Source("t", 0, [0]))
+    assert routed.counts["dlq"] == 1 and orjson.loads(routed.dlq[0])["reason"] == "invalid_field"
+    assert "could not be normalised" in caplog.text and "ValueError" in caplog.text
+    digits = "".join(c for c in number if c.isdigit())
+    for text in (caplog.text, b"".join(d.split(b'"payload"')[0] for d in routed.dlq).decode()):
+        assert digits not in "".join(c for c in text if c.isdigit()) and number not in text
