@@ -18,9 +18,8 @@ from pathlib import Path
 
 import polars as pl
 
-import pipeline.formats  # noqa: F401  (registers the formats)
-from pipeline.core.formats import get_format
 from pipeline.core.router import CONTRACT_FIELDS, CoreConfig, Router, Source
+from pipeline.formats import get_format
 from pipeline.keys import generate
 from pipeline.policy import load_policy
 

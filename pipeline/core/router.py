@@ -30,11 +30,11 @@ import polars as pl
 
 from pipeline._native import NativeCore, ParsedBatch
 from pipeline.core.envelope import Sealer
-from pipeline.core.formats import get_format
 from pipeline.core.normalise import COUNTRY_CODES, WITHHELD_WORDS, PhoneNormaliser, canonical_answers
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, PARSE_REASONS
 from pipeline.core.times import parse_times
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, Tokeniser
+from pipeline.formats import FORMAT_REASON_DETAIL, get_format
 from pipeline.keys import WorkerKeyring
 from pipeline.policy import Policy, load_policy
 
@@ -65,7 +65,7 @@ class CoreConfig:
     segment_bytes: int = 256 * 1024
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
-    #: Input format (an adapter in :mod:`pipeline.core.formats`) and its options, e.g. a CSV mapping.
+    #: Input format (an adapter in :mod:`pipeline.formats`) and its options, e.g. a CSV mapping.
     format: str = "jsonl"
     format_options: tuple[tuple[str, object], ...] = ()
 
@@ -181,7 +181,6 @@ class Router:
         rules = cfg.policy.rules
         self.fields = list(dict.fromkeys([*CONTRACT_FIELDS, *(r.field for r in rules)]))
         cc, idd, trunk, own_cc_len = self._phones.dialling()
-        from pipeline.formats import FORMAT_REASON_DETAIL  # registered adapters' reason texts
         reasons = [*PARSE_REASONS, *((code, "") for code in CHECK_REASONS), *FORMAT_REASON_DETAIL.items()]
         self._native = NativeCore(
             self.fields, [(r.field, r.action, r.arg) for r in rules], list(self._tokeniser.hex_keys),

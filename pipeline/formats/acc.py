@@ -28,7 +28,6 @@ from collections.abc import Sequence
 import polars as pl
 
 from pipeline.core.times import parse_times
-from pipeline.core.formats import register_format
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed
 from pipeline.formats.common import ACC_IN_CALL_REQUEST, ACC_UNPAIRED_INVITE, HEADER_LINE, empty_frame
 from pipeline.formats.csv_mapped import Layout, MappingSpec, header_mask, read_rows, resolve, source_expr, to_raw
@@ -58,7 +57,6 @@ def _status(code: pl.Expr) -> pl.Expr:
             .otherwise(None))
 
 
-@register_format("acc")
 def parse_acc(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataType], *,
               max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth: int = DEFAULT_MAX_DEPTH,
               mapping: MappingSpec | None = None) -> Parsed:

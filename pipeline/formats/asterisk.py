@@ -24,7 +24,6 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from pipeline.core.formats import register_format
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed
 from pipeline.formats.csv_mapped import MappingSpec, parse_delimited, resolve
 
@@ -38,7 +37,6 @@ DEFAULT = MappingSpec(
     constants=(("call_type", "voice"),), duration_unit="s", record_id_suffix=True, name="asterisk")
 
 
-@register_format("asterisk-csv")
 def parse_asterisk_csv(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataType], *,
                        max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth: int = DEFAULT_MAX_DEPTH,
                        mapping: MappingSpec | None = None) -> Parsed:

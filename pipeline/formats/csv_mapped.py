@@ -26,7 +26,6 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.core.formats import register_format
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed
 from pipeline.formats.common import (
     COMMENT_LINE, DURATION_FACTORS, EMPTY, HEADER_LINE, INVALID_CSV, TOO_LARGE, WRONG_COLUMN_COUNT, blank_to_null,
@@ -478,7 +477,6 @@ def parse_delimited(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.D
     return Parsed(to_raw(cells, layout, schema), reject_rows, reject_reasons)
 
 
-@register_format("csv")
 def parse_csv(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataType], *,
               max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth: int = DEFAULT_MAX_DEPTH,
               mapping: MappingSpec | None = None) -> Parsed:

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from pipeline.core.formats import register_format
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed, SlowPath, control_rows
 from pipeline.formats.common import NOT_JSON_CDR, blank_to_null, empty_frame, field_text, record_lines
 from pipeline.formats.csv_mapped import MappingSpec
@@ -108,7 +107,6 @@ def _read(lines: list[str] | pl.Series) -> pl.DataFrame | None:
     return frame if frame.height == len(lines) else None
 
 
-@register_format("freeswitch-json")
 def parse_freeswitch_json(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataType], *,
                           max_bytes: int = DEFAULT_MAX_RECORD_BYTES, max_depth: int = DEFAULT_MAX_DEPTH,
                           mapping: MappingSpec | None = None) -> Parsed:

@@ -2,7 +2,7 @@
 
 The retention envelope carries each record's raw bytes exactly as received (they are the
 evidence) but not the format they are in, so the vault has to know how to read them to index
-them. It reads them with the pipeline's own adapters (``pipeline.core.formats``), so the vault's
+them. It reads them with the pipeline's own adapters (``pipeline.formats``), so the vault's
 idea of "the cli of this Asterisk row" is exactly the pipeline's:
 
 * ``--format NAME [--mapping FILE]`` on ``vault ingest``, ``vault sink`` and ``vault reindex``
@@ -35,9 +35,8 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.core.formats import get_format, parse_records
 from pipeline.core.normalise import PhoneNormaliser, normalise_column
-from pipeline.formats import FORMAT_NAMES, MappingError, MappingSpec
+from pipeline.formats import FORMAT_NAMES, MappingError, MappingSpec, get_format, parse_records
 from pipeline.formats import acc, asterisk
 from pipeline.formats.csv_mapped import parse_delimited, resolve, spec_from_toml
 from pipeline.vault.index import PARTY_FIELDS, TARGET_KINDS

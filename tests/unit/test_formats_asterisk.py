@@ -4,10 +4,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-import pipeline.formats  # noqa: F401  (registers the formats)
-from pipeline.core.formats import FORMATS, get_format
 from pipeline.core.router import CoreConfig, Router, Source
-from pipeline.formats import FORMAT_REASON_DETAIL, load_mapping
+from pipeline.formats import FORMATS, FORMAT_REASON_DETAIL, get_format, load_mapping
 
 SCHEMA = {f: pl.String for f in ("record_id", "cli", "dialled", "start", "duration", "status", "call_type")}
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-import pipeline.formats  # noqa: F401  (registers the formats)
 from pipeline.core.router import CoreConfig, Router, Source
 from pipeline.formats import load_mapping
 

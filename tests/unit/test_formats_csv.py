@@ -4,10 +4,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-import pipeline.formats  # noqa: F401  (registers the formats)
-from pipeline.core.formats import get_format
 from pipeline.core.router import CoreConfig, Router, Source
-from pipeline.formats import MappingError, check_format_options, load_mapping
+from pipeline.formats import MappingError, check_format_options, get_format, load_mapping
 from pipeline.formats.csv_mapped import _screen, resolve, split_row
 
 SCHEMA = {f: pl.String for f in ("record_id", "cli", "dialled", "start", "duration", "ip")}

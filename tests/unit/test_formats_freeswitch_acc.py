@@ -5,10 +5,8 @@ import orjson
 import polars as pl
 import pytest
 
-import pipeline.formats  # noqa: F401  (registers the formats)
-from pipeline.core.formats import get_format
 from pipeline.core.router import CoreConfig, Router, Source
-from pipeline.formats import load_mapping
+from pipeline.formats import get_format, load_mapping
 
 SCHEMA = {f: pl.String for f in ("record_id", "cli", "dialled", "start", "duration", "ip", "status", "call_type")}
 
