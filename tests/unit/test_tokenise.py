@@ -1,6 +1,7 @@
 """Tokens: keyed, stable, per kind, and equal between the native core and the stdlib."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 
@@ -8,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from pipeline.core.tokenise import HKDF_SALT, Tokeniser, derive_subkey
-from pipeline.keys import SecretKey, rotate
+from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, HKDF_SALT, Tokeniser, derive_subkey
+from pipeline.keys import rotate
 
 
 def test_native_tokens_equal_stdlib_hmac(worker_keyring):
@@ -54,9 +55,15 @@ def test_rotation_changes_tokens_and_keeps_old_key(worker_keyring):
 
 
 def test_secrets_never_in_repr(worker_keyring):
-    tok = Tokeniser(worker_keyring)
-    secret_hex = worker_keyring.current.secret.hex()
-    for text in (repr(tok), repr(worker_keyring), str(worker_keyring.current), repr(worker_keyring.current)):
-        assert secret_hex not in text and "secret=<redacted>" in text or "kid" in text
-        assert secret_hex not in text
-    assert isinstance(worker_keyring.current, SecretKey)
+    keyring = rotate(worker_keyring)  # a current and a previous key
+    tok = Tokeniser(keyring)
+    secrets = [k.secret for k in keyring.token_keys]
+    forms = {*(s.hex() for s in secrets), *(repr(s) for s in secrets), *(base64.b64encode(s).decode() for s in secrets),
+             *tok.hex_keys}
+    texts = [repr(tok), str(tok), repr(keyring), str(keyring), *map(repr, keyring.token_keys),
+             *map(str, keyring.token_keys)]
+    for text in texts:
+        assert not any(form in text for form in forms), text
+    for key in keyring.token_keys:
+        assert repr(key) == str(key) == f"SecretKey(kid={key.kid!r}, secret=<redacted>)"
+    assert repr(tok) == f"Tokeniser(kid={keyring.current.kid!r}, bits={DEFAULT_TOKEN_BITS})"
