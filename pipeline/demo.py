@@ -156,7 +156,7 @@ def committed_counts(conf: Mapping[str, Any], analytics: str, retention: str, dl
             counts.samples.append(m.value())
     for m in read_committed(conf, retention):
         counts.retention_segments += 1
-        counts.retention_records += len(orjson.loads(m.value())["record_ids"])
+        counts.retention_records += len(orjson.loads(m.value())["record_refs"])
     for m in read_committed(conf, dlq):
         counts.dlq += 1
         counts.dlq_reasons[str(orjson.loads(m.value()).get("reason"))] += 1

@@ -65,9 +65,14 @@ def parse_rule(field: str, spec: object) -> Rule:
         raise PolicyError(f"field {field!r}: the action must be a string such as \"keep\" or \"token:msisdn\"")
     action, _, arg = spec.partition(":")
     arg = arg or None
+    if field == "record_id" and spec not in ("token:record", "keep", "drop"):
+        raise PolicyError("field 'record_id': use token:record (a keyed id, stable for deduplication), "
+                          "keep (only ids with no 7-digit run reach analytics) or drop")
     if action == "token":
         if arg not in KINDS:
             raise PolicyError(f"field {field!r}: token needs a kind, one of {', '.join(KINDS)} (e.g. token:msisdn)")
+        if arg == "record" and field != "record_id":
+            raise PolicyError(f"field {field!r}: token:record is for record_id only")
     elif action == "truncate_ip":
         m = re.fullmatch(r"(\d{1,2})/(\d{1,3})", arg or "")
         if not m or not (0 < int(m[1]) <= 32 and 0 < int(m[2]) <= 128):

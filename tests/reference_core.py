@@ -2,7 +2,7 @@
 
 ``ReferenceCore.route(records, source_name, partition, offsets)`` gives, for a batch of raw
 byte lines, what ``Router.route`` must give: the analytics records (dicts, in order), every
-rejected record as ``(reason, field, detail, record_id)`` (parse rejects in row order first,
+rejected record as ``(reason, field, detail, record_ref)`` (parse rejects in row order first,
 then the records that failed a check, in row order) and the counts.
 
 Nothing here is fast or native. JSON is read with the standard library's ``json`` (hooks
@@ -45,6 +45,7 @@ from pipeline.core.tokenise import Tokeniser
 REQUIRED = ("cli", "dialled", "start", "duration")
 SUPPRESSION_FIELDS = (("cli", "msisdn"), ("dialled", "msisdn"), ("imsi", "imsi"))
 UNIT_US = {"second": 1_000_000, "minute": 60_000_000, "hour": 3_600_000_000, "day": 86_400_000_000}
+KEPT_ID_DETAIL = "record_id: a kept id must not hold a run of 7 or more digits (a number or a time); use token:record"
 RECORD_ID_DETAIL = ("record_id must be an opaque id of 1-128 characters of A-Z a-z 0-9 . _ : / @ + - "
                     "and not a bare number")
 TOKEN_DETAIL = "not a valid {}"
@@ -472,14 +473,14 @@ class ReferenceCore:
             reason, vals = parsed[row][0], rows[row]
             if reason is not None:
                 rid = raw_record_id(raw) or derived
-                parse_rejects.append((reason, None, PARSE_REASON_DETAIL[reason], rid))
+                parse_rejects.append((reason, None, PARSE_REASON_DETAIL[reason], self.record_ref(rid)))
                 continue
             own = vals["record_id"]
             rid = own if own is not None and valid_record_id(own) else derived
             failed, out = self._check_and_build(vals, rid)
             if failed is not None:
                 code, name, detail = failed
-                check_rejects.append((code, name, detail, rid))
+                check_rejects.append((code, name, detail, self.record_ref(rid)))
             elif suppressed and any(t in suppressed for t in self.party_tokens(vals)):
                 n_suppressed += 1
             else:
@@ -506,12 +507,19 @@ class ReferenceCore:
         for kind, values in wanted.items():
             self.prefetch(kind, values)
 
+    def record_ref(self, rid: str) -> str:
+        """What outside the sealed payload stands for a record id: its token of kind ``record``."""
+        return self.tokeniser.token_one("record", rid)
+
     def _check_and_build(self, vals: dict[str, str | None], rid: str):
         for name in REQUIRED:
             if vals[name] is None:
                 return ("missing_field", name, f"{name} is missing or null"), None
         if vals["record_id"] is not None and not valid_record_id(vals["record_id"]):
             return ("invalid_record_id", "record_id", RECORD_ID_DETAIL), None
+        kept_id = any(r.field == "record_id" and r.action == "keep" for r in self.rules)
+        if kept_id and vals["record_id"] is not None and re.search(r"[0-9]{7}", vals["record_id"]):
+            return ("unsafe_value", "record_id", KEPT_ID_DETAIL), None
         d = vals["duration"]
         if not (1 <= len(d) <= 9 and all(c in ASCII_DIGITS for c in d)):
             return ("invalid_field", "duration", "duration must be whole seconds >= 0"), None
@@ -520,7 +528,7 @@ class ReferenceCore:
 
         results: dict[int, object] = {}
         for i, r in enumerate(self.rules):
-            if r.action == "drop" or (r.action == "keep" and r.field in ("duration", "record_id")):
+            if r.action == "drop" or r.field == "record_id" or (r.action == "keep" and r.field == "duration"):
                 continue
             v = vals[r.field]
             if v is None:
@@ -556,8 +564,8 @@ class ReferenceCore:
         for i, r in enumerate(self.rules):
             if r.action == "drop":
                 continue
-            if r.field == "record_id" and r.action == "keep":
-                out["record_id"] = rid
+            if r.field == "record_id":
+                out["record_id"] = rid if r.action == "keep" else self.record_ref(rid)
                 continue
             v = vals[r.field]
             if r.action == "keep" and r.field == "duration":

@@ -237,7 +237,7 @@ impl NativeCore {
         let out = (
             PyBytes::new(py, &r.analytics), ends_bytes(py, &r.analytics_ends), keys,
             PyBytes::new(py, &r.retention), ends_bytes(py, &r.retention_ends), r.segment_ids.clone(),
-            PyBytes::new(py, &r.dlq), ends_bytes(py, &r.dlq_ends), reasons, r.dlq_ids.clone(), r.suppressed,
+            PyBytes::new(py, &r.dlq), ends_bytes(py, &r.dlq_ends), reasons, r.dlq_refs.clone(), r.suppressed,
         );
         Ok(out.into_pyobject(py)?.into_any())
     }
@@ -256,13 +256,13 @@ fn ends_bytes<'py>(py: Python<'py>, ends: &[u32]) -> Bound<'py, PyBytes> {
 /// One retention envelope (the function `Sealer.seal` and the test vectors use).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (data_key, nonce, segment_id, sealed_at, vault_kid, wrapped_key, record_ids, lengths, source_name,
+#[pyo3(signature = (data_key, nonce, segment_id, sealed_at, vault_kid, wrapped_key, record_refs, lengths, source_name,
                     partition, offset, plaintext))]
 fn seal_segment<'py>(py: Python<'py>, data_key: &[u8], nonce: &[u8], segment_id: &str, sealed_at: &str, vault_kid: &str,
-                     wrapped_key: &str, record_ids: Vec<String>, lengths: Vec<u32>, source_name: &str,
+                     wrapped_key: &str, record_refs: Vec<String>, lengths: Vec<u32>, source_name: &str,
                      partition: Bound<'py, PyAny>, offset: Bound<'py, PyAny>, plaintext: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
     let nonce: [u8; 12] = nonce.try_into().map_err(|_| PyValueError::new_err("the nonce must be 12 bytes"))?;
-    if lengths.len() != record_ids.len() {
+    if lengths.len() != record_refs.len() {
         return Err(PyValueError::new_err("one length per record id is needed"));
     }
     let (p1, pv): (Option<i64>, Vec<i64>) = match partition.extract::<Option<i64>>() {
@@ -278,8 +278,8 @@ fn seal_segment<'py>(py: Python<'py>, data_key: &[u8], nonce: &[u8], segment_id:
     let mut sealer = Sealer::new(data_key, vault_kid, wrapped_key, sealed_at).map_err(PyValueError::new_err)?;
     let mut name = Vec::new();
     crate::json::escape_into(&mut name, source_name.as_bytes());
-    let ids: Vec<&str> = record_ids.iter().map(String::as_str).collect();
-    let seg = Segment { segment_id, nonce, record_ids: &ids, lengths: &lengths, source_name: &name, partition: pc, offset: oc };
+    let ids: Vec<&str> = record_refs.iter().map(String::as_str).collect();
+    let seg = Segment { segment_id, nonce, record_refs: &ids, lengths: &lengths, source_name: &name, partition: pc, offset: oc };
     let mut out = Vec::with_capacity(plaintext.len() * 4 / 3 + 512);
     sealer.seal(&mut out, &seg, plaintext);
     Ok(PyBytes::new(py, &out))

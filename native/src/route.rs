@@ -14,10 +14,13 @@ use crate::json::{escape_into, parse_record, Scratch, Val};
 use crate::normalise::{self, Fast, PhoneMeta, CLASSES};
 use crate::seal::{Coord, Segment, Sealer};
 
-pub const KINDS: [&str; 5] = ["msisdn", "imsi", "imei", "ip", "account"];
+/// Token kinds, in the order of the keys the caller hands in. `record` tokenises record ids: its
+/// token is the record's `record_ref`, the only form an id takes outside the sealed payload.
+pub const KINDS: [&str; 6] = ["msisdn", "imsi", "imei", "ip", "account", "record"];
 pub const K_MSISDN: usize = 0;
 pub const K_IMSI: usize = 1;
-const K_TIME: usize = 5; // pending answers for times share the learned tables
+pub const K_RECORD: usize = 5;
+const K_TIME: usize = 6; // pending answers for times share the learned tables
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Action {
@@ -101,7 +104,7 @@ pub struct Routed {
     pub dlq: Vec<u8>,
     pub dlq_ends: Vec<u32>,
     pub dlq_reasons: Vec<u16>,
-    pub dlq_ids: Vec<String>,
+    pub dlq_refs: Vec<String>,
     pub suppressed: usize,
 }
 
@@ -120,11 +123,25 @@ pub struct Batch<'a> {
     pub parsed: &'a Parsed,
 }
 
+const KEPT_ID_DETAIL: &str =
+    "record_id: a kept id must not hold a run of 7 or more digits (a number or a time); use token:record";
 const RECORD_ID_DETAIL: &str =
     "record_id must be an opaque id of 1-128 characters of A-Z a-z 0-9 . _ : / @ + - and not a bare number";
 
 fn safe_id_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"._:/@+-".contains(&c)
+}
+
+/// A run of 7 or more digits: how a number, an IMSI or a timestamp hides inside an id.
+fn has_digit_run(id: &[u8]) -> bool {
+    let mut run = 0;
+    for &c in id {
+        run = if c.is_ascii_digit() { run + 1 } else { 0 };
+        if run >= 7 {
+            return true;
+        }
+    }
+    false
 }
 
 /// `^\+?\d{7,16}$`: a bare number, an IMSI or an IMEI, refused as a record id.
@@ -227,9 +244,18 @@ impl Core {
         let field_names = cfg.fields.iter().map(|f| f.as_bytes().to_vec()).collect();
         let mut checks = vec![Check::Missing(idx[1]), Check::Missing(idx[2]), Check::Missing(idx[3]),
                               Check::Missing(idx[4]), Check::RecordId, Check::Duration, Check::Start];
+        for r in &cfg.rules {
+            let is_id = r.name == "record_id";
+            let record_token = r.action == Action::Token(K_RECORD);
+            if record_token != is_id && (record_token || !matches!(r.action, Action::Keep | Action::Drop)) {
+                return Err(format!("{}: record ids take token:record, keep or drop, and only record_id takes token:record",
+                                   r.name));
+            }
+        }
         for (i, r) in cfg.rules.iter().enumerate() {
             let skip = matches!(r.action, Action::Drop)
-                || (r.action == Action::Keep && (r.name == "duration" || r.name == "record_id"));
+                || r.name == "record_id"
+                || (r.action == Action::Keep && r.name == "duration");
             if !skip {
                 checks.push(Check::Rule(i));
             }
@@ -444,13 +470,17 @@ impl Core {
         out.dlq.clear();
         out.dlq_ends.clear();
         out.dlq_reasons.clear();
-        out.dlq_ids.clear();
+        out.dlq_refs.clear();
         out.suppressed = 0;
         let coords_prefix = safe_source_name(source_name);
         let part = |row: usize| match partitions {
             Coord::One(v) => v,
             Coord::Many(vs) => vs[row],
         };
+        // Every record's `record_ref`: the token of its id (own, or derived), fixed width, in one buffer.
+        let ref_len = self.cfg.prefix.len() + self.cfg.chars;
+        let mut refs: Vec<u8> = Vec::with_capacity(n * ref_len);
+        let keep_ids = self.cfg.rules.iter().any(|r| r.name == "record_id" && r.action == Action::Keep);
         let mut ids: Vec<String> = Vec::with_capacity(n); // only where not the record's own id
         let mut id_of: Vec<(u8, u32)> = Vec::with_capacity(n); // 0 own (val), 1 derived (ids), 2 raw reject id
         // Records that failed a check: row, reason, field, detail (rare, so owned text is fine).
@@ -481,6 +511,11 @@ impl Core {
                     ids.push(format!("{}:{}:{}", coords_prefix, part(row), offsets[row]));
                 }
             }
+            let id: &[u8] = match id_of[row] {
+                (0, _) => val(row, self.idx[0]).unwrap_or("").as_bytes(),
+                (_, k) => ids[k as usize].as_bytes(),
+            };
+            self.token_into(K_RECORD, id, &mut refs);
             if p.reasons[row] != 0 {
                 continue;
             }
@@ -496,8 +531,12 @@ impl Core {
                         }
                     }
                     Check::RecordId => {
-                        if val(row, self.idx[0]).is_some() && !rid_own {
-                            failed = Some(("invalid_record_id", "record_id", RECORD_ID_DETAIL.into()));
+                        if let Some(v) = val(row, self.idx[0]) {
+                            if !rid_own {
+                                failed = Some(("invalid_record_id", "record_id", RECORD_ID_DETAIL.into()));
+                            } else if keep_ids && has_digit_run(v.as_bytes()) {
+                                failed = Some(("unsafe_value", "record_id", KEPT_ID_DETAIL.into()));
+                            }
                         }
                     }
                     Check::Duration => {
@@ -628,12 +667,13 @@ impl Core {
                 if r.action == Action::Drop {
                     continue;
                 }
-                if r.name == "record_id" && r.action == Action::Keep {
+                if r.name == "record_id" {
                     sep(a, "record_id");
                     a.push(b'"');
-                    match id_of[row] {
-                        (0, _) => escape_into(a, val(row, self.idx[0]).unwrap_or("").as_bytes()),
-                        (_, k) => escape_into(a, ids[k as usize].as_bytes()),
+                    match (r.action, id_of[row]) {
+                        (Action::Token(_), _) => a.extend_from_slice(&refs[row * ref_len..(row + 1) * ref_len]),
+                        (_, (0, _)) => escape_into(a, val(row, self.idx[0]).unwrap_or("").as_bytes()),
+                        (_, (_, k)) => escape_into(a, ids[k as usize].as_bytes()),
                     }
                     a.push(b'"');
                     continue;
@@ -722,12 +762,9 @@ impl Core {
             }
         }
 
-        // Record ids as text, for the envelopes and the DLQ.
-        let id_text = |row: usize| -> &str {
-            match id_of[row] {
-                (0, _) => val(row, self.idx[0]).unwrap_or(""),
-                (_, k) => ids[k as usize].as_str(),
-            }
+        // Record refs as text, for the envelopes and the DLQ (tokens are ASCII hex after a key id).
+        let ref_text = |row: usize| -> &str {
+            std::str::from_utf8(&refs[row * ref_len..(row + 1) * ref_len]).unwrap_or("")
         };
         let mut rnd = [0u8; 24];
         let mut name_json = Vec::new();
@@ -747,11 +784,11 @@ impl Core {
             random(&mut rnd);
             let seg_id = hex12(&rnd[12..]);
             id_refs.clear();
-            id_refs.extend((first..last).map(id_text));
+            id_refs.extend((first..last).map(ref_text));
             let seg = Segment {
                 segment_id: &seg_id,
                 nonce: rnd[..12].try_into().unwrap_or([0; 12]),
-                record_ids: &id_refs,
+                record_refs: &id_refs,
                 lengths: &p.lengths[first..last],
                 source_name: &name_json,
                 partition: match partitions {
@@ -774,8 +811,8 @@ impl Core {
         let checked = invalid.iter().map(|(r, code, field, text)| (*r, *code, Some(*field), Some(text.as_str())));
         for (row, code, field, detail) in rejects.collect::<Vec<_>>().into_iter().chain(checked) {
             let d = &mut out.dlq;
-            let id = id_text(row);
-            d.extend_from_slice(b"{\"type\":\"cdr.dlq/1\",\"reason\":\"");
+            let id = ref_text(row);
+            d.extend_from_slice(b"{\"type\":\"cdr.dlq/2\",\"reason\":\"");
             escape_into(d, self.cfg.reasons[code as usize].0.as_bytes());
             d.extend_from_slice(b"\",\"field\":");
             match field {
@@ -788,7 +825,7 @@ impl Core {
             }
             d.extend_from_slice(b",\"detail\":\"");
             escape_into(d, detail.unwrap_or(&self.cfg.reasons[code as usize].1).as_bytes());
-            d.extend_from_slice(b"\",\"record_id\":\"");
+            d.extend_from_slice(b"\",\"record_ref\":\"");
             escape_into(d, id.as_bytes());
             let pr = part(row);
             d.extend_from_slice(b"\",\"source\":{\"name\":\"");
@@ -806,7 +843,7 @@ impl Core {
             let seg = Segment {
                 segment_id: &seg_id,
                 nonce: rnd[..12].try_into().unwrap_or([0; 12]),
-                record_ids: &one_id,
+                record_refs: &one_id,
                 lengths: &p.lengths[row..row + 1],
                 source_name: &name_json,
                 partition: Coord::One(pr),
@@ -816,7 +853,7 @@ impl Core {
             d.extend_from_slice(b"}\n");
             out.dlq_ends.push(d.len() as u32);
             out.dlq_reasons.push(code);
-            out.dlq_ids.push(id.to_string());
+            out.dlq_refs.push(id.to_string());
         }
     }
 }

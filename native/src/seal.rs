@@ -52,7 +52,7 @@ pub struct Sealer {
 pub struct Segment<'a> {
     pub segment_id: &'a str,
     pub nonce: [u8; 12],
-    pub record_ids: &'a [&'a str],
+    pub record_refs: &'a [&'a str],
     pub lengths: &'a [u32],
     pub source_name: &'a [u8], // JSON-escaped
     pub partition: Coord<'a>,
@@ -105,8 +105,8 @@ impl Sealer {
         Self::write_lengths(h, seg.lengths);
         h.extend_from_slice(b",\"nonce\":\"");
         h.extend_from_slice(&nonce_b64);
-        h.extend_from_slice(b"\",\"record_ids\":");
-        Self::write_ids(h, seg.record_ids);
+        h.extend_from_slice(b"\",\"record_refs\":");
+        Self::write_ids(h, seg.record_refs);
         h.extend_from_slice(b",\"sealed_at\":\"");
         h.extend_from_slice(&self.sealed_at);
         h.extend_from_slice(b"\",\"segment_id\":\"");
@@ -117,7 +117,7 @@ impl Sealer {
         seg.offset.write(h);
         h.extend_from_slice(b",\"partition\":");
         seg.partition.write(h);
-        h.extend_from_slice(b"},\"type\":\"cdr.retention/1\",\"vault_kid\":\"");
+        h.extend_from_slice(b"},\"type\":\"cdr.retention/2\",\"vault_kid\":\"");
         h.extend_from_slice(&self.vault_kid);
         h.extend_from_slice(b"\",\"wrapped_key\":\"");
         h.extend_from_slice(&self.wrapped_key);
@@ -133,7 +133,7 @@ impl Sealer {
         self.work.extend_from_slice(&tag);
 
         // Wire form: fixed field order, ct last.
-        out.extend_from_slice(b"{\"type\":\"cdr.retention/1\",\"segment_id\":\"");
+        out.extend_from_slice(b"{\"type\":\"cdr.retention/2\",\"segment_id\":\"");
         escape_into(out, seg.segment_id.as_bytes());
         out.extend_from_slice(b"\",\"sealed_at\":\"");
         out.extend_from_slice(&self.sealed_at);
@@ -143,8 +143,8 @@ impl Sealer {
         out.extend_from_slice(&self.wrapped_key);
         out.extend_from_slice(b"\",\"nonce\":\"");
         out.extend_from_slice(&nonce_b64);
-        out.extend_from_slice(b"\",\"record_ids\":");
-        Self::write_ids(out, seg.record_ids);
+        out.extend_from_slice(b"\",\"record_refs\":");
+        Self::write_ids(out, seg.record_refs);
         out.extend_from_slice(b",\"lengths\":");
         Self::write_lengths(out, seg.lengths);
         out.extend_from_slice(b",\"source\":{\"name\":\"");

@@ -4,13 +4,15 @@ Each batch gets a fresh 256-bit data key, wrapped once with HPKE (RFC 9180: X255
 HKDF-SHA256, AES-256-GCM) to the vault's public key. Raw records are sealed with
 AES-256-GCM in *segments* of many records: one AEAD call per segment costs a few
 hundredths of a microsecond per record, one per record about 1.7 µs. The segment
-header (record ids, lengths, source coordinates, key ids) is the associated data, so a
-record id or an offset cannot be changed without the vault noticing.
+header (record refs, lengths, source coordinates, key ids) is the associated data, so a
+record ref or an offset cannot be changed without the vault noticing. A record's id travels
+only inside the ciphertext: the header carries its ``record_ref`` (the keyed token of the id,
+see :mod:`pipeline.core.tokenise`), because switch ids embed numbers and start times.
 
-Wire form (one JSON object per segment; schema ``schemas/retention-envelope.v1.json``)::
+Wire form (one JSON object per segment; schema ``schemas/retention-envelope.v2.json``)::
 
-    {"type": "cdr.retention/1", "segment_id": ..., "sealed_at": ..., "vault_kid": ...,
-     "wrapped_key": b64(HPKE enc || ct), "nonce": b64, "record_ids": [...], "lengths": [...],
+    {"type": "cdr.retention/2", "segment_id": ..., "sealed_at": ..., "vault_kid": ...,
+     "wrapped_key": b64(HPKE enc || ct), "nonce": b64, "record_refs": [...], "lengths": [...],
      "source": {"name": ..., "partition": [...], "offset": [...]}, "ct": b64(AES-GCM)}
 
 The plaintext is the records' raw bytes joined by ``\n`` (a contiguous slice of an NDJSON
@@ -38,7 +40,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pipeline._native import seal_segment
 
-ENVELOPE_TYPE = "cdr.retention/1"
+ENVELOPE_TYPE = "cdr.retention/2"
+#: Envelopes of the first version carried the record ids in clear (``record_ids``); the vault
+#: still opens them, so segments sealed before an upgrade are not lost.
+LEGACY_ENVELOPE_TYPE = "cdr.retention/1"
 HPKE_INFO = b"cdrpipe/retention/v1"
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
@@ -72,12 +77,12 @@ class Sealer:
         self.wrapped_key = base64.b64encode(
             _SUITE.encrypt(self.data_key, self.vault_public, info=HPKE_INFO)).decode("ascii")
 
-    def seal(self, plaintext: bytes | memoryview, record_ids: Sequence[str], lengths: Sequence[int],
+    def seal(self, plaintext: bytes | memoryview, record_refs: Sequence[str], lengths: Sequence[int],
              source: dict[str, Any]) -> bytes:
-        """One segment envelope (JSON bytes, no newline) holding ``len(record_ids)`` records."""
+        """One segment envelope (JSON bytes, no newline) holding ``len(record_refs)`` records."""
         return seal_segment(self.data_key, self.nonce_source(), self.segment_ids(),
                             self.clock().isoformat(timespec="milliseconds").replace("+00:00", "Z"), self.vault_kid,
-                            self.wrapped_key, list(record_ids), list(lengths), source["name"],
+                            self.wrapped_key, list(record_refs), list(lengths), source["name"],
                             source.get("partition"), source.get("offset"), bytes(plaintext))
 
 
@@ -85,7 +90,7 @@ class Sealer:
 class OpenedRecord:
     """One raw record out of a segment, with where it came from."""
 
-    record_id: str
+    record_ref: str
     raw: bytes
     source_name: str
     partition: int | None
@@ -97,8 +102,9 @@ def open_segment(envelope: bytes | dict[str, Any], vault_private: X25519PrivateK
     """Decrypt and split one segment; raises :class:`EnvelopeError` on any failure."""
     try:
         header = dict(orjson.loads(envelope)) if isinstance(envelope, (bytes, bytearray, str)) else dict(envelope)
-        if header.get("type") != ENVELOPE_TYPE:
-            raise EnvelopeError("not a cdr.retention/1 envelope")
+        kind = header.get("type")
+        if kind not in (ENVELOPE_TYPE, LEGACY_ENVELOPE_TYPE):
+            raise EnvelopeError("not a cdr.retention/2 (or /1) envelope")
         if vault_kid is not None and header.get("vault_kid") != vault_kid:
             raise EnvelopeError(f"segment sealed for vault key {header.get('vault_kid')!r}, "
                                 f"this keyring holds {vault_kid!r}")
@@ -107,7 +113,8 @@ def open_segment(envelope: bytes | dict[str, Any], vault_private: X25519PrivateK
                                   info=HPKE_INFO)
         aad = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
         plaintext = AESGCM(data_key).decrypt(base64.b64decode(header["nonce"], validate=True), ct, aad)
-        ids, lengths, source = header["record_ids"], header["lengths"], header["source"]
+        ids = header["record_refs" if kind == ENVELOPE_TYPE else "record_ids"]
+        lengths, source = header["lengths"], header["source"]
     except EnvelopeError:
         raise
     except (InvalidTag, ValueError, KeyError, TypeError, orjson.JSONDecodeError):

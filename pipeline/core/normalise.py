@@ -360,6 +360,10 @@ def canonical_answers(kind: str, distinct: pl.Series, phones: PhoneNormaliser) -
         frame = pl.DataFrame([distinct, normalise_digits(distinct, 14, 16, keep=14).alias("value")])
     elif kind == "account":
         frame = pl.DataFrame([distinct, normalise_account(distinct).alias("value")])
+    elif kind == "record":
+        # A record id is tokenised as written; one the router would refuse has no token.
+        ok = distinct.str.contains(r"^[A-Za-z0-9._:/@+\-]{1,128}$") & ~distinct.str.contains(r"^\+?\d{7,16}$")
+        frame = pl.DataFrame([distinct, pl.select(pl.when(pl.lit(ok)).then(pl.lit(distinct))).to_series().alias("value")])
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return frame.with_columns(pl.lit(None, dtype=pl.String).alias("cls"))

@@ -51,8 +51,8 @@ CHECK_REASONS = MISSING_FIELD, INVALID_FIELD, UNSAFE_VALUE, INVALID_RECORD_ID = 
 #: An id that is nothing but 7-16 digits looks like a number, an IMSI or an IMEI and is refused too.
 RECORD_ID = r"^[A-Za-z0-9._:/@+\-]{1,128}$"
 ANALYTICS_HEADERS = [("schema", b"cdr.analytics/1")]
-RETENTION_HEADERS = [("schema", b"cdr.retention/1")]
-DLQ_SCHEMA = b"cdr.dlq/1"
+RETENTION_HEADERS = [("schema", b"cdr.retention/2")]
+DLQ_SCHEMA = b"cdr.dlq/2"
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ class Router:
         now = self._clock().isoformat(timespec="milliseconds").replace("+00:00", "Z")
         partitions = source.partitions if isinstance(source.partitions, int) else list(source.partitions)
         offsets = source.offsets if isinstance(source.offsets, (range, list)) else list(source.offsets)
-        (analytics, a_ends, keys, retention, r_ends, segment_ids, dlq, d_ends, reasons, dlq_ids,
+        (analytics, a_ends, keys, retention, r_ends, segment_ids, dlq, d_ends, reasons, dlq_refs,
          suppressed) = self._native.route(batch, source.name, partitions, offsets, now,
                                           sealer.data_key, sealer.vault_kid, sealer.wrapped_key, want_keys)
         a_ends, r_ends, d_ends = (memoryview(e).cast("I") for e in (a_ends, r_ends, d_ends))
@@ -236,7 +236,7 @@ class Router:
         counts = {"in": n, "analytics": len(a_ends), "retention": n, "dlq": len(d_ends), "suppressed": suppressed}
         return RoutedBatch(Output(analytics, a_ends, keys, ANALYTICS_HEADERS),
                            Output(retention, r_ends, segment_ids, RETENTION_HEADERS),
-                           Output(dlq, d_ends, dlq_ids, dlq_headers), counts, Counter(reasons))
+                           Output(dlq, d_ends, dlq_refs, dlq_headers), counts, Counter(reasons))
 
     def _parse(self, records: Sequence[bytes] | None, buf: bytes, lengths: list[int] | None) -> ParsedBatch:
         """JSONL in the native parser; other formats through their adapter, as canonical columns."""

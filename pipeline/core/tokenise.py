@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from pipeline.keys import SecretKey, WorkerKeyring
 
 #: Token kinds. ``msisdn`` covers calling and dialled numbers alike, so A->B calls join.
-KINDS = ("msisdn", "imsi", "imei", "ip", "account")
+#: ``record`` tokenises record ids: that token is the record's ``record_ref``, the only form an
+#: id takes outside the sealed payload (analytics, DLQ, envelope headers, message keys).
+KINDS = ("msisdn", "imsi", "imei", "ip", "account", "record")
 HKDF_SALT = b"cdrpipe/token/v1"
 DEFAULT_TOKEN_BITS = 128
 

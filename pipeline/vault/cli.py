@@ -33,7 +33,7 @@ from pipeline.keys import ENV_VAULT_KEYRING_FILE, KeyringError, VaultKeyring, lo
 from pipeline.metrics import VaultSinkMetrics, add_metrics_arguments, serve_metrics, stop_metrics
 from pipeline.vault.audit import (ENV_AUDIT_KEY, ENV_AUDIT_PUBLIC_KEY, AuditError, AuditLog, AuditSigner, disclosed,
                                   load_audit_signer, load_public_key, read_entries, verify_chain)
-from pipeline.vault.export import FORMATS, Delivery, delivered_record_ids, write_csv, write_etsi_xml, write_jsonl
+from pipeline.vault.export import FORMATS, Delivery, delivered_record_refs, write_csv, write_etsi_xml, write_jsonl
 from pipeline.vault.index import TARGET_KINDS, BlindIndexer
 from pipeline.vault.ingest import Ingester, IngestTotals, WrongVaultKeyError
 from pipeline.vault.keystore import (Keystore, KeystoreError, day_date, day_number, default_keystore_path,
@@ -375,7 +375,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
             "retention": {"period": kept, "cutoff": cutoff.isoformat()},
             "result_count": len(result.records), "unreadable_count": result.unreadable_count,
             "integrity_failures": len(result.integrity_failures), "format": args.format,
-            "disclosed": disclosed([r.record_id for r in result.records]),
+            "disclosed": disclosed([r.record_ref for r in result.records]),
         }
         out = _open_output(args.output)  # made private (0600) before anything is audited or written
         try:
@@ -514,16 +514,16 @@ def _cmd_audit_check_export(args: argparse.Namespace) -> int:
     if entry.get("action") != "query" or not isinstance(entry.get("disclosed"), dict):
         raise UsageError(f"audit entry #{args.seq} is not a query that records what it disclosed")
     try:
-        ids = delivered_record_ids(Path(args.file).read_bytes())
+        ids = delivered_record_refs(Path(args.file).read_bytes())
     except OSError as exc:
         raise UsageError(f"cannot read --file {args.file}: {exc.strerror}") from None
     except (ValueError, KeyError, ET.ParseError):
-        raise FatalError(f"{args.file} is not a vault delivery (JSONL, CSV or ETSI XML with record ids)") from None
+        raise FatalError(f"{args.file} is not a vault delivery (JSONL, CSV or ETSI XML with record refs)") from None
     mine = disclosed(ids)
     if mine["sha256"] != entry["disclosed"]["sha256"]:
         raise FatalError(f"{args.file} does not match audit entry #{args.seq}: it holds {mine['count']} record(s), "
                          f"the entry disclosed {entry['disclosed']['count']}; the delivery or the log was altered")
-    print(f"{args.file} matches audit entry #{args.seq}: the same {mine['count']} record id(s) "
+    print(f"{args.file} matches audit entry #{args.seq}: the same {mine['count']} record ref(s) "
           f"(warrant {entry.get('warrant')}, officer {entry.get('officer')})", file=sys.stderr)
     return 0
 

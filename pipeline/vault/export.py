@@ -34,7 +34,7 @@ from pipeline.vault.readers import JSONL_ID, UNREAD, Reader, record_fields
 
 FORMATS = ("jsonl", "csv", "etsi-xml")
 ETSI_NAMESPACE = "urn:cdrpipe:li:etsi-ts-102-657-model:1"
-CSV_COLUMNS = ("record_number", "record_id", "time", "time_source", "source", "partition", "offset",
+CSV_COLUMNS = ("record_number", "record_ref", "time", "time_source", "source", "partition", "offset",
                "raw_encoding", "raw")
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -75,7 +75,7 @@ def write_jsonl(records: Sequence[FoundRecord], out: BinaryIO) -> None:
     for number, rec in enumerate(records, 1):
         encoding, text = raw_text(rec.raw)
         out.write(orjson.dumps({
-            "record_number": number, "record_id": rec.record_id, "time": iso_time(rec.ts_us),
+            "record_number": number, "record_ref": rec.record_ref, "time": iso_time(rec.ts_us),
             "time_source": "sealed_at" if rec.sealed_time else "start", "parsed": rec.parsed,
             "source": {"name": rec.source_name, "partition": rec.partition, "offset": rec.offset},
             "raw_encoding": encoding, "raw": text}) + b"\n")
@@ -88,7 +88,7 @@ def write_csv(records: Sequence[FoundRecord], out: BinaryIO) -> None:
     writer.writerow(CSV_COLUMNS)
     for number, rec in enumerate(records, 1):
         encoding, raw = raw_text(rec.raw)
-        writer.writerow([number, rec.record_id, iso_time(rec.ts_us), "sealed_at" if rec.sealed_time else "start",
+        writer.writerow([number, rec.record_ref, iso_time(rec.ts_us), "sealed_at" if rec.sealed_time else "start",
                          rec.source_name, "" if rec.partition is None else rec.partition,
                          "" if rec.offset is None else rec.offset, encoding, raw])
     text.detach()
@@ -191,7 +191,7 @@ def write_etsi_xml(records: Sequence[FoundRecord], out: BinaryIO, delivery: Deli
         if doc.get("call_type") is not None:
             ET.SubElement(usage, q("communicationType")).text = xml_text(doc["call_type"])[:32]
         ext = ET.SubElement(item, q("nationalRecordExtension"))
-        ET.SubElement(ext, q("recordID")).text = xml_text(rec.record_id)
+        ET.SubElement(ext, q("recordID")).text = xml_text(rec.record_ref)
         ET.SubElement(ext, q("source"), {"partition": "" if rec.partition is None else str(rec.partition),
                                          "offset": "" if rec.offset is None else str(rec.offset)}).text = \
             xml_text(rec.source_name)
@@ -204,8 +204,8 @@ def write_etsi_xml(records: Sequence[FoundRecord], out: BinaryIO, delivery: Deli
     out.write(b"\n")
 
 
-def delivered_record_ids(data: bytes) -> list[str]:
-    """The record ids a delivery holds (JSONL, CSV or ETSI XML, told apart by their first bytes).
+def delivered_record_refs(data: bytes) -> list[str]:
+    """The record refs a delivery holds (JSONL, CSV or ETSI XML, told apart by their first bytes).
 
     For ``vault audit check-export``: an auditor checks that a delivery is exactly what the
     query's audit entry says was disclosed (``disclosed.sha256``), trusting neither alone.
@@ -215,6 +215,6 @@ def delivered_record_ids(data: bytes) -> list[str]:
         root = ET.fromstring(data)
         return [el.text or "" for el in root.iter(f"{{{ETSI_NAMESPACE}}}recordID")]
     if head.startswith(b"{"):
-        return [str(orjson.loads(line)["record_id"]) for line in data.splitlines() if line.strip()]
+        return [str(orjson.loads(line)["record_ref"]) for line in data.splitlines() if line.strip()]
     rows = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
-    return [row["record_id"] for row in rows]
+    return [row["record_ref"] for row in rows]

@@ -36,7 +36,7 @@ import orjson
 import polars as pl
 
 from pipeline.core.times import parse_times
-from pipeline.core.envelope import ENVELOPE_TYPE, EnvelopeError, open_segment
+from pipeline.core.envelope import ENVELOPE_TYPE, LEGACY_ENVELOPE_TYPE, EnvelopeError, open_segment
 from pipeline.core.normalise import PhoneNormaliser, normalise_column
 from pipeline.keys import VaultKeyring
 from pipeline.vault.index import PARTY_FIELDS, RID_BITS, TARGET_KINDS, BlindIndexer
@@ -47,7 +47,8 @@ from pipeline.vault.store import DAY_US, RecordStore
 
 log = logging.getLogger(__name__)
 
-DLQ_TYPE = "cdr.dlq/1"
+#: DLQ records whose sealed payload the vault takes (a replayed reject); /1 from before record refs.
+DLQ_TYPES = ("cdr.dlq/2", "cdr.dlq/1")
 
 
 class WrongVaultKeyError(Exception):
@@ -176,11 +177,11 @@ class Ingester:
                 else dict(envelope)
         except orjson.JSONDecodeError:
             header = None
-        if isinstance(header, dict) and header.get("type") == DLQ_TYPE:
+        if isinstance(header, dict) and header.get("type") in DLQ_TYPES:
             header = header.get("payload")
-        if not isinstance(header, dict) or header.get("type") != ENVELOPE_TYPE:
+        if not isinstance(header, dict) or header.get("type") not in (ENVELOPE_TYPE, LEGACY_ENVELOPE_TYPE):
             body = bytes(envelope) if isinstance(envelope, (bytes, bytearray, memoryview)) else orjson.dumps(envelope)
-            self._quarantine(None, "not a cdr.retention/1 envelope", body, totals, quarantine)
+            self._quarantine(None, f"not a {ENVELOPE_TYPE} (or /1) envelope", body, totals, quarantine)
             return
         if header.get("vault_kid") != self._kid:
             raise WrongVaultKeyError(f"segment {header.get('segment_id')!r} is sealed for vault key "
@@ -194,7 +195,7 @@ class Ingester:
             self._quarantine(segment_id, str(exc), orjson.dumps(header), totals, quarantine)
             return
         totals.segments += 1
-        cols["record_id"].extend([r.record_id for r in opened])
+        cols["record_id"].extend([r.record_ref for r in opened])
         cols["raw"].extend([r.raw for r in opened])
         cols["src"].extend([r.source_name for r in opened])
         cols["part"].extend([r.partition for r in opened])

@@ -29,7 +29,7 @@ from pipeline.vault.store import DAY_US, RecordStore
 class FoundRecord:
     """One decrypted record and where it came from (the raw bytes are never in the repr)."""
 
-    record_id: str
+    record_ref: str
     ts_us: int
     parsed: bool  # read by some input format (see ``reader``)
     sealed_time: bool
@@ -93,7 +93,7 @@ class Searcher:
             candidates.extend(self._decrypt(day, stored[day], rows, result))
         keep = self._is_party(kind, canonical, candidates)
         result.mismatches = len(candidates) - sum(keep)
-        result.records = sorted((r for r, ok in zip(candidates, keep) if ok), key=lambda r: (r.ts_us, r.record_id))
+        result.records = sorted((r for r, ok in zip(candidates, keep) if ok), key=lambda r: (r.ts_us, r.record_ref))
         return result
 
     def search_unparsed(self, start_us: int, end_us: int, *, not_before_us: int = 0) -> SearchResult:
@@ -104,7 +104,7 @@ class Searcher:
         for day in window_days(start_us, end_us, stored):
             rows = self.store.unparsed(day, start_us, end_us)
             result.records.extend(self._decrypt(day, stored[day], rows, result))
-        result.records.sort(key=lambda r: (r.ts_us, r.record_id))
+        result.records.sort(key=lambda r: (r.ts_us, r.record_ref))
         return result
 
     def _decrypt(self, day: int, kid: str, rows: list[tuple[object, ...]], result: SearchResult) -> list[FoundRecord]:

@@ -169,7 +169,7 @@ def subject_view(records: Sequence[FoundRecord], subject: str, region: str,
             other_cls = dialled_cls[i]
         own = direction != "incoming"
         out.append({
-            "source": "retained", "record_id": rec.record_id, "start": iso_time(rec.ts_us),
+            "source": "retained", "record_id": rec.record_ref, "start": iso_time(rec.ts_us),
             "time_precision": "second", "duration": _duration(doc.get("duration")), "direction": direction,
             "subject_number": subject, "other_party": shown, "other_party_form": form,
             "other_party_class": other_cls,

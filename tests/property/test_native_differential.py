@@ -5,7 +5,7 @@ nesting, duplicate keys (nested, through ``\\u`` escapes), NaN/Infinity/1e400, n
 every shape and nested values as field values, and raw CDR v1 records with their values
 shifted between fields, cut, widened to full-width digits, padded with whitespace, written
 as ``tel:`` URIs, IPv6 forms, epoch or ISO times with offsets — ``Router.route`` must give
-exactly the reference's analytics records, DLQ ``(reason, field, detail, record_id)`` in
+exactly the reference's analytics records, DLQ ``(reason, field, detail, record_ref)`` in
 order (parse rejects first, then the others, each in row order) and counts.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ MAX_DEPTH = 8
 #: Other actions and arguments, and contract fields the policy does not tokenise (checked all the same).
 CUSTOM_POLICY = policy_from_toml("""
 [fields]
-record_id = "token:account"
+record_id = "keep"
 cli       = "token:account"
 dialled   = "drop"
 start     = "coarsen_time:minute"
@@ -81,7 +81,7 @@ def assert_same(cores, lines: list[bytes], suppressed: frozenset[str] = frozense
         router.suppressions.replace(())
     got_analytics = routed.analytics_records()
     assert [list(r.items()) for r in got_analytics] == [list(r.items()) for r in want.analytics], lines
-    got_dlq = [(d["reason"], d["field"], d["detail"], d["record_id"]) for d in map(orjson.loads, routed.dlq)]
+    got_dlq = [(d["reason"], d["field"], d["detail"], d["record_ref"]) for d in map(orjson.loads, routed.dlq)]
     assert got_dlq == want.dlq, lines
     assert routed.counts == want.counts, lines
 
