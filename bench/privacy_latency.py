@@ -29,11 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.apps.process import AppProcess  # noqa: E402
 from pipeline.broker import LocalKafka, free_port  # noqa: E402
 from pipeline.core.router import Suppressions  # noqa: E402
 from pipeline.keys import ENV_WORKER_KEYRING_JSON, generate  # noqa: E402
 from pipeline.privacy.follower import SuppressionFollower  # noqa: E402
-from pipeline.privacy.process import AppProcess  # noqa: E402
 from pipeline.privacy.requests import SubjectTokeniser, make_request, submit  # noqa: E402
 from pipeline.topics import apply_topics, load_topic_policy  # noqa: E402
 

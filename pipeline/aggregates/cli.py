@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.aggregates.offline import DEFAULT_K, DEFAULT_WINDOW, MIN_K
-from pipeline.privacy.options import add_app_arguments
+from pipeline.apps.options import add_app_arguments
 
 DEFAULT_APP_ID = "cdrpipe-aggregates"
 DEFAULT_WEB_PORT = 6068

@@ -29,7 +29,7 @@ Design notes (why):
   A record whose window has closed is counted as late and left out (its group was already
   released or suppressed; re-opening it would publish a second, different answer).
 * **Exact distinct callers, idempotent under replay.** The app is at-least-once (see
-  :mod:`pipeline.privacy.service`). Callers are kept as a set in the table (one key per group
+  :mod:`pipeline.apps.runtime`). Callers are kept as a set in the table (one key per group
   and caller), so a replayed fact can never inflate the distinct count — the k guarantee does
   not depend on exactly-once. The count is per tokenisation key (see
   :func:`pipeline.aggregates.offline.distinct_subscribers`), so a key rotation cannot double it. Calls and duration are sums; a group remembers the last internal
@@ -58,9 +58,9 @@ from pipeline.aggregates.cli import DEFAULT_GRACE, DEFAULT_IDLE_TIMEOUT
 from pipeline.aggregates.offline import (DEFAULT_K, DEFAULT_WINDOW, UNKNOWN_AREA, aggregate_record, call_fact,
                                          check_parameters, distinct_subscribers, group_key)
 from pipeline.aggregates.watermark import Watermark
+from pipeline.apps.options import AppSettings, app_settings, ensure_dir
+from pipeline.apps.runtime import build_app, run_app
 from pipeline.cli import UsageError
-from pipeline.privacy.options import AppSettings, app_settings, ensure_dir
-from pipeline.privacy.service import build_app, run_app
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,8 @@ Modules: ``requests`` (the request record, validation, subject tokens, `cdrpipe 
 `cdrpipe privacy status|extend|close`), ``subject_export`` (`cdrpipe privacy export`: access and
 portability) with ``analytics_source`` (the subject's records in cdr.analytics or files),
 ``state`` (the per-subject merge), ``worker`` (the faust app, `cdrpipe privacy worker`),
-``follower`` (what the Kafka worker uses to follow ``privacy.suppressions``), ``service`` and
-``options`` (runtime and flags shared by both faust apps), ``process`` (run an app as a child
-process: demo, bench, tests), ``cli`` (the ``privacy`` command). The vault side of an access
-request is ``pipeline.vault.subject_access``. Importing this package imports nothing heavy;
-faust is imported only by ``service`` and the workers.
+``follower`` (what the Kafka worker uses to follow ``privacy.suppressions``), ``cli`` (the
+``privacy`` command). The runtime and flags it shares with the aggregates app are in
+:mod:`pipeline.apps`. The vault side of an access request is ``pipeline.vault.subject_access``.
+Importing this package imports nothing heavy; faust is imported only by the worker.
 """

@@ -10,9 +10,9 @@ import json
 import os
 import sys
 
+from pipeline.apps.options import ENV_BOOTSTRAP, add_app_arguments, parse_x
 from pipeline.cli import UsageError
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
-from pipeline.privacy.options import ENV_BOOTSTRAP, add_app_arguments, parse_x
 from pipeline.privacy.register import register_commands
 from pipeline.privacy.requests import register_submit
 from pipeline.privacy.subject_export import add_parser as add_subject_export

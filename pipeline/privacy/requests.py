@@ -255,7 +255,7 @@ def submit(conf: dict[str, str], topic: str, doc: dict[str, Any], timeout: float
 # --------------------------------------------------------------------------- command line
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.privacy.options import ENV_BOOTSTRAP, parse_x
+    from pipeline.apps.options import ENV_BOOTSTRAP, parse_x
 
     bootstrap = args.bootstrap_servers or os.environ.get(ENV_BOOTSTRAP)
     if not bootstrap:

@@ -2,7 +2,7 @@
 
 Why a merge and not "the last request wins":
 
-* The privacy app is at-least-once (see :mod:`pipeline.privacy.service`): after a crash a
+* The privacy app is at-least-once (see :mod:`pipeline.apps.runtime`): after a crash a
   request may be applied twice. Applying a request to a state that already holds it must
   change nothing.
 * Requests reach the app through several partitions, so two requests about one subscriber can

@@ -177,7 +177,7 @@ def write_export(doc: dict[str, Any], fmt: str, out: BinaryIO) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from pipeline.keys import KeyringError, load_worker_keyring
     from pipeline.privacy import analytics_source
-    from pipeline.privacy.options import ENV_BOOTSTRAP, parse_x
+    from pipeline.apps.options import ENV_BOOTSTRAP, parse_x
     from pipeline.privacy.register import CaseRegister
     from pipeline.privacy.requests import (ACCESS_TYPES, InvalidRequest, SubjectTokeniser, canonical_subject,
                                            check_request_id)
@@ -245,7 +245,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``cdrpipe privacy export``."""
     from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
-    from pipeline.privacy.options import ENV_BOOTSTRAP
+    from pipeline.apps.options import ENV_BOOTSTRAP
     from pipeline.privacy.register import ENV_REGISTER
 
     p = sub.add_parser(

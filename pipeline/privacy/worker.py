@@ -42,13 +42,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pipeline.apps.options import AppSettings, app_settings, ensure_dir
+from pipeline.apps.runtime import build_app, run_app
 from pipeline.cli import FatalError, UsageError
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
 from pipeline.keys import KeyringError, WorkerKeyring, load_worker_keyring
 from pipeline.privacy.requests import (REQUEST_SCHEMA, REQUEST_TYPES, SUPPRESSION_TYPES, InvalidRequest,
                                        SubjectTokeniser, load_schema, parse_request, utc_text)
-from pipeline.privacy.options import AppSettings, app_settings, ensure_dir
-from pipeline.privacy.service import build_app, run_app
 from pipeline.privacy.state import (TokenRequest, apply_request, erasure_notice, is_active,
                                     suppression_records)
 

@@ -21,10 +21,10 @@ from confluent_kafka import Producer
 from jsonschema import Draft202012Validator
 
 from pipeline.aggregates.offline import aggregate_offline, group_key, offline_groups, parse_start
+from pipeline.apps.process import AppProcess
 from pipeline.broker import LocalKafka, free_port
 from pipeline.demo import read_committed
 from pipeline.core.router import Router, Source
-from pipeline.privacy.process import AppProcess
 from pipeline.synthetic import generate
 from pipeline.topics import apply_topics, load_topic_policy
 

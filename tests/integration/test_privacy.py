@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.apps.process import AppProcess
 from pipeline.broker import LocalKafka, free_port
 from pipeline.demo import read_committed
 from pipeline.core.envelope import open_segment
 from pipeline.core.router import CoreConfig, RoutedBatch, Router, Source, Suppressions
 from pipeline.keys import ENV_WORKER_KEYRING_JSON
 from pipeline.privacy.follower import SuppressionFollower
-from pipeline.privacy.process import AppProcess
 from pipeline.privacy.requests import SubjectTokeniser, make_request, schema_errors, submit
 from pipeline.topics import apply_topics, load_topic_policy
 

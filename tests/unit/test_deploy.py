@@ -369,7 +369,7 @@ def test_every_container_command_is_one_cdrpipe_accepts(
             assert callable(getattr(parsed, "func", None)), where
     assert {"run", "vault", "topics"} <= registered, "core commands missing"
     try:  # the faust apps accept only some -X keys (aiokafka is not librdkafka)
-        supported = set(importlib.import_module("pipeline.privacy.options").SUPPORTED_X)
+        supported = set(importlib.import_module("pipeline.apps.options").SUPPORTED_X)
     except ModuleNotFoundError:
         supported = None
     for where, args, _env in invocations:

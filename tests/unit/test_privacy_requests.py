@@ -241,7 +241,7 @@ def test_security_options_map_to_faust_credentials_and_unknown_ones_fail() -> No
     import faust
 
     from pipeline.cli import UsageError
-    from pipeline.privacy.service import faust_broker_url, faust_credentials
+    from pipeline.apps.runtime import faust_broker_url, faust_credentials
 
     assert faust_broker_url("a:9092, b:9093") == "kafka://a:9092;kafka://b:9093"
     assert faust_credentials({}) is None
