@@ -26,6 +26,7 @@ from pipeline.core.router import CoreConfig, Router, Source, Suppressions
 from pipeline.keys import ENV_KEYRING_FILE, KeyringError, load_worker_keyring
 from pipeline.formats import check_format_options, load_mapping
 from pipeline.policy import Policy, PolicyError, load_policy
+from pipeline.runners import inputs
 
 DEFAULT_BATCH_BYTES = 8 << 20
 PROGRESS_SECONDS = 2.0
@@ -33,21 +34,12 @@ OUTPUTS = ("analytics", "retention", "dlq")
 
 
 def iter_chunks(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) -> Iterator[bytes]:
-    """Chunks of about ``batch_bytes`` that end on a line boundary (newline dropped); no line is split."""
-    tail = b""
-    while True:
-        chunk = stream.read(batch_bytes)
-        if not chunk:
-            break
-        data = tail + chunk
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            tail = data
-            continue
-        tail = data[cut + 1:]
-        yield data[:cut]
-    if tail:
-        yield tail
+    """Chunks of about ``batch_bytes`` that end on a line boundary (newline dropped); no line is split.
+
+    The last chunk holds the file's last line whether or not a newline ends it (see
+    :mod:`pipeline.runners.inputs`, which also reads documents and directories).
+    """
+    return inputs.iter_chunks(stream, batch_bytes)
 
 
 def iter_line_batches(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) -> Iterator[list[bytes]]:
@@ -60,8 +52,14 @@ def iter_line_batches(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) 
 ChunkResult = tuple[bytes, bytes, bytes, dict[str, int], Counter[str]]
 
 
-def route_chunk(router: Router, name: str, first_line: int, chunk: bytes, n: int | None = None) -> ChunkResult:
-    """Route one chunk of ``n`` lines (line numbers from ``first_line``) into three output buffers."""
+def route_chunk(router: Router, name: str, first_line: int, chunk: bytes | None, n: int | None = None,
+                records: list[bytes] | None = None) -> ChunkResult:
+    """Route one chunk of ``n`` lines (line numbers from ``first_line``), or ``records``, into three output buffers."""
+    if records is not None:
+        routed = router.route(records, Source(name, 0, range(first_line, first_line + len(records))))
+        return (routed.analytics.buffer, routed.retention.buffer, routed.dlq.buffer, routed.counts,
+                routed.dlq_reasons)
+    assert chunk is not None
     if n is None:
         n = chunk.count(b"\n") + 1
     routed = router.route(None, Source(name, 0, range(first_line, first_line + n)), chunk)
@@ -114,39 +112,43 @@ def load_suppressions(path: str | None) -> Suppressions:
 
 def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes: int = DEFAULT_BATCH_BYTES,
                  progress: bool = True, workers: int = 1) -> RunTotals:
-    """Route every line of ``input_path`` (``-`` for stdin) into the three files in ``out_dir``.
+    """Route every record of ``input_path`` (``-`` for stdin) into the three files in ``out_dir``.
 
-    With ``workers > 1`` chunks are routed on that many threads (the native core releases
-    the GIL for the whole batch, so each thread has a core) and written back in input order.
-    Threads beat worker processes here: measured on 1M records, 7.8-8.9 CPU-s and 9.5-11.7 s
-    against 9.0-9.3 CPU-s and 11.4-15.7 s, since no process imports the package again and no
-    output travels through part files.
+    Records are lines, or for ``--format freeswitch-json`` whole document files, and a directory
+    of them (:mod:`pipeline.runners.inputs`). With ``workers > 1`` chunks are routed on that many
+    threads (the native core releases the GIL for the whole batch, so each thread has a core) and
+    written back in input order. Threads beat worker processes here: measured on 1M records,
+    7.8-8.9 CPU-s and 9.5-11.7 s against 9.0-9.3 CPU-s and 11.4-15.7 s, since no process imports
+    the package again and no output travels through part files.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     totals = RunTotals()
-    name = "stdin" if input_path == "-" else os.path.basename(input_path)
-    size = None if input_path == "-" else os.path.getsize(input_path)
-    if size is not None and size <= batch_bytes:
+    cfg = router.config
+    size = inputs.input_size(input_path)
+    if size is not None and size <= batch_bytes and not os.path.isdir(input_path):
         workers = 1  # one chunk: a second thread would only wait
     started = last = time.monotonic()
-    stream = sys.stdin.buffer if input_path == "-" else open(input_path, "rb")
+    batches = inputs.iter_batches(input_path, cfg.format, batch_bytes=batch_bytes, options=cfg.format_options,
+                                  max_bytes=cfg.max_record_bytes)
     outs = [_fresh_output(out_dir / f"{k}.jsonl") for k in OUTPUTS]
     routers: queue.SimpleQueue[Router] = queue.SimpleQueue()
     for r in [router, *(router.replica() for _ in range(workers - 1))]:
         routers.put(r)
     threads = ThreadPoolExecutor(max(1, workers), thread_name_prefix="route")
-    queued: deque[Future[ChunkResult]] = deque()
+    queued: deque[tuple[Future[ChunkResult], int]] = deque()
 
-    def work(first: int, chunk: bytes, n: int) -> ChunkResult:
+    def work(batch: inputs.Batch) -> ChunkResult:
         r = routers.get()  # a router routes one batch at a time: each thread takes a free one
         try:
-            return route_chunk(r, name, first, chunk, n)
+            records = list(batch.records) if batch.records is not None else None
+            return route_chunk(r, batch.name, batch.first, batch.buf, batch.n, records)
         finally:
             routers.put(r)
 
     def write_oldest() -> None:
         nonlocal last
-        *buffers, counts, reasons = queued.popleft().result()
+        future, done_bytes = queued.popleft()
+        *buffers, counts, reasons = future.result()
         for fh, buf in zip(outs, buffers):
             fh.write(buf)
         totals.counts.update(counts)
@@ -154,17 +156,14 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
         now = time.monotonic()
         if progress and now - last >= PROGRESS_SECONDS:
             last = now
-            done = f" ({stream.tell() * 100 // size}%)" if size else ""
+            done = f" ({min(done_bytes, size) * 100 // size}%)" if size else ""
             rate = totals.counts["in"] / (now - started)
             print(f"processed {totals.counts['in']:,} records{done}, {rate:,.0f} records/s, "
                   f"dlq {totals.counts['dlq']:,}", file=sys.stderr, flush=True)
 
     try:
-        line = 1
-        for chunk in iter_chunks(stream, batch_bytes):
-            n = chunk.count(b"\n") + 1
-            queued.append(threads.submit(work, line, chunk, n))
-            line += n
+        for batch in batches:
+            queued.append((threads.submit(work, batch), batch.done_bytes))
             if len(queued) >= max(1, workers) * 2:  # bounded: memory stays flat
                 write_oldest()
         while queued:
@@ -173,14 +172,14 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
         threads.shutdown(cancel_futures=True)
         for fh in outs:
             fh.close()
-        if stream is not sys.stdin.buffer:
-            stream.close()
+        batches.close()
     return totals
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
     from pipeline.cli import FatalError, UsageError
-    if args.input != "-" and not os.path.isfile(args.input):
+    if args.input != "-" and not os.path.isfile(args.input) \
+            and not (os.path.isdir(args.input) and args.format in inputs.DOCUMENT_FORMATS):
         raise UsageError(f"input file {args.input} does not exist")
     try:
         keyring = load_worker_keyring(args.keyring)
@@ -236,7 +235,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Route every record of --input through the core. Writes DIR/analytics.jsonl, "
                                    "DIR/retention.jsonl and DIR/dlq.jsonl, progress on stderr, and a JSON summary "
                                    "as the last stdout line. Exit codes: 0 done, 1 fatal, 2 usage.")
-    p.add_argument("--input", required=True, help="NDJSON file of raw CDRs, or - for stdin")
+    p.add_argument("--input", required=True,
+                   help="file of raw CDRs (one a line), or - for stdin; for --format freeswitch-json also a file "
+                        "holding one pretty-printed document, or a directory of such call files")
     p.add_argument("--out-dir", required=True, help="directory for the three output files")
     add_core_arguments(p)
     p.add_argument("--batch-bytes", type=int, default=DEFAULT_BATCH_BYTES, help="bytes read per batch (default 8 MiB)")
