@@ -26,10 +26,15 @@ from pipeline.synthetic import generate
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
-NAMES = ("raw-cdr.v1.json", "analytics-record.v1.json", "retention-envelope.v1.json", "dlq-record.v1.json")
-SCHEMAS = {name: json.loads((SCHEMA_DIR / name).read_text()) for name in NAMES}
+NAMES = ("raw-cdr.v1.json", "analytics-record.v1.json", "retention-envelope.v2.json", "dlq-record.v2.json")
+#: Kept for data sealed before record refs: the vault still reads them (checked for shape only).
+LEGACY = ("retention-envelope.v1.json", "dlq-record.v1.json")
+SCHEMAS = {name: json.loads((SCHEMA_DIR / name).read_text()) for name in NAMES + LEGACY}
 RAW, ANALYTICS, RETENTION, DLQ = (SCHEMAS[n] for n in NAMES)
+RETENTION_V1, DLQ_V1 = (SCHEMAS[n] for n in LEGACY)
 REGISTRY = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in SCHEMAS.values())
+#: A record_ref: the token of kind record ('<key id>:<hex>').
+REF = re.compile(r"[A-Za-z0-9_-]+:[0-9a-f]{32}")
 
 N_RECORDS = 4000
 SEED = 11
@@ -68,21 +73,21 @@ def routed():
     analytics = [json.loads(x) for b in batches for x in b.analytics_ndjson().splitlines()]
     retention = [json.loads(x) for b in batches for x in b.retention]
     dlq = [json.loads(x) for b in batches for x in b.dlq]
-    raw_by_id: dict[str, bytes] = {}
+    raw_by_ref: dict[str, bytes] = {}
     for env in retention:
         for rec in open_segment(env, vault.private, vault.vault_kid):
-            assert rec.record_id not in raw_by_id, f"record id {rec.record_id} sealed twice"
-            raw_by_id[rec.record_id] = rec.raw
+            assert rec.record_ref not in raw_by_ref, f"record ref {rec.record_ref} sealed twice"
+            raw_by_ref[rec.record_ref] = rec.raw
     counts = Counter()
     for b in batches:
         counts.update(b.counts)
-    return {"lines": lines, "analytics": analytics, "retention": retention, "dlq": dlq, "raw_by_id": raw_by_id,
+    return {"lines": lines, "analytics": analytics, "retention": retention, "dlq": dlq, "raw_by_ref": raw_by_ref,
             "counts": counts, "vault": vault, "columns": [c for c in batches[0].analytics_frame().columns if c != "_key"]}
 
 
 # ------------------------------------------------------------------------- the schemas
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + LEGACY)
 def test_schema_is_valid_2020_12_with_id_and_descriptions(name):
     schema = SCHEMAS[name]
     Draft202012Validator.check_schema(schema)
@@ -93,10 +98,25 @@ def test_schema_is_valid_2020_12_with_id_and_descriptions(name):
         assert len(sub.get("description", "")) > 10, f"{name}: property {prop} has no description"
 
 
-def test_dlq_payload_refers_to_the_retention_schema():
-    ref = DLQ["properties"]["payload"]["allOf"][0]["$ref"]
-    resolved = REGISTRY.resolver(base_uri=DLQ["$id"]).lookup(ref).contents
-    assert resolved is RETENTION
+@pytest.mark.parametrize("dlq, retention", [(DLQ, RETENTION), (DLQ_V1, RETENTION_V1)], ids=["v2", "v1"])
+def test_dlq_payload_refers_to_the_retention_schema(dlq, retention):
+    ref = dlq["properties"]["payload"]["allOf"][0]["$ref"]
+    resolved = REGISTRY.resolver(base_uri=dlq["$id"]).lookup(ref).contents
+    assert resolved is retention
+
+
+def test_v2_names_records_by_ref_only():
+    """v2 differs from v1 exactly in carrying record refs (tokens) where v1 carried the ids."""
+    assert RETENTION["properties"]["type"]["const"] == "cdr.retention/2"
+    assert DLQ["properties"]["type"]["const"] == "cdr.dlq/2"
+    assert "record_ids" not in RETENTION["properties"] and "record_refs" in RETENTION["required"]
+    assert "record_id" not in DLQ["properties"] and "record_ref" in DLQ["required"]
+    assert set(RETENTION["properties"]) - {"record_refs"} == set(RETENTION_V1["properties"]) - {"record_ids"}
+    assert set(DLQ["properties"]) - {"record_ref"} == set(DLQ_V1["properties"]) - {"record_id"}
+    token = ANALYTICS["$defs"]["tokenOrNull"]["pattern"]
+    assert RETENTION["properties"]["record_refs"]["items"]["pattern"] == token
+    assert DLQ["properties"]["record_ref"]["pattern"] == token
+    assert ANALYTICS["properties"]["record_id"]["pattern"] == token
 
 
 def test_analytics_schema_is_the_default_policy_allow_list(routed):
@@ -143,7 +163,7 @@ def test_raw_schema_requires_the_contract_fields():
 
 def test_schemas_reject_what_they_must():
     """The schemas are not vacuous: a few hand-made violations of each."""
-    good = {"record_id": "r-1", "cli": "k1:" + "0" * 32, "cli_class": "e164", "dialled": None,
+    good = {"record_id": "k1:" + "2" * 32, "cli": "k1:" + "0" * 32, "cli_class": "e164", "dialled": None,
             "dialled_class": "withheld", "start": "2026-11-25T10:00:00Z", "duration": 5, "ip": "203.0.113.0/24",
             "imsi": None, "imei": None, "cell_id": "234-15-1234", "call_type": "voice", "status": "answered"}
     assert _errors(ANALYTICS, good) == []
@@ -157,6 +177,8 @@ def test_schemas_reject_what_they_must():
         {"cli_class": "e164", "cli": None},              # a non-withheld number without a token
         {"dialled": "k1:" + "1" * 32},                   # a token for a withheld number
         {"cell_id": "234-15-1234-5678"},                 # the antenna, not the area
+        {"record_id": "r-1"},                            # a raw id where its record_ref belongs
+        {"record_id": "447700900123-20261126101542"},    # an id holding a number and a start time
     ]
     for change in bad_analytics:
         assert _errors(ANALYTICS, {**good, **change}), change
@@ -169,14 +191,23 @@ def test_schemas_reject_what_they_must():
                    {"dialled": None}, {"record_id": "has space"}):
         assert _errors(RAW, {**raw, **change}), change
 
-    dlq = {"type": "cdr.dlq/1", "reason": "empty", "field": None, "detail": "x", "record_id": "f:0:1",
+    dlq = {"type": "cdr.dlq/2", "reason": "empty", "field": None, "detail": "x", "record_ref": "k1:" + "3" * 32,
            "source": {"name": "f", "partition": 0, "offset": 1}, "failed_at": "2026-01-01T00:00:00.000Z",
            "payload": json.loads((VECTORS / "envelopes.json").read_text())["vectors"][1]["envelope"]}
     assert _errors(DLQ, dlq) == []
     for change in ({"reason": "oops"}, {"reason": "empty", "field": "cli"}, {"reason": "invalid_field", "field": None},
                    {"reason": "missing_field", "field": "ip"}, {"cli": "+447700900123"},
-                   {"payload": {**dlq["payload"], "plaintext": "{}"}}):
+                   {"payload": {**dlq["payload"], "plaintext": "{}"}}, {"type": "cdr.dlq/1"},
+                   {"record_ref": "f:0:1"}, {"record_ref": "447700900123-20261126101542"}, {"record_id": "f:0:1"},
+                   {"payload": {**dlq["payload"], "record_refs": ["f:0:1"]}}):
         assert _errors(DLQ, {**dlq, **change}), change
+    # A v1 record (the id in clear) is not a v2 record, but it still matches the v1 schema the vault reads.
+    v1 = {**{k: v for k, v in dlq.items() if k != "record_ref"}, "type": "cdr.dlq/1", "record_id": "f:0:1"}
+    assert _errors(DLQ, v1)
+    v1_payload = {**{k: v for k, v in dlq["payload"].items() if k != "record_refs"}, "type": "cdr.retention/1",
+                  "record_ids": ["f:0:1"]}
+    assert _errors(DLQ_V1, {**v1, "payload": v1_payload}) == []
+    assert _errors(RETENTION, v1_payload) and _errors(RETENTION_V1, dlq["payload"])
 
 
 def test_stored_envelope_vectors_validate():
@@ -189,10 +220,16 @@ def test_stored_envelope_vectors_validate():
 
 def test_outputs_reconcile(routed):
     c = routed["counts"]
-    assert c["in"] == N_RECORDS == c["retention"] == len(routed["raw_by_id"])
+    assert c["in"] == N_RECORDS == c["retention"] == len(routed["raw_by_ref"])
     assert c["in"] == c["analytics"] + c["dlq"] + c["suppressed"]
     assert len(routed["analytics"]) == c["analytics"] and len(routed["dlq"]) == c["dlq"]
     assert len(routed["retention"]) > 10  # many segments, both source shapes
+    # The three outputs name a record by one ref: analytics record_id, DLQ record_ref, envelope record_refs.
+    analytics_refs = [r["record_id"] for r in routed["analytics"]]
+    dlq_refs = [r["record_ref"] for r in routed["dlq"]]
+    assert all(REF.fullmatch(ref) for ref in analytics_refs + dlq_refs)
+    assert c["suppressed"] == 0
+    assert sorted(analytics_refs + dlq_refs) == sorted(routed["raw_by_ref"])
 
 
 def test_every_analytics_record_validates(routed):
@@ -206,7 +243,7 @@ def test_every_retention_envelope_validates(routed):
     shapes = set()
     for env in routed["retention"]:
         assert _errors(RETENTION, env) == [], env["segment_id"]
-        n = len(env["record_ids"])
+        n = len(env["record_refs"])
         assert len(env["lengths"]) == n  # not expressible in JSON Schema
         for coord in ("partition", "offset"):
             value = env["source"][coord]
@@ -219,12 +256,12 @@ def test_every_dlq_record_validates_and_seals_its_own_record(routed):
     vault = routed["vault"]
     reasons = Counter()
     for rec in routed["dlq"]:
-        assert _errors(DLQ, rec) == [], (rec["reason"], rec["field"], rec["record_id"])
+        assert _errors(DLQ, rec) == [], (rec["reason"], rec["field"], rec["record_ref"])
         payload = rec["payload"]
-        assert payload["record_ids"] == [rec["record_id"]]
+        assert payload["record_refs"] == [rec["record_ref"]]
         assert payload["source"] == rec["source"]
         (opened,) = open_segment(payload, vault.private, vault.vault_kid)
-        assert opened.raw == routed["raw_by_id"][rec["record_id"]]
+        assert opened.raw == routed["raw_by_ref"][rec["record_ref"]]
         reasons[rec["reason"]] += 1
     # The seeded traffic exercises both kinds of reason, so the enum is checked against reality.
     assert {"missing_field", "invalid_field", "invalid_json", "not_object"} <= set(reasons), reasons
@@ -250,8 +287,8 @@ def test_dlq_clear_fields_echo_no_values(routed):
     """Reason, field and detail are fixed texts; no identifier from the record appears in clear."""
     checked = 0
     for rec in routed["dlq"]:
-        raw = routed["raw_by_id"][rec["record_id"]]
-        clear = json.dumps({k: rec[k] for k in ("reason", "field", "detail", "failed_at")})
+        raw = routed["raw_by_ref"][rec["record_ref"]]
+        clear = json.dumps({k: rec[k] for k in ("reason", "field", "detail", "failed_at", "record_ref")})
         for value in _identifier_values(raw):
             assert value not in clear, (rec["reason"], rec["field"])
             checked += 1
@@ -260,7 +297,7 @@ def test_dlq_clear_fields_echo_no_values(routed):
 
 
 def _analytics_raw(routed) -> list[tuple[str, object]]:
-    return [(r["record_id"], _loads(routed["raw_by_id"][r["record_id"]])) for r in routed["analytics"]]
+    return [(r["record_id"], _loads(routed["raw_by_ref"][r["record_id"]])) for r in routed["analytics"]]
 
 
 def _non_string_number(doc: object) -> bool:
@@ -302,11 +339,11 @@ def test_lines_rejected_for_contract_reasons_fail_the_raw_schema(routed):
             continue
         if rec["reason"] == "invalid_field" and rec["field"] not in contract_fields:
             continue  # a policy-level rejection (e.g. an unparseable ip): the raw contract allows any string
-        doc = _loads(routed["raw_by_id"][rec["record_id"]])
+        doc = _loads(routed["raw_by_ref"][rec["record_ref"]])
         if rec["reason"] == "invalid_field" and rec["field"] in ("cli", "dialled") and isinstance(
                 doc.get(rec["field"]), str):
             continue  # a string that is not a number: valid raw v1, rejected by the normaliser
-        assert _errors(RAW, doc), (rec["reason"], rec["field"], rec["record_id"])
+        assert _errors(RAW, doc), (rec["reason"], rec["field"], rec["record_ref"])
         checked += 1
     assert checked >= 20
 
