@@ -162,7 +162,7 @@ def _sealer(v: dict) -> Sealer:
 
 def _seal(sealer: Sealer, v: dict) -> bytes:
     records = _records(v)
-    return sealer.seal(b"\n".join(records), v["record_ids"], [len(r) for r in records], copy.deepcopy(v["source"]))
+    return sealer.seal(b"\n".join(records), v["record_refs"], [len(r) for r in records], copy.deepcopy(v["source"]))
 
 
 def _eid(v: dict) -> str:
@@ -180,7 +180,14 @@ def test_stored_envelope_is_consistent(v):
     env = v["envelope"]
     assert json.loads(v["envelope_json"]) == env
     assert base64.b64decode(v["plaintext_b64"]) == b"\n".join(_records(v))
-    assert env["record_ids"] == v["record_ids"] and env["source"] == v["source"]
+    assert env["type"] == "cdr.retention/2" and "record_ids" not in env
+    assert env["record_refs"] == v["record_refs"] and env["source"] == v["source"]
+    # Each ref is the documented token of kind record of the record's id, recomputed without the pipeline;
+    # the ids themselves (which can hold numbers and times) appear nowhere outside ct.
+    assert v["record_refs"] == [_independent_token(_secrets()[v["record_ref_kid"]], v["record_ref_kid"], "record",
+                                                   rid, TOKENS["bits"]) for rid in v["record_ids"]]
+    header = json.dumps({k: x for k, x in env.items() if k != "ct"})
+    assert not any(rid in header for rid in v["record_ids"])
     assert env["lengths"] == [len(r) for r in _records(v)]
     assert env["segment_id"] == v["segment_id"] and env["vault_kid"] == ENVELOPES["vault_kid"]
     assert base64.b64decode(env["nonce"]) == bytes.fromhex(v["nonce_hex"])
@@ -227,7 +234,7 @@ def test_vector_is_the_documented_construction(v):
 def test_open_stored_vector_gives_the_records(v):
     opened = open_segment(v["envelope_json"].encode("ascii"), _vault_private(), ENVELOPES["vault_kid"])
     assert [o.raw for o in opened] == _records(v)
-    assert [o.record_id for o in opened] == v["record_ids"]
+    assert [o.record_ref for o in opened] == v["record_refs"]
     src = v["source"]
     n = len(opened)
     parts = src["partition"] if isinstance(src["partition"], list) else [src["partition"]] * n
@@ -258,10 +265,10 @@ def _header_edits(env: dict) -> dict[str, dict]:
         fn(e)
         edits[name] = e
 
-    edit("record_id", lambda e: e["record_ids"].__setitem__(0, e["record_ids"][0] + "x"))
-    edit("record_id_same_length", lambda e: e["record_ids"].__setitem__(0, e["record_ids"][0][:-1] + "9"
-                                                                        if e["record_ids"][0][-1] != "9"
-                                                                        else e["record_ids"][0][:-1] + "8"))
+    edit("record_ref", lambda e: e["record_refs"].__setitem__(0, e["record_refs"][0] + "x"))
+    edit("record_ref_same_length", lambda e: e["record_refs"].__setitem__(0, e["record_refs"][0][:-1] + "9"
+                                                                          if e["record_refs"][0][-1] != "9"
+                                                                          else e["record_refs"][0][:-1] + "8"))
     edit("lengths", lambda e: e["lengths"].reverse() if len(e["lengths"]) > 1 and len(set(e["lengths"])) > 1
          else e["lengths"].__setitem__(0, e["lengths"][0] + 1))
     edit("source_name", lambda e: e["source"].__setitem__("name", e["source"]["name"] + "x"))
@@ -277,7 +284,8 @@ def _header_edits(env: dict) -> dict[str, dict]:
     edit("nonce", lambda e: e.__setitem__("nonce", base64.b64encode(bytes(12)).decode()))
     edit("extra_field", lambda e: e.__setitem__("note", "added"))
     edit("dropped_field", lambda e: e.pop("sealed_at"))
-    edit("type", lambda e: e.__setitem__("type", "cdr.retention/2"))
+    edit("type", lambda e: e.__setitem__("type", "cdr.retention/3"))
+    edit("type_legacy", lambda e: e.__setitem__("type", "cdr.retention/1"))  # v1 names its ids record_ids
     return edits
 
 
@@ -321,7 +329,7 @@ def test_wrong_vault_kid_is_refused_before_decrypting(v):
 def test_envelope_errors_say_nothing_about_the_plaintext():
     v = ENVELOPE_VECTORS[0]
     env = dict(v["envelope"])
-    env["record_ids"] = ["tampered"] + env["record_ids"][1:]
+    env["record_refs"] = ["tampered"] + env["record_refs"][1:]
     with pytest.raises(EnvelopeError) as info:
         open_segment(env, _vault_private())
     text = str(info.value)

@@ -57,10 +57,14 @@ TOKEN_INPUTS = [
     ("ip", "fe80::1%eth0"),
     *(("account", v) for v in ("acct-42", "  acct-42 ")),
     ("account", "Konto\u0301-7"),  # decomposed ó: NFKC composes it (UTF-8 c3 b3)
+    # Record ids (their token is the record_ref): taken as written; a bare number is no id.
+    *(("record", v) for v in ("r-000000001", "447700900123-20261126101542", "1764151542.123", "cdr.raw:1:16",
+                              "447700900123")),
 ]
 #: The same subscribers under the previous key: same canonical values, different tokens.
 PREVIOUS_KEY_INPUTS = [("msisdn", "+447700900123"), ("msisdn", "07700 900123"), ("imsi", "234150929725379"),
-                       ("imei", "353911100612937"), ("ip", "203.0.113.7"), ("account", "acct-42")]
+                       ("imei", "353911100612937"), ("ip", "203.0.113.7"), ("account", "acct-42"),
+                       ("record", "r-000000001")]
 
 CLOCK = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
 ENVELOPE_CASES = [
@@ -70,6 +74,7 @@ ENVELOPE_CASES = [
         "nonce_hex": "000102030405060708090a0b",
         "segment_id": "5e9a11d0c0ffee0000000001",
         "source": {"name": "cdr.raw", "partition": [0, 0, 1, 1], "offset": [10, 11, 16, 17]},
+        # The records' ids (inside ct); the header carries their record_refs (tokens of kind record).
         "record_ids": ["r-000000001", "r-000000002", "cdr.raw:1:16", "cdr.raw:1:17"],
         "records": [
             b'{"record_id":"r-000000001","cli":"+447700900123","dialled":"07700 900456",'
@@ -126,7 +131,8 @@ def token_vectors() -> dict:
             "normalisation": "msisdn: E.164 with the default region (withheld -> null, alphanumeric senders "
                              "upper-cased, short codes and extensions as digits); imsi: digits; imei: first 14 "
                              "digits; ip: canonical text, IPv4-mapped as IPv4, port and zone removed; account: "
-                             "NFKC, trimmed",
+                             "NFKC, trimmed; record: the id as written (1-128 of A-Z a-z 0-9 . _ : / @ + -, not a bare "
+                             "number: such an id has no token, the router uses <source>:<partition>:<offset>)",
         },
         "hkdf_salt": HKDF_SALT.decode("ascii"),
         "region": REGION,
@@ -140,14 +146,18 @@ def token_vectors() -> dict:
 def envelope_vectors() -> dict:
     private = X25519PrivateKey.from_private_bytes(bytes.fromhex(VAULT_PRIVATE_HEX))
     public_hex = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+    keyring = WorkerKeyring(tuple(SecretKey(kid, bytes.fromhex(secret)) for kid, secret in TOKEN_KEYS), VAULT_KID,
+                            private.public_key())
+    refs = Tokeniser(keyring, BITS)  # the current key, as the router uses
     cases = []
     for case in ENVELOPE_CASES:
+        record_refs = [refs.token_one("record", rid) for rid in case["record_ids"]]
         records = case["records"]
         nonce = bytes.fromhex(case["nonce_hex"])
         sealer = Sealer(private.public_key(), VAULT_KID, data_key=bytes.fromhex(case["data_key_hex"]),
                         nonce_source=lambda nonce=nonce: nonce, clock=lambda: CLOCK,
                         segment_ids=lambda case=case: case["segment_id"])
-        wire = sealer.seal(b"\n".join(records), case["record_ids"], [len(r) for r in records], case["source"])
+        wire = sealer.seal(b"\n".join(records), record_refs, [len(r) for r in records], case["source"])
         envelope = json.loads(wire)
         header = {k: v for k, v in envelope.items() if k != "ct"}
         cases.append({
@@ -158,6 +168,8 @@ def envelope_vectors() -> dict:
             "segment_id": case["segment_id"],
             "source": case["source"],
             "record_ids": case["record_ids"],
+            "record_ref_kid": refs.kid,
+            "record_refs": record_refs,
             "records_b64": [_b64(r) for r in records],
             "plaintext_b64": _b64(b"\n".join(records)),
             "aad": json.dumps(header, sort_keys=True, separators=(",", ":")),
@@ -174,6 +186,8 @@ def envelope_vectors() -> dict:
                     "'cdrpipe/retention/v1', to the vault public key, plaintext = 32-byte data key): enc || ct",
             "aad": "the envelope without ct, as JSON with sorted keys and no whitespace",
             "ct": "base64(AES-256-GCM(data key, nonce, plaintext = records joined by a newline byte, aad))",
+            "record_refs": "the token of kind 'record' (see tokens.json) of each record id under the key "
+                           "record_ref_kid: the ids themselves are only inside ct",
         },
         "hpke_info": HPKE_INFO.decode("ascii"),
         "vault_kid": VAULT_KID,
