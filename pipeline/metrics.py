@@ -124,6 +124,9 @@ class WorkerMetrics(_Metrics):
         self.dlq_reasons = Counter("cdrpipe_dlq_records", "Dead-lettered records by reason code",
                                    ["reason"], registry=r)
         self.segments = Counter("cdrpipe_retention_segments", "Sealed retention segments written", registry=r)
+        self.nulled = Counter("cdrpipe_values_nulled", "Optional values written as null to analytics (the record "
+                              "kept), by field and reason, e.g. a cell id in no known form", ["field", "reason"],
+                              registry=r)
         self.batch_records = Histogram("cdrpipe_batch_records", "Records per committed batch",
                                        buckets=BATCH_RECORD_BUCKETS, registry=r)
         self.batch_seconds = Histogram("cdrpipe_batch_seconds",
@@ -163,8 +166,11 @@ class WorkerMetrics(_Metrics):
         age.set_function(lambda: math.nan if follower.current_at is None else max(0.0, time.time() - follower.current_at))
 
     def observe_commit(self, counts: Mapping[str, int], reasons: Mapping[str, int], records: int,
-                       seconds: float, segments: int) -> None:
-        """Count one committed batch (``counts`` as the core's ``RoutedBatch.counts``)."""
+                       seconds: float, segments: int, nulled: Mapping[str, int] | None = None) -> None:
+        """Count one committed batch (``counts`` as the core's ``RoutedBatch.counts``, ``nulled`` its ``field:reason``s)."""
+        for key, n in (nulled or {}).items():
+            field_name, _, reason = key.partition(":")
+            self.nulled.labels(field_name, reason).inc(n)
         self.records_in.inc(counts.get("in", 0))
         for route in ROUTES:
             self.records_out.labels(route).inc(counts.get(route, 0))

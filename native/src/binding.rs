@@ -6,7 +6,7 @@ use pyo3::types::{PyBytes, PyList};
 use std::collections::HashSet;
 
 use crate::normalise::PhoneMeta;
-use crate::route::{Action, Batch, Config, Core, Parsed, Routed, Rule, KINDS};
+use crate::route::{Action, Batch, Config, Core, Parsed, Routed, Rule, CELL_NULL_REASONS, KINDS};
 use crate::seal::{Coord, Segment, Sealer};
 
 /// Random bytes for nonces and segment ids, drawn from the OS in blocks.
@@ -234,10 +234,19 @@ impl NativeCore {
             py.None()
         };
         let reasons: Vec<&str> = r.dlq_reasons.iter().map(|&c| core.reason_code(c)).collect();
+        // `field:reason` -> records whose optional value was nulled (a cell id no form matches).
+        let mut nulled: Vec<(String, u32)> = Vec::new();
+        for (i, counts) in r.nulled.iter().enumerate() {
+            for (k, &c) in counts.iter().enumerate() {
+                if c > 0 {
+                    nulled.push((format!("{}:{}", core.rule_name(i), CELL_NULL_REASONS[k]), c));
+                }
+            }
+        }
         let out = (
             PyBytes::new(py, &r.analytics), ends_bytes(py, &r.analytics_ends), keys,
             PyBytes::new(py, &r.retention), ends_bytes(py, &r.retention_ends), r.segment_ids.clone(),
-            PyBytes::new(py, &r.dlq), ends_bytes(py, &r.dlq_ends), reasons, r.dlq_refs.clone(), r.suppressed,
+            PyBytes::new(py, &r.dlq), ends_bytes(py, &r.dlq_ends), reasons, r.dlq_refs.clone(), r.suppressed, nulled,
         );
         Ok(out.into_pyobject(py)?.into_any())
     }

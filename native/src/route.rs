@@ -106,6 +106,8 @@ pub struct Routed {
     pub dlq_reasons: Vec<u16>,
     pub dlq_refs: Vec<String>,
     pub suppressed: usize,
+    /// Per rule, per [`CELL_NULL_REASONS`]: analytics records whose value was nulled.
+    pub nulled: Vec<[u32; 2]>,
 }
 
 /// Per-record results of the checks, reused across records.
@@ -115,6 +117,7 @@ enum Res {
     Text(u32, u32, u8), // canonical text in the row scratch, class (msisdn) or 255
     NoValue(u8),        // withheld number
     Time(i64),
+    Nulled(u8),         // an optional value that could not be read: null, counted by reason
     Bad,
 }
 
@@ -199,25 +202,115 @@ fn is_safe_keep(v: &str) -> bool {
         && b.iter().filter(|c| c.is_ascii_digit()).count() <= 5
 }
 
-/// `^(\d{3})[-:.](\d{2,3})[-:.]([0-9A-Fa-f]{1,8})[-:.]([0-9A-Fa-f]{1,10})$` -> `MCC-MNC-LAC`.
-fn cell_area(v: &str, out: &mut Vec<u8>) -> bool {
+/// Why a cell id became null in analytics (the record itself is kept: the cell id is optional).
+pub const CELL_NULL_REASONS: [&str; 2] = ["unrecognised_form", "out_of_range"];
+
+/// MCCs whose networks use 3-digit MNCs (ITU-T E.212 assignments: North America, the Caribbean,
+/// India's 405 series and parts of Latin America); elsewhere MNCs have 2 digits.
+const THREE_DIGIT_MNC: [u16; 27] = [302, 310, 311, 312, 313, 314, 315, 316, 330, 334, 338, 342, 344, 346, 348,
+                                    354, 356, 358, 360, 365, 366, 376, 405, 708, 722, 732, 750];
+
+fn is_dec(s: &str, lo: usize, hi: usize) -> bool {
+    (lo..=hi).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit())
+}
+
+/// A LAC/TAC or cell part as written (hex or decimal, optional `0x`): at most `hi` hex digits.
+fn area_part(s: &str, hi: usize) -> Option<&str> {
+    let t = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    ((1..=hi).contains(&t.len()) && t.bytes().all(|c| c.is_ascii_hexdigit())).then_some(t)
+}
+
+/// A cell identity's value: hex when it says so (`0x` or a letter a-f), else decimal.
+fn cell_value(s: &str) -> Option<u64> {
+    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => (h, 16),
+        None if s.bytes().any(|c| c.is_ascii_alphabetic()) => (s, 16),
+        None => (s, 10),
+    };
+    if digits.is_empty() || digits.len() > 12 || !digits.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+/// `(MCC, MNC)` from 3 + 2-3 digits or a 5-6 digit `MCCMNC`. A 3-digit MNC that starts with 0 in a
+/// 2-digit-MNC country is the 2-digit one padded (`234015` is 234-15), so every form of one
+/// network gives the same text.
+fn plmn<'a>(a: &'a str, b: Option<&'a str>) -> Option<(&'a str, &'a str)> {
+    let (mcc, mnc) = match b {
+        Some(b) if is_dec(a, 3, 3) && is_dec(b, 2, 3) => (a, b),
+        None if is_dec(a, 5, 6) => (&a[..3], &a[3..]),
+        _ => return None,
+    };
+    let three = THREE_DIGIT_MNC.contains(&mcc.parse::<u16>().unwrap_or(0));
+    Some((mcc, if mnc.len() == 3 && !three && mnc.starts_with('0') { &mnc[1..] } else { mnc }))
+}
+
+/// A cell id generalised to its area or site, or why it cannot be (an index into
+/// [`CELL_NULL_REASONS`]). Forms (separators `-` `:` `.` `/`, an optional label `CGI`, `ECGI`,
+/// `NCGI` or `TAI` before the value):
+///
+/// * `MCC-MNC-LAC-CI`, `MCC-MNC-TAC-ECI/NCI` and `MCCMNC-LAC-CI`: the area, `MCC-MNC-LAC` / `MCC-MNC-TAC`;
+/// * `TAI` `MCC-MNC-TAC` or `MCCMNC-TAC`: already an area;
+/// * ECGI/NCGI `MCC-MNC-ECI` or `MCCMNC-ECI` (the identity in decimal, or hex with `0x` or a letter):
+///   the site. A 28-bit ECI gives the eNodeB (`ECI >> 8`, `MCC-MNC-enb<id>`); a 36-bit NCI gives
+///   the gNB at its shortest id length, 22 bits (`NCI >> 14`, `MCC-MNC-gnb<id>`), which never
+///   splits a site whatever length the operator configured. Unlabelled, a value over 28 bits is an NCI.
+pub fn generalise_cell(v: &str, out: &mut Vec<u8>) -> Result<(), u8> {
     let t = v.trim();
-    let parts: Vec<&str> = t.split(|c| c == '-' || c == ':' || c == '.').collect();
-    if parts.len() != 4 {
-        return false;
-    }
-    let dig = |s: &str, lo: usize, hi: usize| (lo..=hi).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit());
-    let hex = |s: &str, hi: usize| (1..=hi).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_hexdigit());
-    if !(dig(parts[0], 3, 3) && dig(parts[1], 2, 3) && hex(parts[2], 8) && hex(parts[3], 10)) {
-        return false;
-    }
-    for (i, p) in parts[..3].iter().enumerate() {
-        if i > 0 {
-            out.push(b'-');
+    let (label, rest) = {
+        let lower = t.get(..5).unwrap_or(t).to_ascii_lowercase();
+        let found = ["ecgi", "ncgi", "cgi", "tai"].into_iter().find(|l| lower.starts_with(l));
+        match found {
+            Some(l) => {
+                let r = &t[l.len()..];
+                let r = r.strip_prefix(|c: char| matches!(c, ':' | '=' | ' ' | '-')).unwrap_or(r);
+                (l, r.trim_start())
+            }
+            None => ("", t),
         }
-        out.extend_from_slice(p.as_bytes());
+    };
+    let parts: Vec<&str> = rest.split(|c| matches!(c, '-' | ':' | '.' | '/')).collect();
+    if parts.iter().any(|p| p.is_empty()) || parts.len() > 4 {
+        return Err(0);
     }
-    true
+    let compact = is_dec(parts[0], 5, 6);
+    let Some((mcc, mnc)) = plmn(parts[0], if compact { None } else { parts.get(1).copied() }) else { return Err(0) };
+    let tail = &parts[if compact { 1 } else { 2 }..];
+    let write = |out: &mut Vec<u8>, last: &[u8]| {
+        out.extend_from_slice(mcc.as_bytes());
+        out.push(b'-');
+        out.extend_from_slice(mnc.as_bytes());
+        out.push(b'-');
+        out.extend_from_slice(last);
+    };
+    match (label, tail) {
+        ("" | "cgi" | "tai", [area, cell]) => {
+            let area = area_part(area, 8).ok_or(1u8)?;
+            area_part(cell, 12).ok_or(1u8)?;
+            write(out, area.as_bytes());
+            Ok(())
+        }
+        ("tai", [area]) => {
+            write(out, area_part(area, 8).ok_or(1u8)?.as_bytes());
+            Ok(())
+        }
+        ("" | "ecgi" | "ncgi", [cell]) => {
+            let id = cell_value(cell).ok_or(0u8)?;
+            let nr = label == "ncgi" || (label.is_empty() && id >= 1 << 28);
+            if (label == "ecgi" && id >= 1 << 28) || id >= 1 << 36 {
+                return Err(1);
+            }
+            let mut digits = Vec::with_capacity(16);
+            crate::json::write_uint(&mut digits, if nr { id >> 14 } else { id >> 8 });
+            let mut last = Vec::with_capacity(20);
+            last.extend_from_slice(if nr { b"gnb" } else { b"enb" });
+            last.extend_from_slice(&digits);
+            write(out, &last);
+            Ok(())
+        }
+        _ => Err(0),
+    }
 }
 
 fn safe_source_name(name: &str) -> String {
@@ -279,6 +372,10 @@ impl Core {
             supp,
             cfg,
         })
+    }
+
+    pub fn rule_name(&self, i: usize) -> &str {
+        &self.cfg.rules[i].name
     }
 
     pub fn fields(&self) -> &[String] {
@@ -472,6 +569,8 @@ impl Core {
         out.dlq_reasons.clear();
         out.dlq_refs.clear();
         out.suppressed = 0;
+        out.nulled.clear();
+        out.nulled.resize(self.cfg.rules.len(), [0; 2]);
         let coords_prefix = safe_source_name(source_name);
         let part = |row: usize| match partitions {
             Coord::One(v) => v,
@@ -591,13 +690,14 @@ impl Core {
                             }
                             (Action::Cell, Some(v)) => {
                                 let s = scratch.len() as u32;
-                                res[i] = if cell_area(v, &mut scratch) {
-                                    Res::Text(s, scratch.len() as u32, 255)
-                                } else {
-                                    Res::Bad
+                                res[i] = match generalise_cell(v, &mut scratch) {
+                                    Ok(()) => Res::Text(s, scratch.len() as u32, 255),
+                                    Err(why) => {
+                                        scratch.truncate(s as usize);
+                                        Res::Nulled(why)
+                                    }
                                 };
-                                (!matches!(res[i], Res::Bad),
-                                 "cell id is not MCC-MNC-LAC-CI; use drop or token:account in the policy for other formats")
+                                (true, "")
                             }
                             (Action::Drop, _) => (true, ""),
                         };
@@ -732,6 +832,10 @@ impl Core {
                             a.push(b'"');
                             a.extend_from_slice(&scratch[s as usize..e as usize]);
                             a.push(b'"');
+                        }
+                        Res::Nulled(why) => {
+                            out.nulled[i][why as usize] += 1;
+                            a.extend_from_slice(b"null");
                         }
                         _ => a.extend_from_slice(b"null"),
                     },
@@ -915,10 +1019,25 @@ mod tests {
 
     #[test]
     fn cells_and_keeps() {
-        let mut out = Vec::new();
-        assert!(cell_area("234-15-0a1B-ff", &mut out));
-        assert_eq!(out, b"234-15-0a1B");
-        assert!(!cell_area("23415-57065-40534717", &mut out));
+        let cell = |v: &str| {
+            let mut out = Vec::new();
+            generalise_cell(v, &mut out).map(|()| String::from_utf8(out).unwrap())
+        };
+        assert_eq!(cell("234-15-0a1B-ff").as_deref(), Ok("234-15-0a1B"));
+        assert_eq!(cell("23415-57065-40534717").as_deref(), Ok("234-15-57065"));
+        assert_eq!(cell("310260-1234-56789").as_deref(), Ok("310-260-1234"));
+        assert_eq!(cell("234015-1234-56789").as_deref(), Ok("234-15-1234"));
+        assert_eq!(cell("234-015-1234-56789").as_deref(), Ok("234-15-1234"));
+        assert_eq!(cell("ECGI 234-15-0x1A2B3C4").as_deref(), Ok("234-15-enb107187"));
+        assert_eq!(cell("234-15-27409348").as_deref(), Ok("234-15-enb107067"));
+        assert_eq!(cell("ncgi:310-410-0x123456789").as_deref(), Ok("310-410-gnb298261"));
+        assert_eq!(cell("310-410-4886718345").as_deref(), Ok("310-410-gnb298261"));
+        assert_eq!(cell("TAI:23415-0x00AB").as_deref(), Ok("234-15-00AB"));
+        assert_eq!(cell("ecgi:234-15-0x1A2B3C4D"), Err(1));
+        assert_eq!(cell("234-15-0x1FFFFFFFFF"), Err(1));
+        assert_eq!(cell("cell 17"), Err(0));
+        assert_eq!(cell("2341-57065-40534717"), Err(0));
+        assert_eq!(cell(""), Err(0));
         assert!(is_safe_keep("voice"));
         assert!(!is_safe_keep("07700 900123"));
         assert!(!is_safe_keep("x\"y"));

@@ -126,6 +126,9 @@ class RoutedBatch:
     dlq: Output
     counts: dict[str, int]
     dlq_reasons: Counter[str]
+    #: ``field:reason`` -> analytics records whose optional value was nulled, not rejected (a cell
+    #: id in no known form: ``cell_id:unrecognised_form``, ``cell_id:out_of_range``).
+    nulled: Counter[str] = field(default_factory=Counter)
 
     def analytics_ndjson(self) -> bytes:
         """The analytics records as NDJSON (one buffer for the batch)."""
@@ -228,7 +231,7 @@ class Router:
         partitions = source.partitions if isinstance(source.partitions, int) else list(source.partitions)
         offsets = source.offsets if isinstance(source.offsets, (range, list)) else list(source.offsets)
         (analytics, a_ends, keys, retention, r_ends, segment_ids, dlq, d_ends, reasons, dlq_refs,
-         suppressed) = self._native.route(batch, source.name, partitions, offsets, now,
+         suppressed, nulled) = self._native.route(batch, source.name, partitions, offsets, now,
                                           sealer.data_key, sealer.vault_kid, sealer.wrapped_key, want_keys)
         a_ends, r_ends, d_ends = (memoryview(e).cast("I") for e in (a_ends, r_ends, d_ends))
         n = len(batch)
@@ -236,7 +239,7 @@ class Router:
         counts = {"in": n, "analytics": len(a_ends), "retention": n, "dlq": len(d_ends), "suppressed": suppressed}
         return RoutedBatch(Output(analytics, a_ends, keys, ANALYTICS_HEADERS),
                            Output(retention, r_ends, segment_ids, RETENTION_HEADERS),
-                           Output(dlq, d_ends, dlq_refs, dlq_headers), counts, Counter(reasons))
+                           Output(dlq, d_ends, dlq_refs, dlq_headers), counts, Counter(reasons), Counter(dict(nulled)))
 
     def _parse(self, records: Sequence[bytes] | None, buf: bytes, lengths: list[int] | None) -> ParsedBatch:
         """JSONL in the native parser; other formats through their adapter, as canonical columns."""

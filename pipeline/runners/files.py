@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -48,6 +48,8 @@ def iter_line_batches(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) 
         yield chunk.split(b"\n")
 
 
+#: Count keys of values the policy nulled instead of rejecting the record (a cell id in no known form).
+NULLED = "nulled:"
 #: What a routed chunk sends back to the writer: three ready buffers, counts, DLQ reasons.
 ChunkResult = tuple[bytes, bytes, bytes, dict[str, int], Counter[str]]
 
@@ -57,14 +59,15 @@ def route_chunk(router: Router, name: str, first_line: int, chunk: bytes | None,
     """Route one chunk of ``n`` lines (line numbers from ``first_line``), or ``records``, into three output buffers."""
     if records is not None:
         routed = router.route(records, Source(name, 0, range(first_line, first_line + len(records))))
-        return (routed.analytics.buffer, routed.retention.buffer, routed.dlq.buffer, routed.counts,
-                routed.dlq_reasons)
-    assert chunk is not None
-    if n is None:
-        n = chunk.count(b"\n") + 1
-    routed = router.route(None, Source(name, 0, range(first_line, first_line + n)), chunk)
-    return (routed.analytics.buffer, routed.retention.buffer, routed.dlq.buffer, routed.counts,
-            routed.dlq_reasons)
+    else:
+        assert chunk is not None
+        if n is None:
+            n = chunk.count(b"\n") + 1
+        routed = router.route(None, Source(name, 0, range(first_line, first_line + n)), chunk)
+    counts = routed.counts
+    if routed.nulled:  # values nulled rather than rejected, by field and reason (``nulled:cell_id:...``)
+        counts = {**counts, **{NULLED + k: v for k, v in routed.nulled.items()}}
+    return routed.analytics.buffer, routed.retention.buffer, routed.dlq.buffer, counts, routed.dlq_reasons
 
 
 @dataclass
@@ -74,8 +77,13 @@ class RunTotals:
     counts: Counter[str] = field(default_factory=Counter)
     dlq_reasons: Counter[str] = field(default_factory=Counter)
 
-    def summary(self) -> dict[str, int]:
-        return {k: self.counts[k] for k in ("in", "analytics", "retention", "dlq", "suppressed")}
+    def summary(self) -> dict[str, Any]:
+        """The last stdout line: the reconciling counts, then values nulled by field and reason, if any."""
+        out: dict[str, Any] = {k: self.counts[k] for k in ("in", "analytics", "retention", "dlq", "suppressed")}
+        nulled = {k[len(NULLED):]: v for k, v in sorted(self.counts.items()) if k.startswith(NULLED)}
+        if nulled:
+            out["nulled"] = nulled
+        return out
 
 
 def _fresh_output(path: Path) -> BinaryIO:
@@ -197,6 +205,10 @@ def _cmd_process(args: argparse.Namespace) -> int:
     if totals.dlq_reasons and not args.quiet:
         reasons = ", ".join(f"{k} {v}" for k, v in totals.dlq_reasons.most_common())
         print(f"dlq reasons: {reasons}", file=sys.stderr)
+    nulled = totals.summary().get("nulled")
+    if nulled and not args.quiet:
+        print("nulled in analytics (record kept): " + ", ".join(f"{k} {v}" for k, v in nulled.items()),
+              file=sys.stderr)
     if not args.quiet:
         print(f"done: {totals.counts['in']:,} records in {elapsed:.2f} s "
               f"({totals.counts['in'] / max(elapsed, 1e-9):,.0f} records/s) -> {args.out_dir}", file=sys.stderr)

@@ -74,7 +74,7 @@ from pipeline.core.router import RoutedBatch, Router, Source
 from pipeline.keys import KeyringError, load_worker_keyring
 from pipeline.metrics import WorkerMetrics, add_metrics_arguments, partition_lags, serve_metrics, stop_metrics
 from pipeline.policy import PolicyError, load_policy
-from pipeline.runners.files import RunTotals, add_core_arguments, core_config, load_suppressions
+from pipeline.runners.files import NULLED, RunTotals, add_core_arguments, core_config, load_suppressions
 from pipeline.topics import parse_x_options
 
 log = logging.getLogger(__name__)
@@ -673,12 +673,13 @@ class TransactionLoop:
         routed = batch.routed
         self.totals.commits += 1
         self.totals.counts.update(routed.counts)
+        self.totals.counts.update({NULLED + k: v for k, v in routed.nulled.items()})
         self.totals.dlq_reasons.update(routed.dlq_reasons)
         self.totals.segments += len(routed.retention)
         self.totals.last_commit_at = time.monotonic()
         if self.metrics:
             self.metrics.observe_commit(routed.counts, routed.dlq_reasons, batch.records,
-                                        time.monotonic() - batch.started, len(routed.retention))
+                                        time.monotonic() - batch.started, len(routed.retention), routed.nulled)
 
     def _route(self, msgs: list[Message]) -> _Batch | None:
         """Unpack a consumed batch with C-level maps and route it through the core."""

@@ -174,11 +174,25 @@ def cell_text(draw):
     mcc, mnc = draw(digit_str(2, 4)), draw(digit_str(1, 4))
     lac = draw(st.text("0123456789abcdefABCDEFg", min_size=0, max_size=9))
     ci = draw(st.text("0123456789abcdefABCDEF", min_size=1, max_size=11))
-    seps = draw(st.lists(st.sampled_from("-:._"), min_size=3, max_size=3))
-    text = f"{mcc}{seps[0]}{mnc}{seps[1]}{lac}{seps[2]}{ci}"
-    text = draw(st.sampled_from([text, "234-15-0a1B-ff", " 234-15-0a1B-ff\t", "234:15:1234:56789",
-                                 "23415-57065-40534717", widen("234-15-1234-56789"), "234-15-1234-56789-1"]))
-    return text
+    seps = draw(st.lists(st.sampled_from("-:._/"), min_size=3, max_size=3))
+    label = draw(st.sampled_from(["", "", "", "ECGI ", "ncgi:", "CGI=", "tai-", "Tai", "ecgi", "x:"]))
+    hexed = draw(st.sampled_from(["", "0x", "0X"]))
+    shape = draw(st.integers(0, 4))
+    if shape == 0:
+        text = f"{mcc}{seps[0]}{mnc}{seps[1]}{lac}{seps[2]}{ci}"
+    elif shape == 1:  # MCCMNC-LAC-CI
+        text = f"{mcc}{mnc}{seps[0]}{hexed}{lac}{seps[1]}{ci}"
+    elif shape == 2:  # ECGI / NCGI, decimal or hex
+        text = f"{mcc}{seps[0]}{mnc}{seps[1]}{hexed}{ci}"
+    elif shape == 3:  # MCCMNC-ECI, or a TAI
+        text = f"{mcc}{mnc}{seps[0]}{hexed}{ci}"
+    else:
+        text = draw(st.sampled_from(["234-15-0a1B-ff", " 234-15-0a1B-ff\t", "234:15:1234:56789", "23415-57065-40534717",
+                                     "310260-1234-56789", "234015-1234-5", "234-015-12-5", widen("234-15-1234-56789"),
+                                     "234-15-1234-56789-1", "ECGI 234-15-0x1A2B3C4", "234-15-27409348",
+                                     "310-410-4886718345", "ecgi:234-15-0x1A2B3C4D", "234-15-0x1FFFFFFFFF",
+                                     "TAI:23415-0x00AB", "tai 23415 00AB", "cell 17", ""]))
+    return label + text
 
 
 keep_text = st.one_of(
@@ -269,8 +283,12 @@ GOOD = {
     "duration": st.integers(0, 86_400).map(str),
     "imsi": st.builds("23415{}".format, digit_str(10, 10)).map(jstr),
     "imei": st.builds("35391110{}".format, digit_str(7, 7)).map(jstr),
-    "cell_id": st.builds("234-15-{}-{}".format, st.text("0123456789abcdefAB", min_size=1, max_size=8),
-                         st.text("0123456789ABCDEF", min_size=1, max_size=10)).map(jstr),
+    "cell_id": st.one_of(st.builds("234-15-{}-{}".format, st.text("0123456789abcdefAB", min_size=1, max_size=8),
+                                   st.text("0123456789ABCDEF", min_size=1, max_size=10)),
+                         st.builds("23415-{}-{}".format, st.text("0123456789", min_size=1, max_size=5),
+                                   st.text("0123456789", min_size=1, max_size=9)),
+                         st.builds("ECGI:234-15-0x{}".format, st.text("0123456789ABCDEF", min_size=1, max_size=7)),
+                         st.just("no such form")).map(jstr),
     "call_type": st.sampled_from(["voice", "sms", "data", "video"]).map(jstr),
     "status": st.sampled_from(["answered", "no_answer", "busy", "failed"]).map(jstr),
 }
@@ -519,8 +537,9 @@ def test_fixed_disagreements(small_cores):
     lines = [b'{"cli":"+447700900123","dialled":"999","start":0,"duration":1,"record_id":1' + b"0" * 400 + b"}",
              b'{"record_id":"4477009001234","x":{"record_id":"r-nested"},']
     routed = router.route(lines, Source(SOURCE_NAME, 5, [7, 8]))
-    dlq = [(d["reason"], d["record_id"]) for d in map(orjson.loads, routed.dlq)]
-    assert dlq == [("non_finite_number", "in/feed_7.jsonl:5:7"), ("invalid_json", "in/feed_7.jsonl:5:8")]
+    dlq = [(d["reason"], d["record_ref"]) for d in map(orjson.loads, routed.dlq)]
+    ref = lambda rid: router.tokeniser.token_one("record", rid)  # noqa: E731
+    assert dlq == [("non_finite_number", ref("in/feed_7.jsonl:5:7")), ("invalid_json", ref("in/feed_7.jsonl:5:8"))]
 
 
 @pytest.mark.parametrize("start", [b'"1e300"', b"1e300", b'"9223372036854775296"', b'"1.3e192"'])
