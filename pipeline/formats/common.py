@@ -40,7 +40,14 @@ FORMAT_REASON_DETAIL = {
     NOT_JSON_CDR: "valid JSON, but not a FreeSWITCH json_cdr document (variables or callflow have the wrong type)",
 }
 
-__all__ = ["EMPTY", "INVALID_JSON", "INVALID_UTF8", "NOT_OBJECT", "TOO_LARGE", "FORMAT_REASON_DETAIL"]
+__all__ = ["EMPTY", "INVALID_JSON", "INVALID_UTF8", "NOT_OBJECT", "TOO_LARGE", "FORMAT_REASON_DETAIL",
+           "NON_VOICE_CALL_TYPES"]
+
+#: Call types that have no talk time: a record of one of these without a duration is complete
+#: (its duration is 0), while a voice call (or an unknown or absent type) must have one. Compared
+#: after :func:`enum_text` (lower case, spaces and dashes as ``_``). The native JSONL check must
+#: use the same set (see docs/formats.md, "Records without a duration").
+NON_VOICE_CALL_TYPES = frozenset({"sms", "mms", "text", "data", "ussd"})
 
 #: Percent-escapes seen in switch output (FreeSWITCH encode-values, ESL, HTTP CDRs); ``%25`` last.
 _ESCAPES = (("%40", "@"), ("%2B", "+"), ("%3A", ":"), ("%3B", ";"), ("%20", " "), ("%2F", "/"), ("%3C", "<"),

@@ -28,11 +28,13 @@ import polars as pl
 
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed
 from pipeline.formats.common import (
-    COMMENT_LINE, DURATION_FACTORS, EMPTY, HEADER_LINE, INVALID_CSV, TOO_LARGE, WRONG_COLUMN_COUNT, blank_to_null,
-    empty_frame, field_text, number_text, record_lines, row_hash)
+    COMMENT_LINE, DURATION_FACTORS, EMPTY, HEADER_LINE, INVALID_CSV, NON_VOICE_CALL_TYPES, TOO_LARGE,
+    WRONG_COLUMN_COUNT, blank_to_null, empty_frame, enum_text, field_text, number_text, record_lines, row_hash)
 
 _CHUNK_LINES = 1 << 16
 _TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+#: Fields a ``[values.<field>]`` table may translate: enumerations, never an identifier or a measure.
+VALUE_FIELDS = ("call_type", "status")
 
 
 class MappingError(ValueError):
@@ -56,6 +58,8 @@ class MappingSpec:
     duration_unit: str | None = None
     record_id_suffix: bool | None = None
     name: str | None = None
+    #: ``[values.<field>]``: (field, ((text as written, value), ...)), e.g. Orange's call_type "2" -> "sms".
+    values: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] | None = None
 
     def over(self, base: MappingSpec) -> MappingSpec:
         """This spec with ``base`` filling what it leaves unset.
@@ -70,6 +74,9 @@ class MappingSpec:
         if self.constants is not None and base.constants is not None:
             named = {target for target, _v in self.constants}
             changes["constants"] = tuple(c for c in base.constants if c[0] not in named) + self.constants
+        if self.values is not None and base.values is not None:
+            named = {target for target, _v in self.values}
+            changes["values"] = tuple(v for v in base.values if v[0] not in named) + self.values
         return replace(base, **changes)
 
 
@@ -92,6 +99,7 @@ class Layout:
     timezone: str | None
     duration_unit: str
     record_id_suffix: bool
+    values: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     def indices(self, target: str) -> tuple[int, ...]:
         """Source columns of ``target`` in priority order (empty if unmapped)."""
@@ -141,6 +149,13 @@ def compile_layout(spec: MappingSpec) -> Layout:
     for target, _value in constants:
         if not _TARGET.match(target):
             raise MappingError(f"mapping: constant target {target!r} is not a plain raw v1 field name")
+    values = tuple(spec.values or ())
+    for target, table in values:
+        if target not in VALUE_FIELDS:
+            raise MappingError(f"mapping: [values.{target}] is not allowed; only {', '.join(VALUE_FIELDS)} "
+                               "(enumerations) take a value table")
+        if not all(isinstance(k, str) and isinstance(v, str) and _TARGET.match(v) for k, v in table):
+            raise MappingError(f"mapping: [values.{target}] maps text to plain names such as \"sms\" or \"voice\"")
     counts = spec.column_counts if spec.column_counts is not None else ((len(columns),) if columns else ())
     needed = max(i for idx in targets.values() for i in idx) + 1
     if counts and min(counts) < needed:
@@ -148,7 +163,7 @@ def compile_layout(spec: MappingSpec) -> Layout:
     width = max([needed, *counts, len(columns)]) + (1 if counts else 0)  # +1: an optional trailing delimiter
     return Layout(spec.name or "csv", delimiter, quote or None, header, comment, columns, tuple(counts), needed, width,
                   tuple((t, tuple(i)) for t, i in targets.items()), constants, spec.time_format, spec.timezone or None,
-                  unit, bool(spec.record_id_suffix))
+                  unit, bool(spec.record_id_suffix), values)
 
 
 def spec_from_toml(text: str, name: str = "mapping") -> MappingSpec:
@@ -157,10 +172,10 @@ def spec_from_toml(text: str, name: str = "mapping") -> MappingSpec:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise MappingError(f"mapping {name} is not valid TOML: {exc}") from None
-    unknown = set(doc) - {"csv", "map", "constants"}
+    unknown = set(doc) - {"csv", "map", "constants", "values"}
     if unknown:
         raise MappingError(f"mapping {name}: unknown section(s) {', '.join(sorted(unknown))}; use [csv], [map], "
-                           "[constants]")
+                           "[constants], [values.<field>]")
     csv = doc.get("csv", {})
     allowed = {"delimiter", "quote", "header", "comment", "columns", "column_count", "time_format", "timezone",
                "duration_unit", "record_id_suffix"}
@@ -175,6 +190,12 @@ def spec_from_toml(text: str, name: str = "mapping") -> MappingSpec:
     constants = doc.get("constants", {})
     if not all(isinstance(v, str) for v in constants.values()):
         raise MappingError(f"mapping {name}: [constants] values must be strings")
+    tables = doc.get("values", {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise MappingError(f"mapping {name}: [values.<field>] tables map the text a column holds to a value, "
+                           "e.g. [values.call_type] \"2\" = \"sms\"")
+    if not all(isinstance(v, str) for t in tables.values() for v in t.values()):
+        raise MappingError(f"mapping {name}: [values.<field>] values must be strings")
     columns = csv.get("columns")
     if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
         raise MappingError(f"mapping {name}: columns must be a list of column names")
@@ -193,7 +214,8 @@ def spec_from_toml(text: str, name: str = "mapping") -> MappingSpec:
         column_counts=None if count is None else (() if count == 0 else (count,)),
         sources=tuple(sources) or None, constants=tuple(constants.items()) or None,
         time_format=csv.get("time_format"), timezone=csv.get("timezone"), duration_unit=csv.get("duration_unit"),
-        record_id_suffix=csv.get("record_id_suffix"), name=None)
+        record_id_suffix=csv.get("record_id_suffix"), name=None,
+        values=tuple((f, tuple((str(k), v) for k, v in t.items())) for f, t in tables.items()) or None)
     return spec
 
 
@@ -389,8 +411,16 @@ def source_expr(target: str, layout: Layout) -> pl.Expr | None:
     idx = layout.indices(target)
     if not idx:
         return None
-    return field_text(target, _chosen(idx), time_format=layout.time_format, timezone=layout.timezone,
-                      duration_unit=layout.duration_unit)
+    return field_text(target, _translated(target, _chosen(idx), layout), time_format=layout.time_format,
+                      timezone=layout.timezone, duration_unit=layout.duration_unit)
+
+
+def _translated(target: str, e: pl.Expr, layout: Layout) -> pl.Expr:
+    """``e`` through the mapping's ``[values.<target>]`` table (text as written, trimmed); others unchanged."""
+    table = dict(next((t for f, t in layout.values if f == target), ()))
+    if not table:
+        return e
+    return e.replace(table)
 
 
 def _chosen(idx: tuple[int, ...]) -> pl.Expr:
@@ -431,7 +461,7 @@ def to_raw(cells: pl.DataFrame, layout: Layout, schema: dict[str, pl.DataType],
             numbers.append(name)
             extra.extend(pl.col(f"c{i}").alias(f"_{name}_{k}") for k, i in enumerate(idx))
         elif idx:
-            expr = field_text(name, _chosen(idx), **opts)
+            expr = field_text(name, _translated(name, _chosen(idx), layout), **opts)
         else:
             expr = None
         if name == "record_id" and layout.record_id_suffix:
@@ -446,6 +476,14 @@ def to_raw(cells: pl.DataFrame, layout: Layout, schema: dict[str, pl.DataType],
         if expr is None and name in constants:
             expr = pl.lit(constants[name], pl.String)
         cols.append((expr if expr is not None else pl.lit(None, pl.String)).cast(pl.String).alias(name))
+    if "duration" in schema and "call_type" in schema:
+        # A record of a call type without talk time (sms, data...) and no duration is complete: 0 s.
+        # A voice call (or an unknown type) without one still fails the core's missing_field check.
+        at = {name: i for i, name in enumerate(schema)}
+        d, t = cols[at["duration"]], cols[at["call_type"]]
+        non_voice = enum_text(t).is_in(sorted(NON_VOICE_CALL_TYPES)).fill_null(False)
+        cols[at["duration"]] = pl.when(non_voice & blank_to_null(d).is_null()).then(pl.lit("0")).otherwise(d) \
+            .alias("duration")
     frame = cells.lazy().select(*cols, pl.col("row"), *extra).collect()
     for name in numbers:
         # Each source cleaned on its own, then the first that gives a number: src "" (withheld)

@@ -14,8 +14,9 @@ The same identity is written in many places; each raw v1 field takes the first p
 Values may be URL-encoded (json_cdr ``encode-values``) and numbers may be SIP URIs or caller-ID
 strings; both are undone by the shared column expressions. ``callflow`` is an array in current
 releases and an object in old ones; both are read. A record is one whole document: a pretty-
-printed document spanning lines is fine as one Kafka message, but a file for ``cdrpipe process``
-must hold one compact document per line (``jq -c``).
+printed document spanning lines is fine as one Kafka message, and ``cdrpipe process`` reads a
+call file holding one such document, or a directory of them, as one record per file
+(:mod:`pipeline.runners.inputs`); a file of compact documents is read one per line.
 
 Reading follows the JSONL adapter: a vectorised screen, Polars' NDJSON reader with a fixed nested
 schema in chunks, and the core's exact per-line verdict (:func:`pipeline.core.parse.classify_line`)
