@@ -53,12 +53,12 @@ from pipeline.broker import KAFKA_VERSION, LocalKafka  # noqa: E402
 from pipeline.core.router import (ANALYTICS_HEADERS, RETENTION_HEADERS, CoreConfig, Output,  # noqa: E402
                                   RoutedBatch, Router, Source)
 from pipeline.demo import produce_synthetic  # noqa: E402
+from pipeline.kafka_config import parse_x_options  # noqa: E402
 from pipeline.keys import generate  # noqa: E402
-from pipeline.runners.kafka import (DEFAULT_BATCH_SIZE, Topics, TransactionLoop, WorkerSettings,  # noqa: E402
+from pipeline.runners.kafka import (DEFAULT_BATCH_SIZE, TransactionLoop, WorkerSettings,  # noqa: E402
                                     split_client_overrides)
-from pipeline.topics import parse_x_options  # noqa: E402
 from pipeline.synthetic import generate as synthetic  # noqa: E402
-from pipeline.topics import TopicSpec, apply_topics, load_topic_policy  # noqa: E402
+from pipeline.topics import Topics, TopicSpec, apply_topics, load_topic_policy  # noqa: E402
 
 
 def ready(values: Sequence[bytes], headers: list[tuple[str, bytes]]) -> Output:

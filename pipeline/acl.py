@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli import FatalError, UsageError
+from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
+from pipeline.topics import (AGGREGATES, ANALYTICS, AUDIT, DLQ, ERASURES, RAW, REQUESTS, RETENTION, SUPPRESSIONS,
+                             default_policy_path, load_topic_policy)
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +63,11 @@ OPERATIONS_GROUP_PREFIX = "operations-"
 
 #: Topics that carry raw or re-identifiable data, and the only roles that may read them.
 RESTRICTED_READERS: Mapping[str, frozenset[str]] = {
-    "cdr.raw": frozenset({"worker"}),
-    "cdr.retention": frozenset({"vault"}),
-    "cdr.dlq": frozenset({"operations"}),
-    "privacy.requests": frozenset({"privacy"}),  # carries the raw subject of each request
-    "vault.audit": frozenset({"auditor"}),  # who queried under which warrant: never tip a target off
+    RAW: frozenset({"worker"}),
+    RETENTION: frozenset({"vault"}),
+    DLQ: frozenset({"operations"}),
+    REQUESTS: frozenset({"privacy"}),  # carries the raw subject of each request
+    AUDIT: frozenset({"auditor"}),  # who queried under which warrant: never tip a target off
 }
 
 
@@ -195,45 +197,45 @@ def _sizes(topic: str) -> Grant:
 MATRIX: tuple[Principal, ...] = (
     Principal("mediation", "cdr-mediation",
               "mediation systems: write raw CDRs into the pipeline",
-              (_writes("cdr.raw"),)),
+              (_writes(RAW),)),
     Principal("worker", "cdrpipe-worker",
               "`cdrpipe run`: read raw CDRs and suppressions, write the three outputs and its "
               "offsets in one transaction",
-              (_reads("cdr.raw"), _reads("privacy.suppressions"),
-               _writes("cdr.analytics"), _writes("cdr.retention"), _writes("cdr.dlq"),
-               *(_sizes(t) for t in ("cdr.raw", "cdr.analytics", "cdr.retention", "cdr.dlq")),
+              (_reads(RAW), _reads(SUPPRESSIONS),
+               _writes(ANALYTICS), _writes(RETENTION), _writes(DLQ),
+               *(_sizes(t) for t in (RAW, ANALYTICS, RETENTION, DLQ)),
                _group(WORKER_GROUP),
                Grant(ResourceKind.TRANSACTIONAL_ID, WORKER_TRANSACTIONAL_ID_PREFIX,
                      (Operation.WRITE,), Pattern.PREFIX))),
     Principal("vault", "cdrpipe-vault",
               "`cdrpipe vault sink`: read sealed raw records into the vault; append every audit "
               "entry to its witness topic (Write only: it can neither delete nor alter it)",
-              (_reads("cdr.retention"), _group(VAULT_GROUP), _writes("vault.audit"))),
+              (_reads(RETENTION), _group(VAULT_GROUP), _writes(AUDIT))),
     Principal("privacy", "cdrpipe-privacy",
               "`cdrpipe privacy worker` (faust): turn subject requests into suppressions and "
               "erasure notices",
-              (_reads("privacy.requests"), _writes("privacy.suppressions"),
-               _writes("privacy.erasures"), *_app_internal(PRIVACY_APP_ID))),
+              (_reads(REQUESTS), _writes(SUPPRESSIONS),
+               _writes(ERASURES), *_app_internal(PRIVACY_APP_ID))),
     Principal("aggregates", "cdrpipe-aggregates",
               "`cdrpipe aggregates worker` (faust): k-anonymous windowed counts",
-              (_reads("cdr.analytics"), _writes("cdr.aggregates"),
+              (_reads(ANALYTICS), _writes(AGGREGATES),
                *_app_internal(AGGREGATES_APP_ID))),
     Principal("dpo", "cdrpipe-dpo",
               "the data-protection office: submit subject-rights requests "
               "(`cdrpipe privacy submit`) and read pseudonymised analytics for access exports "
               "(`cdrpipe privacy export`: no group, nothing committed)",
-              (_writes("privacy.requests"), _reads("cdr.analytics"))),
+              (_writes(REQUESTS), _reads(ANALYTICS))),
     Principal("auditor", "cdrpipe-auditor",
               "the audit / oversight function: read the vault's audit witness "
               "(`cdrpipe vault audit verify --witness kafka:vault.audit`: no group, nothing committed)",
-              (_reads("vault.audit"),)),
+              (_reads(AUDIT),)),
     Principal("analytics", "analytics",
               "analytics teams: pseudonymised records and aggregates only",
-              (_reads("cdr.analytics"), _reads("cdr.aggregates"),
+              (_reads(ANALYTICS), _reads(AGGREGATES),
                _group(ANALYTICS_GROUP_PREFIX, prefix=True))),
     Principal("operations", "operations",
               "operations: inspect dead letters (reasons, coordinates, sealed payloads)",
-              (_reads("cdr.dlq"), _group(OPERATIONS_GROUP_PREFIX, prefix=True))),
+              (_reads(DLQ), _group(OPERATIONS_GROUP_PREFIX, prefix=True))),
 )
 
 
@@ -547,8 +549,6 @@ def _parse_users(items: Sequence[str]) -> dict[str, str]:
 
 def _matrix_from_args(args: argparse.Namespace) -> tuple[tuple[Principal, ...], list[str]]:
     """The matrix (with --principal renames) checked against the topic policy, and the topics."""
-    from pipeline.topics import default_policy_path, load_topic_policy
-
     path = Path(args.file) if args.file else default_policy_path()
     if args.file and not path.is_file():
         raise UsageError(f"--file {args.file}: no such file")
@@ -560,14 +560,9 @@ def _matrix_from_args(args: argparse.Namespace) -> tuple[tuple[Principal, ...], 
 
 def _run_apply(args: argparse.Namespace) -> int:
     """`cdrpipe acls apply`: make the cluster's ACLs match the matrix."""
-    from pipeline.topics import parse_x_options
-
-    bootstrap = args.bootstrap_servers or os.environ.get("CDRPIPE_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set "
-                         "CDRPIPE_BOOTSTRAP_SERVERS")
+    bootstrap = require_bootstrap(args.bootstrap_servers)
     matrix, _topics = _matrix_from_args(args)
-    conf = {"bootstrap.servers": bootstrap, **parse_x_options(args.X or [])}
+    conf = {"bootstrap.servers": bootstrap, **parse_x_options(args.X)}
     changes = apply_acls(conf, matrix, prefix=args.prefix, prune=args.prune,
                          dry_run=args.dry_run, timeout=args.timeout)
     for line in changes:
@@ -619,7 +614,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     def _common(a: argparse.ArgumentParser) -> None:
         a.add_argument("--file", default=None,
                        help="topic policy file the matrix is checked against (env "
-                            "CDRPIPE_TOPICS_FILE; default deploy/topics.toml)")
+                            "CDRPIPE_TOPICS_FILE; default the policy shipped with cdrpipe)")
         a.add_argument("--prefix", default="",
                        help="prepend this to every topic name, as `cdrpipe topics apply --prefix`")
         a.add_argument("--principal", action="append", metavar="ROLE=USER",
@@ -633,7 +628,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      "not name. Needs a super user or ALTER on the cluster; prints one line per "
                      "change, a second run prints none."))
     a.add_argument("--bootstrap-servers", default=None,
-                   help="Kafka bootstrap servers (env CDRPIPE_BOOTSTRAP_SERVERS)")
+                   help=f"Kafka bootstrap servers (env {ENV_BOOTSTRAP})")
     a.add_argument("-X", action="append", metavar="KEY=VALUE",
                    help="librdkafka client setting, repeatable (e.g. -X security.protocol=SASL_SSL)")
     _common(a)

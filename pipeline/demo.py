@@ -255,16 +255,15 @@ def _sized_for_any_record(specs: list[Any]) -> list[Any]:
     The worker warns at start-up when they cannot (see ``required_message_bytes``); the demo
     applies the fix instead of showing the warning.
     """
-    from pipeline.runners.kafka import DEFAULT_DLQ, DEFAULT_INPUT, DEFAULT_RETENTION, KAFKA_DEFAULT_MAX_MESSAGE, \
-        required_message_bytes
-    from pipeline.topics import TopicSpec
+    from pipeline.runners.kafka import KAFKA_DEFAULT_MAX_MESSAGE, required_message_bytes
+    from pipeline.topics import DLQ, RAW, RETENTION, TopicSpec
 
-    raw = next((s for s in specs if s.name == DEFAULT_INPUT), None)
+    raw = next((s for s in specs if s.name == RAW), None)
     limit = int(raw.config.get("max.message.bytes", KAFKA_DEFAULT_MAX_MESSAGE)) if raw else KAFKA_DEFAULT_MAX_MESSAGE
     needed = required_message_bytes(limit)
     out = []
     for spec in specs:
-        if spec.name in (DEFAULT_RETENTION, DEFAULT_DLQ) and int(spec.config.get("max.message.bytes", 0)) < needed:
+        if spec.name in (RETENTION, DLQ) and int(spec.config.get("max.message.bytes", 0)) < needed:
             spec = TopicSpec(spec.name, spec.partitions, spec.replication_factor,
                              tuple(sorted({**spec.config, "max.message.bytes": str(needed)}.items())))
         out.append(spec)

@@ -1,13 +1,21 @@
-"""The topic policy (``deploy/topics.toml``) and `cdrpipe topics apply`, which makes a cluster match it.
+"""The topic policy (``pipeline/data/topics.toml``), the topic names, and `cdrpipe topics apply`.
 
-One file says, for every topic, its partitions, replication factor and configs (retention,
-cleanup policy, min.insync.replicas). ``apply_topics`` creates missing topics, sets configs that
-differ (incremental alter configs, so other settings are left alone) and adds partitions when
-the file asks for more. It is idempotent: a second run changes nothing and reports nothing.
+One file says, for every topic, its name, partitions, replication factor and configs (retention,
+cleanup policy, min.insync.replicas); it ships in the package, and deploy/render.py writes the
+Strimzi topics from it. ``apply_topics`` creates missing topics, sets configs that differ
+(incremental alter configs, so other settings are left alone) and adds partitions when the file
+asks for more. It is idempotent: a second run changes nothing and reports nothing.
+
+The names the apps use by default (:data:`RAW`, :data:`ANALYTICS`…) are constants here, each
+checked against the policy file when this module is imported, and :class:`Topics` is the one
+settings type of what an app reads and writes.
 
 Public API:
+    ``RAW``, ``ANALYTICS``, ``AGGREGATES``, ``RETENTION``, ``DLQ``, ``AUDIT``, ``REQUESTS``,
+    ``SUPPRESSIONS``, ``ERASURES``                 the policy's topic names
+    ``Topics``                                     the topics of an app, ``.with_prefix(prefix)``
     ``TopicSpec``                                  one topic's policy (frozen)
-    ``default_policy_path() -> Path``              deploy/topics.toml, else the packaged copy
+    ``default_policy_path() -> Path``              $CDRPIPE_TOPICS_FILE, else the packaged policy
     ``load_topic_policy(path=None) -> list[TopicSpec]``
     ``apply_topics(admin_conf, specs, *, prefix="", replication_factor=None, dry_run=False,
                    timeout=30.0) -> list[str]``
@@ -23,13 +31,17 @@ import sys
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from pipeline.cli import FatalError, UsageError
+from pipeline.kafka_config import parse_x_options, require_bootstrap
 
 log = logging.getLogger(__name__)
+
+#: The topic policy: the one file that names and configures every topic (shipped in the package).
+POLICY_FILE = Path(__file__).resolve().parent / "data" / "topics.toml"
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _MAX_TOPIC_LEN = 249
@@ -43,6 +55,51 @@ class TopicPolicyError(FatalError):
 
 class TopicApplyError(FatalError):
     """The cluster refused or could not be reached while applying the topic policy."""
+
+
+with open(POLICY_FILE, "rb") as _fh:
+    _POLICY_NAMES = frozenset(tomllib.load(_fh)["topics"])
+
+
+def _policy_topic(name: str) -> str:
+    """``name``, if the policy file defines it: a topic name constant cannot drift from the policy."""
+    if name not in _POLICY_NAMES:
+        raise RuntimeError(f"{POLICY_FILE} defines no topic {name!r}: restore the file or the name")
+    return name
+
+
+RAW = _policy_topic("cdr.raw")
+ANALYTICS = _policy_topic("cdr.analytics")
+AGGREGATES = _policy_topic("cdr.aggregates")
+RETENTION = _policy_topic("cdr.retention")
+DLQ = _policy_topic("cdr.dlq")
+AUDIT = _policy_topic("vault.audit")
+REQUESTS = _policy_topic("privacy.requests")
+SUPPRESSIONS = _policy_topic("privacy.suppressions")
+ERASURES = _policy_topic("privacy.erasures")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics an app reads and writes (the Kafka worker, the privacy and aggregates apps); policy names by default."""
+
+    input: str = RAW
+    analytics: str = ANALYTICS
+    retention: str = RETENTION
+    dlq: str = DLQ
+    aggregates: str = AGGREGATES
+    requests: str = REQUESTS
+    suppressions: str = SUPPRESSIONS
+    erasures: str = ERASURES
+
+    def with_prefix(self, prefix: str) -> Topics:
+        """The same topics with ``prefix`` prepended (tests give each run its own prefix)."""
+        return Topics(**{f.name: prefix + getattr(self, f.name) for f in fields(self)})
+
+    @property
+    def outputs(self) -> tuple[str, str, str]:
+        """The worker's three output topics, in route order."""
+        return (self.analytics, self.retention, self.dlq)
 
 
 @dataclass(frozen=True)
@@ -64,14 +121,9 @@ class TopicSpec:
 
 
 def default_policy_path() -> Path:
-    """The policy file: the repo's deploy/topics.toml when present, else the packaged copy."""
+    """The policy file: ``$CDRPIPE_TOPICS_FILE``, else the one shipped in the package."""
     env = os.environ.get("CDRPIPE_TOPICS_FILE")
-    if env:
-        return Path(env)
-    repo_file = Path(__file__).resolve().parents[1] / "deploy" / "topics.toml"
-    if repo_file.is_file():
-        return repo_file
-    return Path(__file__).resolve().parent / "data" / "topics.toml"
+    return Path(env) if env else POLICY_FILE
 
 
 def _config_value(path: Path, topic: str, key: str, value: Any) -> str:
@@ -117,7 +169,7 @@ def load_topic_policy(path: str | os.PathLike[str] | None = None) -> list[TopicS
             doc = tomllib.load(fh)
     except FileNotFoundError:
         raise TopicPolicyError(f"topic policy file {p} not found; pass --file or restore "
-                               "deploy/topics.toml") from None
+                               "pipeline/data/topics.toml") from None
     except OSError as exc:
         raise TopicPolicyError(f"cannot read topic policy file {p}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -356,28 +408,14 @@ def apply_topics(admin_conf: Mapping[str, str], specs: Sequence[TopicSpec], *, p
 # --------------------------------------------------------------------------- CLI
 
 
-def parse_x_options(items: Sequence[str]) -> dict[str, str]:
-    """Turn ``-X key=value`` options into a librdkafka config dict."""
-    conf: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"-X {item!r}: expected key=value, e.g. -X security.protocol=SASL_SSL")
-        conf[key.strip()] = value
-    return conf
-
-
 def _run_apply(args: argparse.Namespace) -> int:
     """`cdrpipe topics apply`: make the cluster's topics match the policy file."""
-    bootstrap = args.bootstrap_servers or os.environ.get("CDRPIPE_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set "
-                         "CDRPIPE_BOOTSTRAP_SERVERS (`cdrpipe broker` prints one for local use)")
+    bootstrap = require_bootstrap(args.bootstrap_servers, local_hint=True)
     path = Path(args.file) if args.file else default_policy_path()
     if args.file and not path.is_file():
         raise UsageError(f"--file {args.file}: no such file")
     specs = load_topic_policy(path)
-    conf = {"bootstrap.servers": bootstrap, **parse_x_options(args.X or [])}
+    conf = {"bootstrap.servers": bootstrap, **parse_x_options(args.X)}
     changes = apply_topics(conf, specs, prefix=args.prefix, replication_factor=args.replication_factor,
                            dry_run=args.dry_run, timeout=args.timeout)
     for line in changes:
@@ -407,8 +445,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     a.add_argument("--bootstrap-servers", default=None,
                    help="Kafka bootstrap servers (env CDRPIPE_BOOTSTRAP_SERVERS)")
     a.add_argument("--file", default=None,
-                   help="topic policy file (env CDRPIPE_TOPICS_FILE; default deploy/topics.toml, "
-                        "else the copy shipped with cdrpipe)")
+                   help="topic policy file (env CDRPIPE_TOPICS_FILE; default the policy shipped with cdrpipe, "
+                        "pipeline/data/topics.toml)")
     a.add_argument("--prefix", default="", help="prepend this to every topic name")
     a.add_argument("--replication-factor", type=int, default=None,
                    help="override the file's replication factor (min.insync.replicas is capped "

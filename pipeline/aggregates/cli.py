@@ -5,6 +5,7 @@ import argparse
 
 from pipeline.aggregates.offline import DEFAULT_K, DEFAULT_WINDOW, MIN_K
 from pipeline.apps.options import add_app_arguments
+from pipeline.topics import AGGREGATES, ANALYTICS
 
 DEFAULT_APP_ID = "cdrpipe-aggregates"
 DEFAULT_WEB_PORT = 6068
@@ -42,6 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     w.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT,
                    help=(f"seconds without records after which an input partition stops holding the "
                          f"watermark back (default {DEFAULT_IDLE_TIMEOUT:g})"))
-    w.add_argument("--analytics-topic", default=None, help="default cdr.analytics (after --topic-prefix)")
-    w.add_argument("--aggregates-topic", default=None, help="default cdr.aggregates")
+    w.add_argument("--analytics-topic", default=None, help=f"default {ANALYTICS} (after --topic-prefix)")
+    w.add_argument("--aggregates-topic", default=None, help=f"default {AGGREGATES}")
     w.set_defaults(func=_cmd_worker)

@@ -61,19 +61,12 @@ from pipeline.aggregates.watermark import Watermark
 from pipeline.apps.options import AppSettings, app_settings, ensure_dir
 from pipeline.apps.runtime import build_app, run_app
 from pipeline.cli import UsageError
+from pipeline.topics import AGGREGATES, ANALYTICS, Topics
 
 log = logging.getLogger(__name__)
 
 #: Table key prefixes: group figures, group members (callers), watermark per partition.
 _G, _M, _W = "g|", "m|", "w|"
-
-
-@dataclass(frozen=True)
-class AggregateTopics:
-    """The topics the aggregates app reads and writes."""
-
-    analytics: str = "cdr.analytics"
-    aggregates: str = "cdr.aggregates"
 
 
 @dataclass(frozen=True)
@@ -107,7 +100,7 @@ class AggregateMetrics:
             self.groups.labels(outcome)
 
 
-def build_aggregates_app(settings: AppSettings, topics: AggregateTopics, agg: AggregateSettings, *,
+def build_aggregates_app(settings: AppSettings, topics: Topics, agg: AggregateSettings, *,
                          metrics: AggregateMetrics | None = None) -> tuple[Any, Any]:
     """The faust app (agents, table, topics wired) and its clean-up callable."""
     check_parameters(agg.window, agg.k)
@@ -234,9 +227,8 @@ def run_worker_command(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if agg.grace < 0 or agg.idle_timeout <= 0:
         raise UsageError("--grace must be >= 0 and --idle-timeout > 0")
-    prefix = args.topic_prefix
-    topics = AggregateTopics(prefix + (args.analytics_topic or AggregateTopics.analytics),
-                             prefix + (args.aggregates_topic or AggregateTopics.aggregates))
+    topics = Topics(analytics=args.analytics_topic or ANALYTICS,
+                    aggregates=args.aggregates_topic or AGGREGATES).with_prefix(args.topic_prefix)
     app, cleanup = build_aggregates_app(settings, topics, agg)
     log.info("aggregates worker %s: %s -> %s, window %d s, k %d, grace %d s", settings.app_id, topics.analytics,
              topics.aggregates, agg.window, agg.k, agg.grace)

@@ -8,29 +8,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.cli import UsageError
+from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
 
-ENV_BOOTSTRAP = "CDRPIPE_BOOTSTRAP_SERVERS"
 #: -X keys the faust apps understand (aiokafka is not librdkafka: anything else is refused).
 SUPPORTED_X = ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password",
                "ssl.ca.location", "ssl.certificate.location", "ssl.key.location")
 #: Kafka's default lower bound for group.min.session.timeout.ms.
 MIN_SESSION_TIMEOUT = 6.0
-
-
-def parse_x(items: Sequence[str] | None) -> dict[str, str]:
-    """``-X key=value`` options as a dict (the same syntax as every other cdrpipe command)."""
-    conf: dict[str, str] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"-X {item!r}: expected key=value, e.g. -X security.protocol=SASL_SSL")
-        conf[key.strip()] = value
-    return conf
 
 
 @dataclass(frozen=True)
@@ -79,15 +68,14 @@ def add_app_arguments(p: argparse.ArgumentParser, *, app_id: str, web_port: int)
 
 def app_settings(args: argparse.Namespace) -> AppSettings:
     """:class:`AppSettings` from the shared flags (see :func:`add_app_arguments`)."""
-    if not args.bootstrap_servers:
-        raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set " + ENV_BOOTSTRAP)
+    bootstrap = require_bootstrap(args.bootstrap_servers)
     if args.partitions < 1 or args.replication_factor < 1:
         raise UsageError("--partitions and --replication-factor must be at least 1")
     if not 0 <= args.web_port < 65536:
         raise UsageError("--web-port must be 0-65535")
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    return AppSettings(bootstrap=args.bootstrap_servers, app_id=args.topic_prefix + args.app_id,
-                       x=parse_x(args.X), partitions=args.partitions,
+    return AppSettings(bootstrap=bootstrap, app_id=args.topic_prefix + args.app_id,
+                       x=parse_x_options(args.X), partitions=args.partitions,
                        replication_factor=args.replication_factor, session_timeout=args.session_timeout,
                        web_host=args.web_host, web_port=args.web_port, data_dir=args.data_dir,
                        log_level=str(level))

@@ -40,8 +40,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from pipeline.apps.options import ENV_BOOTSTRAP, MIN_SESSION_TIMEOUT, SUPPORTED_X, AppSettings
+from pipeline.apps.options import MIN_SESSION_TIMEOUT, SUPPORTED_X, AppSettings
 from pipeline.cli import UsageError
+from pipeline.kafka_config import ENV_BOOTSTRAP
 
 log = logging.getLogger(__name__)
 

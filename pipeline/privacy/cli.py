@@ -10,12 +10,13 @@ import json
 import os
 import sys
 
-from pipeline.apps.options import ENV_BOOTSTRAP, add_app_arguments, parse_x
-from pipeline.cli import UsageError
+from pipeline.apps.options import add_app_arguments
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
+from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
 from pipeline.privacy.register import register_commands
 from pipeline.privacy.requests import register_submit
 from pipeline.privacy.subject_export import add_parser as add_subject_export
+from pipeline.topics import ERASURES, REQUESTS, SUPPRESSIONS
 
 DEFAULT_APP_ID = "cdrpipe-privacy"
 DEFAULT_WEB_PORT = 6067
@@ -31,10 +32,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     """Write the active suppressions as JSON lines (the file runner's --suppressions format)."""
     from pipeline.privacy.follower import load_active_tokens
 
-    bootstrap = args.bootstrap_servers or os.environ.get(ENV_BOOTSTRAP)
-    if not bootstrap:
-        raise UsageError(f"no Kafka given: pass --bootstrap-servers HOST:PORT or set {ENV_BOOTSTRAP}")
-    tokens = load_active_tokens(bootstrap, args.topic_prefix + args.topic, parse_x(args.X), args.timeout)
+    bootstrap = require_bootstrap(args.bootstrap_servers)
+    tokens = load_active_tokens(bootstrap, args.topic_prefix + args.topic, parse_x_options(args.X), args.timeout)
     lines = "".join(json.dumps({"token": t, "active": True}) + "\n" for t in sorted(tokens))
     if args.output == "-":
         sys.stdout.write(lines)
@@ -61,9 +60,9 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    help="region for national-format numbers, as the pipeline's (env CDRPIPE_REGION; default GB)")
     p.add_argument("--token-bits", type=int, default=DEFAULT_TOKEN_BITS,
                    help=f"token length in bits, as the pipeline's (default {DEFAULT_TOKEN_BITS})")
-    p.add_argument("--requests-topic", default=None, help="default privacy.requests (after --topic-prefix)")
-    p.add_argument("--suppressions-topic", default=None, help="default privacy.suppressions")
-    p.add_argument("--erasures-topic", default=None, help="default privacy.erasures")
+    p.add_argument("--requests-topic", default=None, help=f"default {REQUESTS} (after --topic-prefix)")
+    p.add_argument("--suppressions-topic", default=None, help=f"default {SUPPRESSIONS}")
+    p.add_argument("--erasures-topic", default=None, help=f"default {ERASURES}")
     p.set_defaults(func=_cmd_worker)
 
 
@@ -72,7 +71,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                        description=("Read the compacted privacy.suppressions topic to its end and write the "
                                     "active tokens as JSON lines, the format of `cdrpipe process --suppressions`."))
     e.add_argument("--bootstrap-servers", default=None, help=f"Kafka bootstrap servers (env {ENV_BOOTSTRAP})")
-    e.add_argument("--topic", default="privacy.suppressions", help="default privacy.suppressions")
+    e.add_argument("--topic", default=SUPPRESSIONS, help=f"default {SUPPRESSIONS}")
     e.add_argument("--topic-prefix", default="", help="prepend this to the topic name")
     e.add_argument("--output", default="-", help="file to write (default - for stdout)")
     e.add_argument("--timeout", type=float, default=30.0, help="seconds to read the topic to its end")

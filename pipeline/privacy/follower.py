@@ -50,10 +50,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from pipeline.cli import FatalError
 from pipeline.core.router import Suppressions
+from pipeline.topics import SUPPRESSIONS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPIC = "privacy.suppressions"
 DEFAULT_START_TIMEOUT = 30.0
 #: Settings the follower's correctness rests on; -X cannot change them.
 _PINNED = {"enable.auto.commit": "false", "enable.auto.offset.store": "false", "enable.partition.eof": "true",
@@ -97,7 +97,7 @@ def parse_suppression(value: bytes | None) -> bool:
 class SuppressionFollower:
     """A daemon thread that mirrors ``topic`` into ``suppressions`` (see the module docstring)."""
 
-    def __init__(self, bootstrap: str, suppressions: Suppressions, topic: str = DEFAULT_TOPIC,
+    def __init__(self, bootstrap: str, suppressions: Suppressions, topic: str = SUPPRESSIONS,
                  conf: Mapping[str, str] | None = None, *, poll_timeout: float = 0.2,
                  metadata_interval: float = 30.0,
                  on_update: Callable[[int], None] | None = None) -> None:
@@ -346,7 +346,7 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def load_active_tokens(bootstrap: str, topic: str = DEFAULT_TOPIC, conf: Mapping[str, str] | None = None,
+def load_active_tokens(bootstrap: str, topic: str = SUPPRESSIONS, conf: Mapping[str, str] | None = None,
                        timeout: float = DEFAULT_START_TIMEOUT) -> frozenset[str]:
     """One-shot read of the whole topic: the tokens suppressed right now (for exports and tests)."""
     target = Suppressions()

@@ -46,6 +46,7 @@ from pipeline.core.normalise import PhoneNormaliser, normalise_one
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, Tokeniser
 from pipeline.keys import WorkerKeyring
 from pipeline.privacy.deadlines import due_date
+from pipeline.topics import REQUESTS
 
 #: The request types that change what reaches analytics (the privacy app's suppression state).
 SUPPRESSION_TYPES = ("objection", "restriction", "restriction_lifted", "erasure")
@@ -57,7 +58,6 @@ REQUEST_SCHEMA = "privacy-request.v2.json"
 #: Header naming the record's schema (as the Kafka worker labels cdr.* records).
 SCHEMA_HEADER = ("schema", b"cdrpipe.privacy-request/2")
 ENV_SCHEMA_DIR = "CDRPIPE_SCHEMA_DIR"
-DEFAULT_REQUESTS_TOPIC = "privacy.requests"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:/@+\-]{1,64}$")
 _NUMBER_SHAPED = re.compile(r"^\+?\d{7,16}$")
 
@@ -255,11 +255,9 @@ def submit(conf: dict[str, str], topic: str, doc: dict[str, Any], timeout: float
 # --------------------------------------------------------------------------- command line
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.apps.options import ENV_BOOTSTRAP, parse_x
+    from pipeline.kafka_config import parse_x_options, require_bootstrap
 
-    bootstrap = args.bootstrap_servers or os.environ.get(ENV_BOOTSTRAP)
-    if not bootstrap:
-        raise UsageError(f"no Kafka given: pass --bootstrap-servers HOST:PORT or set {ENV_BOOTSTRAP}")
+    bootstrap = require_bootstrap(args.bootstrap_servers)
     kind, value = ("msisdn", args.msisdn) if args.msisdn is not None else ("imsi", args.imsi)
     received = None
     if args.received:
@@ -275,7 +273,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     except InvalidRequest as exc:
         raise UsageError(str(exc)) from None
     topic = args.topic_prefix + args.topic
-    partition, offset = submit({"bootstrap.servers": bootstrap, **parse_x(args.X)}, topic, doc, args.timeout)
+    partition, offset = submit({"bootstrap.servers": bootstrap, **parse_x_options(args.X)}, topic, doc, args.timeout)
     # The receipt names the request, never the subject.
     receipt = {"request_id": doc["request_id"], "type": doc["type"], "subject_kind": kind,
                "received": doc["received"], "due": doc["due"], "topic": topic, "partition": partition,
@@ -316,7 +314,7 @@ def register_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--register", default=os.environ.get("CDRPIPE_PRIVACY_REGISTER"),
                    help="the DPO's case register (JSON lines, mode 0600) to record the receipt and due date in, "
                         "for `cdrpipe privacy status` (env CDRPIPE_PRIVACY_REGISTER)")
-    p.add_argument("--topic", default=DEFAULT_REQUESTS_TOPIC, help=f"requests topic (default {DEFAULT_REQUESTS_TOPIC})")
+    p.add_argument("--topic", default=REQUESTS, help=f"requests topic (default {REQUESTS})")
     p.add_argument("--topic-prefix", default="", help="prepend this to the topic name")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker's ack")
     p.add_argument("-X", action="append", metavar="KEY=VALUE",

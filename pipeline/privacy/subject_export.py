@@ -175,9 +175,9 @@ def write_export(doc: dict[str, Any], fmt: str, out: BinaryIO) -> None:
 # --------------------------------------------------------------------------- command line
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options
     from pipeline.keys import KeyringError, load_worker_keyring
     from pipeline.privacy import analytics_source
-    from pipeline.apps.options import ENV_BOOTSTRAP, parse_x
     from pipeline.privacy.register import CaseRegister
     from pipeline.privacy.requests import (ACCESS_TYPES, InvalidRequest, SubjectTokeniser, canonical_subject,
                                            check_request_id)
@@ -219,7 +219,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         source = "files"
     else:
         topic = args.topic_prefix + args.topic
-        records = analytics_source.from_kafka({"bootstrap.servers": bootstrap, **parse_x(args.X)}, topic, tokens,
+        records = analytics_source.from_kafka({"bootstrap.servers": bootstrap, **parse_x_options(args.X)}, topic, tokens,
                                               start_us, end_us, args.timeout)
         source = f"kafka:{topic}"
     doc = build_export(request_id=request_id, request_type=request_type, subject=subject, window=window,
@@ -245,8 +245,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``cdrpipe privacy export``."""
     from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
-    from pipeline.apps.options import ENV_BOOTSTRAP
+    from pipeline.kafka_config import ENV_BOOTSTRAP
     from pipeline.privacy.register import ENV_REGISTER
+    from pipeline.topics import ANALYTICS
 
     p = sub.add_parser(
         "export", help="a subscriber's own records for an access or portability request (JSON or CSV)",
@@ -276,7 +277,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--token-bits", type=int, default=DEFAULT_TOKEN_BITS,
                    help=f"token length in bits, as the pipeline's (default {DEFAULT_TOKEN_BITS})")
     p.add_argument("--bootstrap-servers", default=None, help=f"Kafka bootstrap servers (env {ENV_BOOTSTRAP})")
-    p.add_argument("--topic", default="cdr.analytics", help="analytics topic (default cdr.analytics)")
+    p.add_argument("--topic", default=ANALYTICS, help=f"analytics topic (default {ANALYTICS})")
     p.add_argument("--topic-prefix", default="", help="prepend this to the topic name")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to read the topic to its end")
     p.add_argument("-X", action="append", metavar="KEY=VALUE", help="librdkafka client setting, repeatable")

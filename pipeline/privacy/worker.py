@@ -36,7 +36,6 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -51,26 +50,13 @@ from pipeline.privacy.requests import (REQUEST_SCHEMA, REQUEST_TYPES, SUPPRESSIO
                                        SubjectTokeniser, load_schema, parse_request, utc_text)
 from pipeline.privacy.state import (TokenRequest, apply_request, erasure_notice, is_active,
                                     suppression_records)
+from pipeline.topics import ERASURES, REQUESTS, SUPPRESSIONS, Topics
 
 log = logging.getLogger(__name__)
 
 INVALID_REASONS = ("empty", "invalid_json", "schema", "invalid_subject", "invalid_request_id", "invalid_type",
                    "internal_error")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
-
-
-@dataclass(frozen=True)
-class PrivacyTopics:
-    """The topics the privacy app reads and writes."""
-
-    requests: str = "privacy.requests"
-    suppressions: str = "privacy.suppressions"
-    erasures: str = "privacy.erasures"
-
-    @classmethod
-    def with_prefix(cls, prefix: str) -> "PrivacyTopics":
-        d = cls()
-        return cls(prefix + d.requests, prefix + d.suppressions, prefix + d.erasures)
 
 
 class PrivacyMetrics:
@@ -101,10 +87,10 @@ def _now() -> str:
     return utc_text(datetime.now(timezone.utc))
 
 
-def build_privacy_app(settings: AppSettings, keyring: WorkerKeyring, topics: PrivacyTopics, *,
+def build_privacy_app(settings: AppSettings, keyring: WorkerKeyring, topics: Topics, *,
                       region: str = "GB", token_bits: int = DEFAULT_TOKEN_BITS,
                       metrics: PrivacyMetrics | None = None) -> tuple[Any, Any]:
-    """The faust app (agents, table, topics wired) and its clean-up callable."""
+    """The faust app (agents, table; ``topics.requests``, ``.suppressions``, ``.erasures``) and its clean-up callable."""
     metrics = metrics or PrivacyMetrics()
     load_schema(REQUEST_SCHEMA)  # at start, not at the first request: a missing schema is a deploy error
     subjects = SubjectTokeniser(keyring, region, token_bits)
@@ -189,11 +175,8 @@ def run_worker_command(args: argparse.Namespace) -> int:
         keyring = load_worker_keyring(args.keyring)
     except KeyringError as exc:
         raise FatalError(str(exc)) from None
-    prefix = args.topic_prefix
-    d = PrivacyTopics()
-    topics = PrivacyTopics(prefix + (args.requests_topic or d.requests),
-                           prefix + (args.suppressions_topic or d.suppressions),
-                           prefix + (args.erasures_topic or d.erasures))
+    topics = Topics(requests=args.requests_topic or REQUESTS, suppressions=args.suppressions_topic or SUPPRESSIONS,
+                    erasures=args.erasures_topic or ERASURES).with_prefix(args.topic_prefix)
     if args.token_bits % 8 or not 64 <= args.token_bits <= 256:
         raise UsageError("--token-bits must be a multiple of 8 between 64 and 256 (and equal the pipeline's)")
     app, cleanup = build_privacy_app(settings, keyring, topics, region=args.region, token_bits=args.token_bits)

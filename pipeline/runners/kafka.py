@@ -37,7 +37,7 @@ Why these choices:
   deliveries (``delivery.report.only.error``).
 
 Public API:
-    ``Topics``, ``WorkerSettings``          what to read and write, and how
+    ``WorkerSettings``                      what to read and write (``pipeline.topics.Topics``), and how
     ``TransactionLoop(router, settings, metrics=None)``  ``.run() -> WorkerTotals``, ``.request_stop()``
     ``claim_worker_id(group, input_topic)``  the default, stable-per-slot worker id
     ``transactional_id(group, input_topic, worker_id)``
@@ -71,18 +71,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from pipeline.cli import FatalError, UsageError
 from pipeline.core.router import RoutedBatch, Router, Source
+from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
 from pipeline.keys import KeyringError, load_worker_keyring
 from pipeline.metrics import WorkerMetrics, add_metrics_arguments, partition_lags, serve_metrics, stop_metrics
 from pipeline.policy import PolicyError, load_policy
 from pipeline.runners.files import NULLED, RunTotals, add_core_arguments, core_config, load_suppressions
-from pipeline.topics import parse_x_options
+from pipeline.topics import ANALYTICS, DLQ, RAW, RETENTION, SUPPRESSIONS, Topics
 
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 
 DEFAULT_GROUP = "cdrpipe"
-DEFAULT_INPUT, DEFAULT_ANALYTICS, DEFAULT_RETENTION, DEFAULT_DLQ = (
-    "cdr.raw", "cdr.analytics", "cdr.retention", "cdr.dlq")
 DEFAULT_BATCH_SIZE = 20_000  # the core gets faster up to ~20k records a batch; ~16 MB of output per transaction
 DEFAULT_BATCH_TIMEOUT = 0.5
 DEFAULT_PROGRESS_SECONDS = 10.0
@@ -124,26 +123,6 @@ _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PR
 
 
 # --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class Topics:
-    """The input topic and the three output topics of one worker."""
-
-    input: str = DEFAULT_INPUT
-    analytics: str = DEFAULT_ANALYTICS
-    retention: str = DEFAULT_RETENTION
-    dlq: str = DEFAULT_DLQ
-
-    def with_prefix(self, prefix: str) -> Topics:
-        """The same topics with ``prefix`` prepended (tests give each run its own prefix)."""
-        return Topics(prefix + self.input, prefix + self.analytics, prefix + self.retention,
-                      prefix + self.dlq)
-
-    @property
-    def outputs(self) -> tuple[str, str, str]:
-        """The three output topics, in route order."""
-        return (self.analytics, self.retention, self.dlq)
 
 
 @dataclass
@@ -469,7 +448,7 @@ class TransactionLoop:
         missing = [t for t in (s.topics.input, *s.topics.outputs)
                    if t not in md.topics or md.topics[t].error is not None]
         if missing:
-            prefix = s.topics.input[:-len(DEFAULT_INPUT)] if s.topics.input.endswith(DEFAULT_INPUT) else ""
+            prefix = s.topics.input[:-len(RAW)] if s.topics.input.endswith(RAW) else ""
             hint = f" --prefix {prefix}" if prefix else ""
             raise FatalError(f"topic(s) {', '.join(missing)} do not exist on {s.bootstrap}; create them "
                              f"with `cdrpipe topics apply --bootstrap-servers {s.bootstrap}{hint}`")
@@ -893,18 +872,16 @@ def build_router(args: argparse.Namespace) -> Router:
 
 def settings_from_args(args: argparse.Namespace) -> tuple[WorkerSettings, IO[str] | None]:
     """WorkerSettings from the parsed flags (and a held worker-slot lock when the id is defaulted)."""
-    bootstrap = args.bootstrap_servers
-    if not bootstrap:
-        raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set CDRPIPE_BOOTSTRAP_SERVERS "
-                         "(`cdrpipe broker` prints one for local use)")
+    bootstrap = require_bootstrap(args.bootstrap_servers, local_hint=True)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.batch_timeout <= 0:
         raise UsageError(f"--batch-timeout must be positive, got {args.batch_timeout}")
-    options = {**env_client_options(), **parse_x_options(args.X or [])}
+    options = {**env_client_options(), **parse_x_options(args.X)}
     common, consumer, producer = split_client_overrides(options)
-    topics = Topics(args.input_topic, args.analytics_topic, args.retention_topic, args.dlq_topic) \
-        .with_prefix(args.topic_prefix)
+    prefix = args.topic_prefix  # the suppressions topic, prefixed the same way, is the follower's
+    topics = Topics(prefix + args.input_topic, prefix + args.analytics_topic, prefix + args.retention_topic,
+                    prefix + args.dlq_topic)
     lock = None
     worker_id = args.worker_id
     if worker_id:
@@ -1009,22 +986,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      "SIGTERM/SIGINT finish the batch in flight and exit 0 (a second signal aborts it). "
                      "Prints a JSON summary as the last stdout line. Exit codes: 0 done, 1 fatal, 2 usage. "
                      f"Any librdkafka setting: -X key=value or env {ENV_X_PREFIX}<KEY> (dots as '_')."))
-    p.add_argument("--bootstrap-servers", default=env("CDRPIPE_BOOTSTRAP_SERVERS"),
-                   help="Kafka bootstrap servers (env CDRPIPE_BOOTSTRAP_SERVERS)")
+    p.add_argument("--bootstrap-servers", default=env(ENV_BOOTSTRAP),
+                   help=f"Kafka bootstrap servers (env {ENV_BOOTSTRAP})")
     add_core_arguments(p)
     p.add_argument("--group", default=env("CDRPIPE_GROUP", DEFAULT_GROUP),
                    help=f"consumer group (env CDRPIPE_GROUP; default {DEFAULT_GROUP})")
-    p.add_argument("--input-topic", default=env("CDRPIPE_INPUT_TOPIC", DEFAULT_INPUT),
-                   help=f"raw CDR topic (env CDRPIPE_INPUT_TOPIC; default {DEFAULT_INPUT})")
-    p.add_argument("--analytics-topic", default=env("CDRPIPE_ANALYTICS_TOPIC", DEFAULT_ANALYTICS),
-                   help=f"env CDRPIPE_ANALYTICS_TOPIC; default {DEFAULT_ANALYTICS}")
-    p.add_argument("--retention-topic", default=env("CDRPIPE_RETENTION_TOPIC", DEFAULT_RETENTION),
-                   help=f"env CDRPIPE_RETENTION_TOPIC; default {DEFAULT_RETENTION}")
-    p.add_argument("--dlq-topic", default=env("CDRPIPE_DLQ_TOPIC", DEFAULT_DLQ),
-                   help=f"env CDRPIPE_DLQ_TOPIC; default {DEFAULT_DLQ}")
+    p.add_argument("--input-topic", default=env("CDRPIPE_INPUT_TOPIC", RAW),
+                   help=f"raw CDR topic (env CDRPIPE_INPUT_TOPIC; default {RAW})")
+    p.add_argument("--analytics-topic", default=env("CDRPIPE_ANALYTICS_TOPIC", ANALYTICS),
+                   help=f"env CDRPIPE_ANALYTICS_TOPIC; default {ANALYTICS}")
+    p.add_argument("--retention-topic", default=env("CDRPIPE_RETENTION_TOPIC", RETENTION),
+                   help=f"env CDRPIPE_RETENTION_TOPIC; default {RETENTION}")
+    p.add_argument("--dlq-topic", default=env("CDRPIPE_DLQ_TOPIC", DLQ),
+                   help=f"env CDRPIPE_DLQ_TOPIC; default {DLQ}")
     p.add_argument("--topic-prefix", default=env("CDRPIPE_TOPIC_PREFIX", ""),
                    help="prepended to all four topic names, as `topics apply --prefix` (env CDRPIPE_TOPIC_PREFIX)")
-    p.add_argument("--suppressions-topic", default=env("CDRPIPE_SUPPRESSIONS_TOPIC", "privacy.suppressions"),
+    p.add_argument("--suppressions-topic", default=env("CDRPIPE_SUPPRESSIONS_TOPIC", SUPPRESSIONS),
                    help="compacted topic of suppressed subscriber tokens, loaded before the first batch and "
                         "followed while running; prefixed like the others (env CDRPIPE_SUPPRESSIONS_TOPIC)")
     p.add_argument("--suppressions-timeout", type=float, default=float(env("CDRPIPE_SUPPRESSIONS_TIMEOUT", "30")),

@@ -284,11 +284,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_sink(args: argparse.Namespace) -> int:
-    from pipeline.topics import parse_x_options
-    bootstrap = args.bootstrap_servers or os.environ.get("CDRPIPE_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set CDRPIPE_BOOTSTRAP_SERVERS")
-    conf = {"bootstrap.servers": bootstrap, **parse_x_options(args.X or [])}
+    from pipeline.kafka_config import parse_x_options, require_bootstrap
+    conf = {"bootstrap.servers": require_bootstrap(args.bootstrap_servers), **parse_x_options(args.X)}
     reader = _reader(args)
     retention_period(args.retention)
     metrics = VaultSinkMetrics()
@@ -792,8 +789,8 @@ def _witness_kafka_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _witness_config(args: argparse.Namespace) -> dict[str, str]:
-    from pipeline.topics import parse_x_options
-    return parse_x_options(getattr(args, "X", None) or [])
+    from pipeline.kafka_config import parse_x_options
+    return parse_x_options(getattr(args, "X", None))
 
 
 def _input_arguments(p: argparse.ArgumentParser) -> None:

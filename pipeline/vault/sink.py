@@ -22,12 +22,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.metrics import VaultSinkMetrics, partition_lags
 from pipeline.runners.files import iter_line_batches
+from pipeline.topics import RETENTION
 from pipeline.vault.audit import ENV_AUDIT_PUBLIC_KEY
 from pipeline.vault.ingest import Ingester, IngestTotals
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPIC = "cdr.retention"
+DEFAULT_TOPIC = RETENTION
 DEFAULT_GROUP = "cdrpipe-vault"
 DEFAULT_BATCH_BYTES = 16 << 20
 DEFAULT_MAX_MESSAGES = 64

@@ -25,8 +25,11 @@ from typing import Any, Protocol
 
 import orjson
 
+from pipeline.kafka_config import ENV_BOOTSTRAP
+from pipeline.topics import AUDIT
+
 ENV_AUDIT_WITNESS = "CDRPIPE_AUDIT_WITNESS"
-DEFAULT_WITNESS_TOPIC = "vault.audit"
+DEFAULT_WITNESS_TOPIC = AUDIT
 KAFKA_PREFIX = "kafka:"
 
 
@@ -144,9 +147,9 @@ def open_witness(spec: str, kafka_config: dict[str, str] | None = None) -> Witne
         topic = spec[len(KAFKA_PREFIX):] or DEFAULT_WITNESS_TOPIC
         config = dict(kafka_config or {})
         if "bootstrap.servers" not in config:
-            servers = os.environ.get("CDRPIPE_BOOTSTRAP_SERVERS")
+            servers = os.environ.get(ENV_BOOTSTRAP)
             if not servers:
-                raise WitnessError(f"witness {spec}: no Kafka given (set CDRPIPE_BOOTSTRAP_SERVERS)")
+                raise WitnessError(f"witness {spec}: no Kafka given (set {ENV_BOOTSTRAP})")
             config["bootstrap.servers"] = servers
         return KafkaWitness(topic, config)
     return FileWitness(spec)

@@ -133,8 +133,8 @@ def _topic_configs(admin: AdminClient, name: str) -> dict[str, str]:
 
 def test_topics_apply_creates_all_topics_and_is_idempotent(kafka: LocalKafka,
                                                            topic_prefix: str) -> None:
-    """Every topic of deploy/topics.toml is created with its configs; a second run changes nothing."""
-    specs = load_topic_policy(REPO / "deploy" / "topics.toml")
+    """Every topic of the policy (pipeline/data/topics.toml) is created with its configs; a second run changes nothing."""
+    specs = load_topic_policy(REPO / "pipeline" / "data" / "topics.toml")
     changes = apply_topics(kafka.admin_config(), specs, prefix=topic_prefix)
     assert len(changes) == len(specs)
     assert all(c.startswith(f"created {topic_prefix}") for c in changes)
@@ -178,10 +178,10 @@ def test_cli_topics_apply(kafka: LocalKafka, topic_prefix: str,
                           capsys: pytest.CaptureFixture[str]) -> None:
     """`cdrpipe topics apply` creates the topics, passes -X through, and is quiet when in sync."""
     argv = ["topics", "apply", "--bootstrap-servers", kafka.bootstrap, "--prefix", topic_prefix,
-            "--file", str(REPO / "deploy" / "topics.toml"), "-X", "client.id=cdrpipe-test"]
+            "--file", str(REPO / "pipeline" / "data" / "topics.toml"), "-X", "client.id=cdrpipe-test"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out.splitlines()
-    expected = len(load_topic_policy(REPO / "deploy" / "topics.toml"))
+    expected = len(load_topic_policy(REPO / "pipeline" / "data" / "topics.toml"))
     assert len(out) == expected and all(line.startswith("created ") for line in out)
     assert cli.main(argv) == 0
     assert capsys.readouterr().out == ""

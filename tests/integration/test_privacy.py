@@ -39,7 +39,7 @@ LATENCY_BUDGET = 5.0
 
 
 def create_topics(kafka: LocalKafka, prefix: str, names: tuple[str, ...]) -> None:
-    """The named topics from deploy/topics.toml (their real configs), under ``prefix``."""
+    """The named topics from the topic policy (their real configs), under ``prefix``."""
     specs = [s for s in load_topic_policy() if s.name in names]
     apply_topics(kafka.admin_config(), specs, prefix=prefix, replication_factor=1)
 

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"
-POLICY = {s.name: s for s in load_topic_policy(DEPLOY / "topics.toml")}
+POLICY = {s.name: s for s in load_topic_policy(REPO / "pipeline" / "data" / "topics.toml")}
 
 #: The access the brief asks for, written out by hand (not derived from the matrix).
 EXPECTED_READS = {

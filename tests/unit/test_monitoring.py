@@ -198,7 +198,7 @@ def test_the_metric_name_check_can_fail() -> None:
 
 
 def test_retention_thresholds_derive_from_the_topics_retention_ms(rules: list[dict[str, Any]]) -> None:
-    """Warn at a quarter and page at half of cdr.retention's retention.ms (deploy/topics.toml)."""
+    """Warn at a quarter and page at half of cdr.retention's retention.ms (pipeline/data/topics.toml)."""
     (spec,) = [s for s in load_topic_policy() if s.name == "cdr.retention"]
     retention_s = int(spec.config["retention.ms"]) // 1000
     by_name = {r["alert"]: r["expr"] for r in rules}

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import topics
-from pipeline.topics import TopicPolicyError, TopicSpec, load_topic_policy, parse_x_options
+from pipeline.cli import UsageError
+from pipeline.kafka_config import parse_x_options, require_bootstrap
+from pipeline.topics import TopicPolicyError, Topics, TopicSpec, load_topic_policy
 
 REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy" / "topics.toml"
 PACKAGED = REPO / "pipeline" / "data" / "topics.toml"
 DAY_MS = 86_400_000
 
@@ -21,15 +22,9 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_packaged_copy_is_identical_to_deploy_file() -> None:
-    """One source of truth: pipeline/data/topics.toml is a byte copy of deploy/topics.toml."""
-    assert PACKAGED.read_bytes() == DEPLOY.read_bytes(), \
-        "run: cp deploy/topics.toml pipeline/data/topics.toml"
-
-
 def test_shipped_policy_matches_design() -> None:
     """Every topic of DESIGN.md is there with its retention, cleanup and production replication."""
-    specs = {s.name: s for s in load_topic_policy(DEPLOY)}
+    specs = {s.name: s for s in load_topic_policy(PACKAGED)}
     assert set(specs) == {"cdr.raw", "cdr.analytics", "cdr.aggregates", "cdr.retention",
                           "cdr.dlq", "privacy.requests", "privacy.suppressions",
                           "privacy.erasures", "vault.audit"}
@@ -49,9 +44,31 @@ def test_shipped_policy_matches_design() -> None:
         assert spec.partitions >= 1
 
 
-def test_default_path_prefers_repo_file() -> None:
-    """In a checkout the deploy/ file is the one loaded."""
-    assert topics.default_policy_path() == DEPLOY
+def test_default_path_is_the_packaged_policy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One policy file, shipped in the package; CDRPIPE_TOPICS_FILE names another."""
+    monkeypatch.delenv("CDRPIPE_TOPICS_FILE", raising=False)
+    assert topics.default_policy_path() == topics.POLICY_FILE == PACKAGED
+    assert not (REPO / "deploy" / "topics.toml").exists()  # no second copy to drift
+    monkeypatch.setenv("CDRPIPE_TOPICS_FILE", str(tmp_path / "t.toml"))
+    assert topics.default_policy_path() == tmp_path / "t.toml"
+
+
+def test_topic_name_constants_are_exactly_the_policy_topics() -> None:
+    """Every policy topic has its constant and every constant names a policy topic."""
+    constants = {topics.RAW, topics.ANALYTICS, topics.AGGREGATES, topics.RETENTION, topics.DLQ, topics.AUDIT,
+                 topics.REQUESTS, topics.SUPPRESSIONS, topics.ERASURES}
+    assert constants == {s.name for s in load_topic_policy(PACKAGED)}
+    assert len(constants) == 9
+    assert set(vars(Topics())) == {"input", "analytics", "retention", "dlq", "aggregates", "requests",
+                                   "suppressions", "erasures"}
+    assert set(vars(Topics()).values()) == constants - {topics.AUDIT}
+
+
+def test_topics_with_prefix_prefixes_every_topic() -> None:
+    t = Topics(analytics="a.x").with_prefix("p.")
+    assert t == Topics("p.cdr.raw", "p.a.x", "p.cdr.retention", "p.cdr.dlq", "p.cdr.aggregates",
+                       "p.privacy.requests", "p.privacy.suppressions", "p.privacy.erasures")
+    assert t.outputs == ("p.a.x", "p.cdr.retention", "p.cdr.dlq")
 
 
 def test_values_are_normalised_to_kafka_strings(tmp_path: Path) -> None:
@@ -102,6 +119,19 @@ def test_missing_file_says_so(tmp_path: Path) -> None:
 def test_x_options() -> None:
     """-X key=value pairs pass through; a pair without '=' is a usage error."""
     assert parse_x_options(["a=b", "sasl.password=x=y"]) == {"a": "b", "sasl.password": "x=y"}
-    from pipeline.cli import UsageError
+    assert parse_x_options(None) == {}
     with pytest.raises(UsageError):
         parse_x_options(["novalue"])
+
+
+def test_bootstrap_from_the_flag_else_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One check of "no Kafka given" for every command; the message names the flag and the variable."""
+    monkeypatch.setenv("CDRPIPE_BOOTSTRAP_SERVERS", "env:9092")
+    assert require_bootstrap("flag:9092") == "flag:9092"
+    assert require_bootstrap(None) == "env:9092"
+    monkeypatch.delenv("CDRPIPE_BOOTSTRAP_SERVERS")
+    with pytest.raises(UsageError, match=r"^no Kafka given: pass --bootstrap-servers HOST:PORT or set "
+                                         r"CDRPIPE_BOOTSTRAP_SERVERS$"):
+        require_bootstrap("")
+    with pytest.raises(UsageError, match=r"CDRPIPE_BOOTSTRAP_SERVERS \(`cdrpipe broker` prints one for local use\)$"):
+        require_bootstrap(None, local_hint=True)
