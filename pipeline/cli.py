@@ -23,6 +23,7 @@ COMMANDS = {
     "topics": "pipeline.topics",
     "acls": "pipeline.acl",
     "vault": "pipeline.vault.cli",
+    "produce": "pipeline.runners.produce",
     "run": "pipeline.runners.kafka",
     "demo": "pipeline.demo",
     "privacy": "pipeline.privacy.cli",
