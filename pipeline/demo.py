@@ -4,7 +4,8 @@ The demo starts a local Apache Kafka, applies the topic policy, generates keys i
 produces seeded synthetic traffic to ``cdr.raw``, runs one worker with live progress, reads every
 output back with ``read_committed`` to show that the counts reconcile, prints a few analytics
 records and stops everything. ``--files`` runs the same core over a generated file instead, for
-machines without Java.
+machines without Java, and keeps its keys, sample and outputs in ``./cdrpipe-demo`` (or ``--dir``)
+so that the files it points to can be read afterwards.
 
 Public API (reused by the integration tests and ``bench/kafka_e2e.py``):
     ``produce_synthetic(conf, topic, n, seed=0, progress=None) -> int``   seeded traffic into a topic
@@ -343,23 +344,51 @@ def _demo_kafka(args: argparse.Namespace, work: Path) -> int:
     return 0 if ok else 1
 
 
+#: Where `demo --files` keeps its keys, sample and outputs when --dir is not given (in the current directory).
+FILES_DIR = "cdrpipe-demo"
+#: Marks a directory the demo made, so a later demo may reuse it (it never clears a directory without it).
+MARKER = ".cdrpipe-demo"
+
+
+def _prepare_dir(work: Path) -> None:
+    """Make ``work`` the demo's directory: one an earlier demo made has its files replaced; keyrings elsewhere stop it."""
+    work.mkdir(parents=True, exist_ok=True)
+    if (work / MARKER).is_file():
+        for name in ("worker-keyring.json", "vault-keyring.json", "sample.jsonl"):
+            (work / name).unlink(missing_ok=True)
+        shutil.rmtree(work / "out", ignore_errors=True)
+        shutil.rmtree(work / "kafka", ignore_errors=True)
+    elif any(work.glob("*keyring.json")):
+        raise UsageError(f"{work} already holds keyrings; give the demo an empty --dir")
+    elif any(work.iterdir()):
+        return  # someone's directory: used as before, but never marked, so never cleared by a later demo
+    (work / MARKER).write_text("made by `cdrpipe demo`; a later demo replaces its keys, sample and outputs\n")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """`cdrpipe demo`: run the demo in a work dir (temporary unless --dir), then clean up."""
+    """`cdrpipe demo`: run the demo in a work dir; --files keeps it (./cdrpipe-demo), Kafka's is temporary unless --dir."""
     if args.records < 1:
         raise UsageError(f"--records must be at least 1, got {args.records}")
-    if args.dir:
-        work = Path(args.dir)
-        work.mkdir(parents=True, exist_ok=True)
-        if any(work.glob("*keyring.json")):
-            raise UsageError(f"{work} already holds keyrings; give the demo an empty --dir")
+    keep = bool(args.dir) or args.files
+    if keep:
+        work = Path(args.dir or FILES_DIR)
+        _prepare_dir(work)
     else:
         work = Path(tempfile.mkdtemp(prefix="cdrpipe-demo-"))
     started = time.monotonic()
     try:
         code = _demo_files(args, work) if args.files else _demo_kafka(args, work)
     finally:
-        if not args.dir:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
+    if keep:
+        where = work.resolve()
+        outputs = f"; outputs in {where / 'out'} (analytics.jsonl, retention.jsonl, dlq.jsonl)" if args.files else ""
+        _say(f"kept in {where}: the keyrings (worker-keyring.json, vault-keyring.json){outputs}. "
+             f"A new demo there replaces them; remove it with: rm -r {where}")
+    else:
+        _say("the keys and the broker's data were in a temporary directory, now removed; "
+             "--dir DIR keeps them")
     _say(f"demo finished in {time.monotonic() - started:.0f} s")
     return code
 
@@ -376,10 +405,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--records", type=int, default=env("CDRPIPE_DEMO_RECORDS", str(DEFAULT_RECORDS)),
                    help=f"synthetic records to send (env CDRPIPE_DEMO_RECORDS; default {DEFAULT_RECORDS:,})")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic traffic (default 0)")
-    p.add_argument("--files", action="store_true", help="file-only variant: no Kafka, no Java")
+    p.add_argument("--files", action="store_true",
+                   help=f"file-only variant: no Kafka, no Java; keys, sample and outputs stay in ./{FILES_DIR}")
     p.add_argument("--dir", default=env("CDRPIPE_DEMO_DIR"),
-                   help="keep keys, outputs and broker data here (env CDRPIPE_DEMO_DIR; default: a temp dir removed "
-                        "at the end)")
+                   help="keep keys, outputs and broker data here, new or made by an earlier demo (env "
+                        f"CDRPIPE_DEMO_DIR; default: ./{FILES_DIR} with --files, else a temp dir removed at the end)")
     p.add_argument("--bootstrap-servers", default=env("CDRPIPE_BOOTSTRAP_SERVERS"),
                    help="use this Kafka instead of starting one (env CDRPIPE_BOOTSTRAP_SERVERS)")
     p.add_argument("--topic-prefix", default=env("CDRPIPE_TOPIC_PREFIX", ""),
