@@ -6,7 +6,7 @@ than filtered from the input. Actions are registered by name in
 the native core (``native/src/route.rs``); this module only reads and checks the TOML file::
 
     [fields]
-    cli = "token:msisdn"
+    cli = "token:msisdn"            # or token:msisdn:monthly, a token that changes every month
     ip = "truncate_ip:24/48"
     start = "coarsen_time:hour"
 """
@@ -23,6 +23,9 @@ from pipeline.core.tokenise import KINDS
 #: Fields every raw v1 record must carry, whatever the policy says about analytics.
 REQUIRED_FIELDS = ("cli", "dialled", "start", "duration")
 TIME_UNITS = {"second": "1s", "minute": "1m", "hour": "1h", "day": "1d"}
+#: ``token:<kind>:<period>``: a token that changes each period of the record's start (UTC), so a
+#: product that must not link a subscriber across periods cannot (see docs/privacy.md).
+TOKEN_PERIODS = ("monthly",)
 #: The actions the core carries out (``native/src/binding.rs`` maps each name to its code).
 ACTIONS = ("token", "keep", "truncate_ip", "coarsen_time", "generalise_cell", "drop")
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -69,10 +72,14 @@ def parse_rule(field: str, spec: object) -> Rule:
         raise PolicyError("field 'record_id': use token:record (a keyed id, stable for deduplication), "
                           "keep (only ids with no 7-digit run reach analytics) or drop")
     if action == "token":
-        if arg not in KINDS:
+        kind, _, period = (arg or "").partition(":")
+        if kind not in KINDS:
             raise PolicyError(f"field {field!r}: token needs a kind, one of {', '.join(KINDS)} (e.g. token:msisdn)")
-        if arg == "record" and field != "record_id":
-            raise PolicyError(f"field {field!r}: token:record is for record_id only")
+        if kind == "record" and (field != "record_id" or period):
+            raise PolicyError(f"field {field!r}: token:record is for record_id only, and has no period")
+        if period and period not in TOKEN_PERIODS:
+            raise PolicyError(f"field {field!r}: a token's period must be one of {', '.join(TOKEN_PERIODS)} "
+                              f"(e.g. token:{kind}:monthly, a token that changes every month)")
     elif action == "truncate_ip":
         m = re.fullmatch(r"(\d{1,2})/(\d{1,3})", arg or "")
         if not m or not (0 < int(m[1]) <= 32 and 0 < int(m[2]) <= 128):

@@ -33,6 +33,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import polars as pl
@@ -317,6 +318,11 @@ THREE_DIGIT_MNC = {302, 310, 311, 312, 313, 314, 315, 316, 330, 334, 338, 342, 3
 CELL_LABEL = re.compile(r"^(ecgi|ncgi|cgi|tai)[:= \-]?", re.IGNORECASE)
 
 
+def kind_of(rule) -> str:
+    """The token kind of a ``token:<kind>[:<period>]`` rule."""
+    return rule.arg.partition(":")[0]
+
+
 def cell_area(v: str) -> str | None:
     """A cell id's area (``MCC-MNC-LAC``/``-TAC``) or site (``-enb<id>``/``-gnb<id>``), or None (nulled)."""
     t = rust_trim(v)
@@ -530,8 +536,8 @@ class ReferenceCore:
         wanted: dict[str, set[str]] = {"time": set(), "msisdn": set(), "ip": set()}
         fields = {"start": "time", **{name: kind for name, kind in SUPPRESSION_FIELDS if kind == "msisdn"}}
         for r in self.rules:
-            if r.action == "token" and r.arg in wanted:
-                fields[r.field] = r.arg
+            if r.action == "token" and kind_of(r) in wanted:
+                fields[r.field] = kind_of(r)
             elif r.action == "truncate_ip":
                 fields[r.field] = "ip"
             elif r.action == "coarsen_time":
@@ -572,9 +578,9 @@ class ReferenceCore:
                 continue
             bad = None
             if r.action == "token":
-                ok, value, cls = self.canonical(r.arg, v)
+                ok, value, cls = self.canonical(kind_of(r), v)
                 results[i] = (value, cls)
-                bad = None if ok else ("invalid_field", TOKEN_DETAIL.format(r.arg))
+                bad = None if ok else ("invalid_field", TOKEN_DETAIL.format(kind_of(r)))
             elif r.action == "keep":
                 bad = None if is_safe_keep(v) else ("unsafe_value", KEEP_DETAIL)
             elif r.action == "truncate_ip":
@@ -609,8 +615,12 @@ class ReferenceCore:
                 out[r.field] = v
             elif r.action == "token":
                 value, cls = results[i] if results[i] is not None else (None, None)
-                out[r.field] = None if value is None else self.tokeniser.token_one(r.arg, value)
-                if r.arg == "msisdn":
+                month = None
+                if r.arg.endswith(":monthly"):  # the month of the record's start, UTC
+                    month = datetime.fromtimestamp(self.time_us(vals["start"]) // 1_000_000, timezone.utc) \
+                        .strftime("%Y-%m")
+                out[r.field] = None if value is None else self.tokeniser.token_one(kind_of(r), value, month)
+                if kind_of(r) == "msisdn":
                     out[f"{r.field}_class"] = cls
             elif r.action in ("truncate_ip", "generalise_cell"):
                 out[r.field] = results[i]

@@ -32,7 +32,18 @@ impl Pool {
 fn parse_action(action: &str, arg: Option<&str>) -> PyResult<Action> {
     let bad = || PyValueError::new_err(format!("policy action {action:?} with argument {arg:?} is not supported"));
     Ok(match action {
-        "token" => Action::Token(KINDS.iter().position(|k| Some(*k) == arg).ok_or_else(bad)?),
+        "token" => {
+            let (kind, period) = match arg.and_then(|a| a.split_once(':')) {
+                Some((k, p)) => (Some(k), Some(p)),
+                None => (arg, None),
+            };
+            let k = KINDS.iter().position(|x| Some(*x) == kind).ok_or_else(bad)?;
+            match period {
+                None => Action::Token(k),
+                Some("monthly") if k != crate::route::K_RECORD => Action::MonthlyToken(k),
+                Some(_) => return Err(bad()),
+            }
+        }
         "keep" => Action::Keep,
         "truncate_ip" => {
             let (a, b) = arg.unwrap_or("24/48").split_once('/').ok_or_else(bad)?;

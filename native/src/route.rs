@@ -8,6 +8,7 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use chrono::Datelike;
 use std::collections::{HashMap, HashSet};
 
 use crate::json::{escape_into, parse_record, Scratch, Val};
@@ -25,6 +26,8 @@ const K_TIME: usize = 6; // pending answers for times share the learned tables
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Action {
     Token(usize),
+    /// A token that changes every calendar month of the record's start (`token:<kind>:monthly`).
+    MonthlyToken(usize),
     Keep,
     TruncateIp(u32, u32),
     Coarsen(i64),
@@ -453,7 +456,7 @@ impl Core {
                 Check::Rule(i) => {
                     let r = &self.cfg.rules[i];
                     match r.action {
-                        Action::Token(k) => Some((r.field, k)),
+                        Action::Token(k) | Action::MonthlyToken(k) => Some((r.field, k)),
                         Action::TruncateIp(..) => Some((r.field, 3)),
                         Action::Coarsen(_) => Some((r.field, K_TIME)),
                         _ => None,
@@ -545,6 +548,25 @@ impl Core {
         normalise::time_fast(v).or_else(|| self.learned_times.get(v).copied().flatten())
     }
 
+    /// The HMAC key and token prefix of one kind for one month (`year * 12 + month0`):
+    /// HKDF-Expand(the kind's subkey, info `cdrpipe/period/YYYY-MM`, 32 bytes), used as hex text
+    /// like every subkey; the prefix `<kid>@YYYY-MM:` says which month a token belongs to.
+    fn monthly_key(&self, kind: usize, month: i32) -> (Hmac<Sha256>, String) {
+        let period = format!("{:04}-{:02}", month.div_euclid(12), month.rem_euclid(12) + 1);
+        let hex_key = &self.cfg.hex_keys[kind];
+        let prk: Vec<u8> = (0..hex_key.len() / 2)
+            .map(|i| u8::from_str_radix(&hex_key[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect();
+        let mut okm = [0u8; 32];
+        // A 32-byte PRK and a 32-byte output are always within HKDF's limits.
+        let hk = hkdf::Hkdf::<Sha256>::from_prk(&prk).expect("subkeys are 32 bytes");
+        hk.expand(format!("cdrpipe/period/{period}").as_bytes(), &mut okm).expect("32 bytes");
+        let hex: String = okm.iter().map(|b| format!("{b:02x}")).collect();
+        let mac = Hmac::<Sha256>::new_from_slice(hex.as_bytes()).expect("HMAC takes any key length");
+        let kid = self.cfg.prefix.strip_suffix(':').unwrap_or(&self.cfg.prefix);
+        (mac, format!("{kid}@{period}:"))
+    }
+
     fn token_into(&self, kind: usize, value: &[u8], out: &mut Vec<u8>) {
         token(&self.macs[kind], &self.cfg.prefix, self.cfg.chars, value, out);
     }
@@ -590,6 +612,7 @@ impl Core {
         let mut tmp: Vec<u8> = Vec::with_capacity(64);
         let supp_active = !self.suppressed.is_empty();
         let mut last_time: (i64, Vec<u8>) = (0, Vec::new());
+        let mut period_macs: HashMap<(usize, i32), (Hmac<Sha256>, String)> = HashMap::new();
         let val = |row: usize, f: usize| p.vals[row * nf + f].get(b.buf, &p.arena);
 
         for row in 0..n {
@@ -660,7 +683,7 @@ impl Core {
                                 res[i] = Res::Null;
                                 (true, "")
                             }
-                            (Action::Token(k), Some(v)) => {
+                            (Action::Token(k) | Action::MonthlyToken(k), Some(v)) => {
                                 res[i] = self.canonical(k, v, &mut scratch, &mut tmp);
                                 let ok = !matches!(res[i], Res::Bad);
                                 (ok, ["not a valid msisdn", "not a valid imsi", "not a valid imei", "not a valid ip",
@@ -795,12 +818,23 @@ impl Core {
                         }
                         None => a.extend_from_slice(b"null"),
                     },
-                    Action::Token(kind) => {
+                    Action::Token(kind) | Action::MonthlyToken(kind) => {
                         let start = a.len() as u32;
                         match res[i] {
                             Res::Text(s, e, _) => {
                                 a.push(b'"');
-                                self.token_into(kind, &scratch[s as usize..e as usize], a);
+                                let value = &scratch[s as usize..e as usize];
+                                if let Action::MonthlyToken(_) = r.action {
+                                    // The month of the record's start (valid: checked above), UTC.
+                                    let us = val(row, self.idx[3]).and_then(|t| self.time(t)).unwrap_or(0);
+                                    let month = chrono::DateTime::from_timestamp_micros(us)
+                                        .map_or(0, |d| d.year() * 12 + d.month0() as i32);
+                                    let (mac, prefix) = period_macs.entry((kind, month))
+                                        .or_insert_with(|| self.monthly_key(kind, month));
+                                    token(mac, prefix, self.cfg.chars, value, a);
+                                } else {
+                                    self.token_into(kind, value, a);
+                                }
                                 a.push(b'"');
                                 if r.name == "cli" {
                                     key = Some((start + 1, a.len() as u32 - 1));

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+from datetime import datetime, timedelta
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pipeline._native import tokens as native_tokens
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 if TYPE_CHECKING:
     from pipeline.keys import SecretKey, WorkerKeyring
@@ -66,7 +68,42 @@ class Tokeniser:
         """Tokens of canonical values in the native core (None stays None): what analytics carries."""
         return native_tokens(self._hex_keys[kind], self._prefix, self._chars, list(canonical))
 
-    def token_one(self, kind: str, canonical: str) -> str:
-        """The same token as :meth:`tokens`, computed with the standard library's ``hmac``."""
-        mac = hmac.new(self._hex_keys[kind].encode("ascii"), canonical.encode("utf-8"), hashlib.sha256)
-        return self._prefix + mac.hexdigest()[: self._chars]
+    def token_one(self, kind: str, canonical: str, month: str | None = None) -> str:
+        """The same token as :meth:`tokens`, computed with the standard library's ``hmac``.
+
+        ``month`` (``YYYY-MM``) gives the token a ``token:<kind>:monthly`` policy writes for records
+        that started in that month: prefixed ``<kid>@YYYY-MM:``, under :func:`period_subkey`.
+        """
+        if month is None:
+            key, prefix = self._hex_keys[kind], self._prefix
+        else:
+            key, prefix = period_subkey(self._hex_keys[kind], month), f"{self.kid}@{month}:"
+        mac = hmac.new(key.encode("ascii"), canonical.encode("utf-8"), hashlib.sha256)
+        return prefix + mac.hexdigest()[: self._chars]
+
+
+MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def period_subkey(hex_subkey: str, month: str) -> str:
+    """A kind's HMAC key for one month, as hex text: HKDF-Expand(subkey, ``cdrpipe/period/YYYY-MM``, 32).
+
+    Expand only: the subkey already is a uniformly random 32-byte HKDF output, so it serves as
+    the pseudorandom key directly. Tokens of two months share nothing an analyst could join on.
+    """
+    if not MONTH.match(month):
+        raise ValueError("a token month is YYYY-MM")
+    return HKDFExpand(hashes.SHA256(), 32, f"cdrpipe/period/{month}".encode("ascii")).derive(
+        bytes.fromhex(hex_subkey)).hex()
+
+
+def months_between(start: datetime, end: datetime) -> list[str]:
+    """``YYYY-MM`` of every month that ``[start, end)`` touches (UTC), oldest first."""
+    if end <= start:
+        return []
+    last = end - timedelta(microseconds=1)
+    y, m, out = start.year, start.month, []
+    while (y, m) <= (last.year, last.month):
+        out.append(f"{y:04d}-{m:02d}")
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out

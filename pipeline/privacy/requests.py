@@ -32,6 +32,7 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from functools import lru_cache
@@ -219,10 +220,14 @@ class SubjectTokeniser:
     def __repr__(self) -> str:
         return f"SubjectTokeniser(kids={[t.kid for t in self._tokenisers]}, region={self.region!r})"
 
-    def tokens(self, kind: str, value: str) -> tuple[str, ...]:
-        """The subject's tokens, equal to the pipeline's for the same key (raises InvalidRequest)."""
+    def tokens(self, kind: str, value: str, months: Sequence[str] = ()) -> tuple[str, ...]:
+        """The subject's tokens, equal to the pipeline's for the same key (raises InvalidRequest).
+
+        ``months`` (``YYYY-MM``) adds the per-month tokens a ``token:<kind>:monthly`` policy writes,
+        so an access request finds the subject's records under either policy.
+        """
         canonical = canonical_subject(kind, value, self.region)
-        return tuple(t.token_one(kind, canonical) for t in self._tokenisers)
+        return tuple(t.token_one(kind, canonical, month) for t in self._tokenisers for month in (None, *months))
 
 
 def submit(conf: dict[str, str], topic: str, doc: dict[str, Any], timeout: float = 30.0) -> tuple[int, int]:

@@ -175,6 +175,7 @@ def write_export(doc: dict[str, Any], fmt: str, out: BinaryIO) -> None:
 # --------------------------------------------------------------------------- command line
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.core.tokenise import months_between
     from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options
     from pipeline.keys import KeyringError, load_worker_keyring
     from pipeline.privacy import analytics_source
@@ -213,7 +214,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         keyring = load_worker_keyring(args.keyring)
     except KeyringError as exc:
         raise FatalError(str(exc)) from None
-    tokens = set(SubjectTokeniser(keyring, args.region, args.token_bits).tokens("msisdn", subject))
+    months = months_between(datetime.fromtimestamp(start_us / 1e6, timezone.utc),
+                            datetime.fromtimestamp(end_us / 1e6, timezone.utc))
+    tokens = set(SubjectTokeniser(keyring, args.region, args.token_bits).tokens("msisdn", subject, months))
     if args.analytics:
         records = analytics_source.from_files(args.analytics, tokens, start_us, end_us)
         source = "files"

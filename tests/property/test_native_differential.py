@@ -39,13 +39,25 @@ start     = "coarsen_time:minute"
 duration  = "keep"
 ip        = "truncate_ip:20/56"
 imsi      = "drop"
-imei      = "token:imei"
+imei      = "token:imei:monthly"
 cell_id   = "token:account"
 call_type = "keep"
 status    = "token:account"
 """, "differential")
+#: Per-month tokens (`token:<kind>:monthly`): the month comes from each record's own start.
+MONTHLY_POLICY = policy_from_toml("""
+[fields]
+record_id = "token:record"
+cli       = "token:msisdn:monthly"
+dialled   = "token:msisdn:monthly"
+start     = "coarsen_time:day"
+duration  = "keep"
+imsi      = "token:imsi:monthly"
+cell_id   = "generalise_cell"
+""", "monthly")
 CONFIGS = {
     "default": CoreConfig(),
+    "monthly": CoreConfig(policy=MONTHLY_POLICY),
     "small": CoreConfig(max_record_bytes=MAX_BYTES, max_depth=MAX_DEPTH),
     "custom": CoreConfig(policy=CUSTOM_POLICY, max_record_bytes=MAX_BYTES, max_depth=MAX_DEPTH),
 }
