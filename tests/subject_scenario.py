@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Any, Callable
 
 from jsonschema import Draft202012Validator
 
@@ -91,9 +91,16 @@ def schema_errors(doc: Any, definition: str | None = None) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:160]}" for e in v.iter_errors(doc)]
 
 
-def check_export(doc: dict[str, Any], expect: dict[str, str], subject_tokens: set[str]) -> None:
-    """Everything an export of this scenario must satisfy (both sources included)."""
+def check_export(doc: dict[str, Any], expect: dict[str, str], subject_tokens: set[str],
+                 record_ref: Callable[[str], str]) -> None:
+    """Everything an export of this scenario must satisfy (both sources included).
+
+    ``record_ref`` gives a record id's ref under the worker keyring (``Tokeniser.token_one("record", id)``):
+    both stores name a record by its ref, never by the switch's id.
+    """
     assert schema_errors(doc) == []
+    raw_ids = list(expect)
+    expect = {record_ref(rid): shows for rid, shows in expect.items()}
     rows = doc["records"]
     by_source: dict[str, dict[str, dict[str, Any]]] = {"analytics": {}, "retained": {}}
     for row in rows:
@@ -104,6 +111,8 @@ def check_export(doc: dict[str, Any], expect: dict[str, str], subject_tokens: se
     assert set(by_source["analytics"]) == set(expect)
     assert doc["sources"]["retained"]["records"] == doc["sources"]["analytics"]["records"] == len(expect)
     text = json.dumps(doc)
+    for rid in raw_ids:
+        assert rid not in text, f"record id {rid} in clear in the export"
     for marker in NEVER_IN_EXPORT:
         assert marker not in text, f"{marker} leaked into the export"
     for token in subject_tokens:
@@ -111,7 +120,7 @@ def check_export(doc: dict[str, Any], expect: dict[str, str], subject_tokens: se
     for word in ("warrant", "officer", "audit", "prev_hash", "intercept"):
         assert word not in text.lower(), f"'{word}' in an export"
     carol_tokens = {r["other_party"] for r in by_source["analytics"].values()
-                    if r["record_id"] == "sa-03"}
+                    if r["record_id"] == record_ref("sa-03")}
     assert len(carol_tokens) == 1 and next(iter(carol_tokens)).count(":") == 1  # a token for the call she got
     for rid, shows in expect.items():
         ret, ana = by_source["retained"][rid], by_source["analytics"][rid]

@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 import subject_scenario as sc
 from pipeline.broker import LocalKafka
 from pipeline.cli import EXIT_OK, main
+from pipeline.core.tokenise import Tokeniser
 from pipeline.keys import load_worker_keyring
 from pipeline.privacy.requests import SubjectTokeniser
 from pipeline.topics import apply_topics, load_topic_policy
@@ -75,8 +76,12 @@ def test_access_request_answered_from_kafka_with_exactly_the_subjects_records(ka
                              "--group", topic_prefix + "cdrpipe", "--exit-when-idle", "3"],
                             cwd=REPO, capture_output=True, text=True, timeout=180)
     assert worker.returncode == 0, worker.stderr[-3000:]
-    tokens = set(SubjectTokeniser(load_worker_keyring(str(worker_keys))).tokens("msisdn", sc.SUBJECT))
-    fake = {"record_id": "sa-aborted", "cli": sorted(tokens)[0], "cli_class": "e164", "dialled": None,
+    keyring = load_worker_keyring(str(worker_keys))
+    tokens = set(SubjectTokeniser(keyring).tokens("msisdn", sc.SUBJECT))
+    refs = Tokeniser(keyring)
+    ref = lambda rid: refs.token_one("record", rid)  # noqa: E731
+    aborted_ref = ref("sa-aborted")
+    fake = {"record_id": aborted_ref, "cli": sorted(tokens)[0], "cli_class": "e164", "dialled": None,
             "dialled_class": "withheld", "start": f"{day}T10:00:00Z", "duration": 1, "ip": None, "imsi": None,
             "imei": None, "cell_id": None, "call_type": "voice", "status": "answered"}
     produce_aborted(kafka, topic_prefix + "cdr.analytics", orjson.dumps(fake))
@@ -105,10 +110,10 @@ def test_access_request_answered_from_kafka_with_exactly_the_subjects_records(ka
                  "--topic-prefix", topic_prefix, "--vault", str(extract), "--output", str(out),
                  "--register", str(register)]) == EXIT_OK
     doc = orjson.loads(out.read_bytes())
-    sc.check_export(doc, expect, tokens)
+    sc.check_export(doc, expect, tokens, ref)
     assert doc["request_type"] == "access"
     assert doc["sources"]["analytics"]["from"] == f"kafka:{topic_prefix}cdr.analytics"
-    assert "sa-aborted" not in out.read_text()
+    assert aborted_ref not in out.read_text() and "sa-aborted" not in out.read_text()
     csv_out = tmp_path / "export.csv"
     assert main(["privacy", "export", "--request-id", "sar-k-1", "--subject", "07700 900123", "--keyring",
                  str(worker_keys), "--from", start, "--to", end, "--bootstrap-servers", kafka.bootstrap,

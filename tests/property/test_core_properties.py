@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pipeline.core.envelope import open_segment
 from pipeline.core.normalise import normalise_one
 from pipeline.core.router import CoreConfig, Router, Source
+from reference_core import raw_record_id
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SEPARATORS = re.compile(rb"[\s\-.()/:+]")
@@ -132,17 +133,22 @@ def test_no_identifier_reaches_analytics_dlq_or_logs(worker_keyring, caplog, dat
 @given(batch())
 def test_counts_reconcile_and_retention_is_exact(worker_keyring, vault_keyring, data):
     lines, _, _ = data
-    routed = _route(Router(worker_keyring, CoreConfig(segment_bytes=512)), lines)
+    router = Router(worker_keyring, CoreConfig(segment_bytes=512))
+    routed = _route(router, lines)
     c = routed.counts
     assert c["in"] == c["retention"] == len(lines) == c["analytics"] + c["dlq"] + c["suppressed"]
     opened = [r for seg in routed.retention for r in open_segment(seg, vault_keyring.private)]
     assert [r.raw for r in opened] == lines
     assert [r.offset for r in opened] == list(range(100, 100 + len(lines)))
-    ids = [r.record_id for r in opened]
-    assert len(set(ids)) == len(ids)
-    out_ids = [orjson.loads(x)["record_id"] for x in routed.analytics_ndjson().splitlines()]
-    out_ids += [orjson.loads(d)["record_id"] for d in routed.dlq]
-    assert sorted(out_ids) == sorted(ids)
+    refs = [r.record_ref for r in opened]
+    assert len(set(refs)) == len(refs)
+    # Each ref is the token of the line's own id (intact, or still readable in a corrupted line), else of
+    # its coordinates; the analytics record_id and the DLQ record_ref are the same refs, and nothing else.
+    token = router.tokeniser.token_one
+    assert refs == [token("record", raw_record_id(line) or f"prop:3:{100 + i}") for i, line in enumerate(lines)]
+    out_refs = [orjson.loads(x)["record_id"] for x in routed.analytics_ndjson().splitlines()]
+    out_refs += [orjson.loads(d)["record_ref"] for d in routed.dlq]
+    assert sorted(out_refs) == sorted(refs)
 
 
 @SETTINGS

@@ -35,7 +35,7 @@ def test_process_generated_sample(keydir, tmp_path, capsys):
     assert summary["in"] == summary["analytics"] + summary["dlq"] + summary["suppressed"]
     files = {k: (tmp_path / "out" / f"{k}.jsonl").read_bytes().splitlines() for k in ("analytics", "retention", "dlq")}
     assert len(files["analytics"]) == summary["analytics"] and len(files["dlq"]) == summary["dlq"]
-    assert sum(len(orjson.loads(s)["record_ids"]) for s in files["retention"]) == 5000
+    assert sum(len(orjson.loads(s)["record_refs"]) for s in files["retention"]) == 5000
     assert summary["dlq"] > 0  # the generator writes ~0.5% malformed lines
 
 
@@ -83,9 +83,9 @@ def test_routing_threads_give_the_same_output_in_order(keydir, tmp_path, capsys,
         out_dir = tmp_path / f"w{workers}"
         assert main(["process", "--keyring", str(keydir / "worker-keyring.json"), "--input", str(sample),
                      "--out-dir", str(out_dir), "--quiet", "--workers", workers, "--batch-bytes", "40000"]) == 0
-        retained = [rid for line in (out_dir / "retention.jsonl").read_bytes().splitlines()
-                    for rid in orjson.loads(line)["record_ids"]]
-        dlq = [orjson.loads(line)["record_id"] for line in (out_dir / "dlq.jsonl").read_bytes().splitlines()]
+        retained = [ref for line in (out_dir / "retention.jsonl").read_bytes().splitlines()
+                    for ref in orjson.loads(line)["record_refs"]]
+        dlq = [orjson.loads(line)["record_ref"] for line in (out_dir / "dlq.jsonl").read_bytes().splitlines()]
         outs[workers] = ((out_dir / "analytics.jsonl").read_bytes(), retained, dlq,
                          capsys.readouterr().out.splitlines()[-1])
         assert sorted(p.name for p in out_dir.iterdir()) == ["analytics.jsonl", "dlq.jsonl", "retention.jsonl"]

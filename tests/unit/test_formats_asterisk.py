@@ -75,9 +75,14 @@ def test_src_and_clid_numbers_are_normalised_alike(ast):
 def test_legs_sharing_a_uniqueid_get_unique_deterministic_ids(ast):
     no_answer = row(answer="", billsec="0", disposition="NO ANSWER")
     answered = row()
-    first = route(ast, [no_answer, answered, answered]).analytics_frame()["record_id"].to_list()
-    assert len(set(first)) == 3 and all(r.startswith("1497953261.5-") for r in first)
-    assert first[2] == first[1] + "-2"  # a byte-identical leg: told apart by its order
+    lines = [no_answer, answered, answered]
+    ids = get_format("asterisk-csv")(lines, b"\n".join(lines), SCHEMA).frame["record_id"].to_list()
+    assert len(set(ids)) == 3 and all(r.startswith("1497953261.5-") for r in ids)
+    assert ids[2] == ids[1] + "-2"  # a byte-identical leg: told apart by its order
+    # Analytics carries each id's record_ref (the uniqueid holds the start second), one per leg.
+    first = route(ast, lines).analytics_frame()["record_id"].to_list()
+    assert first == [ast.tokeniser.token_one("record", r) for r in ids] and len(set(first)) == 3
+    assert not any("1497953261" in r for r in first)
     # The same rows elsewhere in another batch keep their ids (no dependence on offsets).
     again = route(ast, [row(uniqueid="1.1"), answered, no_answer]).analytics_frame()["record_id"].to_list()
     assert again[1] == first[1] and again[2] == first[0]

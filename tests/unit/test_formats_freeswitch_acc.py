@@ -104,7 +104,10 @@ def test_acc_pairs_invite_and_bye_in_a_batch(worker_keyring):
     rows = routed.analytics_records()
     assert [(r["duration"], r["status"]) for r in rows] == [(30, "answered"), (0, "no_answer")]
     assert rows[0]["ip"] == "192.0.2.0/24" and rows[0]["start"] == "2015-07-09T15:00:00Z"
-    assert all(r["record_id"].startswith("acc-") for r in rows)
+    ids = get_format("acc")(KAMAILIO, b"\n".join(KAMAILIO), SCHEMA).frame["record_id"].to_list()
+    assert len(ids) == 2 and all(r.startswith("acc-") for r in ids)
+    tokeniser = Router(worker_keyring).tokeniser
+    assert [r["record_id"] for r in rows] == [tokeniser.token_one("record", r) for r in ids]  # the ids' refs
     text = routed.analytics_ndjson() + b"".join(routed.dlq)
     assert b"192.0.2.10" not in text and b"c1@" not in text and b"7700900" not in text
 

@@ -104,19 +104,24 @@ def _route(records: list[bytes]):
 
 
 def test_the_core_hands_over_ready_messages_keyed_and_labelled() -> None:
-    """Segments are keyed by their segment id, DLQ records by their record id with the reason as a header,
-    analytics by the caller's token: what the worker produces, without parsing a message again."""
+    """Segments are keyed by their segment id, DLQ records by their record ref (the token of the record id)
+    with the reason as a header, analytics by the caller's token: what the worker produces, without parsing a
+    message again."""
     keyring, _vault = generate()
     lines = [b'{"record_id":"a","cli":"+447700900123","dialled":"999","start":"2026-11-25T10:00:00Z","duration":1}',
              b"not json", b'{"record_id":"c","cli":"anonymous","dialled":"999","start":1795600000,"duration":1}']
-    routed = Router(keyring, CoreConfig()).route(lines, Source("cdr.raw", 0, [0, 1, 2]), want_keys=True)
+    router = Router(keyring, CoreConfig())
+    routed = router.route(lines, Source("cdr.raw", 0, [0, 1, 2]), want_keys=True)
+    ref = lambda rid: router.tokeniser.token_one("record", rid)  # noqa: E731
     (value, key, headers), = list(routed.retention.messages())
-    assert key == orjson.loads(value)["segment_id"] and headers == [("schema", b"cdr.retention/1")]
+    assert key == orjson.loads(value)["segment_id"] and headers == [("schema", b"cdr.retention/2")]
+    assert orjson.loads(value)["record_refs"] == [ref("a"), ref("cdr.raw:0:1"), ref("c")]
     (value, key, headers), = list(routed.dlq.messages())
     doc = orjson.loads(value)
-    assert key == doc["record_id"] and headers == [("schema", b"cdr.dlq/1"), ("reason", b"invalid_json")]
+    assert key == doc["record_ref"] == ref("cdr.raw:0:1")
+    assert headers == [("schema", b"cdr.dlq/2"), ("reason", b"invalid_json")]
     messages = list(routed.analytics.messages())
-    assert [orjson.loads(v)["record_id"] for v, _k, _h in messages] == ["a", "c"]
+    assert [orjson.loads(v)["record_id"] for v, _k, _h in messages] == [ref("a"), ref("c")]
     assert messages[0][1] == orjson.loads(messages[0][0])["cli"].encode()
     assert messages[1][1] is None  # a withheld caller has no token: no key
     assert all(h == [("schema", b"cdr.analytics/1")] for _v, _k, h in messages)

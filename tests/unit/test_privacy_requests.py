@@ -222,9 +222,10 @@ def test_subject_tokens_are_what_the_router_suppresses(worker_keyring) -> None:
     lines = [orjson.dumps({"record_id": f"r-{i}", "cli": cli, "dialled": "+447700900999",
                            "start": "2026-11-25T10:00:00Z", "duration": 5})
              for i, cli in enumerate([NUMBER, "+447700900777"])]
-    routed = Router(worker_keyring, suppressions=Suppressions([token])).route(lines, Source("t", 0, [0, 1]))
+    router = Router(worker_keyring, suppressions=Suppressions([token]))
+    routed = router.route(lines, Source("t", 0, [0, 1]))
     assert routed.counts["suppressed"] == 1
-    assert [r["record_id"] for r in routed.analytics_records()] == ["r-1"]
+    assert [r["record_id"] for r in routed.analytics_records()] == [router.tokeniser.token_one("record", "r-1")]
 
 
 def test_router_keeps_the_suppressions_object_it_is_given(worker_keyring) -> None:

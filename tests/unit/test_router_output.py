@@ -55,7 +55,7 @@ def test_message_ends_and_keys_line_up_with_the_records(worker_keyring) -> None:
     for value, key, headers in routed.analytics.messages():
         cli = orjson.loads(value)["cli"]
         assert key == (cli.encode() if cli is not None else None) and headers == [("schema", b"cdr.analytics/1")]
-    assert sum(len(orjson.loads(s)["record_ids"]) for s in routed.retention) == len(LINES)
+    assert sum(len(orjson.loads(s)["record_refs"]) for s in routed.retention) == len(LINES)
     assert routed.dlq_reasons.total() == len(routed.dlq) == routed.counts["dlq"]
 
 

@@ -22,6 +22,7 @@ import pytest
 
 import subject_scenario as sc
 from pipeline.cli import EXIT_OK, EXIT_USAGE, main
+from pipeline.core.tokenise import Tokeniser
 from pipeline.keys import load_worker_keyring
 from pipeline.privacy.register import CaseRegister
 from pipeline.privacy.requests import SubjectTokeniser, load_schema, schema_errors as request_errors
@@ -44,8 +45,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert main(["vault", "ingest", "--keyring", str(keys["vault"]), "--db", str(db), "--input",
                  str(root / "out" / "retention.jsonl"), "--quiet"]) == EXIT_OK
     start, end = sc.window(day)
-    tokens = set(SubjectTokeniser(load_worker_keyring(str(keys["worker"]))).tokens("msisdn", sc.SUBJECT))
+    worker = load_worker_keyring(str(keys["worker"]))
+    tokens = set(SubjectTokeniser(worker).tokens("msisdn", sc.SUBJECT))
+    refs = Tokeniser(worker)
     return {"root": root, "keys": keys, "db": db, "expect": expect, "from": start, "to": end, "tokens": tokens,
+            "ref": lambda rid: refs.token_one("record", rid),
             "analytics": root / "out" / "analytics.jsonl"}
 
 
@@ -90,7 +94,7 @@ def test_json_export_holds_exactly_the_subjects_records_with_withheld_callers_wi
     assert export(world, extracts["after"], out) == EXIT_OK
     printed = capsys.readouterr()
     doc = orjson.loads(out.read_bytes())
-    sc.check_export(doc, world["expect"], world["tokens"])
+    sc.check_export(doc, world["expect"], world["tokens"], world["ref"])
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert doc["window"] == {"from": f"{world['from']}T00:00:00Z",
                              "to": f"{dt.date.fromisoformat(world['to']) + dt.timedelta(days=1)}T00:00:00Z"}
@@ -165,7 +169,7 @@ def test_analytics_only_export_withholds_every_incoming_caller(world, tmp_path):
     doc = orjson.loads(out.read_bytes())
     assert sc.schema_errors(doc) == []
     assert doc["sources"]["retained"] == {"included": False, "records": 0, "complete": None}
-    assert {r["record_id"] for r in doc["records"]} == set(world["expect"])
+    assert {r["record_id"] for r in doc["records"]} == set(map(world["ref"], world["expect"]))
     for row in doc["records"]:
         if row["direction"] == "incoming":
             assert row["other_party"] is None and row["other_party_form"] == "withheld"
