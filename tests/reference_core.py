@@ -45,6 +45,8 @@ from pipeline.core.times import parse_times
 from pipeline.core.tokenise import Tokeniser
 
 REQUIRED = ("cli", "dialled", "start", "duration")
+#: Call types without a duration: a record of one may omit it (compared trimmed, ASCII case-blind).
+NON_VOICE = frozenset({"sms", "mms", "text", "data", "ussd"})
 SUPPRESSION_FIELDS = (("cli", "msisdn"), ("dialled", "msisdn"), ("imsi", "imsi"))
 UNIT_US = {"second": 1_000_000, "minute": 60_000_000, "hour": 3_600_000_000, "day": 86_400_000_000}
 KEPT_ID_DETAIL = "record_id: a kept id must not hold a run of 7 or more digits (a number or a time); use token:record"
@@ -436,7 +438,7 @@ class ReferenceCore:
         self.tokeniser = tokeniser
         self.rules = cfg.policy.rules
         self.phones = PhoneNormaliser(cfg.region)
-        self.fields = list(dict.fromkeys([*("record_id", "cli", "dialled", "start", "duration", "imsi"),
+        self.fields = list(dict.fromkeys([*("record_id", "cli", "dialled", "start", "duration", "imsi", "call_type"),
                                           *(r.field for r in self.rules)]))
         self._answers: dict[tuple[str, str], tuple[str | None, str | None]] = {}
         self._times: dict[str, int | None] = {}
@@ -554,8 +556,9 @@ class ReferenceCore:
         return self.tokeniser.token_one("record", rid)
 
     def _check_and_build(self, vals: dict[str, str | None], rid: str):
+        non_voice = vals["call_type"] is not None and rust_trim(vals["call_type"]).lower() in NON_VOICE
         for name in REQUIRED:
-            if vals[name] is None:
+            if vals[name] is None and not (name == "duration" and non_voice):
                 return ("missing_field", name, f"{name} is missing or null"), None
         if vals["record_id"] is not None and not valid_record_id(vals["record_id"]):
             return ("invalid_record_id", "record_id", RECORD_ID_DETAIL), None
@@ -563,7 +566,7 @@ class ReferenceCore:
         if kept_id and vals["record_id"] is not None and re.search(r"[0-9]{7}", vals["record_id"]):
             return ("unsafe_value", "record_id", KEPT_ID_DETAIL), None
         d = vals["duration"]
-        if not (1 <= len(d) <= 9 and all(c in ASCII_DIGITS for c in d)):
+        if d is not None and not (1 <= len(d) <= 9 and all(c in ASCII_DIGITS for c in d)):
             return ("invalid_field", "duration", "duration must be whole seconds >= 0"), None
         if self.time_us(vals["start"]) is None:
             return ("invalid_field", "start", "start must be ISO-8601 or epoch seconds"), None
@@ -610,7 +613,7 @@ class ReferenceCore:
                 continue
             v = vals[r.field]
             if r.action == "keep" and r.field == "duration":
-                out[r.field] = None if v is None else int(v)
+                out[r.field] = 0 if v is None else int(v)  # absent only for a call type without a duration
             elif r.action == "keep":
                 out[r.field] = v
             elif r.action == "token":

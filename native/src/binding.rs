@@ -87,11 +87,11 @@ impl NativeCore {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (fields, rules, hex_keys, prefix, chars, cc, idd, trunk, own_cc_len, country_codes,
-                        withheld, max_bytes, max_depth, segment_bytes, reasons))]
+                        withheld, max_bytes, max_depth, segment_bytes, reasons, non_voice=Vec::new()))]
     fn new(fields: Vec<String>, rules: Vec<(String, String, Option<String>)>, hex_keys: Vec<String>, prefix: String,
            chars: usize, cc: String, idd: Option<String>, trunk: Option<String>, own_cc_len: Option<usize>,
            country_codes: Vec<String>, withheld: Vec<String>, max_bytes: usize, max_depth: usize,
-           segment_bytes: usize, reasons: Vec<(String, String)>) -> PyResult<Self> {
+           segment_bytes: usize, reasons: Vec<(String, String)>, non_voice: Vec<String>) -> PyResult<Self> {
         let mut parsed_rules = Vec::new();
         for (name, action, arg) in rules {
             let field = fields.iter().position(|f| *f == name)
@@ -116,6 +116,7 @@ impl NativeCore {
             max_depth,
             segment_bytes,
             reasons,
+            non_voice,
         };
         Ok(NativeCore { core: Core::new(cfg).map_err(PyValueError::new_err)?, pool: Pool::new(), out: Routed::default() })
     }

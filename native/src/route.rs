@@ -59,13 +59,15 @@ pub struct Config {
     pub max_depth: usize,
     pub segment_bytes: usize,
     pub reasons: Vec<(String, String)>, // code, DLQ detail; index 1..=9 are the parse codes
+    /// Call types (lower case) that have no duration: a record of one may omit it (analytics 0).
+    pub non_voice: Vec<String>,
 }
 
 pub struct Core {
     cfg: Config,
     macs: Vec<Hmac<Sha256>>,
     field_names: Vec<Vec<u8>>,
-    idx: [usize; 6], // record_id, cli, dialled, start, duration, imsi
+    idx: [usize; 7], // record_id, cli, dialled, start, duration, imsi, call_type
     learned: Vec<HashMap<String, Learned>>, // per kind, then times
     learned_times: HashMap<String, Option<i64>>,
     suppressed: HashSet<String>,
@@ -336,7 +338,8 @@ impl Core {
             return Err("one key per token kind is needed".into());
         }
         let find = |n: &str| cfg.fields.iter().position(|f| f == n).ok_or(format!("field {n} missing from the schema"));
-        let idx = [find("record_id")?, find("cli")?, find("dialled")?, find("start")?, find("duration")?, find("imsi")?];
+        let idx = [find("record_id")?, find("cli")?, find("dialled")?, find("start")?, find("duration")?, find("imsi")?,
+                   find("call_type")?];
         let field_names = cfg.fields.iter().map(|f| f.as_bytes().to_vec()).collect();
         let mut checks = vec![Check::Missing(idx[1]), Check::Missing(idx[2]), Check::Missing(idx[3]),
                               Check::Missing(idx[4]), Check::RecordId, Check::Duration, Check::Start];
@@ -544,6 +547,14 @@ impl Core {
         }
     }
 
+    /// Whether a call type is one without a duration (SMS, data...), compared trimmed and case-blind.
+    fn non_voice(&self, call_type: Option<&str>) -> bool {
+        call_type.is_some_and(|t| {
+            let t = t.trim();
+            self.cfg.non_voice.iter().any(|n| n.eq_ignore_ascii_case(t))
+        })
+    }
+
     fn time(&self, v: &str) -> Option<i64> {
         normalise::time_fast(v).or_else(|| self.learned_times.get(v).copied().flatten())
     }
@@ -647,7 +658,7 @@ impl Core {
             for c in &self.checks {
                 match *c {
                     Check::Missing(f) => {
-                        if val(row, f).is_none() {
+                        if val(row, f).is_none() && !(f == self.idx[4] && self.non_voice(val(row, self.idx[6]))) {
                             let name = &self.cfg.fields[f];
                             failed = Some(("missing_field", name, format!("{name} is missing or null")));
                         }
@@ -804,12 +815,10 @@ impl Core {
                 let v = val(row, r.field);
                 sep(a, &r.name);
                 match r.action {
-                    Action::Keep if r.name == "duration" => match v {
-                        Some(d) => {
-                            crate::json::write_uint(a, d.parse::<u64>().unwrap_or(0));
-                        }
-                        None => a.extend_from_slice(b"null"),
-                    },
+                    Action::Keep if r.name == "duration" => {
+                        // Absent only for a call type without one (the checks let nothing else through).
+                        crate::json::write_uint(a, v.map_or(0, |d| d.parse::<u64>().unwrap_or(0)));
+                    }
                     Action::Keep => match v {
                         Some(s) => {
                             a.push(b'"');

@@ -35,6 +35,7 @@ from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, PAR
 from pipeline.core.times import parse_times
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, Tokeniser
 from pipeline.formats import FORMAT_REASON_DETAIL, get_format
+from pipeline.formats.common import NON_VOICE_CALL_TYPES
 from pipeline.keys import WorkerKeyring
 from pipeline.policy import Policy, load_policy
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 #: Fields whose tokens decide suppression: a suppressed subscriber as either party, or by IMSI.
 SUPPRESSION_FIELDS = (("cli", "msisdn"), ("dialled", "msisdn"), ("imsi", "imsi"))
 #: The fields every runner reads besides the policy's (raw CDR v1 contract).
-CONTRACT_FIELDS = ("record_id", "cli", "dialled", "start", "duration", "imsi")
+CONTRACT_FIELDS = ("record_id", "cli", "dialled", "start", "duration", "imsi", "call_type")
 #: Reason codes of the checks after parsing (schemas/dlq-record.v1.json lists all codes).
 CHECK_REASONS = MISSING_FIELD, INVALID_FIELD, UNSAFE_VALUE, INVALID_RECORD_ID = (
     "missing_field", "invalid_field", "unsafe_value", "invalid_record_id")
@@ -188,7 +189,8 @@ class Router:
         self._native = NativeCore(
             self.fields, [(r.field, r.action, r.arg) for r in rules], list(self._tokeniser.hex_keys),
             self._tokeniser.kid + ":", cfg.token_bits // 4, cc, idd, trunk, own_cc_len, sorted(COUNTRY_CODES),
-            list(WITHHELD_WORDS), cfg.max_record_bytes, cfg.max_depth, cfg.segment_bytes, reasons)
+            list(WITHHELD_WORDS), cfg.max_record_bytes, cfg.max_depth, cfg.segment_bytes, reasons,
+            sorted(NON_VOICE_CALL_TYPES))
         self._adapter = None if cfg.format == "jsonl" else get_format(cfg.format)
         self._schema = {f: pl.String for f in self.fields}
         self._suppressed: frozenset[str] = frozenset()

@@ -301,7 +301,7 @@ GOOD = {
                                    st.text("0123456789", min_size=1, max_size=9)),
                          st.builds("ECGI:234-15-0x{}".format, st.text("0123456789ABCDEF", min_size=1, max_size=7)),
                          st.just("no such form")).map(jstr),
-    "call_type": st.sampled_from(["voice", "sms", "data", "video"]).map(jstr),
+    "call_type": st.sampled_from(["voice", "sms", "data", "video", "SMS", " Data\t", "ussd", "mms", "text", "sms x"]).map(jstr),
     "status": st.sampled_from(["answered", "no_answer", "busy", "failed"]).map(jstr),
 }
 

@@ -314,9 +314,6 @@ def test_value_tables_are_checked(tmp_path, toml, needle):
     assert needle in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the native core change: route.rs must require duration only for "
-                                       "voice call types (Check::Missing of duration skipped when call_type is in "
-                                       "pipeline.formats.common.NON_VOICE_CALL_TYPES, analytics duration 0)")
 def test_jsonl_sms_without_a_duration_reaches_analytics_with_duration_0(keydir, tmp_path, capsys):
     inp = tmp_path / "raw.jsonl"
     inp.write_text(
