@@ -29,6 +29,7 @@ def test_jsonl_and_csv_keep_raw_bytes_exactly():
     write_jsonl(RECORDS, out)
     rows = [orjson.loads(line) for line in out.getvalue().splitlines()]
     assert [r["record_number"] for r in rows] == [1, 2, 3]
+    assert [r["record_ref"] for r in rows] == ["r1", "r2", "r3"] and "record_id" not in rows[0]
     assert rows[0]["raw"].encode() == RECORDS[0].raw and rows[0]["raw_encoding"] == "utf-8"
     assert base64.b64decode(rows[2]["raw"]) == RECORDS[2].raw and rows[2]["raw_encoding"] == "base64"
     assert rows[0]["time"] == "2020-02-01T08:30:00Z" and rows[1]["time"] == "2020-02-01T08:30:01.500000Z"
@@ -37,7 +38,7 @@ def test_jsonl_and_csv_keep_raw_bytes_exactly():
     out = io.BytesIO()
     write_csv(RECORDS, out)
     table = list(csv.DictReader(io.StringIO(out.getvalue().decode("utf-8"), newline="")))
-    assert [r["record_id"] for r in table] == ["r1", "r2", "r3"]
+    assert [r["record_ref"] for r in table] == ["r1", "r2", "r3"] and "record_id" not in table[0]
     assert table[0]["raw"].encode() == RECORDS[0].raw and table[0]["partition"] == "3"
     assert base64.b64decode(table[2]["raw"]) == RECORDS[2].raw
 

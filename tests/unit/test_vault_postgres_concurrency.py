@@ -21,6 +21,8 @@ import orjson
 import pytest
 
 from pipeline.cli import EXIT_OK, main
+from pipeline.core.tokenise import Tokeniser
+from pipeline.keys import load_worker_keyring
 
 WRITERS, ENTRIES = 4, 15
 
@@ -113,7 +115,8 @@ def test_concurrent_ingests_with_one_killed_mid_batch_store_every_record_once(pg
         indexed = conn.execute("SELECT count(*), count(DISTINCT k & 4294967295) FROM vault.blind_index "
                                "WHERE day = 18322").fetchone()
     assert len(ids) == len(set(ids)) == n                       # nothing lost, nothing twice
-    assert set(ids) == {f"c-{i}" for i in range(n)}
+    refs = Tokeniser(load_worker_keyring(tmp_path / "keys" / "worker-keyring.json"))
+    assert set(ids) == {refs.token_one("record", f"c-{i}") for i in range(n)}  # the column holds each id's ref
     assert counted == n                                         # the per-day counts agree with the rows
     assert indexed[0] >= indexed[1] > 0
     first = json.loads(out.decode().strip().splitlines()[-1])

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from pipeline.cli import EXIT_OK, EXIT_USAGE, main
-from pipeline.keys import load_vault_keyring
+from pipeline.core.tokenise import Tokeniser
+from pipeline.keys import load_vault_keyring, load_worker_keyring
 from pipeline.vault.index import BlindIndexer
 from pipeline.vault.keystore import Keystore, day_number
 from pipeline.vault.query import Searcher
@@ -35,9 +36,11 @@ def world(tmp_path, monkeypatch, vault_backend):
     (tmp_path / "raw.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     assert main(["process", "--keyring", str(tmp_path / "keys" / "worker-keyring.json"), "--input",
                  str(tmp_path / "raw.jsonl"), "--out-dir", str(tmp_path / "out"), "--quiet"]) == 0
+    refs = Tokeniser(load_worker_keyring(tmp_path / "keys" / "worker-keyring.json"))
     return {"root": tmp_path, "keyring": tmp_path / "keys" / "vault-keyring.json", "db": vault_backend.db,
             "keys": vault_backend.keystore, "where": vault_backend.args(),
-            "retention": tmp_path / "out" / "retention.jsonl"}
+            "retention": tmp_path / "out" / "retention.jsonl",
+            "kept": [refs.token_one("record", rid) for rid in ("new-11mo", "new-1mo")]}
 
 
 def _ingest(world, capsys, *extra: str) -> dict:
@@ -61,8 +64,8 @@ def test_a_record_13_months_old_is_expired_at_ingest_and_never_returned(world, c
     capsys.readouterr()
     assert main(["vault", "query", "--keyring", str(world["keyring"]), *world["where"], "--target", A,
                  "--from", str(cutoff), "--to", str(TODAY), "--warrant", "W-1", "--officer", "PC-1"]) == EXIT_OK
-    ids = [orjson.loads(line)["record_id"] for line in capsys.readouterr().out.splitlines()]
-    assert ids == ["new-11mo", "new-1mo"]
+    refs = [orjson.loads(line)["record_ref"] for line in capsys.readouterr().out.splitlines()]
+    assert refs == world["kept"]
 
 
 def test_a_query_window_before_the_cutoff_is_refused_naming_it(world, capsys):
@@ -89,7 +92,7 @@ def test_a_record_past_retention_is_not_returned_even_before_the_purge(world, ca
         assert len(everything.records) == 3
         cut = day_number(retention_cutoff(TODAY, "12mo")) * DAY_US
         kept = searcher.search("msisdn", A, 0, (day_number(TODAY) + 1) * DAY_US, not_before_us=cut)
-        assert [r.record_id for r in kept.records] == ["new-11mo", "new-1mo"]
+        assert [r.record_ref for r in kept.records] == world["kept"]
     finally:
         keystore.close()
         store.close()

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 import pipeline.vault.cli as vault_cli
 from pipeline.cli import EXIT_OK, EXIT_USAGE, main
+from pipeline.core.tokenise import Tokeniser
+from pipeline.keys import load_worker_keyring
 from pipeline.vault.audit import read_entries
 
 TODAY = dt.datetime.now(dt.timezone.utc).date()
@@ -69,7 +71,10 @@ def vault(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     assert main(["vault", "warrant", "add", *base, "--id", "W-R", "--authority", "court", "--officer", "PC-1",
                  "--targets", A, "--from", w_from, "--to", w_to, "--expires", str(TODAY + dt.timedelta(days=30))]) == 0
     assert main(["vault", "warrant", "revoke", *base, "--id", "W-R", "--reason", "withdrawn"]) == EXIT_OK
-    return {"base": base, "db": db, "facts": facts, "from": w_from, "to": w_to}
+    # The vault names records by their record_ref (the token of kind record of the id, under the worker keyring).
+    refs = Tokeniser(load_worker_keyring(root / "keys" / "worker-keyring.json"))
+    return {"base": base, "db": db, "facts": facts, "from": w_from, "to": w_to,
+            "ref": lambda rid: refs.token_one("record", rid)}
 
 
 def _query(vault: dict, capsys, target: str, start: str, end: str, warrant: str = "W-A",
@@ -88,12 +93,13 @@ def _last_entry(vault: dict) -> dict:
 def test_inside_the_scope_every_spelling_of_the_target_is_answered(vault, capsys):
     lo = dt.datetime.fromisoformat(vault["from"]).replace(tzinfo=dt.timezone.utc)
     hi = dt.datetime.fromisoformat(vault["to"]).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
-    expected = sorted(rid for rid, cli, dialled, start in vault["facts"] if A in (cli, dialled) and lo <= start < hi)
+    expected = sorted(vault["ref"](rid) for rid, cli, dialled, start in vault["facts"]
+                      if A in (cli, dialled) and lo <= start < hi)
     assert expected
     for form in (*A_FORMS, A):
         code, rows, err = _query(vault, capsys, form, vault["from"], vault["to"])
         assert code == EXIT_OK, err
-        assert sorted(r["record_id"] for r in rows) == expected
+        assert sorted(r["record_ref"] for r in rows) == expected
     entry = _last_entry(vault)
     assert entry["action"] == "query" and entry["warrant"] == "W-A" and entry["officer"] == "PC-1"
     assert entry["disclosed"]["record_ids"] == expected and entry["disclosed"]["count"] == len(expected)
@@ -165,12 +171,12 @@ def test_no_answer_ever_holds_a_record_outside_the_warrant_scope(vault, capsys, 
     code, rows, _err = _query(vault, capsys, target, str(start), str(end), warrant, officer)
     lo = dt.datetime.combine(dt.date.fromisoformat(vault["from"]), dt.time(), dt.timezone.utc)
     hi = dt.datetime.combine(dt.date.fromisoformat(vault["to"]) + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
-    facts = {rid: (cli, dialled, when) for rid, cli, dialled, when in vault["facts"]}
+    facts = {vault["ref"](rid): (cli, dialled, when) for rid, cli, dialled, when in vault["facts"]}
     in_scope = (warrant == "W-A" and officer == "PC-1" and target in (A, *A_FORMS) and str(start) >= vault["from"]
                 and str(end) <= vault["to"])
     assert code == (EXIT_OK if in_scope else EXIT_USAGE)
     for row in rows:
-        cli, dialled, when = facts[row["record_id"]]
+        cli, dialled, when = facts[row["record_ref"]]
         assert A in (cli, dialled) and lo <= when < hi  # the warrant's target, inside the warrant's window
 
 
@@ -182,7 +188,8 @@ def test_an_existing_output_file_is_made_private_before_raw_records_are_written(
                  "--warrant", "W-A", "--officer", "PC-1", "--output", str(answer)]) == EXIT_OK
     assert answer.stat().st_mode & 0o777 == 0o600
     rows = answer.read_bytes().splitlines()
-    assert rows and all(orjson.loads(r)["record_id"].startswith("r-") for r in rows)  # replaced, not appended
+    refs = {vault["ref"](rid) for rid, *_ in vault["facts"]}
+    assert rows and all(orjson.loads(r)["record_ref"] in refs for r in rows)  # replaced, not appended
     link = tmp_path / "link.jsonl"
     link.symlink_to(answer)
     capsys.readouterr()
