@@ -113,10 +113,10 @@ def test_v2_names_records_by_ref_only():
     assert "record_id" not in DLQ["properties"] and "record_ref" in DLQ["required"]
     assert set(RETENTION["properties"]) - {"record_refs"} == set(RETENTION_V1["properties"]) - {"record_ids"}
     assert set(DLQ["properties"]) - {"record_ref"} == set(DLQ_V1["properties"]) - {"record_id"}
-    token = ANALYTICS["$defs"]["tokenOrNull"]["pattern"]
+    token = ANALYTICS["properties"]["record_id"]["pattern"]  # a record ref: never a per-month token
     assert RETENTION["properties"]["record_refs"]["items"]["pattern"] == token
     assert DLQ["properties"]["record_ref"]["pattern"] == token
-    assert ANALYTICS["properties"]["record_id"]["pattern"] == token
+    assert token == "^[A-Za-z0-9_-]+:[0-9a-f]{16,64}$"
 
 
 def test_analytics_schema_is_the_default_policy_allow_list(routed):
@@ -155,7 +155,8 @@ def test_number_classes_are_the_normalisers():
 
 
 def test_raw_schema_requires_the_contract_fields():
-    assert RAW["required"] == list(REQUIRED_FIELDS)
+    # duration is required, and non-null, unless the call type is one without a duration (sms, data...)
+    assert RAW["required"] + RAW["allOf"][0]["then"]["required"] == list(REQUIRED_FIELDS)
     assert RAW["additionalProperties"] is True
     assert set(router_mod.CONTRACT_FIELDS) <= set(RAW["properties"])
     assert RAW["properties"]["record_id"]["pattern"] == router_mod.RECORD_ID
