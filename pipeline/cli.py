@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from pipeline.key_permissions import add_key_permission_flags, insecure_key_permissions
 from pipeline.logs import ENV_LOG_FORMAT, add_log_arguments, configure_logging
 
 #: Each sub-command and the module that owns it (registers its parser), in `cdrpipe --help` order.
@@ -70,6 +71,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name in (COMMANDS[command],) if command else COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     _log_flags_after_commands(parser)
+    add_key_permission_flags(parser)  # --insecure-key-permissions wherever a key file is loaded
     return parser
 
 
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         try:
-            return int(args.func(args) or 0)
+            with insecure_key_permissions(getattr(args, "insecure_key_permissions", False)):
+                return int(args.func(args) or 0)
         except UsageError as exc:
             print(f"cdrpipe {args.command}: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -27,6 +27,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives import serialization
 
+from pipeline.key_permissions import insecure_key_file
+
 WORKER_KEYRING = "worker-keyring.json"
 VAULT_KEYRING = "vault-keyring.json"
 AUDIT_PUBLIC_KEY = "audit-public-key.txt"
@@ -214,6 +216,9 @@ def _read_doc(path: str | os.PathLike[str] | None, env_json: str, env_file: str)
         if not path:
             raise KeyringError(f"no keyring given: pass --keyring FILE or set {env_file} or {env_json}")
         where = str(path)
+        refused = insecure_key_file(path)
+        if refused:
+            raise KeyringError(refused)
         try:
             text = Path(path).read_text()
         except OSError as exc:

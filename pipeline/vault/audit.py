@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from pipeline.key_permissions import insecure_key_file
 from pipeline.keys import ENV_VAULT_KEYRING_FILE, ENV_VAULT_KEYRING_JSON
 from pipeline.vault.backend import Database, SqliteDatabase, is_postgres
 
@@ -132,6 +133,9 @@ def load_audit_signer(path: str | os.PathLike[str] | None, keyring_path: str | o
     """The audit key from ``path`` (or ``$CDRPIPE_AUDIT_KEY``), else the vault keyring's ``audit_key``, else None."""
     path = path or os.environ.get(ENV_AUDIT_KEY)
     if path:
+        refused = insecure_key_file(path, "audit key")
+        if refused:
+            raise AuditError(refused)
         try:
             doc = json.loads(Path(path).read_text())
         except OSError as exc:

@@ -48,6 +48,7 @@ def test_errors_name_the_problem_not_the_key(tmp_path):
     doc["token_keys"][0]["secret"] = secret[:-4] + "!!!!"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
+    bad.chmod(0o600)  # a keyring open to others is refused before it is read (test_permissions.py)
     with pytest.raises(KeyringError) as err:
         load_worker_keyring(bad)
     assert secret[:-4] not in str(err.value) and "base64" in str(err.value)

@@ -288,6 +288,7 @@ def test_wrong_or_missing_keyring_is_refused_clearly(vault, tmp_path, capsys):
     doc["vault_private_key"]["x25519"] = json.loads(other.read_text())["vault_private_key"]["x25519"]
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(doc))
+    forged.chmod(0o600)  # keyrings open to others are refused before this check (test_permissions.py)
     code, _, err = _query({**vault, "keyring": forged}, capsys, A)
     assert code == EXIT_FATAL and "does not match this keyring's private key" in err
     # A missing keystore: refused, never silently recreated.

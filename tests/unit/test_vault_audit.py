@@ -217,9 +217,11 @@ def test_audit_key_from_file_or_vault_keyring(tmp_path, capsys, vault_keyring):
     doc = {**vault_keyring.to_json(), "audit_key": json.loads(key_file.read_text())}
     keyring_file = tmp_path / "vault-keyring.json"
     keyring_file.write_text(json.dumps(doc))
+    keyring_file.chmod(0o600)  # key files open to others are refused (test_permissions.py)
     assert load_audit_signer(None, keyring_file).public_b64() == public
     assert load_audit_signer(None, tmp_path / "missing.json") is None
     bad = tmp_path / "bad.json"
     bad.write_text('{"kid": "a", "ed25519": "bm90IGEga2V5"}')
+    bad.chmod(0o600)
     with pytest.raises(AuditError, match="32 bytes"):
         load_audit_signer(bad, None)

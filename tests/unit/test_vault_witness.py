@@ -167,6 +167,7 @@ def test_signing_switched_on_for_an_existing_vault_is_verified_from_that_entry(t
     full = json.loads((tmp_path / "keys" / "vault-keyring.json").read_text())
     old = tmp_path / "keys" / "old-keyring.json"
     old.write_text(json.dumps({k: v for k, v in full.items() if k != "audit_key"}))
+    old.chmod(0o600)  # keyrings open to others are refused (test_permissions.py)
     db = tmp_path / "vault.db"
     (tmp_path / "empty.jsonl").write_bytes(b"")
     assert main(["vault", "ingest", "--keyring", str(old), "--db", str(db), "--input", str(tmp_path / "empty.jsonl"),
