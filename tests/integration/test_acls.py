@@ -446,7 +446,7 @@ def test_the_real_worker_runs_under_its_acls_and_each_reader_gets_its_output(
         secure_kafka: SecureKafka, tmp_path: Path) -> None:
     """mediation -> `cdrpipe run` -> analytics, vault and operations, each as its own principal.
 
-    The worker is configured exactly as deploy/k8s/worker.yaml configures it: SASL settings in
+    The worker is configured exactly as deploy/k8s/base/worker.yaml configures it: SASL settings in
     CDRPIPE_X_* variables, the keyring in CDRPIPE_WORKER_KEYRING_JSON, the worker id from the pod.
     """
     lines = [line for chunk in synthetic_cdrs(300, seed=7) for line in chunk.splitlines() if line]

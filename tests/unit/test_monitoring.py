@@ -30,7 +30,7 @@ DASHBOARD = MONITORING / "dashboard.json"
 RULE_TESTS = sorted((REPO / "tests" / "monitoring").glob("*.test.yaml"))
 OPERATIONS = REPO / "docs" / "operations.md"
 COMPOSE = REPO / "deploy" / "compose.yaml"
-K8S_MONITORING = REPO / "deploy" / "k8s" / "monitoring.yaml"
+K8S_MONITORING = REPO / "deploy" / "k8s" / "base" / "monitoring.yaml"
 ENV_REQUIRE = "CDRPIPE_REQUIRE_PROMTOOL"
 #: Series the rules and panels may name that cdrpipe does not export (Prometheus, kube-state-metrics).
 FOREIGN_METRICS = {"up", "kube_job_status_failed", "kube_pod_status_ready", "kube_pod_container_status_restarts_total"}
