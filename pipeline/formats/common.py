@@ -45,8 +45,8 @@ __all__ = ["EMPTY", "INVALID_JSON", "INVALID_UTF8", "NOT_OBJECT", "TOO_LARGE", "
 
 #: Call types that have no talk time: a record of one of these without a duration is complete
 #: (its duration is 0), while a voice call (or an unknown or absent type) must have one. Compared
-#: after :func:`enum_text` (lower case, spaces and dashes as ``_``). The native JSONL check must
-#: use the same set (see docs/formats.md, "Records without a duration").
+#: after :func:`enum_text` (lower case, spaces and dashes as ``_``). The router hands the same set
+#: to the native JSONL check (see docs/formats.md, "Writing a mapping").
 NON_VOICE_CALL_TYPES = frozenset({"sms", "mms", "text", "data", "ussd"})
 
 #: Percent-escapes seen in switch output (FreeSWITCH encode-values, ESL, HTTP CDRs); ``%25`` last.
