@@ -244,8 +244,16 @@ def load_vault_keyring(path: str | os.PathLike[str] | None = None) -> VaultKeyri
 
 # ---------------------------------------------------------------- command line
 
+def _why(exc: OSError) -> str:
+    """An OSError in words, for a one-line message ("a part of the path is a file" for ENOTDIR)."""
+    import errno
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path is a file, not a directory"
+    return exc.strerror or type(exc).__name__
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from pipeline.cli import UsageError
+    from pipeline.cli import FatalError, UsageError
     out = Path(args.dir)
     targets = [out / WORKER_KEYRING, out / VAULT_KEYRING]
     existing = [str(p) for p in targets if p.exists()]
@@ -257,10 +265,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     # The audit signing key travels with the vault keyring (entries are signed by default); its
     # public half goes to the auditor, who needs nothing else to verify the log.
     signer = AuditSigner.generate()
-    write_private_json(targets[0], worker.to_json())
-    write_private_json(targets[1], {**vault.to_json(), "audit_key": signer.to_json()})
     public = out / AUDIT_PUBLIC_KEY
-    public.write_text(signer.public_b64() + "\n")
+    try:
+        write_private_json(targets[0], worker.to_json())
+        write_private_json(targets[1], {**vault.to_json(), "audit_key": signer.to_json()})
+        public.write_text(signer.public_b64() + "\n")
+    except OSError as exc:
+        raise FatalError(f"cannot write the keyrings to --dir {out}: {_why(exc)}; give a directory you can write "
+                         "to (it is created if missing)") from None
     print(f"wrote {targets[0]} (token key {worker.current.kid}; give to workers)", file=sys.stderr)
     print(f"wrote {targets[1]} (vault key {vault.vault_kid} and audit signing key {signer.kid}; vault only, keep "
           "offline)", file=sys.stderr)
@@ -277,10 +289,70 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
     except KeyringError as exc:
         raise FatalError(str(exc)) from None
     rotated = rotate(keyring)
-    write_private_json(path, rotated.to_json())
+    try:
+        write_private_json(path, rotated.to_json())
+    except OSError as exc:
+        raise FatalError(f"cannot write {path}: {_why(exc)}; the keyring is unchanged (its directory must be "
+                         "writable: the new keyring replaces it atomically)") from None
     print(f"{path}: new current token key {rotated.current.kid}; previous: "
           f"{', '.join(k.kid for k in rotated.token_keys[1:])}", file=sys.stderr)
     return 0
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def token_value_problem(kind: str, canonical: str, region: str) -> str | None:
+    """Why ``canonical`` (the normalised value) is not a real identifier of ``kind``, or None if it is one.
+
+    What `cdrpipe token` checks before it prints a token that would match nothing (a typo, a word).
+    The answer never contains the value.
+
+    * msisdn: a full number in international form that libphonenumber knows as valid, or that has
+      the length its numbering plan gives numbers with those leading digits (a fictitious range such
+      as Ofcom's 07700 900xxx, which the examples and the synthetic data use, is kept; 07700 90012,
+      a digit short, is refused). Short codes, extensions and sender names are not subscribers.
+    * imsi: 14 or 15 digits (MCC, MNC, MSIN; TS 23.003). imei: 14 digits, 15 with a correct Luhn
+      check digit, or a 16-digit IMEISV. ip: parseable (the normaliser's own rule).
+    """
+    if kind == "msisdn":
+        import phonenumbers
+        if not canonical.startswith("+"):
+            return "it is not a full subscriber number (a short code, an extension or a sender name)"
+        try:
+            number = phonenumbers.parse(canonical, None)
+        except phonenumbers.NumberParseException:
+            return "its country calling code is not known"
+        if phonenumbers.is_valid_number(number):
+            return None
+        why = phonenumbers.is_possible_number_with_reason(number)
+        if why == phonenumbers.ValidationResult.TOO_SHORT:
+            return "libphonenumber says it is too short for its country"
+        if why in (phonenumbers.ValidationResult.TOO_LONG, phonenumbers.ValidationResult.INVALID_LENGTH):
+            return "libphonenumber says it has the wrong length for its country"
+        national = phonenumbers.national_significant_number(number)
+        if why != phonenumbers.ValidationResult.IS_POSSIBLE or \
+                phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL) == national:
+            # No formatting rule of the numbering plan fits these leading digits at this length.
+            return f"libphonenumber says it is not a valid number (region {region} for national numbers)"
+        return None
+    if kind == "imsi" and len(canonical) not in (14, 15):
+        return "an IMSI has 14 or 15 digits (MCC, MNC and MSIN)"
+    if kind == "imei":
+        return None  # checked on the digits as given (the canonical form drops the check digit)
+    return None
+
+
+def _imei_problem(value: str) -> str | None:
+    digits = "".join(ch for ch in value if ch.isdigit())
+    if len(digits) == 15 and not _luhn_ok(digits):
+        return "its check digit (the 15th, Luhn) is wrong"
+    return None
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -295,9 +367,20 @@ def _cmd_token(args: argparse.Namespace) -> int:
             keyring.key(args.kid)
     except KeyringError as exc:
         raise FatalError(str(exc)) from None
-    canonical = normalise_one(args.kind, args.value, region=args.region)
+    try:
+        canonical = normalise_one(args.kind, args.value, region=args.region)
+    except ValueError as exc:  # an unknown --region
+        raise UsageError(str(exc)) from None
     if canonical is None:
         raise UsageError(f"the value cannot be normalised as {args.kind} (value not shown)")
+    if not args.allow_invalid:
+        problem = token_value_problem(args.kind, canonical, args.region)
+        if problem is None and args.kind == "imei":
+            problem = _imei_problem(args.value)
+        if problem:
+            form = ", give the number in international form (+CC…)" if args.kind == "msisdn" else ""
+            raise UsageError(f"the value is not a valid {args.kind}: {problem} (value not shown). Check it{form}, or "
+                             "pass --allow-invalid to tokenise it as written")
     print(Tokeniser(keyring, kid=args.kid).token_one(args.kind, canonical))
     return 0
 
@@ -323,5 +406,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="default region for national numbers (env CDRPIPE_REGION; default GB)")
     tok.add_argument("--kid", default=None,
                      help="token under this older key id (data tokenised before a rotation); default: current key")
+    tok.add_argument("--allow-invalid", action="store_true",
+                     help="tokenise a value that is not a valid identifier of --kind as written (e.g. a number "
+                          "libphonenumber does not know), instead of refusing it")
     tok.add_argument("value", help="the identifier, in any format")
     tok.set_defaults(func=_cmd_token)

@@ -32,14 +32,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     """Write the active suppressions as JSON lines (the file runner's --suppressions format)."""
     from pipeline.privacy.follower import load_active_tokens
 
+    from pipeline.cli import FatalError
+
     bootstrap = require_bootstrap(args.bootstrap_servers)
+    if args.output != "-":  # before reading the topic: a wrong path fails at once
+        parent = os.path.dirname(os.path.abspath(args.output))
+        if os.path.isdir(args.output) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise FatalError(f"cannot write --output {args.output}: " + (
+                "it is a directory" if os.path.isdir(args.output) else "its directory does not exist or is not "
+                "writable") + "; give a file in a directory you can write to")
     tokens = load_active_tokens(bootstrap, args.topic_prefix + args.topic, parse_x_options(args.X), args.timeout)
     lines = "".join(json.dumps({"token": t, "active": True}) + "\n" for t in sorted(tokens))
     if args.output == "-":
         sys.stdout.write(lines)
-    else:
-        with open(args.output, "w") as fh:
-            fh.write(lines)
+    else:  # the objectors' tokens: readable by the owner only (mode 0600), like the case register
+        try:
+            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(lines)
+        except OSError as exc:
+            raise FatalError(f"cannot write --output {args.output}: {exc.strerror}; give a file in a directory you "
+                             "can write to") from None
     print(f"{len(tokens)} active suppressions from {args.topic_prefix + args.topic}", file=sys.stderr)
     return 0
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import queue
+import re
 import stat
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +27,18 @@ import orjson
 from pipeline.core.router import CoreConfig, Router, Source, Suppressions
 from pipeline.keys import ENV_KEYRING_FILE, KeyringError, load_worker_keyring
 from pipeline.formats import check_format_options, load_mapping
+from pipeline.formats.sniff import format_mismatch
 from pipeline.policy import Policy, PolicyError, load_policy
 from pipeline.runners import inputs
 
 DEFAULT_BATCH_BYTES = 8 << 20
 PROGRESS_SECONDS = 2.0
 OUTPUTS = ("analytics", "retention", "dlq")
+#: File modes of the outputs (at most: a stricter umask narrows them). Analytics and the DLQ hold no
+#: raw identifier and are read by a group (analytics, operations); retention holds raw records, sealed.
+OUTPUT_MODES = {"analytics": 0o640, "retention": 0o600, "dlq": 0o640}
+#: A subscriber token as `cdrpipe token` prints it: key id, colon, 64-256 bits of lower-case hex.
+TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,32}:(?:[0-9a-f]{2}){8,32}$")
 
 
 def iter_chunks(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) -> Iterator[bytes]:
@@ -86,40 +94,92 @@ class RunTotals:
         return out
 
 
-def _fresh_output(path: Path) -> BinaryIO:
-    """A new, empty file at ``path``, replacing any earlier run's output.
+def _fresh_output(path: Path, mode: int = 0o600) -> BinaryIO:
+    """A new, empty file at ``path`` with at most ``mode``, replacing any earlier run's output.
 
     A regular file is unlinked and created, not truncated: ext4 treats truncate-and-rewrite
     as a file being replaced and forces its whole contents to disk when it is closed
     (``auto_da_alloc``), about a third of a second per 700 MB of output on a re-run. A
-    symlink or a FIFO an operator put there is written through, as before.
+    symlink or a FIFO an operator put there is written through, as before; a regular file
+    a symlink leads to loses any permission bit beyond ``mode`` before anything is written.
     """
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISREG(os.lstat(path).st_mode):
             path.unlink()
-    return open(path, "wb")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & ~mode:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & mode)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb")
+
+
+class SuppressionsError(Exception):
+    """A suppressions file that cannot be used; ``usage``: the operator gave raw values, not tokens (exit 2).
+
+    The message names the file and the line, never the line's content (it may be a number).
+    """
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 def load_suppressions(path: str | None) -> Suppressions:
-    """Tokens from a file: one per line, or JSON lines with a ``token`` field (``#`` comments allowed)."""
+    """Tokens from a file: one per line, or JSON lines with a ``token`` field (``#`` comments allowed).
+
+    Raises :class:`SuppressionsError` for a missing or unreadable file, a line that is not JSON or has
+    no ``token``, and (``usage``) a value that is not a token: a raw number would match nothing, so
+    the subscriber would silently stay in analytics.
+    """
     if not path:
         return Suppressions()
+    export = "export the active suppressions with `cdrpipe privacy suppressions --output FILE`"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SuppressionsError(f"--suppressions {path}: no such file; {export}, or fix the path") from None
+    except IsADirectoryError:
+        raise SuppressionsError(f"--suppressions {path} is a directory: give the file of tokens ({export})") \
+            from None
+    except OSError as exc:
+        raise SuppressionsError(f"cannot read --suppressions {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SuppressionsError(f"--suppressions {path} is not UTF-8 text: give the file of tokens ({export})") \
+            from None
     tokens = []
-    for line in Path(path).read_text().splitlines():
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        token: object = line
         if line.startswith("{"):
-            doc = orjson.loads(line)
-            if doc.get("active", True):
-                tokens.append(str(doc["token"]))
-        else:
-            tokens.append(line)
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise SuppressionsError(f"--suppressions {path} line {n}: not valid JSON (expected "
+                                        '{"token": "<kid>:<hex>"} or one token a line)') from None
+            if not isinstance(doc, dict) or "token" not in doc:
+                raise SuppressionsError(f"--suppressions {path} line {n}: a JSON line needs a \"token\" field "
+                                        f"(the subscriber's token from `cdrpipe token`); {export}") from None
+            if not doc.get("active", True):
+                continue
+            token = doc["token"]
+        if not isinstance(token, str) or not TOKEN_SHAPE.match(token):
+            raise SuppressionsError(
+                f"--suppressions {path} line {n}: not a subscriber token (<kid>:<hex>); a suppressions file holds "
+                "tokens, never numbers: get each subscriber's token with `cdrpipe token --keyring KEYRING "
+                "--kind msisdn NUMBER` (line not shown)", usage=True)
+        tokens.append(token)
     return Suppressions(tokens)
 
 
 def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes: int = DEFAULT_BATCH_BYTES,
-                 progress: bool = True, workers: int = 1) -> RunTotals:
+                 progress: bool = True, workers: int = 1,
+                 check_first: Callable[[Mapping[str, int], Mapping[str, int]], None] | None = None) -> RunTotals:
     """Route every record of ``input_path`` (``-`` for stdin) into the three files in ``out_dir``.
 
     Records are lines, or for ``--format freeswitch-json`` whole document files, and a directory
@@ -138,7 +198,7 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
     started = last = time.monotonic()
     batches = inputs.iter_batches(input_path, cfg.format, batch_bytes=batch_bytes, options=cfg.format_options,
                                   max_bytes=cfg.max_record_bytes)
-    outs = [_fresh_output(out_dir / f"{k}.jsonl") for k in OUTPUTS]
+    outs = [_fresh_output(out_dir / f"{k}.jsonl", OUTPUT_MODES[k]) for k in OUTPUTS]
     routers: queue.SimpleQueue[Router] = queue.SimpleQueue()
     for r in [router, *(router.replica() for _ in range(workers - 1))]:
         routers.put(r)
@@ -157,6 +217,8 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
         nonlocal last
         future, done_bytes = queued.popleft()
         *buffers, counts, reasons = future.result()
+        if check_first is not None and not totals.counts["in"]:
+            check_first(counts, reasons)  # may stop the run (wrong --format) before anything is written
         for fh, buf in zip(outs, buffers):
             fh.write(buf)
         totals.counts.update(counts)
@@ -184,11 +246,59 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
     return totals
 
 
+class FormatMismatch(Exception):
+    """No record of the first batch could be read as ``--format``; the message says which format they look like."""
+
+
+def input_sample(path: str, size: int = 64 << 10) -> list[bytes]:
+    """The first lines of ``path`` (stdin: what is buffered, not consumed), to tell a wrong ``--format``."""
+    if path == "-":
+        stream = sys.stdin.buffer
+        data = stream.peek(size)[:size] if hasattr(stream, "peek") else b""
+    elif os.path.isfile(path):
+        with open(path, "rb") as fh:
+            data = fh.read(size)
+    else:
+        return []  # a directory of documents: the reasons alone decide
+    lines = data.split(b"\n")
+    return lines[:-1] if len(lines) > 1 else lines  # the last one may be cut
+
+
+def first_batch_check(fmt: str, sample: list[bytes]) -> Callable[[Mapping[str, int], Mapping[str, int]], None]:
+    """A ``process_file`` hook that stops the run when the first batch was all rejected for its format."""
+    def check(counts: Mapping[str, int], reasons: Mapping[str, int]) -> None:
+        if counts.get("in", 0) and counts.get("dlq", 0) == counts["in"]:
+            hint = format_mismatch(fmt, sample, reasons)
+            if hint:
+                raise FormatMismatch(f"{hint}; no output was written")
+    return check
+
+
+def _out_dir_error(out_dir: str, exc: OSError) -> str | None:
+    """One line for an output that cannot be written (None: the error is not about ``--out-dir``)."""
+    name = os.fsdecode(exc.filename) if exc.filename is not None else None
+    top, at = os.path.abspath(out_dir).rstrip(os.sep) + os.sep, os.path.abspath(name or "").rstrip(os.sep) + os.sep
+    inside = name is not None and (at.startswith(top) or top.startswith(at))  # in it, or a parent mkdir failed on
+    if not inside and not (name is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)):
+        return None
+    why = exc.strerror or type(exc).__name__
+    if exc.errno == errno.ENOTDIR:
+        why = "a part of the path is a file, not a directory"
+    elif exc.errno == errno.EEXIST:
+        why = "it is a file, not a directory"
+    return f"cannot write the outputs to --out-dir {out_dir}: {why}; give a writable directory (created if missing)"
+
+
 def _cmd_process(args: argparse.Namespace) -> int:
     from pipeline.cli import FatalError, UsageError
-    if args.input != "-" and not os.path.isfile(args.input) \
-            and not (os.path.isdir(args.input) and args.format in inputs.DOCUMENT_FORMATS):
-        raise UsageError(f"input file {args.input} does not exist")
+    if args.input != "-" and not os.path.isfile(args.input):
+        if not os.path.isdir(args.input):
+            raise UsageError(f"input file {args.input} does not exist")
+        if args.format not in inputs.DOCUMENT_FORMATS:
+            readers = ", ".join(f"--format {f}" for f in sorted(inputs.DOCUMENT_FORMATS))
+            raise UsageError(f"--input {args.input} is a directory, not a file: give one file of records, or - with "
+                             f"the files on stdin (cat {args.input}/* | cdrpipe process --input - …); only {readers} "
+                             "reads a directory (of call files)")
     try:
         keyring = load_worker_keyring(args.keyring)
         policy = load_policy(args.policy)
@@ -196,11 +306,23 @@ def _cmd_process(args: argparse.Namespace) -> int:
         router = Router(keyring, config, load_suppressions(args.suppressions))
     except (KeyringError, PolicyError) as exc:
         raise FatalError(str(exc)) from None
+    except SuppressionsError as exc:
+        raise (UsageError if exc.usage else FatalError)(str(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     started = time.monotonic()
-    totals = process_file(router, args.input, Path(args.out_dir), batch_bytes=args.batch_bytes,
-                          progress=not args.quiet, workers=max(1, args.workers))
+    try:
+        totals = process_file(router, args.input, Path(args.out_dir), batch_bytes=args.batch_bytes,
+                              progress=not args.quiet, workers=max(1, args.workers),
+                              check_first=first_batch_check(args.format, input_sample(args.input)))
+    except FormatMismatch as exc:
+        raise FatalError(str(exc)) from None
+    except OSError as exc:
+        message = _out_dir_error(args.out_dir, exc)
+        if message is None:
+            where = f" ({os.fsdecode(exc.filename)})" if exc.filename is not None else ""
+            message = f"cannot read --input {args.input}: {exc.strerror or type(exc).__name__}{where}"
+        raise FatalError(message) from None
     elapsed = time.monotonic() - started
     if totals.dlq_reasons and not args.quiet:
         reasons = ", ".join(f"{k} {v}" for k, v in totals.dlq_reasons.most_common())

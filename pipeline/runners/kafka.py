@@ -75,7 +75,8 @@ from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootst
 from pipeline.keys import KeyringError, load_worker_keyring
 from pipeline.metrics import WorkerMetrics, add_metrics_arguments, partition_lags, serve_metrics, stop_metrics
 from pipeline.policy import PolicyError, load_policy
-from pipeline.runners.files import NULLED, RunTotals, add_core_arguments, core_config, load_suppressions
+from pipeline.runners.files import (NULLED, RunTotals, SuppressionsError, add_core_arguments, core_config,
+                                    load_suppressions)
 from pipeline.topics import ANALYTICS, DLQ, RAW, RETENTION, SUPPRESSIONS, Topics
 
 log = logging.getLogger(__name__)
@@ -864,6 +865,8 @@ def build_router(args: argparse.Namespace) -> Router:
         return Router(keyring, core_config(args, policy), load_suppressions(args.suppressions))
     except (KeyringError, PolicyError) as exc:
         raise FatalError(str(exc)) from None
+    except SuppressionsError as exc:
+        raise (UsageError if exc.usage else FatalError)(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
     except ValueError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import errno
 import getpass
 import logging
 import os
@@ -113,6 +114,9 @@ def open_vault(args: argparse.Namespace, *, create: bool = False) -> Iterator[Va
         raise FatalError(str(exc)) from None
     except errors as exc:
         raise FatalError(f"cannot open the vault database {redact(db)}: {first_line(exc)}") from None
+    except OSError as exc:  # its directory cannot be made or written (a file in the path, /proc, read-only)
+        raise FatalError(f"cannot create the vault database --db {redact(db)}: {_os_why(exc)}; give --db a file in "
+                         "a directory you can write to") from None
     try:
         keystore = Keystore(keystore_path, keyring, create=create)
     except (KeystoreError, DatabaseError) as exc:
@@ -121,6 +125,10 @@ def open_vault(args: argparse.Namespace, *, create: bool = False) -> Iterator[Va
     except errors as exc:
         store.close()
         raise FatalError(f"cannot open the keystore {redact(keystore_path)}: {first_line(exc)}") from None
+    except OSError as exc:
+        store.close()
+        raise FatalError(f"cannot create the keystore {redact(keystore_path)}: {_os_why(exc)}; give --keystore a "
+                         "file in a directory you can write to") from None
     vault = Vault(keyring, store, keystore)
     try:
         yield vault
@@ -202,6 +210,13 @@ def _now_us() -> int:
     return int(_dt.datetime.now(_dt.timezone.utc).timestamp() * 1_000_000)
 
 
+def _os_why(exc: OSError) -> str:
+    """An OSError in words for a one-line message (ENOTDIR: which part of the path is wrong)."""
+    if exc.errno == errno.ENOTDIR or isinstance(exc, FileExistsError):
+        return "a part of the path is a file, not a directory"
+    return exc.strerror or type(exc).__name__
+
+
 def _iso(us: int) -> str:
     when = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(microseconds=us)
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -218,8 +233,9 @@ def _open_output(path: str | None) -> BinaryIO:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
-        raise FatalError(f"cannot write --output {path}: {exc.strerror} (a symlink is refused; give a plain file)") \
-            from None
+        symlink = " (a symlink is refused; give a plain file)" if exc.errno == errno.ELOOP else ""
+        raise FatalError(f"cannot write --output {path}: {_os_why(exc)}{symlink}; give a file in a directory you "
+                         "can write to") from None
     try:
         os.fchmod(fd, 0o600)
         if stat.S_ISREG(os.fstat(fd).st_mode):
@@ -264,11 +280,15 @@ def _ingester(vault: Vault, args: argparse.Namespace, reader: Reader | None) -> 
                         retention=retention_period(args.retention))
     except StoreError as exc:  # another writer holds the lock
         raise FatalError(str(exc)) from None
+    except OSError as exc:  # the lock file beside the database cannot be written
+        raise FatalError(f"cannot lock the vault database {redact(vault.store.path)} for writing: {_os_why(exc)}") \
+            from None
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     if args.input != "-" and not os.path.isfile(args.input):
-        raise UsageError(f"--input {args.input}: no such file (expected DIR/retention.jsonl from `cdrpipe process`)")
+        what = " is a directory, not a file" if os.path.isdir(args.input) else ": no such file"
+        raise UsageError(f"--input {args.input}{what} (expected DIR/retention.jsonl from `cdrpipe process`)")
     reader = _reader(args)
     retention_period(args.retention)
     with open_vault(args, create=True) as vault:
@@ -542,7 +562,11 @@ def _cmd_audit_keygen(args: argparse.Namespace) -> int:
     if path.exists() and not args.force:
         raise UsageError(f"{path} already exists; refusing to replace an audit key (use --force)")
     signer = AuditSigner.generate()
-    write_private_json(path, signer.to_json())
+    try:
+        write_private_json(path, signer.to_json())
+    except OSError as exc:
+        raise FatalError(f"cannot write --out {path}: {_os_why(exc)}; give a file in a directory you can write to") \
+            from None
     print(f"wrote {path} (audit key {signer.kid}); verify with --public-key {signer.public_b64()}", file=sys.stderr)
     print(signer.public_b64())
     return 0

@@ -192,8 +192,12 @@ def _cmd_subject_access(args: argparse.Namespace) -> int:
     cutoff_us = day_number(retention_cutoff(utc_today(), retention_period(args.retention))) * DAY_US
     if not args.output or args.output == "-":
         raise UsageError("--output FILE is required: the extract is handed to the DPO, never printed")
-    if not os.access(os.path.dirname(os.path.abspath(args.output)), os.W_OK):
-        raise UsageError(f"--output {args.output}: its directory does not exist or is not writable")
+    parent = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK) or os.path.isdir(args.output):
+        # Checked before the vault is searched and the access audited: no audit entry for an extract never written.
+        raise FatalError(f"cannot write --output {args.output}: " + (
+            "it is a directory" if os.path.isdir(args.output) else "its directory does not exist or is not writable")
+            + "; give a file in a directory you can write to")
     with open_vault(args) as vault:
         region = vault.store.region
         try:

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 import subject_scenario as sc
-from pipeline.cli import EXIT_OK, EXIT_USAGE, main
+from pipeline.cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, main
 from pipeline.core.tokenise import Tokeniser
 from pipeline.keys import load_worker_keyring
 from pipeline.privacy.register import CaseRegister
@@ -183,8 +183,10 @@ def test_subject_access_refuses_without_custodian_or_with_a_number_shaped_reques
     assert main(base + ["--request-id", "sar-1"]) == EXIT_USAGE           # no --custodian
     assert main(base + ["--request-id", "07700900123", "--custodian", "c1"]) == EXIT_USAGE
     assert main(base[:6] + ["--subject", "999", *base[8:], "--request-id", "sar-1", "--custodian", "c1"]) == EXIT_USAGE
+    # An --output that cannot be written is an operator mistake like any other (exit 1, issue 15), still
+    # refused before anything is read or audited.
     assert main(base[:-1] + [str(tmp_path / "no-such-dir" / "x.json"), "--request-id", "sar-1",
-                             "--custodian", "c1"]) == EXIT_USAGE
+                             "--custodian", "c1"]) == EXIT_FATAL
     assert not (tmp_path / "x.json").exists()
     assert len(read_entries(world["db"])) == audited  # refused before anything was read or audited
 
