@@ -82,16 +82,27 @@ def number_text(e: pl.Expr) -> pl.Expr:
     ``"Name" <253-433-5862>`` -> ``253-433-5862``; ``sip:1001@192.0.2.1:5060;transport=UDP`` -> ``1001``;
     ``1001%40127.0.0.1`` -> ``1001``; ``tel:+441234;phone-context=x`` -> ``+441234``. Separators stay:
     the phone normaliser removes them, the same way for every source column.
+
+    Evaluated in stages over the column (:func:`_number_text_series`): written as one expression,
+    every step repeats the whole tree of the steps before it in each branch, which cost ~9 ms of
+    fixed time per batch (a FreeSWITCH call file is a batch of one) and 5x the time on large ones.
     """
-    t = url_decoded(e.str.strip_chars(_SPACES))
-    t = (pl.when(t.str.contains("<", literal=True)).then(t.str.extract(r"<([^>]*)>", 1))
-         .when(t.str.starts_with('"')).then(None)
-         .otherwise(t)).str.strip_chars(_SPACES)
-    t = t.str.replace(r"^(?i:sips?|tel):", "")
-    t = pl.when(t.str.contains("@", literal=True)).then(t.str.replace(r"@.*$", "").str.replace(r":.*$", "")) \
-        .otherwise(t)
-    t = t.str.replace(r";.*$", "").str.replace(_EXTENSION, "${1}")
-    return t.str.strip_chars(_SPACES)
+    return e.map_batches(_number_text_series, return_dtype=pl.String, is_elementwise=True)
+
+
+def _number_text_series(values: pl.Series) -> pl.Series:
+    """:func:`number_text` on a Series, one step at a time (each step reads the previous one's column)."""
+    t = pl.col("t")
+    frame = values.cast(pl.String).to_frame("t")
+    frame = frame.select(url_decoded(t.str.strip_chars(_SPACES)).alias("t"))
+    frame = frame.select((pl.when(t.str.contains("<", literal=True)).then(t.str.extract(r"<([^>]*)>", 1))
+                          .when(t.str.starts_with('"')).then(None)
+                          .otherwise(t)).str.strip_chars(_SPACES).str.replace(r"^(?i:sips?|tel):", "").alias("t"))
+    frame = frame.select(pl.when(t.str.contains("@", literal=True))
+                         .then(t.str.replace(r"@.*$", "").str.replace(r":.*$", "")).otherwise(t)
+                         .str.replace(r";.*$", "").str.replace(_EXTENSION, "${1}").str.strip_chars(_SPACES)
+                         .alias("t"))
+    return frame["t"].alias(values.name)
 
 
 def ip_text(e: pl.Expr) -> pl.Expr:
