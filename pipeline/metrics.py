@@ -11,6 +11,7 @@ Public API:
     ``WorkerMetrics(registry=None)``     the worker's metric set (a fresh registry by default)
     ``.observe_commit(counts, reasons, records, seconds, segments)``  one committed batch
     ``.observe_abort(reason)``           one aborted transaction
+    ``.observe_format(looks_like, readable)``  a batch no record of which was readable as --format
     ``.set_lag(partition_lags)``         consumer lag per assigned input partition
     ``.follow_suppressions(follower)``   export the suppression list's size and age (scrape time)
     ``VaultSinkMetrics(registry=None)``  the vault sink's: ``.observe_batch(totals, seconds)``, ``.set_lag``
@@ -139,6 +140,13 @@ class WorkerMetrics(_Metrics):
         self.rebalances = Counter("cdrpipe_rebalances", "Partition assignment changes by kind",
                                   ["kind"], registry=r)
         self.assigned = Gauge("cdrpipe_assigned_partitions", "Input partitions this worker owns", registry=r)
+        self.format_mismatch = Counter("cdrpipe_format_mismatch_batches",
+                                       "Committed batches in which no record could be read as --format, by what the "
+                                       "records look like (a wrong --format, or a producer writing another format)",
+                                       ["looks_like"], registry=r)
+        self.format_mismatch_now = Gauge("cdrpipe_format_mismatch",
+                                         "1 while the last batch read no record as --format and looked like another "
+                                         "format; 0 once a batch has a readable record", registry=r)
         for route in ROUTES:  # export zeros from the start, so rate() works on the first scrape
             self.records_out.labels(route)
         for outcome in ("commit", "abort"):
@@ -182,6 +190,14 @@ class WorkerMetrics(_Metrics):
         self.batch_seconds.observe(seconds)
         self.transactions.labels("commit").inc()
         self.last_commit.set_to_current_time()
+
+    def observe_format(self, looks_like: str | None, readable: bool) -> None:
+        """A committed batch: ``looks_like`` when no record was readable as --format and it looks like that."""
+        if looks_like is not None:
+            self.format_mismatch.labels(looks_like).inc()
+            self.format_mismatch_now.set(1)
+        elif readable:
+            self.format_mismatch_now.set(0)
 
     def observe_abort(self, cause: str) -> None:
         """Count one aborted transaction and why (a short code, never record contents)."""

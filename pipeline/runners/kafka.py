@@ -75,6 +75,7 @@ from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootst
 from pipeline.keys import KeyringError, load_worker_keyring
 from pipeline.metrics import WorkerMetrics, add_metrics_arguments, partition_lags, serve_metrics, stop_metrics
 from pipeline.policy import PolicyError, load_policy
+from pipeline.formats.sniff import format_mismatch, sniff
 from pipeline.runners.files import (NULLED, RunTotals, SuppressionsError, add_core_arguments, core_config,
                                     load_suppressions)
 from pipeline.topics import ANALYTICS, DLQ, RAW, RETENTION, SUPPRESSIONS, Topics
@@ -86,6 +87,8 @@ DEFAULT_GROUP = "cdrpipe"
 DEFAULT_BATCH_SIZE = 20_000  # the core gets faster up to ~20k records a batch; ~16 MB of output per transaction
 DEFAULT_BATCH_TIMEOUT = 0.5
 DEFAULT_PROGRESS_SECONDS = 10.0
+#: A batch that no record of was readable as --format is logged at once, then at most this often.
+FORMAT_WARNING_SECONDS = 60.0
 #: Kafka's own default for message.max.bytes / max.message.bytes (1 MiB + record overhead).
 KAFKA_DEFAULT_MAX_MESSAGE = 1_048_588
 #: Settings the exactly-once guarantee rests on: changing them through -X is refused.
@@ -299,6 +302,7 @@ class _Batch:
     group_metadata: Any = None  # the consumer's group metadata (generation, member id) when handed over
     aborted: str | None = None  # the abort cause, once the transaction thread gave up on it
     fatal: FatalError | None = None
+    format_hint: tuple[str, str] | None = None  # (looks like, hint) when no record was readable as --format
 
 
 def _error_text(err: KafkaError) -> str:
@@ -347,6 +351,7 @@ class TransactionLoop:
         self._reported_in = 0
         self._needed_bytes = required_message_bytes(KAFKA_DEFAULT_MAX_MESSAGE)
         self._reported_at = time.monotonic()
+        self._format_warned: tuple[str | None, float] = (None, 0.0)  # the last format warning: look, when
 
     # -- control ---------------------------------------------------------------------------
 
@@ -660,6 +665,24 @@ class TransactionLoop:
         if self.metrics:
             self.metrics.observe_commit(routed.counts, routed.dlq_reasons, batch.records,
                                         time.monotonic() - batch.started, len(routed.retention), routed.nulled)
+            self.metrics.observe_format(batch.format_hint[0] if batch.format_hint else None,
+                                        routed.counts.get("dlq", 0) < routed.counts.get("in", 0))
+        if batch.format_hint is not None:
+            self._warn_format(*batch.format_hint)
+
+    def _warn_format(self, looks_like: str, hint: str) -> None:
+        """Log a batch that no record of was readable as --format: at once, then at most once a minute.
+
+        The worker keeps running: the records are in the DLQ and retention, and a producer that
+        changed format may change back; the metric ``cdrpipe_format_mismatch_batches`` counts them.
+        """
+        now = time.monotonic()
+        last_look, last_at = self._format_warned
+        if looks_like == last_look and now - last_at < FORMAT_WARNING_SECONDS:
+            return
+        self._format_warned = (looks_like, now)
+        log.warning("worker %s: %s; the records went to the DLQ and retention, the worker keeps running "
+                    "(metric cdrpipe_format_mismatch_batches_total)", self.settings.worker_id, hint)
 
     def _route(self, msgs: list[Message]) -> _Batch | None:
         """Unpack a consumed batch with C-level maps and route it through the core."""
@@ -681,8 +704,15 @@ class TransactionLoop:
         last = dict(zip(partitions, offsets))
         topic = self.settings.topics.input
         routed = self.router.route(values, Source(topic, partitions, offsets), want_keys=True)
-        return _Batch(routed, len(msgs), [TopicPartition(topic, p, o + 1) for p, o in last.items()],
-                      dict(zip(reversed(partitions), reversed(offsets))), started)
+        batch = _Batch(routed, len(msgs), [TopicPartition(topic, p, o + 1) for p, o in last.items()],
+                       dict(zip(reversed(partitions), reversed(offsets))), started)
+        if routed.counts.get("dlq", 0) == len(values):  # not one record read: a wrong --format or producer?
+            hint = format_mismatch(self.router.config.format, values, routed.dlq_reasons, batch="a batch",
+                                   unit="messages")
+            if hint is not None:
+                look = sniff(values)
+                batch.format_hint = (look.label if look is not None else "unknown", hint)
+        return batch
 
     def _rewind_now(self, dropped: _Batch | None) -> None:
         """Seek back to the first record of every aborted or dropped batch, then back off."""
