@@ -8,11 +8,15 @@ For every input it checks the core's guarantees:
 * ``in == retention == analytics + dlq + suppressed == len(lines)``;
 * every record is in the sealed retention segments, byte for byte and in order, with its
   offset (opened with :func:`pipeline.core.envelope.open_segment` and the vault key), and
-  the analytics and DLQ record ids are among the retained ids (a multiset: ids may repeat);
+  the analytics record ids and DLQ record refs are among the retained refs (a multiset: ids
+  may repeat); every ref is a token, and DLQ messages are keyed by their ref;
 * analytics records carry only the policy's emitted fields;
 * no identifier leaks: no 7-digit window of the digits of an input's ``cli``, ``dialled``,
   ``imsi`` or ``imei`` value appears (separators removed, any Unicode decimal digit
-  folded to ASCII) in the analytics output or in the DLQ records with ``payload`` removed.
+  folded to ASCII) in the analytics output, in the DLQ records with ``payload`` removed, in
+  the retention envelope headers (``ct`` and the random fields removed) or in the DLQ keys;
+  and no 7-digit window of an input's ``record_id`` either (switch ids embed numbers and
+  start times, so an id reaches no output but as its keyed ``record_ref``).
   The approach is tests/property/test_core_properties.py's, with the identifiers read out
   of the fuzzed bytes instead of known in advance (see :func:`identifier_windows`).
 
@@ -84,7 +88,8 @@ def _router() -> Router:
 ROUTER = _router()
 ALLOWED = {r.field for r in ROUTER.config.policy.emitted} | {"cli_class", "dialled_class"}
 #: Emitted fields that are not identifiers: their input values may show in the output as they are.
-PASS_THROUGH = sorted({r.field for r in ROUTER.config.policy.emitted} - set(IDENT_KEYS))
+#: Not record_id: it reaches analytics as its token (record_ref) only, and its digits must not show.
+PASS_THROUGH = sorted({r.field for r in ROUTER.config.policy.emitted} - set(IDENT_KEYS) - {"record_id"})
 _count = 0
 
 
@@ -123,14 +128,22 @@ def _values_of(key: str, line: bytes, out: list[str]) -> None:
         out.append(_decode_token(m.group(1)))
 
 
+def _windows(values: list[str]) -> set[str]:
+    out = set()
+    for value in values:
+        for run in re.findall(r"[0-9]{7,}", fold_digits(value)):
+            out.update(run[i:i + 7] for i in range(len(run) - 6))
+    return out
+
+
 def identifier_windows(lines: list[bytes]) -> tuple[set[str], str]:
     """The 7-digit windows of the batch's identifier values, and the text of its pass-through values.
 
     Identifier values are read two ways, so a malformed line counts too: the parsed object's
-    ``cli``/``dialled``/``imsi``/``imei`` (every leaf under them), and every ``"key": value``
-    the bytes hold for those keys (duplicates and broken lines included). The values of the
-    other emitted fields (record id, times, duration, ...) pass to analytics or the DLQ by
-    design, so a window that also occurs in one of them is not counted as a leak.
+    ``cli``/``dialled``/``imsi``/``imei``/``record_id`` (every leaf under them), and every
+    ``"key": value`` the bytes hold for those keys (duplicates and broken lines included). The
+    values of the other emitted fields (times, duration, ...) pass to analytics by design, so a
+    window that also occurs in one of them is not counted as a leak.
     """
     idents: list[str] = []
     benign: list[str] = []
@@ -141,19 +154,15 @@ def identifier_windows(lines: list[bytes]) -> tuple[set[str], str]:
             obj = None
         if isinstance(obj, dict):
             for k, v in obj.items():
-                if k in IDENT_KEYS:
+                if k in IDENT_KEYS or k == "record_id":
                     _leaves(v, idents)
                 elif k in PASS_THROUGH:
                     _leaves(v, benign)
-        for key in IDENT_KEYS:
+        for key in (*IDENT_KEYS, "record_id"):
             _values_of(key, line, idents)
         for key in PASS_THROUGH:
             _values_of(key, line, benign)
-    windows = set()
-    for value in idents:
-        for run in re.findall(r"[0-9]{7,}", fold_digits(value)):
-            windows.update(run[i:i + 7] for i in range(len(run) - 6))
-    return windows, "|".join(fold_digits(v) for v in benign)
+    return _windows(idents), "|".join(fold_digits(v) for v in benign)
 
 
 def _scrub_analytics(line: bytes) -> str:
@@ -167,10 +176,22 @@ def _scrub_analytics(line: bytes) -> str:
 def _scrub_dlq(line: bytes) -> str:
     rec = orjson.loads(line)
     assert isinstance(rec, dict), line
-    assert rec.get("type") == "cdr.dlq/1" and isinstance(rec.get("reason"), str), line
+    assert rec.get("type") == "cdr.dlq/2" and isinstance(rec.get("reason"), str), line
+    assert "record_id" not in rec and TOKEN.fullmatch(rec.get("record_ref", "")), line
+    assert rec["payload"]["record_refs"] == [rec["record_ref"]], line
     for k in ("payload", "failed_at", "source"):  # sealed payload; our clock; our source coordinates
         rec.pop(k, None)
-    return orjson.dumps(rec).decode()
+    return TOKEN.sub("", orjson.dumps(rec).decode())
+
+
+def _scrub_envelope(segment: bytes) -> str:
+    """A retention envelope's header in clear: no ct, no random or clock fields, refs as tokens."""
+    env = orjson.loads(segment)
+    assert env.get("type") == "cdr.retention/2" and "record_ids" not in env, env.get("type")
+    assert all(TOKEN.fullmatch(ref) for ref in env["record_refs"])
+    for k in ("ct", "wrapped_key", "nonce", "segment_id", "sealed_at", "vault_kid"):  # random, our clock, our key
+        env.pop(k, None)
+    return TOKEN.sub("", orjson.dumps(env).decode())
 
 
 def check(lines: list[bytes], router: Router) -> None:
@@ -184,16 +205,19 @@ def check(lines: list[bytes], router: Router) -> None:
     assert [r.raw for r in opened] == lines, "retention does not hold every record byte for byte, in order"
     assert [r.offset for r in opened] == offsets, "retention offsets differ"
     assert all(r.source_name == SOURCE_NAME and r.partition == 7 for r in opened)
-    retained = Counter(r.record_id for r in opened)  # input record ids may repeat (replays): a multiset
+    retained = Counter(r.record_ref for r in opened)  # input record ids may repeat (replays): a multiset
 
     analytics = [_scrub_analytics(x) for x in routed.analytics]
     dlq = [_scrub_dlq(x) for x in routed.dlq]
-    out_ids = [orjson.loads(x)["record_id"] for x in routed.analytics] + [orjson.loads(x)["record_id"] for x in routed.dlq]
-    assert not Counter(out_ids) - retained, "an analytics or DLQ record id is not a retained record's id"
+    headers = [_scrub_envelope(x) for x in routed.retention]
+    dlq_refs = [orjson.loads(x)["record_ref"] for x in routed.dlq]
+    assert [k.decode() if isinstance(k, bytes) else k for _v, k, _h in routed.dlq.messages()] == dlq_refs
+    out_refs = [orjson.loads(x)["record_id"] for x in routed.analytics] + dlq_refs
+    assert not Counter(out_refs) - retained, "an analytics record id or DLQ record ref is not a retained record's ref"
 
     windows, benign = identifier_windows(lines)
     if windows:
-        blob = fold_digits("\n".join(analytics + dlq))
+        blob = fold_digits("\n".join(analytics + dlq + headers))
         leaked = sorted(w for w in windows if w in blob and w not in benign)
         assert not leaked, f"identifier digits leaked: {leaked[:5]}"
 
