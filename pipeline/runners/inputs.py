@@ -23,6 +23,7 @@ calls after it are not held back by it (streams should use acc CDR mode, see doc
 """
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -100,28 +101,36 @@ def _acc_cut(lines: list[bytes], stale: int, options: tuple[tuple[str, object], 
     layout = resolve(acc.DEFAULT, dict(options).get("mapping"))
     if layout.indices("duration"):  # CDR mode: one row per call, nothing to pair
         return len(lines)
-    cells, _rows, _reasons = read_rows(lines, b"", layout, max_bytes)
+    if layout.quote is None:  # flatstore: no quoting, so a plain split finds the columns (rows are only grouped here)
+        text = pl.Series("line", lines, dtype=pl.Binary).cast(pl.String, strict=False)
+        cells = text.str.split_exact(layout.delimiter, layout.width).struct.unnest() \
+            .rename(lambda c: "c" + c.removeprefix("field_")).with_row_index("row")
+    else:
+        cells, _rows, _reasons = read_rows(lines, b"", layout, max_bytes)
     if not cells.height:
         return len(lines)
     method = acc._mapped("acc_method", layout).str.to_uppercase()
     code = acc._mapped("acc_sip_code", layout).str.extract(r"^(\d{3})", 1).cast(pl.Int32)
-    rows = cells.select(pl.col("row").cast(pl.Int64), acc._mapped("acc_callid", layout).alias("callid"),
-                        method.alias("method"), code.alias("code")).filter(pl.col("callid").is_not_null())
-    calls = rows.group_by("callid").agg(
-        pl.col("row").min().alias("first"),
-        ((pl.col("method") == "INVITE") & (pl.col("code") >= 200) & (pl.col("code") < 300)).any().alias("answered"),
-        (pl.col("method") == "BYE").any().alias("bye"))
+    calls = cells.select(pl.col("row").cast(pl.Int64), acc._mapped("acc_callid", layout).alias("callid"),
+                         method.alias("method"), code.alias("code")) \
+        .filter(pl.col("callid").is_not_null()).group_by("callid").agg(
+            pl.col("row").min().alias("first"), pl.col("row").max().alias("last"),
+            ((pl.col("method") == "INVITE") & (pl.col("code") >= 200) & (pl.col("code") < 300)).any()
+            .alias("answered"),
+            (pl.col("method") == "BYE").any().alias("bye")).sort("first")
     open_calls = calls.filter(pl.col("answered") & ~pl.col("bye") & (pl.col("first") >= stale))
     if not open_calls.height:
         return len(lines)
+    # No call may have rows on both sides of the cut: while some call spans it, move the cut to the
+    # first row of the earliest such call. Calls by first row, with the running maximum of last rows.
+    firsts = calls["first"].to_list()
+    reach = calls["last"].cum_max().to_list()
     cut = int(open_calls["first"].min())
-    while True:  # no call may have rows on both sides of the cut
-        spanning = rows.filter(pl.col("row") >= cut)["callid"].unique()
-        earliest = rows.filter(pl.col("callid").is_in(spanning.implode()))["row"].min()
-        new = int(earliest) if earliest is not None else cut
-        if new >= cut:
+    while True:
+        before = bisect.bisect_left(firsts, cut)  # calls starting before the cut
+        if before == 0 or reach[before - 1] < cut:
             return cut
-        cut = new
+        cut = firsts[bisect.bisect_left(reach, cut)]  # the earliest call reaching past it
 
 
 BATCH_CUTS: dict[str, BatchCut] = {"acc": _acc_cut}

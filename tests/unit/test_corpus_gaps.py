@@ -146,6 +146,25 @@ def test_acc_invite_that_never_gets_a_bye_is_rejected_and_does_not_hold_the_rest
     assert retained_coordinates(got["retention"]) == [("orphan.acc", i) for i in range(1, len(lines) + 1)]
 
 
+def test_acc_quoted_csv_layout_pairs_across_batches_too(keydir, tmp_path, capsys):
+    """An acc CSV export (quoted, another column order): the same calls pair across small batches."""
+    lines, talk = acc_calls(25, seed=9)
+    rows = []
+    for i, line in enumerate(lines):
+        c = line.decode().split("|")  # method|from|to|callid|code|reason|time|src_user|..|src_ip|dst_ouser|..
+        rows.append(",".join(f'"{v}"' for v in (str(i), c[0], c[3], c[1], c[2], c[4], c[5], c[6], c[7],
+                                                f"{c[7]}@example.net", c[9], "198.51.100.1", "", c[11], c[10],
+                                                "example.net", "1", "t")))
+    inp = tmp_path / "acc.csv"
+    inp.write_text("\n".join(rows))
+    code, summary, _ = process(keydir, tmp_path / "out", inp, capsys, "--format", "acc", "--quiet", "--mapping",
+                               str(DATA / "mappings" / "cgrates-acc-csv.toml"), "--batch-bytes", "900")
+    assert code == 0 and summary["analytics"] == 25
+    got = outputs(tmp_path / "out")
+    assert "acc_unpaired_invite" not in {d["reason"] for d in got["dlq"]} and len(got["retention"]) > 3
+    assert sorted(r["duration"] for r in got["analytics"]) == sorted(talk)
+
+
 def test_acc_corpus_file_without_final_newline(keydir, tmp_path, capsys, corpus):
     """CGRateS' flatstore sample (AGPL: read in place) ends without a newline on a BYE."""
     src = corpus / "cgrates" / "ers_flatstore__fullSuccessfull.acc"
