@@ -124,7 +124,7 @@ def produce_file(conf: dict[str, Any], topic: str, path: str, fmt: str = "jsonl"
 
 def _client_options(items: list[str] | None) -> dict[str, str]:
     """librdkafka settings from ``CDRPIPE_X_<NAME>`` variables, then ``-X key=value`` (which win)."""
-    from pipeline.topics import parse_x_options
+    from pipeline.kafka_config import parse_x_options
 
     env = {k[len(ENV_X_PREFIX):].lower().replace("_", "."): v for k, v in os.environ.items()
            if k.startswith(ENV_X_PREFIX) and len(k) > len(ENV_X_PREFIX)}
@@ -132,9 +132,8 @@ def _client_options(items: list[str] | None) -> dict[str, str]:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    if not args.bootstrap_servers:
-        raise UsageError("no Kafka given: pass --bootstrap-servers HOST:PORT or set CDRPIPE_BOOTSTRAP_SERVERS "
-                         "(`cdrpipe broker` prints one for local use)")
+    from pipeline.kafka_config import require_bootstrap
+    bootstrap = require_bootstrap(args.bootstrap_servers, local_hint=True)
     if args.input != "-" and not os.path.isfile(args.input) \
             and not (os.path.isdir(args.input) and args.format in inputs.DOCUMENT_FORMATS):
         what = "is a directory (only --format freeswitch-json reads a directory of call files)" \
@@ -144,7 +143,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:
         raise UsageError(f"unknown input format {args.format!r}; known: {', '.join(sorted(FORMATS))}")
     topic = args.topic_prefix + args.topic
-    conf = producer_config(args.bootstrap_servers, _client_options(args.X))
+    conf = producer_config(bootstrap, _client_options(args.X))
     started = time.monotonic()
     totals = produce_file(conf, topic, args.input, args.format, progress=not args.quiet)
     elapsed = time.monotonic() - started
