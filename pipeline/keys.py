@@ -358,9 +358,12 @@ def _imei_problem(value: str) -> str | None:
 def _cmd_token(args: argparse.Namespace) -> int:
     from pipeline.cli import FatalError, UsageError
     from pipeline.core.normalise import normalise_one
-    from pipeline.core.tokenise import KINDS, Tokeniser
+    from pipeline.core.tokenise import KINDS, MONTH, Tokeniser
     if args.kind not in KINDS:
         raise UsageError(f"--kind must be one of {', '.join(KINDS)}")
+    if args.month is not None and (args.kind == "record" or not MONTH.match(args.month)):
+        raise UsageError("--month takes YYYY-MM (the month a token:<kind>:monthly policy wrote), and not with "
+                         "--kind record")
     try:
         keyring = load_worker_keyring(args.keyring)
         if args.kid:
@@ -371,6 +374,9 @@ def _cmd_token(args: argparse.Namespace) -> int:
         canonical = normalise_one(args.kind, args.value, region=args.region)
     except ValueError as exc:  # an unknown --region
         raise UsageError(str(exc)) from None
+    if canonical is None and args.kind == "record":
+        raise UsageError("a record id is 1-128 characters of A-Z a-z 0-9 . _ : / @ + - and not a bare number; "
+                         "the pipeline refuses others, so they have no record_ref (value not shown)")
     if canonical is None:
         raise UsageError(f"the value cannot be normalised as {args.kind} (value not shown)")
     if not args.allow_invalid:
@@ -381,7 +387,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
             form = ", give the number in international form (+CC…)" if args.kind == "msisdn" else ""
             raise UsageError(f"the value is not a valid {args.kind}: {problem} (value not shown). Check it{form}, or "
                              "pass --allow-invalid to tokenise it as written")
-    print(Tokeniser(keyring, kid=args.kid).token_one(args.kind, canonical))
+    print(Tokeniser(keyring, kid=args.kid).token_one(args.kind, canonical, args.month))
     return 0
 
 
@@ -401,7 +407,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tok = sub.add_parser("token", help="print the token of one value (to answer subject requests)",
                          description="Normalise VALUE as KIND and print its token under the current key.")
     tok.add_argument("--keyring", default=None, help=f"worker keyring (env {ENV_KEYRING_FILE} or {ENV_WORKER_KEYRING_JSON})")
-    tok.add_argument("--kind", default="msisdn", help="msisdn, imsi, imei, ip or account (default msisdn)")
+    tok.add_argument("--kind", default="msisdn",
+                     help="msisdn, imsi, imei, ip, account, or record (a record id's record_ref, as the DLQ, "
+                          "envelopes, vault deliveries and analytics' record_id carry it); default msisdn")
+    tok.add_argument("--month", default=None, metavar="YYYY-MM",
+                     help="the token a token:<kind>:monthly policy wrote for records that started in this month "
+                          "(UTC); default: the stable token")
     tok.add_argument("--region", default=os.environ.get("CDRPIPE_REGION", "GB"),
                      help="default region for national numbers (env CDRPIPE_REGION; default GB)")
     tok.add_argument("--kid", default=None,

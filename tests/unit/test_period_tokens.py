@@ -84,3 +84,20 @@ def test_a_subject_access_export_finds_the_records_under_monthly_tokens(worker_k
     # own month's token), never October's.
     assert sorted(r["start"][:10] for r in rows) == ["2026-11-01", "2026-11-15", "2026-11-30", "2026-12-01"]
     assert all(r["direction"] == "outgoing" and r["subject_number"] == SUBJECT for r in rows)
+
+
+def test_cdrpipe_token_gives_a_months_token_and_a_record_ref(worker_keyring, tmp_path, capsys) -> None:
+    from pipeline.cli import main
+    keyring = tmp_path / "worker-keyring.json"
+    write_private_json(keyring, worker_keyring.to_json())
+    router = Router(worker_keyring, CoreConfig(policy=_monthly_policy()))
+    analytics = router.route(_lines(), Source("m", 0, range(len(TIMES)))).analytics_records()
+    assert main(["token", "--keyring", str(keyring), "--month", "2026-11", "07700 900123"]) == 0
+    assert capsys.readouterr().out.strip() == analytics[1]["cli"]
+    assert main(["token", "--keyring", str(keyring), "--kind", "record", "m-1"]) == 0
+    assert capsys.readouterr().out.strip() == analytics[1]["record_id"]
+    for bad in (["--month", "2026-13", "07700 900123"], ["--kind", "record", "--month", "2026-11", "m-1"],
+                ["--kind", "record", "447700900123"]):
+        assert main(["token", "--keyring", str(keyring), *bad]) == 2
+        err = capsys.readouterr().err
+        assert "447700900123" not in err and "900123" not in err
