@@ -12,7 +12,10 @@ or on where the row sits in its batch, unlike a row counter. Byte-identical rows
 ring-group legs whose channels were blanked): the second and later copies *in one batch* get
 ``-2``, ``-3``… appended, so a replay of the same batches gives the same ids; identical legs split
 across two batches would share an id (they are adjacent rows, so this is rare). A row without a
-uniqueid gets ``asterisk-<hash>``.
+uniqueid gets ``asterisk-<32 hex of the row's SHA-256>``: 128 bits, because the vault deduplicates
+on the id and such rows have nothing else to tell them apart. None of these ids (a uniqueid is the
+call's start second) leaves the sealed payload as it is: outside it the pipeline carries the
+keyed ``record_ref`` (see ``pipeline.core.tokenise``).
 
 Asterisk writes local time without a zone unless ``usegmtime=yes``; naive times are read as
 UTC unless a mapping sets ``timezone``. A ``--mapping`` file may override any part of this

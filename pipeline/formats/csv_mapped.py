@@ -468,9 +468,13 @@ def to_raw(cells: pl.DataFrame, layout: Layout, schema: dict[str, pl.DataType],
             base = expr if expr is not None else pl.lit(None, pl.String)
             # Byte-identical rows (two legs of a ring group whose channels were blanked, say) are
             # told apart by their order in the batch: -2, -3... after the first.
+            # Without an id of its own, the row's hash is all that tells it apart from every other
+            # row, and the vault deduplicates on it: 128 bits, not the 32 that separate legs of one id.
             repeat = pl.int_range(pl.len(), dtype=pl.UInt32).over("line")
-            expr = pl.concat_str([pl.coalesce(blank_to_null(base), pl.lit(layout.name)), pl.lit("-"),
-                                  row_hash(pl.col("line")),
+            own = blank_to_null(base)
+            expr = pl.concat_str([pl.coalesce(own, pl.lit(layout.name)), pl.lit("-"),
+                                  pl.when(own.is_null()).then(row_hash(pl.col("line"), 32))
+                                  .otherwise(row_hash(pl.col("line"))),
                                   pl.when(repeat > 0).then(pl.lit("-") + (repeat + 1).cast(pl.String))
                                   .otherwise(pl.lit(""))])
         if expr is None and name in constants:

@@ -88,6 +88,17 @@ def test_legs_sharing_a_uniqueid_get_unique_deterministic_ids(ast):
     assert again[1] == first[1] and again[2] == first[0]
 
 
+def test_rows_without_a_uniqueid_get_128_bit_ids(ast):
+    """Without an id of its own a row is told apart by its hash alone, and the vault deduplicates on
+    it: 32 hex digits (128 bits), so distinct rows never collide into one stored record."""
+    lines = [row(uniqueid="", billsec=str(s)) for s in range(200)]
+    ids = get_format("asterisk-csv")(lines, b"\n".join(lines), SCHEMA).frame["record_id"].to_list()
+    assert len(set(ids)) == 200
+    assert all(len(r) == len("asterisk-") + 32 and r.startswith("asterisk-") for r in ids)
+    with_own = get_format("asterisk-csv")([row()], row(), SCHEMA).frame["record_id"].to_list()
+    assert len(with_own[0]) == len("1497953261.5-") + 8  # legs of one uniqueid: 8 hex tell them apart
+
+
 def test_empty_answer_time_and_no_answer_leg_are_valid(ast):
     routed = route(ast, [row(answer="", billsec="0", disposition="NO ANSWER")])
     assert routed.counts["analytics"] == 1
