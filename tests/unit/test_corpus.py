@@ -46,3 +46,27 @@ def test_asterisk_corpus_routes_without_leaks(worker_keyring):
     rows = [orjson.loads(x) for x in analytics.splitlines()]
     callers = {r["cli"] for r in rows}
     assert callers & {r["dialled"] for r in rows}
+
+
+def test_asterisk_corpus_record_ids_never_leave_the_sealed_payload(worker_keyring):
+    """Asterisk uniqueids are the call's start second (``1497953261.5``): through the adapter, no 7-digit
+    run of any of them reaches analytics, the DLQ (outside its sealed payload) or an envelope header."""
+    raw = DATA.read_bytes().rstrip(b"\n").split(b"\n")
+    uniqueids = {cols[16] for cols in csv.reader(DATA.read_text().splitlines()) if len(cols) > 16 and cols[16]}
+    runs = {m for u in uniqueids for m in re.findall(r"\d{7,}", u)}
+    assert len(uniqueids) > 100 and runs
+    router = Router(worker_keyring, CoreConfig(format="asterisk-csv", region="US"))
+    routed = router.route(raw + [b'"","x","y","c","n","a","b","Dial","d","bad-date","","","z","z",'
+                                 b'"ANSWERED","DOCUMENTATION","1497953261.99",""'],
+                          Source("Master.csv", 0, range(len(raw) + 1)))
+    assert routed.counts["analytics"] == len(raw) and routed.counts["dlq"] == 1
+    headers = [orjson.dumps({k: v for k, v in orjson.loads(s).items() if k not in ("ct", "wrapped_key")})
+               for s in routed.retention]
+    dlq = [orjson.dumps({**d, "payload": {k: v for k, v in d["payload"].items() if k not in ("ct", "wrapped_key")}})
+           for d in map(orjson.loads, routed.dlq)]
+    outside = routed.analytics.buffer + b"".join(headers) + b"".join(dlq) + b"".join(
+        k.encode() for k in routed.dlq.keys if k)
+    for run in runs | {"1497953261"}:
+        assert run.encode() not in outside
+    refs = {orjson.loads(line)["record_id"] for line in routed.analytics}
+    assert len(refs) == len(raw)  # one stable, distinct ref per call leg
