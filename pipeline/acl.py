@@ -36,7 +36,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
 from pipeline.topics import (AGGREGATES, ANALYTICS, AUDIT, DLQ, ERASURES, RAW, REQUESTS, RETENTION, SUPPRESSIONS,
                              default_policy_path, load_topic_policy)

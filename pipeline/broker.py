@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from pipeline.errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, CdrpipeError, FatalError, UsageError
 from pipeline.key_permissions import add_key_permission_flags, insecure_key_permissions
 from pipeline.logs import ENV_LOG_FORMAT, add_log_arguments, configure_logging
 
@@ -32,15 +33,7 @@ COMMANDS = {
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
-EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A problem the user can fix by changing the command line (exit code 2)."""
-
-
-class FatalError(Exception):
-    """A problem that stops the run; the message says what to do (exit code 1)."""
+__all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_USAGE", "CdrpipeError", "FatalError", "UsageError", "build_parser", "main"]
 
 
 def _named_command(argv: list[str]) -> str | None:
@@ -133,12 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with insecure_key_permissions(getattr(args, "insecure_key_permissions", False)):
                 return int(args.func(args) or 0)
-        except UsageError as exc:
-            print(f"cdrpipe {args.command}: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except FatalError as exc:
-            print(f"cdrpipe {args.command}: error: {exc}", file=sys.stderr)
-            return EXIT_FATAL
+        except CdrpipeError as exc:
+            usage = isinstance(exc, UsageError)
+            print(f"cdrpipe {args.command}: {'' if usage else 'error: '}{exc}", file=sys.stderr)
+            return exc.exit_code
         except KeyboardInterrupt:
             return 130
         except Exception:
@@ -153,6 +144,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Re-import so `python -m pipeline.cli` shares one module (and one set of error classes) with the commands.
-    from pipeline.cli import main as _main
-    sys.exit(_main())
+    sys.exit(main())

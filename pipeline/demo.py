@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, KafkaError, Message, Producer, TopicPartition
 
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from pipeline.cli import UsageError
+from pipeline.errors import UsageError
 
 ENV_BOOTSTRAP = "CDRPIPE_BOOTSTRAP_SERVERS"
 _LOCAL_HINT = " (`cdrpipe broker` prints one for local use)"

@@ -253,7 +253,7 @@ def _why(exc: OSError) -> str:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from pipeline.cli import FatalError, UsageError
+    from pipeline.errors import FatalError, UsageError
     out = Path(args.dir)
     targets = [out / WORKER_KEYRING, out / VAULT_KEYRING]
     existing = [str(p) for p in targets if p.exists()]
@@ -282,7 +282,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate(args: argparse.Namespace) -> int:
-    from pipeline.cli import FatalError
+    from pipeline.errors import FatalError
     path = Path(args.keyring)
     try:
         keyring = load_worker_keyring(path)
@@ -356,7 +356,7 @@ def _imei_problem(value: str) -> str | None:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from pipeline.cli import FatalError, UsageError
+    from pipeline.errors import FatalError, UsageError
     from pipeline.core.normalise import normalise_one
     from pipeline.core.tokenise import KINDS, MONTH, Tokeniser
     if args.kind not in KINDS:

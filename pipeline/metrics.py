@@ -42,7 +42,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from pipeline.cli import UsageError
+from pipeline.errors import UsageError
 
 log = logging.getLogger(__name__)
 

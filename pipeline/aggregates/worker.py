@@ -60,7 +60,7 @@ from pipeline.aggregates.offline import (DEFAULT_K, DEFAULT_WINDOW, UNKNOWN_AREA
 from pipeline.aggregates.watermark import Watermark
 from pipeline.apps.options import AppSettings, app_settings, ensure_dir
 from pipeline.apps.runtime import build_app, run_app
-from pipeline.cli import UsageError
+from pipeline.errors import UsageError
 from pipeline.topics import AGGREGATES, ANALYTICS, Topics
 
 log = logging.getLogger(__name__)

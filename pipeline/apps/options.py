@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.cli import UsageError
+from pipeline.errors import UsageError
 from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
 
 #: -X keys the faust apps understand (aiokafka is not librdkafka: anything else is refused).

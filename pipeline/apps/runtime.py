@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.apps.options import MIN_SESSION_TIMEOUT, SUPPORTED_X, AppSettings
-from pipeline.cli import UsageError
+from pipeline.errors import UsageError
 from pipeline.kafka_config import ENV_BOOTSTRAP
 
 log = logging.getLogger(__name__)

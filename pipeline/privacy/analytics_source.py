@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.cli import FatalError
+from pipeline.errors import FatalError
 
 #: How far before the window start the Kafka read begins (message time >= call start, skew allowed).
 KAFKA_LOOKBACK_MS = 86_400_000

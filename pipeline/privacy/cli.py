@@ -32,7 +32,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     """Write the active suppressions as JSON lines (the file runner's --suppressions format)."""
     from pipeline.privacy.follower import load_active_tokens
 
-    from pipeline.cli import FatalError
+    from pipeline.errors import FatalError
 
     bootstrap = require_bootstrap(args.bootstrap_servers)
     if args.output != "-":  # before reading the topic: a wrong path fails at once

@@ -48,7 +48,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from pipeline.cli import FatalError
+from pipeline.errors import FatalError
 from pipeline.core.router import Suppressions
 from pipeline.topics import SUPPRESSIONS
 

@@ -32,7 +32,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 from pipeline.privacy.deadlines import MAX_EXTENSION_MONTHS, due_date, is_overdue
 from pipeline.privacy.requests import ACCESS_TYPES, InvalidRequest, check_request_id, utc_text
 

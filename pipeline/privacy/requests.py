@@ -42,7 +42,7 @@ from typing import Any
 import polars as pl
 from jsonschema import Draft202012Validator
 
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 from pipeline.core.normalise import PhoneNormaliser, normalise_one
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, Tokeniser
 from pipeline.keys import WorkerKeyring

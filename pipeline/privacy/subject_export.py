@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 
 EXPORT_TYPE = "cdrpipe.subject-export/1"
 FORMATS = ("json", "csv")

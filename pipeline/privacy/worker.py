@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.apps.options import AppSettings, app_settings, ensure_dir
 from pipeline.apps.runtime import build_app, run_app
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
 from pipeline.keys import KeyringError, WorkerKeyring, load_worker_keyring
 from pipeline.privacy.requests import (REQUEST_SCHEMA, REQUEST_TYPES, SUPPRESSION_TYPES, InvalidRequest,

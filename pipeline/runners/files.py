@@ -290,7 +290,7 @@ def _out_dir_error(out_dir: str, exc: OSError) -> str | None:
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
-    from pipeline.cli import FatalError, UsageError
+    from pipeline.errors import FatalError, UsageError
     if args.input != "-" and not os.path.isfile(args.input):
         if not os.path.isdir(args.input):
             raise UsageError(f"input file {args.input} does not exist")

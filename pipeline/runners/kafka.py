@@ -69,7 +69,7 @@ from typing import IO, Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 from pipeline.core.router import RoutedBatch, Router, Source
 from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
 from pipeline.keys import KeyringError, load_worker_keyring

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 from pipeline.runners import inputs
 
 DEFAULT_TOPIC = "cdr.raw"

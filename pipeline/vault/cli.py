@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 from pipeline.core.normalise import normalise_one
 from pipeline.keys import ENV_VAULT_KEYRING_FILE, KeyringError, VaultKeyring, load_vault_keyring
 from pipeline.metrics import VaultSinkMetrics, add_metrics_arguments, serve_metrics, stop_metrics

@@ -13,7 +13,7 @@ import datetime as _dt
 import os
 import re
 
-from pipeline.cli import UsageError
+from pipeline.errors import UsageError
 
 DEFAULT_RETENTION = "12mo"
 #: The shortest period a purge may enforce without --allow-early (IPA 2016 s.87(3): 12 months).

@@ -41,7 +41,7 @@ import orjson
 import phonenumbers
 import polars as pl
 
-from pipeline.cli import FatalError, UsageError
+from pipeline.errors import FatalError, UsageError
 from pipeline.core.normalise import WITHHELD, WITHHELD_WORDS, PhoneNormaliser, normalise_column
 from pipeline.vault.audit import ENV_AUDIT_KEY, AuditError
 from pipeline.vault.cli import (_audit_log, _iso, _open_output, _reference, _retention_argument, _vault_arguments,
