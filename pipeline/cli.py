@@ -1,8 +1,10 @@
-"""The `cdrpipe` command line: one sub-command per runner, each owned by its module.
+"""The `cdrpipe` command line: it only dispatches, to one module of :mod:`pipeline.commands` per command.
 
 Every command module exposes ``register(subparsers)``; it adds its parser(s) and sets
-``func`` to a callable ``(argparse.Namespace) -> int`` (the exit code). Exit codes are a
-contract for operators' scripts: 0 done, 1 fatal, 2 usage.
+``func`` to a callable ``(argparse.Namespace) -> int`` (the exit code). Every flag gets its
+environment variable from :mod:`pipeline.commands.env`. The domain raises
+:class:`~pipeline.errors.CdrpipeError`; here its kind becomes the exit code, a contract for
+operators' scripts: 0 done, 1 fatal, 2 usage.
 """
 from __future__ import annotations
 
@@ -12,21 +14,22 @@ import logging
 import os
 import sys
 
+from pipeline.commands import env
 from pipeline.errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, CdrpipeError, FatalError, UsageError
 from pipeline.key_permissions import add_key_permission_flags, insecure_key_permissions
 from pipeline.logs import ENV_LOG_FORMAT, add_log_arguments, configure_logging
 
 #: Each sub-command and the module that owns it (registers its parser), in `cdrpipe --help` order.
 COMMANDS = {
-    "process": "pipeline.runners.files",
-    "keys": "pipeline.keys",
-    "token": "pipeline.keys",
+    "process": "pipeline.commands.process",
+    "keys": "pipeline.commands.keys",
+    "token": "pipeline.commands.token",
     "broker": "pipeline.broker",
     "topics": "pipeline.topics",
     "acls": "pipeline.acl",
     "vault": "pipeline.vault.cli",
-    "produce": "pipeline.runners.produce",
-    "run": "pipeline.runners.kafka",
+    "produce": "pipeline.commands.produce",
+    "run": "pipeline.commands.run",
     "demo": "pipeline.demo",
     "privacy": "pipeline.privacy.cli",
     "aggregates": "pipeline.aggregates.cli",
@@ -65,6 +68,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         importlib.import_module(name).register(sub)
     _log_flags_after_commands(parser)
     add_key_permission_flags(parser)  # --insecure-key-permissions wherever a key file is loaded
+    env.apply(parser)  # every flag's CDRPIPE_* variable: its default when set, and named in --help
     return parser
 
 

@@ -12,13 +12,11 @@ mask them, and loaders report *which file or variable* is wrong, never its conte
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
 import re
 import secrets
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -242,63 +240,6 @@ def load_vault_keyring(path: str | os.PathLike[str] | None = None) -> VaultKeyri
     return VaultKeyring.from_json(doc, where)
 
 
-# ---------------------------------------------------------------- command line
-
-def _why(exc: OSError) -> str:
-    """An OSError in words, for a one-line message ("a part of the path is a file" for ENOTDIR)."""
-    import errno
-    if exc.errno == errno.ENOTDIR:
-        return "a part of the path is a file, not a directory"
-    return exc.strerror or type(exc).__name__
-
-
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from pipeline.errors import FatalError, UsageError
-    out = Path(args.dir)
-    targets = [out / WORKER_KEYRING, out / VAULT_KEYRING]
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not args.force:
-        raise UsageError(f"{', '.join(existing)} already exist; refusing to overwrite keys "
-                         "(that would make old tokens and the vault unreadable). Use --force to replace them.")
-    from pipeline.vault.audit import AuditSigner  # the vault imports this module: here, not above
-    worker, vault = generate()
-    # The audit signing key travels with the vault keyring (entries are signed by default); its
-    # public half goes to the auditor, who needs nothing else to verify the log.
-    signer = AuditSigner.generate()
-    public = out / AUDIT_PUBLIC_KEY
-    try:
-        write_private_json(targets[0], worker.to_json())
-        write_private_json(targets[1], {**vault.to_json(), "audit_key": signer.to_json()})
-        public.write_text(signer.public_b64() + "\n")
-    except OSError as exc:
-        raise FatalError(f"cannot write the keyrings to --dir {out}: {_why(exc)}; give a directory you can write "
-                         "to (it is created if missing)") from None
-    print(f"wrote {targets[0]} (token key {worker.current.kid}; give to workers)", file=sys.stderr)
-    print(f"wrote {targets[1]} (vault key {vault.vault_kid} and audit signing key {signer.kid}; vault only, keep "
-          "offline)", file=sys.stderr)
-    print(f"wrote {public} (audit public key; give to the auditor: `vault audit verify --public-key {public}`)",
-          file=sys.stderr)
-    return 0
-
-
-def _cmd_rotate(args: argparse.Namespace) -> int:
-    from pipeline.errors import FatalError
-    path = Path(args.keyring)
-    try:
-        keyring = load_worker_keyring(path)
-    except KeyringError as exc:
-        raise FatalError(str(exc)) from None
-    rotated = rotate(keyring)
-    try:
-        write_private_json(path, rotated.to_json())
-    except OSError as exc:
-        raise FatalError(f"cannot write {path}: {_why(exc)}; the keyring is unchanged (its directory must be "
-                         "writable: the new keyring replaces it atomically)") from None
-    print(f"{path}: new current token key {rotated.current.kid}; previous: "
-          f"{', '.join(k.kid for k in rotated.token_keys[1:])}", file=sys.stderr)
-    return 0
-
-
 def _luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -348,77 +289,9 @@ def token_value_problem(kind: str, canonical: str, region: str) -> str | None:
     return None
 
 
-def _imei_problem(value: str) -> str | None:
+def imei_problem(value: str) -> str | None:
+    """Why an IMEI as written is not one (a wrong Luhn check digit), or None."""
     digits = "".join(ch for ch in value if ch.isdigit())
     if len(digits) == 15 and not _luhn_ok(digits):
         return "its check digit (the 15th, Luhn) is wrong"
     return None
-
-
-def _cmd_token(args: argparse.Namespace) -> int:
-    from pipeline.errors import FatalError, UsageError
-    from pipeline.core.normalise import normalise_one
-    from pipeline.core.tokenise import KINDS, MONTH, Tokeniser
-    if args.kind not in KINDS:
-        raise UsageError(f"--kind must be one of {', '.join(KINDS)}")
-    if args.month is not None and (args.kind == "record" or not MONTH.match(args.month)):
-        raise UsageError("--month takes YYYY-MM (the month a token:<kind>:monthly policy wrote), and not with "
-                         "--kind record")
-    try:
-        keyring = load_worker_keyring(args.keyring)
-        if args.kid:
-            keyring.key(args.kid)
-    except KeyringError as exc:
-        raise FatalError(str(exc)) from None
-    try:
-        canonical = normalise_one(args.kind, args.value, region=args.region)
-    except ValueError as exc:  # an unknown --region
-        raise UsageError(str(exc)) from None
-    if canonical is None and args.kind == "record":
-        raise UsageError("a record id is 1-128 characters of A-Z a-z 0-9 . _ : / @ + - and not a bare number; "
-                         "the pipeline refuses others, so they have no record_ref (value not shown)")
-    if canonical is None:
-        raise UsageError(f"the value cannot be normalised as {args.kind} (value not shown)")
-    if not args.allow_invalid:
-        problem = token_value_problem(args.kind, canonical, args.region)
-        if problem is None and args.kind == "imei":
-            problem = _imei_problem(args.value)
-        if problem:
-            form = ", give the number in international form (+CC…)" if args.kind == "msisdn" else ""
-            raise UsageError(f"the value is not a valid {args.kind}: {problem} (value not shown). Check it{form}, or "
-                             "pass --allow-invalid to tokenise it as written")
-    print(Tokeniser(keyring, kid=args.kid).token_one(args.kind, canonical, args.month))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    keys = sub.add_parser("keys", help="generate or rotate keyrings",
-                          description="Create and rotate cdrpipe keyrings (files are written with mode 0600).")
-    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    gen = ksub.add_parser("generate", help="write worker-keyring.json and vault-keyring.json into DIR")
-    gen.add_argument("--dir", required=True, help="directory for the two keyring files")
-    gen.add_argument("--force", action="store_true", help="overwrite existing keyrings (destroys the old keys)")
-    gen.set_defaults(func=_cmd_generate)
-    rot = ksub.add_parser("rotate", help="add a new current tokenisation key, keeping the previous ones")
-    rot.add_argument("--keyring", default=os.environ.get(ENV_KEYRING_FILE), required=not os.environ.get(ENV_KEYRING_FILE),
-                     help=f"worker keyring file to rotate in place (env {ENV_KEYRING_FILE})")
-    rot.set_defaults(func=_cmd_rotate)
-
-    tok = sub.add_parser("token", help="print the token of one value (to answer subject requests)",
-                         description="Normalise VALUE as KIND and print its token under the current key.")
-    tok.add_argument("--keyring", default=None, help=f"worker keyring (env {ENV_KEYRING_FILE} or {ENV_WORKER_KEYRING_JSON})")
-    tok.add_argument("--kind", default="msisdn",
-                     help="msisdn, imsi, imei, ip, account, or record (a record id's record_ref, as the DLQ, "
-                          "envelopes, vault deliveries and analytics' record_id carry it); default msisdn")
-    tok.add_argument("--month", default=None, metavar="YYYY-MM",
-                     help="the token a token:<kind>:monthly policy wrote for records that started in this month "
-                          "(UTC); default: the stable token")
-    tok.add_argument("--region", default=os.environ.get("CDRPIPE_REGION", "GB"),
-                     help="default region for national numbers (env CDRPIPE_REGION; default GB)")
-    tok.add_argument("--kid", default=None,
-                     help="token under this older key id (data tokenised before a rotation); default: current key")
-    tok.add_argument("--allow-invalid", action="store_true",
-                     help="tokenise a value that is not a valid identifier of --kind as written (e.g. a number "
-                          "libphonenumber does not know), instead of refusing it")
-    tok.add_argument("value", help="the identifier, in any format")
-    tok.set_defaults(func=_cmd_token)

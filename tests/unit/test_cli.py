@@ -39,7 +39,7 @@ def test_one_command_imports_only_its_module():
     code = ("import sys; from pipeline import cli; cli.build_parser(['token', 'x']); "
             "print(' '.join(m for m in cli.COMMAND_MODULES if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["pipeline.keys"]
+    assert out == ["pipeline.commands.token"]
 
 
 def test_unknown_command_is_a_usage_error_that_lists_every_command(capsys):

@@ -12,9 +12,11 @@ from pipeline import cli
 from pipeline.cli import UsageError
 from pipeline.core.router import CoreConfig, Router, Source
 from pipeline.keys import generate, write_private_json
+from pipeline.commands.run import settings_from_args
+from pipeline.kafka_config import env_client_options
 from pipeline.runners.kafka import (KAFKA_DEFAULT_MAX_MESSAGE, Topics, WorkerSettings,
-                                    claim_worker_id, consumer_config, env_client_options, producer_config,
-                                    required_message_bytes, settings_from_args, split_client_overrides,
+                                    claim_worker_id, consumer_config, producer_config,
+                                    required_message_bytes, split_client_overrides,
                                     transactional_id, validate_worker_id)
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from pipeline.cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, FatalError, UsageError
 from pipeline.core.normalise import normalise_one
 from pipeline.core.tokenise import Tokeniser
 from pipeline.keys import load_worker_keyring
-from pipeline.runners import kafka
+from pipeline.commands.process import build_router
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_tokens_in_both_forms_still_suppress(keyring, tmp_path, capsys) -> None:
 
 def test_the_kafka_worker_refuses_the_same_suppressions_files(keyring, tmp_path) -> None:
     def router(path: Path):
-        return kafka.build_router(argparse.Namespace(keyring=str(keyring), policy=None, region="GB", format="jsonl",
+        return build_router(argparse.Namespace(keyring=str(keyring), policy=None, region="GB", format="jsonl",
                                                      mapping=None, suppressions=str(path),
                                                      max_record_bytes=65536))
     raw = tmp_path / "raw.txt"
