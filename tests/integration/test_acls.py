@@ -484,9 +484,9 @@ def test_the_real_worker_runs_under_its_acls_and_each_reader_gets_its_output(
 
     assert _count_schema(secure_kafka.client("analytics"), "cdr.analytics",
                          b"cdr.analytics/1") == summary["analytics"]
-    assert _count_schema(secure_kafka.client("operations"), "cdr.dlq", b"cdr.dlq/1") \
+    assert _count_schema(secure_kafka.client("operations"), "cdr.dlq", b"cdr.dlq/2") \
         == summary["dlq"]
-    assert _count_schema(secure_kafka.client("vault"), "cdr.retention", b"cdr.retention/1") >= 1
+    assert _count_schema(secure_kafka.client("vault"), "cdr.retention", b"cdr.retention/2") >= 1
 
 
 def test_the_vault_appends_to_its_audit_witness_and_can_neither_delete_nor_alter_it(

@@ -94,12 +94,20 @@ def route(router: Router) -> RoutedBatch:
     return router.route(lines, Source("cdr.raw", 0, list(range(len(lines)))))
 
 
-def analytics_ids(batch: RoutedBatch) -> set[str]:
-    return set(batch.analytics_frame()["record_id"].to_list())
+def _ids_of(refs, router: Router) -> set[str]:
+    """The raw lines' record ids whose record_refs (tokens of kind record) these are; an unknown ref stays as it is."""
+    ids = [json.loads(line)["record_id"] for line in raw_lines()]
+    by_ref = {router.tokeniser.token_one("record", rid): rid for rid in ids}
+    return {by_ref.get(ref, ref) for ref in refs}
 
 
-def retention_ids(batch: RoutedBatch, vault_keyring) -> set[str]:
-    return {r.record_id for seg in batch.retention for r in open_segment(seg, vault_keyring.private)}
+def analytics_ids(batch: RoutedBatch, router: Router) -> set[str]:
+    return _ids_of(batch.analytics_frame()["record_id"].to_list(), router)
+
+
+def retention_ids(batch: RoutedBatch, vault_keyring, router: Router) -> set[str]:
+    return _ids_of([r.record_ref for seg in batch.retention for r in open_segment(seg, vault_keyring.private)],
+                   router)
 
 
 @pytest.fixture
@@ -134,7 +142,7 @@ def test_objection_restriction_lift_and_erasure(kafka: LocalKafka, topic_prefix:
 
         before = route(router)
         all_ids = {"r-a1", "r-a2", "r-b1", "r-c1", "r-o1"}
-        assert analytics_ids(before) == all_ids and before.counts["suppressed"] == 0
+        assert analytics_ids(before, router) == all_ids and before.counts["suppressed"] == 0
 
         # Objection (Art. 21): measured from submit to the routing seeing it.
         started = time.monotonic()
@@ -153,10 +161,10 @@ def test_objection_restriction_lift_and_erasure(kafka: LocalKafka, topic_prefix:
         wait_for(lambda: {restricted, erased} <= supp.tokens, 30, "restriction and erasure", app)
 
         after = route(router)
-        assert analytics_ids(after) == {"r-o1"}                      # objector as caller and callee, the
+        assert analytics_ids(after, router) == {"r-o1"}                    # objector as caller and callee, the
         assert after.counts["suppressed"] == 4                        # restricted and the erased IMSI: gone
         assert after.counts["in"] == after.counts["retention"] == 5
-        assert retention_ids(after, vault_keyring) == all_ids          # ... and all still retained
+        assert retention_ids(after, vault_keyring, router) == all_ids        # ... and all still retained
 
         # Lifting the restriction restores the flow; lifting "a restriction" of the objector does not
         # end the objection.
@@ -173,13 +181,14 @@ def test_objection_restriction_lift_and_erasure(kafka: LocalKafka, topic_prefix:
         assert published[restricted]["active"] is False and published[restricted]["type"] == "restriction_lifted"
         assert objector in supp.tokens
         lifted = route(router)
-        assert analytics_ids(lifted) == {"r-o1", "r-b1"} and lifted.counts["suppressed"] == 3
+        assert analytics_ids(lifted, router) == {"r-o1", "r-b1"} and lifted.counts["suppressed"] == 3
 
         # The erasure notice: tokens only, schema-valid, the token the analytics rows carry.
         notices = [json.loads(v) for _, v in read_topic(kafka, topic_prefix + "privacy.erasures")]
         assert len(notices) == 1 and schema_errors(notices[0], "erasure-notice.v1.json") == []
         assert notices[0]["request_id"] == "case-era-1" and notices[0]["subject_kind"] == "imsi"
-        erased_row = before.analytics_frame().filter(before.analytics_frame()["record_id"] == "r-c1")
+        erased_ref = router.tokeniser.token_one("record", "r-c1")
+        erased_row = before.analytics_frame().filter(before.analytics_frame()["record_id"] == erased_ref)
         assert notices[0]["token"] == erased_row["imsi"][0] == erased
 
         # No raw subject outside privacy.requests: topics, changelog, app log, metrics.

@@ -19,6 +19,7 @@ from prometheus_client import generate_latest
 from pipeline.broker import LocalKafka
 from pipeline.cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, main
 from pipeline.core.router import CoreConfig, Router, Source
+from pipeline.core.tokenise import Tokeniser
 from pipeline.keys import generate, write_private_json
 from pipeline.metrics import VaultSinkMetrics
 from pipeline.vault.ingest import Ingester
@@ -37,6 +38,12 @@ def _lines(prefix: str, n: int, start_day: int = 3) -> list[bytes]:
     return [orjson.dumps({"record_id": f"{prefix}-{i}", "cli": TARGET if i % 3 == 0 else f"07700 9005{i % 100:02d}",
                           "dialled": "+44 7700 900999", "start": f"{BASE + dt.timedelta(days=start_day + i % 20)}T10:00:00Z",
                           "duration": i}) for i in range(n)]
+
+
+def _refs(worker, ids) -> set[str]:
+    """The record_refs (tokens of kind record) of record ids: what the vault stores and delivers."""
+    tokeniser = Tokeniser(worker)
+    return {tokeniser.token_one("record", rid) for rid in ids}
 
 
 def _envelopes(worker, lines: list[bytes], name: str) -> list[bytes]:
@@ -107,7 +114,7 @@ def test_sink_stores_committed_records_once_and_commits_offsets(kafka, topic_pre
 
     totals = run_sink()
     assert totals["stored"] == 60 and totals["duplicates"] == 0
-    assert _stored_ids(db) == {f"a-{i}" for i in range(60)}  # the aborted transaction never arrived
+    assert _stored_ids(db) == _refs(worker, (f"a-{i}" for i in range(60)))  # the aborted transaction never arrived
 
     # Re-sent records (a worker retried) and new ones: the new are stored, the re-sent are counted once more
     # as duplicates, and nothing already committed is read again (offsets were committed after storage).
@@ -159,8 +166,8 @@ def test_cli_sink_passes_settings_through_and_answers_queries(kafka, topic_prefi
                  "--expires", str(BASE + dt.timedelta(days=60))]) == EXIT_OK
     assert main(["vault", "query", "--keyring", str(keyring), "--db", str(db), "--target", "+447700900123",
                  *window, "--warrant", "WR-1", "--officer", "PC-1"]) == EXIT_OK
-    ids = [orjson.loads(line)["record_id"] for line in capsys.readouterr().out.splitlines()]
-    assert sorted(ids) == sorted(f"c-{i}" for i in range(0, 40, 3))
+    refs = [orjson.loads(line)["record_ref"] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(refs) == sorted(_refs(worker, (f"c-{i}" for i in range(0, 40, 3))))
     assert main(argv[:-5] + ["-X", "nonsense", "--idle-exit", "1"]) == EXIT_USAGE
 
 
@@ -244,10 +251,10 @@ def test_two_sinks_on_postgres_one_killed_mid_batch_store_everything_once(kafka,
         ids = [r[0] for r in conn.execute("SELECT record_id FROM vault.records")]
         id_rows = int(conn.execute("SELECT count(*) FROM vault.record_ids").fetchone()[0])
     assert len(ids) == len(set(ids)) == id_rows == n           # nothing lost, nothing twice
-    assert set(ids) == {f"p-{i}" for i in range(n)}
+    assert set(ids) == _refs(worker, (f"p-{i}" for i in range(n)))
     capsys.readouterr()
     assert main(["vault", "query", "--keyring", str(keyring), "--db", db, "--keystore", keystore,
                  "--target", TARGET, *window, "--warrant", "WR-PG", "--officer", "PC-1"]) == EXIT_OK
-    found = [orjson.loads(line)["record_id"] for line in capsys.readouterr().out.splitlines()]
-    assert sorted(found) == sorted(f"p-{i}" for i in range(0, n, 3))
+    found = [orjson.loads(line)["record_ref"] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(found) == sorted(_refs(worker, (f"p-{i}" for i in range(0, n, 3))))
     assert main(["vault", "audit", "verify", "--db", db, "--keystore", keystore, "--witness", str(witness)]) == EXIT_OK

@@ -6,6 +6,7 @@ compared byte for byte with what was produced) and exactly once in analytics or 
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -28,6 +29,7 @@ from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, 
 from pipeline.broker import LocalKafka
 from pipeline.core.envelope import open_segment
 from pipeline.core.router import CoreConfig, Router, Suppressions
+from pipeline.core.tokenise import Tokeniser
 from pipeline.demo import produce_synthetic, read_committed
 from pipeline.keys import VaultKeyring, generate, load_vault_keyring, load_worker_keyring, write_private_json
 from pipeline.runners.files import process_file
@@ -58,6 +60,16 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     write_private_json(d / "worker-keyring.json", worker.to_json())
     write_private_json(d / "vault-keyring.json", vault.to_json())
     return Keys(d / "worker-keyring.json", d / "vault-keyring.json")
+
+
+@functools.lru_cache(maxsize=None)
+def _ref_tokeniser(worker_keyring: Path) -> Tokeniser:
+    return Tokeniser(load_worker_keyring(worker_keyring))
+
+
+def record_ref(keys: Keys, rid: str) -> str:
+    """A record id's record_ref (its token of kind record): how the outputs name that record."""
+    return _ref_tokeniser(keys.worker).token_one("record", rid)
 
 
 _ADMINS: dict[str, AdminClient] = {}
@@ -226,7 +238,7 @@ def end_offsets(kafka: LocalKafka, topic: str) -> int:
 
 @dataclass
 class Outputs:
-    """What read_committed readers see, by record id."""
+    """What read_committed readers see, by record ref (the token of the record id: the ids stay sealed)."""
 
     analytics: Counter[str] = field(default_factory=Counter)
     dlq: Counter[str] = field(default_factory=Counter)
@@ -251,19 +263,20 @@ def read_outputs(kafka: LocalKafka, topics: Topics, vault: VaultKeyring) -> Outp
     for m in read_committed(conf, topics.retention):
         header = orjson.loads(m.value())
         assert m.key() == header["segment_id"].encode(), "retention must be keyed by segment id"
-        assert ("schema", b"cdr.retention/1") in (m.headers() or [])
+        assert ("schema", b"cdr.retention/2") in (m.headers() or [])
         opened = open_segment(m.value(), vault.private)
-        assert [r.record_id for r in opened] == header["record_ids"]
-        out.retention.update(r.record_id for r in opened)
+        assert [r.record_ref for r in opened] == header["record_refs"]
+        out.retention.update(r.record_ref for r in opened)
         out.retention_raw.update(r.raw for r in opened)
     for m in read_committed(conf, topics.dlq):
         doc = orjson.loads(m.value())
-        out.dlq[doc["record_id"]] += 1
-        out.dlq_reasons[doc["record_id"]] = doc["reason"]
+        assert "record_id" not in doc, "the DLQ names a record by its ref only"
+        out.dlq[doc["record_ref"]] += 1
+        out.dlq_reasons[doc["record_ref"]] = doc["reason"]
         out.dlq_values.append(m.value())
-        assert m.key() == str(doc["record_id"]).encode(), "dlq must be keyed by record id"
+        assert m.key() == doc["record_ref"].encode(), "dlq must be keyed by record ref"
         headers = dict(m.headers() or [])
-        assert headers.get("schema") == b"cdr.dlq/1" and headers.get("reason") == doc["reason"].encode()
+        assert headers.get("schema") == b"cdr.dlq/2" and headers.get("reason") == doc["reason"].encode()
     return out
 
 
@@ -272,7 +285,7 @@ def assert_exactly_once(out: Outputs, sent: Iterable[bytes | None], suppressed: 
     expected_raw = Counter(b"" if v is None else v for v in sent)
     n = sum(expected_raw.values())
     dup = {k: c for part in (out.analytics, out.dlq, out.retention) for k, c in part.items() if c > 1}
-    assert not dup, f"{len(dup)} record id(s) written more than once, e.g. {list(dup.items())[:5]}"
+    assert not dup, f"{len(dup)} record ref(s) written more than once, e.g. {list(dup.items())[:5]}"
     assert sum(out.retention.values()) == n, f"retention holds {sum(out.retention.values())} records, sent {n}"
     assert out.retention_raw == expected_raw, "retention does not hold exactly the bytes that were produced"
     assert not set(out.analytics) & set(out.dlq), "a record is both in analytics and the DLQ"
@@ -502,10 +515,12 @@ def test_poison_records_never_stall_a_partition(
     out = read_outputs(kafka, topics, load_vault_keyring(keys.vault))
     assert_exactly_once(out, sent)
     last_ids = [orjson.loads(line).get("record_id") for line in after[-50:]]
-    assert all(out.analytics[rid] == 1 for rid in last_ids if rid), "records after the poison must reach analytics"
+    assert all(out.analytics[record_ref(keys, rid)] == 1 for rid in last_ids if rid), \
+        "records after the poison must reach analytics"
     # A record whose own id cannot be read gets one from its coordinates (topic:partition:offset).
     own_ids = [None, "p-utf8", "p-huge", None, None, None, "p-cut"]
-    reasons = [out.dlq_reasons.get(own or "") or out.dlq_reasons.get(f"{topics.input}:0:{len(before) + i}")
+    reasons = [(own and out.dlq_reasons.get(record_ref(keys, own)))
+               or out.dlq_reasons.get(record_ref(keys, f"{topics.input}:0:{len(before) + i}"))
                for i, own in enumerate(own_ids)]
     assert reasons[2:6] == ["too_large", "empty", "empty", "too_deep"], (reasons, out.dlq_reasons)
     assert reasons[1] == "invalid_utf8" and all(reasons), (reasons, out.dlq_reasons)
@@ -529,9 +544,10 @@ def test_records_too_large_for_the_output_topics_stop_the_worker_with_the_fix(
     assert w.wait(60) == 1, w.stderr[-3000:]
     needed = str(required_message_bytes(KAFKA_DEFAULT_MAX_MESSAGE))
     assert f"max.message.bytes={needed}" in w.stderr and topics.retention in w.stderr, w.stderr[-3000:]
-    committed_ids = [rid for m in read_committed(kafka.admin_config(), topics.retention)
-                     for rid in orjson.loads(m.value())["record_ids"]]
-    assert "p-huge" not in committed_ids, "the batch that could not be written must not be half-committed"
+    committed_refs = [ref for m in read_committed(kafka.admin_config(), topics.retention)
+                      for ref in orjson.loads(m.value())["record_refs"]]
+    assert record_ref(keys, "p-huge") not in committed_refs, \
+        "the batch that could not be written must not be half-committed"
 
 
 def test_missing_topics_exit_1_with_the_command_that_creates_them(
@@ -599,5 +615,5 @@ def test_worker_follows_the_suppression_topic(
     assert w.wait(120) == 0, w.stderr[-3000:]
     assert w.summary()["suppressed"] == 2, w.summary()
     out = read_outputs(kafka, topics, load_vault_keyring(keys.vault))
-    assert set(out.analytics) == {"ok-1"} and token not in str(out.analytics_docs)
-    assert set(out.retention) == {"obj-1", "ok-1", "obj-2"}
+    assert set(out.analytics) == {record_ref(keys, "ok-1")} and token not in str(out.analytics_docs)
+    assert set(out.retention) == {record_ref(keys, rid) for rid in ("obj-1", "ok-1", "obj-2")}
