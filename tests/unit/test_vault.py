@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pipeline.cli import EXIT_FATAL, EXIT_OK, EXIT_USAGE, main
-from pipeline.keys import load_vault_keyring
+from pipeline.core.tokenise import Tokeniser
+from pipeline.keys import load_vault_keyring, load_worker_keyring
 from pipeline.vault.export import ETSI_NAMESPACE
 from pipeline.vault.keystore import KEYSTORE_SALT, KeyDestroyedError, Keystore
 from pipeline.vault.store import VaultStore, rec_table
@@ -101,7 +102,10 @@ def long_retention():
 
 @pytest.fixture(scope="module")
 def vault(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Keys, raw input, `cdrpipe process` output and an ingested vault (shared, read-only)."""
+    """Keys, raw input, `cdrpipe process` output and an ingested vault (shared, read-only).
+
+    The vault names records by their record_ref (the token of kind record of the id, under the worker
+    keyring), so ``expect`` and ``a_order`` hold the refs of the ids built in ``_records``."""
     root = tmp_path_factory.mktemp("vault")
     assert main(["keys", "generate", "--dir", str(root / "keys")]) == 0
     lines, expect, a_order = _records()
@@ -117,9 +121,13 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                  "--id", "WR-2020/17", "--authority", "test", "--officer", "PC-4411", "--from", "2019-12-01",
                  "--to", "2020-12-31", "--expires", "2099-12-31",
                  "--targets", ",".join([A, B, f"imsi:{IMSI}", f"imei:{IMEI}0", *NEAR, *OTHER])]) == 0
+    refs = Tokeniser(load_worker_keyring(root / "keys" / "worker-keyring.json"))
+    ref = lambda rid: refs.token_one("record", rid)  # noqa: E731
     return {"root": root, "db": db, "keyring": root / "keys" / "vault-keyring.json",
             "worker": root / "keys" / "worker-keyring.json", "retention": root / "out" / "retention.jsonl",
-            "dlq": root / "out" / "dlq.jsonl", "expect": expect, "a_order": a_order, "lines": lines}  # type: ignore[dict-item]
+            "dlq": root / "out" / "dlq.jsonl", "expect": {k: set(map(ref, v)) for k, v in expect.items()},
+            "a_order": list(map(ref, a_order)), "a_order_ids": a_order, "ref": ref,
+            "lines": lines}  # type: ignore[dict-item]
 
 
 def _copy(vault: dict, dest: Path) -> dict:
@@ -144,7 +152,10 @@ def _query(vault: dict, capsys: pytest.CaptureFixture[str], target: str | None, 
 
 
 def _ids(jsonl: bytes) -> list[str]:
-    return [orjson.loads(line)["record_id"] for line in jsonl.splitlines()]
+    """The record refs of a JSONL delivery (the vault never has the ids outside the sealed records)."""
+    rows = [orjson.loads(line) for line in jsonl.splitlines()]
+    assert all("record_id" not in row for row in rows)
+    return [row["record_ref"] for row in rows]
 
 
 # --------------------------------------------------------------------------- queries
@@ -205,17 +216,20 @@ def test_unread_records_are_kept_but_no_warrant_can_list_them(vault, capsys):
 def test_raw_records_come_back_unaltered(vault, capsys):
     code, out, _ = _query(vault, capsys, A)
     assert code == EXIT_OK
-    originals = {orjson.loads(line).get("record_id"): line for line in vault["lines"] if line.startswith(b"{")}
+    originals = {vault["ref"](orjson.loads(line)["record_id"]): line for line in vault["lines"] if line.startswith(b"{")}
+    checked = 0
     for row in map(orjson.loads, out.splitlines()):
-        if row["record_id"] in originals:
-            assert row["raw"].encode() == originals[row["record_id"]]
+        if row["record_ref"] in originals:
+            assert row["raw"].encode() == originals[row["record_ref"]]
+            checked += 1
+    assert checked == len(vault["a_order"])  # every record of A, the one with a repeated cli too
 
 
 def test_csv_and_etsi_xml_deliveries(vault, capsys):
     code, out, _ = _query(vault, capsys, A, "--format", "csv")
     assert code == EXIT_OK
     rows = list(csv.DictReader(io.StringIO(out.decode())))
-    assert [r["record_id"] for r in rows] == vault["a_order"]
+    assert [r["record_ref"] for r in rows] == vault["a_order"] and "record_id" not in rows[0]
     assert [r["record_number"] for r in rows] == [str(i) for i in range(1, len(rows) + 1)]
 
     code, out, err = _query(vault, capsys, A, "--format", "etsi-xml", "--authorised-org", "NCA-UK",
@@ -235,7 +249,7 @@ def test_csv_and_etsi_xml_deliveries(vault, capsys):
     assert A in numbers
     assert first.find(".//e:communicationTime/e:startTime", ns).text.endswith("Z")
     raw = base64.b64decode(first.find("e:nationalRecordExtension/e:rawRecord", ns).text)
-    assert orjson.loads(raw)["record_id"] == vault["a_order"][0]
+    assert orjson.loads(raw)["record_id"] == vault["a_order_ids"][0]  # the id itself only inside the raw record
     code, _, err = _query(vault, capsys, A, "--format", "etsi-xml")
     assert code == EXIT_USAGE and "--authorised-org" in err
 

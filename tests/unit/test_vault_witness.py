@@ -196,7 +196,11 @@ def test_a_delivery_is_checked_against_the_ids_its_query_disclosed(built, vault,
     assert main(["vault", "audit", "check-export", "--db", str(vault["db"]), "--seq", "5",
                  "--file", str(answer)]) == EXIT_OK
     extra = tmp_path / "padded.jsonl"
-    extra.write_bytes(answer.read_bytes() + orjson.dumps({"record_id": "someone-else"}) + b"\n")
+    rows = [orjson.loads(line) for line in answer.read_bytes().splitlines()]
+    assert rows and all("record_ref" in row and "record_id" not in row for row in rows)  # refs, never ids
+    ref = rows[0]["record_ref"]
+    someone_else = {**rows[0], "record_number": len(rows) + 1, "record_ref": ref[:-1] + "01"[ref[-1] == "0"]}
+    extra.write_bytes(answer.read_bytes() + orjson.dumps(someone_else) + b"\n")
     capsys.readouterr()
     assert main(["vault", "audit", "check-export", "--db", str(vault["db"]), "--seq", "5",
                  "--file", str(extra)]) == EXIT_FATAL
