@@ -48,7 +48,13 @@ from pipeline.keys import generate  # noqa: E402
 from pipeline.vault.index import BlindIndexer  # noqa: E402
 from pipeline.vault.ingest import Ingester, IngestTotals  # noqa: E402
 from pipeline.vault.keystore import Keystore, day_number  # noqa: E402
-from pipeline.vault.query import Searcher  # noqa: E402
+from pipeline.vault.audit import AuditLog  # noqa: E402
+from pipeline.vault.keystore import day_date  # noqa: E402
+from pipeline.vault.purge import purge  # noqa: E402
+from pipeline.vault.query import WarrantQuery, query_under_warrant  # noqa: E402
+from pipeline.vault.session import Vault  # noqa: E402
+from pipeline.vault.warrants import Warrant, WarrantRegister  # noqa: E402
+from pipeline.vault.window import iso, now_us  # noqa: E402
 from pipeline.vault.sink import BatchPipeline  # noqa: E402
 from pipeline.vault.store import DAY_US, open_store  # noqa: E402
 
@@ -227,23 +233,37 @@ def main() -> None:
     # Query: a fresh process-level connection, one month in the middle of the data.
     store = open_store(db, vault_kid=vault.vault_kid, index_kid=vault.index_key.kid)
     keystore = Keystore(keys, vault)
-    searcher = Searcher(store, keystore, BlindIndexer(vault.index_key))
+    # Every search goes through the audited API, as `vault query` does: under a registered bench warrant
+    # (its scope check and audit entry are part of what is timed).
+    indexer = BlindIndexer(vault.index_key)
+    audit = AuditLog(store.db, anchor=keystore)
     mid = start + _dt.timedelta(days=args.days // 2)
     lo = day_number(mid.date()) * DAY_US
     hi = lo + min(31, args.days) * DAY_US
     targets = {"busiest": load.numbers[0], "median": load.numbers[len(load.numbers) // 50],
                "quiet": load.numbers[-1], "2nd busiest, national format": national(load.numbers[1])}
+    canonical_targets = [normalise_one("msisdn", number, region="GB") or "" for number in targets.values()]
+    now = now_us()
+    with store.transaction():
+        WarrantRegister(store.db).add(Warrant("BENCH-1", "vault_bench", "bench", [
+            ("msisdn", indexer.audit_digest("msisdn", c)) for c in canonical_targets], lo, hi, now + DAY_US, iso(now)))
+
+    def search(number: str) -> Any:
+        canonical = normalise_one("msisdn", number, region="GB")  # as `vault query --target` does
+        assert canonical is not None
+        query = WarrantQuery("BENCH-1", "bench", "msisdn", canonical, lo, hi, "none (bench)", _dt.date(1970, 1, 1),
+                             "jsonl")
+        return query_under_warrant(store, keystore, indexer, audit, query, now_us=now_us())[0]
+
     queries = {}
     for label, number in targets.items():
         t = time.perf_counter()
-        canonical = normalise_one("msisdn", number, region="GB")  # as `vault query --target` does
-        assert canonical is not None
-        found = searcher.search("msisdn", canonical, lo, hi)
+        found = search(number)
         cold = time.perf_counter() - t
         warm = []
         for _ in range(5):
             t = time.perf_counter()
-            searcher.search("msisdn", normalise_one("msisdn", number, region="GB") or "", lo, hi)
+            search(number)
             warm.append(time.perf_counter() - t)
         queries[label] = {"results": len(found.records), "cold_ms": round(cold * 1000, 1),
                           "warm_median_ms": round(statistics.median(warm) * 1000, 1)}
@@ -251,10 +271,9 @@ def main() -> None:
         else sum(p.stat().st_size for p in work.glob("vault.db*"))
     # Purge the first month: destroy its day keys, drop its tables, delete its record ids.
     cutoff = day_number(start.date()) + min(31, args.days)
-    days = [d for d in store.partitions() if d < cutoff]
     t = time.perf_counter()
-    keystore.destroy(days)
-    purged = store.drop_days(days)
+    done = purge(Vault(vault, store, keystore), audit, day_date(cutoff), "vault_bench")  # keys, then days, audited
+    days, purged = done.days, done.records
     purge_s = time.perf_counter() - t
     report = {
         "backend": "postgresql" if args.db else "sqlite", "records": args.records, "days": args.days, "subscribers": args.subscribers, "seed": args.seed,

@@ -24,15 +24,15 @@ COMMANDS = {
     "process": "pipeline.commands.process",
     "keys": "pipeline.commands.keys",
     "token": "pipeline.commands.token",
-    "broker": "pipeline.broker",
-    "topics": "pipeline.topics",
-    "acls": "pipeline.acl",
-    "vault": "pipeline.vault.cli",
+    "broker": "pipeline.commands.broker",
+    "topics": "pipeline.commands.topics",
+    "acls": "pipeline.commands.acls",
+    "vault": "pipeline.commands.vault",
     "produce": "pipeline.commands.produce",
     "run": "pipeline.commands.run",
-    "demo": "pipeline.demo",
-    "privacy": "pipeline.privacy.cli",
-    "aggregates": "pipeline.aggregates.cli",
+    "demo": "pipeline.commands.demo",
+    "privacy": "pipeline.commands.privacy",
+    "aggregates": "pipeline.commands.aggregates",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 

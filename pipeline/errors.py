@@ -6,6 +6,8 @@ scripts: 0 done, 1 fatal, 2 usage. No domain module imports the command line for
 """
 from __future__ import annotations
 
+import errno
+
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 
 
@@ -25,3 +27,10 @@ class FatalError(CdrpipeError):
     """A problem that stops the run; the message says what to do (exit code 1)."""
 
     exit_code = EXIT_FATAL
+
+
+def os_why(exc: OSError) -> str:
+    """An OSError in words for a one-line message (ENOTDIR: which part of the path is wrong)."""
+    if exc.errno == errno.ENOTDIR or isinstance(exc, FileExistsError):
+        return "a part of the path is a file, not a directory"
+    return exc.strerror or type(exc).__name__

@@ -20,12 +20,11 @@ Public API:
     ``.watch_vault(db, keystore, public_key, interval)``  the same every ``interval`` s on a thread
     ``.serve(port, addr="0.0.0.0")``     start the /metrics HTTP endpoint (returns the server)
     ``partition_lags(consumer, tps)``    records behind each partition's end, from cached watermarks
-    ``add_metrics_arguments(parser)``, ``serve_metrics(metrics, port, addr)``, ``stop_metrics(server)``
+    ``serve_metrics(metrics, port, addr)``, ``stop_metrics(server)``
                                          the ``--metrics-port``/``--metrics-addr`` flags every service shares
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
 import logging
@@ -418,15 +417,6 @@ def _oldest_day(db: str | os.PathLike[str]) -> int | None:
     finally:
         conn.close()
     return None if row is None or row[0] is None else int(row[0])
-
-
-def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--metrics-port`` and ``--metrics-addr`` (env ``CDRPIPE_METRICS_PORT``/``_ADDR``), alike for every service."""
-    parser.add_argument("--metrics-port", type=int, default=os.environ.get("CDRPIPE_METRICS_PORT"),
-                        help="serve Prometheus metrics on this port (env CDRPIPE_METRICS_PORT; 0 picks one; "
-                             "default off)")
-    parser.add_argument("--metrics-addr", default=os.environ.get("CDRPIPE_METRICS_ADDR", "0.0.0.0"),
-                        help="address for the metrics endpoint (env CDRPIPE_METRICS_ADDR; default 0.0.0.0)")
 
 
 def serve_metrics(metrics: _Metrics, port: int | None, addr: str) -> WSGIServer | None:

@@ -13,6 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+#: Seconds after a window's end during which late records still count.
+DEFAULT_GRACE = 3600
+#: Seconds without records after which an input partition stops holding the watermark back.
+DEFAULT_IDLE_TIMEOUT = 30.0
 
 class Watermark:
     """Intake's event-time watermark over its input partitions (see the module docstring)."""

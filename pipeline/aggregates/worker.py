@@ -54,7 +54,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from pipeline.aggregates.cli import DEFAULT_GRACE, DEFAULT_IDLE_TIMEOUT
+from pipeline.aggregates.watermark import DEFAULT_GRACE, DEFAULT_IDLE_TIMEOUT
 from pipeline.aggregates.offline import (DEFAULT_K, DEFAULT_WINDOW, UNKNOWN_AREA, aggregate_record, call_fact,
                                          check_parameters, distinct_subscribers, group_key)
 from pipeline.aggregates.watermark import Watermark
@@ -217,7 +217,7 @@ def build_aggregates_app(settings: AppSettings, topics: Topics, agg: AggregateSe
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
-    """`cdrpipe aggregates worker` (flags in :mod:`pipeline.aggregates.cli`)."""
+    """`cdrpipe aggregates worker` (flags in :mod:`pipeline.commands.aggregates`)."""
     settings = app_settings(args)
     ensure_dir(settings.data_dir)
     agg = AggregateSettings(window=args.window, k=args.k, grace=args.grace, idle_timeout=args.idle_timeout)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import UsageError
-from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
+from pipeline.kafka_config import parse_x_options, require_bootstrap
 
 #: -X keys the faust apps understand (aiokafka is not librdkafka: anything else is refused).
 SUPPORTED_X = ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password",
@@ -42,32 +41,8 @@ class AppSettings:
     log_level: str = "INFO"
 
 
-def add_app_arguments(p: argparse.ArgumentParser, *, app_id: str, web_port: int) -> None:
-    """Flags every faust app shares: Kafka, security, internal topics, web, session timeout."""
-    p.add_argument("--bootstrap-servers", default=os.environ.get(ENV_BOOTSTRAP),
-                   help=f"Kafka bootstrap servers (env {ENV_BOOTSTRAP})")
-    p.add_argument("-X", action="append", metavar="KEY=VALUE",
-                   help="security setting, repeatable: " + ", ".join(SUPPORTED_X))
-    p.add_argument("--topic-prefix", default="",
-                   help="prepend this to every topic name, the app id included (tests, shared clusters)")
-    p.add_argument("--app-id", default=app_id,
-                   help=f"faust app id = consumer group and prefix of its internal topics (default {app_id})")
-    p.add_argument("--partitions", type=int, default=3,
-                   help="partitions of the app's internal topics when it creates them (default 3)")
-    p.add_argument("--replication-factor", type=int, default=1,
-                   help="replication factor of the internal topics it creates (default 1; use 3 in production)")
-    p.add_argument("--session-timeout", type=float, default=30.0,
-                   help="consumer-group session timeout, seconds (default 30): after a crash the next "
-                        "worker may wait this long to join")
-    p.add_argument("--web-host", default="127.0.0.1", help="address of /health and /metrics (default 127.0.0.1)")
-    p.add_argument("--web-port", type=int, default=web_port,
-                   help=f"port of /health and /metrics (default {web_port}; 0 turns them off)")
-    p.add_argument("--data-dir", default=None,
-                   help="faust data directory (default: a temporary one; tables live in Kafka changelogs)")
-
-
 def app_settings(args: argparse.Namespace) -> AppSettings:
-    """:class:`AppSettings` from the shared flags (see :func:`add_app_arguments`)."""
+    """:class:`AppSettings` from the shared flags (``pipeline.commands.common.add_app_arguments``)."""
     bootstrap = require_bootstrap(args.bootstrap_servers)
     if args.partitions < 1 or args.replication_factor < 1:
         raise UsageError("--partitions and --replication-factor must be at least 1")

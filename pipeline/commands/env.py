@@ -57,7 +57,7 @@ NAMES: dict[str, str] = {
 #: Flags whose name means different things in different commands: each command's has its own variable.
 SCOPED_FLAGS = frozenset({
     "--batch-bytes", "--data-dir", "--dir", "--file", "--force", "--from", "--id", "--kind", "--officer",
-    "--output", "--reason", "--request-id", "--subject", "--timeout", "--to", "--today", "--topic",
+    "--out", "--output", "--reason", "--request-id", "--subject", "--timeout", "--to", "--today", "--topic",
 })
 #: Commands whose own flags all carry the command's name (as CDRPIPE_BROKER_PORT, CDRPIPE_DEMO_RECORDS do).
 SCOPED_COMMANDS = frozenset({"broker", "demo"})
@@ -66,15 +66,17 @@ SHARED = frozenset({"--bootstrap-servers", "--topic-prefix", "--log-level", "--l
                     "--insecure-key-permissions"})
 #: Variables read where the value is used, shown in --help but not made the flag's default: the
 #: keyring loaders prefer ``CDRPIPE_*_KEYRING_JSON`` to them, a purge given --before must not
-#: also see a retention period from the environment, and a bad broker port is named as a variable.
+#: also see a retention period from the environment, a bad broker port is named as a variable, and
+#: the topic policy's variable is read wherever the policy is (not only by --file's commands).
 READ_WHERE_USED = frozenset({"CDRPIPE_KEYRING", "CDRPIPE_VAULT_KEYRING", "CDRPIPE_VAULT_RETENTION",
-                             "CDRPIPE_AUDIT_KEY", "CDRPIPE_BROKER_PORT"})
+                             "CDRPIPE_AUDIT_KEY", "CDRPIPE_BROKER_PORT", "CDRPIPE_TOPICS_FILE"})
 #: ... except in these commands, which need the value itself.
 DEFAULT_FROM_ENV = frozenset({"keys rotate --keyring"})
 
 
 def _upper(text: str) -> str:
-    return text.strip("-").upper().replace("-", "_").replace(" ", "_")
+    """``vault query --output`` -> ``VAULT_QUERY_OUTPUT``."""
+    return "_".join(word.strip("-").upper().replace("-", "_") for word in text.split())
 
 
 def env_name(path: str, option: str) -> str:
@@ -135,7 +137,9 @@ def apply(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = N
         option = _long(action)
         name = env_name(path, option)
         if action.help is not argparse.SUPPRESS and name not in (action.help or ""):
-            action.help = f"{action.help} (env {name})" if action.help else f"env {name}"
+            note = f"env {name}" + (" with dots as _" if option == "-X" else ", comma-separated" if is_list(action)
+                                    else "=1" if is_switch(action) else "")
+            action.help = f"{action.help} ({note})" if action.help else note
         if action.default is argparse.SUPPRESS:  # a flag that may also stand before the command
             continue
         if option == "-X":

@@ -15,7 +15,8 @@ from pipeline.commands.process import add_core_arguments, build_router
 from pipeline.core.router import Router
 from pipeline.errors import FatalError, UsageError
 from pipeline.kafka_config import ENV_BOOTSTRAP, ENV_X_PREFIX, parse_x_options, require_bootstrap
-from pipeline.metrics import WorkerMetrics, add_metrics_arguments, serve_metrics, stop_metrics
+from pipeline.commands.common import add_metrics_arguments
+from pipeline.metrics import WorkerMetrics, serve_metrics, stop_metrics
 from pipeline.runners.kafka import (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TIMEOUT, DEFAULT_GROUP, DEFAULT_PROGRESS_SECONDS,
                                     TransactionLoop, WorkerSettings, _error_text, claim_worker_id, consumer_config,
                                     split_client_overrides, validate_worker_id)

@@ -22,11 +22,9 @@ Appends take an exclusive ``flock`` so two DPO staff recording at once do not in
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import os
-import sys
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Any
 
 from pipeline.errors import FatalError, UsageError
 from pipeline.privacy.deadlines import MAX_EXTENSION_MONTHS, due_date, is_overdue
-from pipeline.privacy.requests import ACCESS_TYPES, InvalidRequest, check_request_id, utc_text
+from pipeline.privacy.requests import ACCESS_TYPES, check_request_id, utc_text
 
 ENV_REGISTER = "CDRPIPE_PRIVACY_REGISTER"
 EVENTS = ("received", "extended", "answered")
@@ -147,110 +145,29 @@ class CaseRegister:
                     case.answered = str(doc.get("recorded_at") or "")
         return out
 
+    def by_urgency(self, *, answered: bool = False) -> list[Case]:
+        """Open requests (and with ``answered`` the answered ones, last), the nearest due date first."""
+        cases = sorted(self.cases().values(), key=lambda c: (c.answered is not None, c.due or "9999", c.request_id))
+        return [c for c in cases if answered or not c.answered]
 
-# --------------------------------------------------------------------------- command line
+    def access_request(self, request_id: str) -> Case:
+        """The access or portability request ``request_id`` (what an export answers); a usage error otherwise."""
+        case = self.cases().get(request_id)
+        if case is None:
+            raise UsageError(f"request {request_id} is not in the register {self.path}")
+        if case.type not in ACCESS_TYPES:
+            raise UsageError(f"request {request_id} is a {case.type} request, not access or portability")
+        return case
 
-def _register(args: argparse.Namespace) -> CaseRegister:
-    if not args.register:
-        raise UsageError(f"no case register given: pass --register FILE or set {ENV_REGISTER}")
-    return CaseRegister(args.register)
+    def close(self, request_id: str, *, force: bool = False) -> None:
+        """Record that the subject was told what was done; an access or portability request is answered by
+        its export, which records itself, so closing one otherwise (e.g. refused) needs ``force``."""
+        case = self.cases().get(request_id)
+        if case is None:
+            raise UsageError(f"request {request_id} is not in the register {self.path}")
+        if case.type in ACCESS_TYPES and not force:
+            raise UsageError(f"request {request_id} is an {case.type} request: it is answered by `cdrpipe privacy "
+                             "export`, which records it (use --force to close it otherwise, e.g. when it was refused)")
+        self.record_answered(request_id, "closed")
 
-
-def _today(args: argparse.Namespace) -> date:
-    if not getattr(args, "today", None):
-        return datetime.now(timezone.utc).date()
-    try:
-        return date.fromisoformat(args.today)
-    except ValueError:
-        raise UsageError("--today: expected a date, YYYY-MM-DD") from None
-
-
-def _request_id(value: str) -> str:
-    try:
-        return check_request_id(value)
-    except InvalidRequest as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    """Open requests, most urgent first; request ids only, never subjects."""
-    today = _today(args)
-    register = _register(args)
-    if not register.path.is_file():  # a mistyped path must not look like "nothing open"
-        raise UsageError(f"no case register at {register.path}: check --register (it is created by "
-                         "`cdrpipe privacy submit --register`)")
-    cases = sorted(register.cases().values(), key=lambda c: (c.answered is not None, c.due or "9999",
-                                                                     c.request_id))
-    rows = [c for c in cases if args.all or not c.answered]
-    if args.json:
-        for c in rows:
-            print(json.dumps({"request_id": c.request_id, "type": c.type, "subject_kind": c.subject_kind,
-                              "received": c.received, "due": c.due, "extended_months": c.extended_months,
-                              "days_left": c.days_left(today), "state": c.state(today)}))
-        return 0
-    print(f"{'request id':<32} {'type':<18} {'received':<10} {'due':<10} {'days left':>9}  state")
-    for c in rows:
-        left = c.days_left(today)
-        state = c.state(today) + (f" (extended {c.extended_months} mo)" if c.extended_months else "")
-        print(f"{c.request_id:<32} {c.type or '?':<18} {(c.received or '?')[:10]:<10} {c.due or '?':<10} "
-              f"{'' if left is None else left:>9}  {state}")
-    overdue = sum(1 for c in rows if c.state(today) == "overdue")
-    print(f"{sum(1 for c in rows if not c.answered)} open, {overdue} overdue (as of {today})", file=sys.stderr)
-    return 0
-
-
-def _cmd_extend(args: argparse.Namespace) -> int:
-    case = _register(args).record_extended(_request_id(args.request_id), args.months, _today(args))
-    print(json.dumps({"request_id": case.request_id, "extended_months": case.extended_months, "due": case.due}))
-    return 0
-
-
-def _cmd_close(args: argparse.Namespace) -> int:
-    register = _register(args)
-    request_id = _request_id(args.request_id)
-    case = register.cases().get(request_id)
-    if case is None:
-        raise UsageError(f"request {request_id} is not in the register {register.path}")
-    if case.type in ACCESS_TYPES and not args.force:
-        raise UsageError(f"request {request_id} is an {case.type} request: it is answered by `cdrpipe privacy "
-                         "export`, which records it (use --force to close it otherwise, e.g. when it was refused)")
-    register.record_answered(request_id, "closed")
-    return 0
-
-
-def _register_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--register", default=os.environ.get(ENV_REGISTER),
-                   help=f"the DPO's case register, a JSON-lines file (env {ENV_REGISTER})")
-
-
-def register_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``cdrpipe privacy status|extend|close``."""
-    p = sub.add_parser("status", help="open requests and their due dates (by request id; never a subject)",
-                       description="List the requests of the case register that are not answered yet, most urgent "
-                                   "first, with the Art. 12(3) due date and the days left; overdue ones say so.")
-    _register_argument(p)
-    p.add_argument("--all", action="store_true", help="answered requests too")
-    p.add_argument("--json", action="store_true", help="one JSON object per request instead of a table")
-    p.add_argument("--today", default=None, help="compute days left as of this date (default: today, UTC)")
-    p.set_defaults(func=_cmd_status)
-
-    p = sub.add_parser("extend", help="extend a request's deadline by one or two months (Art. 12(3))",
-                       description="Record an extension of the answer period by up to two further months, where "
-                                   "the complexity or number of requests makes it necessary. Allowed only before "
-                                   "the first month ends; tell the subject, with the reasons, at the same time.")
-    _register_argument(p)
-    p.add_argument("--request-id", required=True, help="the request to extend")
-    p.add_argument("--months", type=int, choices=(1, 2), required=True, help="further months, in all at most 2")
-    p.add_argument("--today", default=None, help=argparse.SUPPRESS)
-    p.set_defaults(func=_cmd_extend)
-
-    p = sub.add_parser("close", help="record that a request was answered (objection, restriction, erasure)",
-                       description="Record that the subject was told what was done. Access and portability "
-                                   "requests are recorded by `cdrpipe privacy export` itself.")
-    _register_argument(p)
-    p.add_argument("--request-id", required=True, help="the request answered")
-    p.add_argument("--force", action="store_true", help="also close an access or portability request")
-    p.set_defaults(func=_cmd_close)
-
-
-__all__ = ["ENV_REGISTER", "Case", "CaseRegister", "register_commands"]
+__all__ = ["ENV_REGISTER", "Case", "CaseRegister"]

@@ -27,7 +27,6 @@ Public API:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -42,12 +41,11 @@ from typing import Any
 import polars as pl
 from jsonschema import Draft202012Validator
 
-from pipeline.errors import FatalError, UsageError
+from pipeline.errors import FatalError
 from pipeline.core.normalise import PhoneNormaliser, normalise_one
 from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, Tokeniser
 from pipeline.keys import WorkerKeyring
 from pipeline.privacy.deadlines import due_date
-from pipeline.topics import REQUESTS
 
 #: The request types that change what reaches analytics (the privacy app's suppression state).
 SUPPRESSION_TYPES = ("objection", "restriction", "restriction_lifted", "erasure")
@@ -256,77 +254,6 @@ def submit(conf: dict[str, str], topic: str, doc: dict[str, Any], timeout: float
     msg = result["msg"]
     return int(msg.partition()), int(msg.offset())
 
-
-# --------------------------------------------------------------------------- command line
-
-def _cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.kafka_config import parse_x_options, require_bootstrap
-
-    bootstrap = require_bootstrap(args.bootstrap_servers)
-    kind, value = ("msisdn", args.msisdn) if args.msisdn is not None else ("imsi", args.imsi)
-    received = None
-    if args.received:
-        try:
-            received = datetime.fromisoformat(args.received.replace("Z", "+00:00"))
-        except ValueError:
-            raise UsageError("--received: expected an ISO-8601 time, e.g. 2026-03-01T09:30:00Z") from None
-        if received.tzinfo is None:
-            raise UsageError("--received: give the time zone (e.g. a trailing Z for UTC)")
-    try:
-        doc = make_request(args.type, kind, value, request_id=args.request_id, received=received,
-                           region=args.region)
-    except InvalidRequest as exc:
-        raise UsageError(str(exc)) from None
-    topic = args.topic_prefix + args.topic
-    partition, offset = submit({"bootstrap.servers": bootstrap, **parse_x_options(args.X)}, topic, doc, args.timeout)
-    # The receipt names the request, never the subject.
-    receipt = {"request_id": doc["request_id"], "type": doc["type"], "subject_kind": kind,
-               "received": doc["received"], "due": doc["due"], "topic": topic, "partition": partition,
-               "offset": offset}
-    print(json.dumps(receipt))
-    if args.register:  # after the receipt is printed: the request is on its way whatever happens here
-        from pipeline.privacy.register import CaseRegister
-
-        try:
-            CaseRegister(args.register).record_received(receipt)
-        except OSError as exc:
-            raise FatalError(f"the request was sent (receipt above) but the case register {args.register} could "
-                             f"not be written ({exc.strerror}): add the receipt to it by hand") from None
-    return 0
-
-
-def register_submit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``cdrpipe privacy submit`` to the ``privacy`` sub-commands."""
-    p = sub.add_parser(
-        "submit", help="send one data-subject request to privacy.requests",
-        description=("Validate a data-subject request and produce it to privacy.requests. The raw subject "
-                     "(number or IMSI) goes ONLY into privacy.requests, which only the privacy app may read "
-                     "(restrict it with ACLs; it keeps 30 days); everything downstream carries tokens. "
-                     "Prints a receipt with the request id, never the subject."))
-    p.add_argument("--bootstrap-servers", default=None, help="Kafka bootstrap servers (env CDRPIPE_BOOTSTRAP_SERVERS)")
-    p.add_argument("--type", required=True, choices=REQUEST_TYPES,
-                   help="objection (Art. 21), restriction (Art. 18), restriction_lifted, erasure (Art. 17), "
-                        "access (Art. 15), portability (Art. 20)")
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--msisdn", metavar="NUMBER", help="the subscriber's number, any format (normalised to E.164)")
-    who.add_argument("--imsi", metavar="IMSI", help="the subscriber's IMSI")
-    p.add_argument("--request-id", default=None,
-                   help="your case reference (opaque, not number-shaped; default pr-YYYYMMDD-<random>)")
-    p.add_argument("--received", default=None,
-                   help="when the request was received, ISO-8601 with zone (default now)")
-    p.add_argument("--region", default=os.environ.get("CDRPIPE_REGION", "GB"),
-                   help="region for national-format numbers (env CDRPIPE_REGION; default GB)")
-    p.add_argument("--register", default=os.environ.get("CDRPIPE_PRIVACY_REGISTER"),
-                   help="the DPO's case register (JSON lines, mode 0600) to record the receipt and due date in, "
-                        "for `cdrpipe privacy status` (env CDRPIPE_PRIVACY_REGISTER)")
-    p.add_argument("--topic", default=REQUESTS, help=f"requests topic (default {REQUESTS})")
-    p.add_argument("--topic-prefix", default="", help="prepend this to the topic name")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker's ack")
-    p.add_argument("-X", action="append", metavar="KEY=VALUE",
-                   help="librdkafka client setting, repeatable (e.g. -X security.protocol=SASL_SSL)")
-    p.set_defaults(func=_cmd_submit)
-
-
 __all__ = ["ACCESS_TYPES", "REQUEST_TYPES", "SUPPRESSION_TYPES", "SUBJECT_KINDS", "InvalidRequest", "PrivacyRequest", "canonical_subject",
            "check_request_id", "load_schema", "make_request", "new_request_id", "parse_request",
-           "register_submit", "schema_errors", "submit", "utc_text", "SubjectTokeniser"]
+           "schema_errors", "submit", "utc_text", "SubjectTokeniser"]

@@ -30,12 +30,8 @@ The tipping-off exemption is enforced by construction, in three places:
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
-import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -171,121 +167,5 @@ def write_export(doc: dict[str, Any], fmt: str, out: BinaryIO) -> None:
         writer.writerow(["" if row[name] is None else row[name] for name in RECORD_FIELDS])
     text.detach()
 
-
-# --------------------------------------------------------------------------- command line
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.core.tokenise import months_between
-    from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options
-    from pipeline.keys import KeyringError, load_worker_keyring
-    from pipeline.privacy import analytics_source
-    from pipeline.privacy.register import CaseRegister
-    from pipeline.privacy.requests import (ACCESS_TYPES, InvalidRequest, SubjectTokeniser, canonical_subject,
-                                           check_request_id)
-    from pipeline.vault.cli import _iso, _open_output, parse_window
-
-    if args.format not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
-    try:
-        request_id = check_request_id(args.request_id)
-        subject = canonical_subject("msisdn", args.subject, args.region)
-    except InvalidRequest as exc:
-        raise UsageError(str(exc)) from None
-    start_us, end_us = parse_window(args.start, args.end)
-    window = {"from": _iso(start_us), "to": _iso(end_us)}
-    bootstrap = args.bootstrap_servers or os.environ.get(ENV_BOOTSTRAP)
-    if bool(bootstrap) == bool(args.analytics):
-        raise UsageError(f"give the analytics source: --bootstrap-servers (or {ENV_BOOTSTRAP}) to read "
-                         f"{args.topic}, or --analytics FILE..., not both")
-    if (args.vault is None) == (not args.without_vault):
-        raise UsageError("give --vault FILE (the custodian's `cdrpipe vault subject-access` extract), or "
-                         "--without-vault to export analytics only (the export then says so)")
-    register = CaseRegister(args.register) if args.register else None
-    request_type = None
-    if register is not None:
-        case = register.cases().get(request_id)
-        if case is None:
-            raise UsageError(f"request {request_id} is not in the register {register.path}")
-        if case.type not in ACCESS_TYPES:
-            raise UsageError(f"request {request_id} is a {case.type} request, not access or portability")
-        request_type = case.type
-    extract = load_extract(args.vault, request_id, subject, window) if args.vault else None
-    try:
-        keyring = load_worker_keyring(args.keyring)
-    except KeyringError as exc:
-        raise FatalError(str(exc)) from None
-    months = months_between(datetime.fromtimestamp(start_us / 1e6, timezone.utc),
-                            datetime.fromtimestamp(end_us / 1e6, timezone.utc))
-    tokens = set(SubjectTokeniser(keyring, args.region, args.token_bits).tokens("msisdn", subject, months))
-    if args.analytics:
-        records = analytics_source.from_files(args.analytics, tokens, start_us, end_us)
-        source = "files"
-    else:
-        topic = args.topic_prefix + args.topic
-        records = analytics_source.from_kafka({"bootstrap.servers": bootstrap, **parse_x_options(args.X)}, topic, tokens,
-                                              start_us, end_us, args.timeout)
-        source = f"kafka:{topic}"
-    doc = build_export(request_id=request_id, request_type=request_type, subject=subject, window=window,
-                       analytics=records, subject_tokens=tokens, analytics_source=source, extract=extract)
-    try:
-        out = _open_output(args.output)
-    except OSError as exc:
-        raise FatalError(f"--output {args.output}: {exc.strerror}") from None
-    try:
-        write_export(doc, args.format, out)
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
-    counts = {"analytics": doc["sources"]["analytics"]["records"], "retained": doc["sources"]["retained"]["records"]}
-    if register is not None:
-        register.record_answered(request_id, "export", counts)
-    # Counts and the request id only: the subject is in the export, never on the terminal or in a log.
-    print(json.dumps({"request_id": request_id, "format": args.format, "output": args.output, **counts}),
-          file=sys.stderr if args.output == "-" else sys.stdout)
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``cdrpipe privacy export``."""
-    from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
-    from pipeline.kafka_config import ENV_BOOTSTRAP
-    from pipeline.privacy.register import ENV_REGISTER
-    from pipeline.topics import ANALYTICS
-
-    p = sub.add_parser(
-        "export", help="a subscriber's own records for an access or portability request (JSON or CSV)",
-        description="Gather what cdrpipe holds about one subscriber in [--from, --to): their analytics records "
-                    "(cdr.analytics, read_committed, or --analytics files; their tokens shown as their number, "
-                    "the other party as a token) and their retained calls (--vault: the extract of `cdrpipe "
-                    "vault subject-access`, made by the vault's custodian). Withheld callers stay withheld. "
-                    "Nothing about law-enforcement access is ever included. The file is created mode 0600.")
-    p.add_argument("--request-id", required=True, help="the access or portability request this answers")
-    p.add_argument("--subject", required=True, metavar="NUMBER", help="the subscriber's number, any format")
-    p.add_argument("--keyring", default=None,
-                   help="worker keyring, to compute the subject's tokens (env CDRPIPE_KEYRING or "
-                        "CDRPIPE_WORKER_KEYRING_JSON)")
-    p.add_argument("--from", dest="start", required=True, help="window start, ISO-8601 (inclusive)")
-    p.add_argument("--to", dest="end", required=True, help="window end, ISO-8601 (exclusive; a date includes that day)")
-    p.add_argument("--output", required=True, help="file to write (mode 0600), or - for stdout")
-    p.add_argument("--format", default="json", help="json (default) or csv")
-    p.add_argument("--analytics", nargs="+", metavar="FILE", default=None,
-                   help="analytics JSONL files instead of Kafka (analytics.jsonl of `cdrpipe process`)")
-    p.add_argument("--vault", default=None, metavar="FILE", help="the extract of `cdrpipe vault subject-access`")
-    p.add_argument("--without-vault", action="store_true",
-                   help="export analytics only (the vault extract is not available); the export says so")
-    p.add_argument("--register", default=os.environ.get(ENV_REGISTER),
-                   help=f"case register: check the request and record it answered (env {ENV_REGISTER})")
-    p.add_argument("--region", default=os.environ.get("CDRPIPE_REGION", "GB"),
-                   help="region for national-format numbers, as the pipeline's (env CDRPIPE_REGION; default GB)")
-    p.add_argument("--token-bits", type=int, default=DEFAULT_TOKEN_BITS,
-                   help=f"token length in bits, as the pipeline's (default {DEFAULT_TOKEN_BITS})")
-    p.add_argument("--bootstrap-servers", default=None, help=f"Kafka bootstrap servers (env {ENV_BOOTSTRAP})")
-    p.add_argument("--topic", default=ANALYTICS, help=f"analytics topic (default {ANALYTICS})")
-    p.add_argument("--topic-prefix", default="", help="prepend this to the topic name")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to read the topic to its end")
-    p.add_argument("-X", action="append", metavar="KEY=VALUE", help="librdkafka client setting, repeatable")
-    p.set_defaults(func=_cmd_export)
-
-
-__all__ = ["EXPORT_TYPE", "FORMATS", "PROCESSING", "RECORD_FIELDS", "add_parser", "analytics_rows",
+__all__ = ["EXPORT_TYPE", "FORMATS", "PROCESSING", "RECORD_FIELDS", "analytics_rows",
            "build_export", "load_extract", "write_export"]

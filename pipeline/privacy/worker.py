@@ -168,7 +168,7 @@ def build_privacy_app(settings: AppSettings, keyring: WorkerKeyring, topics: Top
 # --------------------------------------------------------------------------- command line
 
 def run_worker_command(args: argparse.Namespace) -> int:
-    """`cdrpipe privacy worker` (flags defined in :mod:`pipeline.privacy.cli`)."""
+    """`cdrpipe privacy worker` (flags defined in :mod:`pipeline.commands.privacy`)."""
     settings = app_settings(args)
     ensure_dir(settings.data_dir)
     try:

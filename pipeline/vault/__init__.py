@@ -13,9 +13,14 @@ Modules, one idea each:
 * ``reindex``  file again, by call start and indexed, records ingested before their format was known
 * ``sink``     the Kafka consumer and the file reader that feed ``ingest``
 * ``warrants`` registered warrants and the scope a query must stay inside
-* ``query``    lawful-intercept search: index lookup, decrypt, exact re-check
+* ``session``  an open vault (keyring, store, keystore checked together) and its audit log, signer and witness
+* ``window``   the ``[from, to)`` window a warrant, query or subject request covers
+* ``query``    lawful-intercept search, always audited: index lookup, decrypt, exact re-check
+* ``subject_access`` a subscriber's own retained calls for an access request (audited, no warrant)
+* ``purge``    crypto-shredding: destroy the day keys, drop the days, audit, in that order
 * ``audit``    the hash-chained, signed access log
 * ``witness``  the audit log's copy outside the vault (append-only file or Kafka topic)
 * ``export``   JSONL, CSV and an ETSI TS 102 657-style XML delivery
-* ``cli``      ``cdrpipe vault init|ingest|sink|reindex|warrant|query|purge|audit|status``
+
+The command line (``cdrpipe vault …``) is :mod:`pipeline.commands.vault`; nothing here imports it.
 """

@@ -9,6 +9,7 @@ never disagree about a day.
 """
 from __future__ import annotations
 
+import calendar
 import datetime as _dt
 import os
 import re
@@ -42,11 +43,8 @@ def subtract_period(today: _dt.date, spec: str) -> _dt.date:
     if unit == "w":
         return today - _dt.timedelta(weeks=n)
     months = n * 12 if unit == "y" else n
-    index = today.year * 12 + today.month - 1 - months
-    year, month = divmod(index, 12)
-    month += 1
-    last_day = (_dt.date(year + month // 12, month % 12 + 1, 1) - _dt.timedelta(days=1)).day
-    return _dt.date(year, month, min(today.day, last_day))
+    year, month0 = divmod(today.year * 12 + today.month - 1 - months, 12)
+    return _dt.date(year, month0 + 1, min(today.day, calendar.monthrange(year, month0 + 1)[1]))
 
 
 def retention_cutoff(today: _dt.date, spec: str) -> _dt.date:
@@ -55,4 +53,5 @@ def retention_cutoff(today: _dt.date, spec: str) -> _dt.date:
 
 
 def utc_today() -> _dt.date:
+    """Today's date in UTC (the day numbering of the vault)."""
     return _dt.datetime.now(_dt.timezone.utc).date()

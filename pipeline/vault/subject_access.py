@@ -1,4 +1,4 @@
-"""`cdrpipe vault subject-access`: a subscriber's own retained calls, for a subject access request.
+"""A subscriber's own retained calls, for a subject access request (`cdrpipe vault subject-access`).
 
 Why this is a vault command and not part of `cdrpipe privacy export`: only the vault's
 custodian holds the vault keyring, and a raw record must never leave the vault whole. A raw
@@ -6,7 +6,7 @@ CDR describes two people; the subject is entitled to their own data, not to ever
 network logged about the other party. So the records are cut down *here*, inside the vault,
 to what the subject may see, and only that view goes into the file the DPO merges:
 
-* **Found exactly as a warrant finds them** (the vault's :class:`~pipeline.vault.query.Searcher`:
+* **Found exactly as a warrant finds them** (:func:`~pipeline.vault.query.audited_search`:
   blind index, decrypt, exact re-check), so the counts are the vault's counts. Records past the
   retention period are not returned, as for a query; a window reaching further back is not
   refused (a subject may ask for "everything"): it simply finds nothing the vault no longer holds.
@@ -30,10 +30,7 @@ to what the subject may see, and only that view goes into the file the DPO merge
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,19 +38,15 @@ import orjson
 import phonenumbers
 import polars as pl
 
-from pipeline.errors import FatalError, UsageError
 from pipeline.core.normalise import WITHHELD, WITHHELD_WORDS, PhoneNormaliser, normalise_column
-from pipeline.vault.audit import ENV_AUDIT_KEY, AuditError
-from pipeline.vault.cli import (_audit_log, _iso, _open_output, _reference, _retention_argument, _vault_arguments,
-                                open_vault, parse_window)
+from pipeline.vault.audit import AuditLog
 from pipeline.vault.export import iso_time
 from pipeline.vault.index import BlindIndexer
-from pipeline.vault.keystore import KeystoreError, day_number
-from pipeline.vault.query import FoundRecord, Searcher
+from pipeline.vault.keystore import Keystore
+from pipeline.vault.query import FoundRecord, SearchResult, audited_search
 from pipeline.vault.readers import Reader, read_parties_as
-from pipeline.vault.retention import period as retention_period
-from pipeline.vault.retention import retention_cutoff, utc_today
-from pipeline.vault.store import DAY_US, StoreError
+from pipeline.vault.store import RecordStore
+from pipeline.vault.window import iso
 
 EXTRACT_TYPE = "cdrpipe.vault-subject-access/1"
 PURPOSE = "subject-access"
@@ -180,89 +173,33 @@ def subject_view(records: Sequence[FoundRecord], subject: str, region: str,
     return out
 
 
-def _cmd_subject_access(args: argparse.Namespace) -> int:
-    from pipeline.privacy.requests import InvalidRequest, canonical_subject, check_request_id, utc_text
+def subject_access_extract(store: RecordStore, keystore: Keystore, indexer: BlindIndexer, audit: AuditLog, *,
+                           request_id: str, operator: str, subject: str, start_us: int, end_us: int,
+                           not_before_us: int) -> tuple[dict[str, Any], SearchResult]:
+    """The subject's extract (``cdrpipe.vault-subject-access/1``), found as a warrant finds records and audited
+    (purpose subject-access, the request id, the target only as a keyed digest) before it is returned.
 
-    custodian = _reference(args.custodian, "--custodian", "the vault custodian who runs it")
-    try:
-        request_id = check_request_id(args.request_id or "")
-    except InvalidRequest as exc:
-        raise UsageError(f"--request-id: {exc}") from None
-    start_us, end_us = parse_window(args.start, args.end)
-    cutoff_us = day_number(retention_cutoff(utc_today(), retention_period(args.retention))) * DAY_US
-    if not args.output or args.output == "-":
-        raise UsageError("--output FILE is required: the extract is handed to the DPO, never printed")
-    parent = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK) or os.path.isdir(args.output):
-        # Checked before the vault is searched and the access audited: no audit entry for an extract never written.
-        raise FatalError(f"cannot write --output {args.output}: " + (
-            "it is a directory" if os.path.isdir(args.output) else "its directory does not exist or is not writable")
-            + "; give a file in a directory you can write to")
-    with open_vault(args) as vault:
-        region = vault.store.region
-        try:
-            subject = canonical_subject("msisdn", args.subject or "", region)
-        except InvalidRequest as exc:
-            raise UsageError(f"--subject: {exc}") from None
-        audit = _audit_log(vault, args)
-        indexer = BlindIndexer(vault.keyring.index_key)
-        try:
-            result = Searcher(vault.store, vault.keystore, indexer).search("msisdn", subject, start_us, end_us,
-                                                                          not_before_us=cutoff_us)
-        except (KeystoreError, StoreError) as exc:
-            raise FatalError(str(exc)) from None
-        window = {"from": _iso(start_us), "to": _iso(end_us)}
-        try:
-            audit.append({"action": "subject_access", "purpose": PURPOSE, "request_id": request_id,
-                          "operator": custodian,
-                          "target": {"kind": "msisdn", "digest": indexer.audit_digest("msisdn", subject),
-                                     "index_kid": indexer.kid},
-                          "window": window, "result_count": len(result.records),
-                          "unreadable_count": result.unreadable_count,
-                          "integrity_failures": len(result.integrity_failures)})
-        except AuditError as exc:  # no audit entry, no extract
-            raise FatalError(str(exc)) from None
-        extract = {"type": EXTRACT_TYPE, "request_id": request_id, "subject": {"kind": "msisdn", "number": subject},
-                   "window": window, "generated_at": utc_text(_dt.datetime.now(_dt.timezone.utc)),
-                   "complete": not result.integrity_failures and not result.unreadable,
-                   "records": subject_view(result.records, subject, region, vault.store.readers())}
-    out = _open_output(args.output)
-    try:
-        out.write(orjson.dumps(extract, option=orjson.OPT_INDENT_2) + b"\n")
-    finally:
-        out.close()
-    # The custodian's summary: counts only (no subject, no audit position).
-    print(f"vault subject-access {request_id}: {len(result.records)} record(s) written to {args.output}"
-          + ("" if extract["complete"] else f"; {len(result.integrity_failures)} failed authentication, "
-             f"{result.unreadable_count} in purged days (not included)"), file=sys.stderr)
-    if result.integrity_failures:
-        raise FatalError(f"{len(result.integrity_failures)} stored record(s) failed authentication and are not in "
-                         "the extract (marked incomplete); investigate before the DPO relies on it")
-    return 0
+    Raises:
+        FatalError: the vault cannot be read or the access cannot be audited (no audit entry, no extract).
+    """
+    from pipeline.privacy.requests import utc_text  # jsonschema and the request schemas: only when it runs
+
+    window = {"from": iso(start_us), "to": iso(end_us)}
+
+    def entry(result: SearchResult) -> dict[str, Any]:
+        return {"action": "subject_access", "purpose": PURPOSE, "request_id": request_id, "operator": operator,
+                "target": {"kind": "msisdn", "digest": indexer.audit_digest("msisdn", subject),
+                           "index_kid": indexer.kid},
+                "window": window, "result_count": len(result.records), "unreadable_count": result.unreadable_count,
+                "integrity_failures": len(result.integrity_failures)}
+
+    result, _entry = audited_search(store, keystore, indexer, audit, "msisdn", subject, start_us, end_us,
+                                    not_before_us=not_before_us, entry=entry)
+    extract = {"type": EXTRACT_TYPE, "request_id": request_id, "subject": {"kind": "msisdn", "number": subject},
+               "window": window, "generated_at": utc_text(_dt.datetime.now(_dt.timezone.utc)),
+               "complete": not result.integrity_failures and not result.unreadable,
+               "records": subject_view(result.records, subject, store.region, store.readers())}
+    return extract, result
 
 
-def add_parser(vsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``cdrpipe vault subject-access`` (registered by :func:`pipeline.vault.cli.register`)."""
-    p = vsub.add_parser(
-        "subject-access", help="a subscriber's own calls for their access request (audited; no warrant)",
-        description="For a data-subject access or portability request: find the subscriber's calls in "
-                    "[--from, --to) as a warrant query would, write the subscriber's own view of them (the other "
-                    "party as on an itemised bill, withheld callers withheld, no other party's device or location "
-                    "data) to --output (mode 0600) for `cdrpipe privacy export --vault`. Audited with purpose "
-                    "subject-access and the request id. Never includes anything about warrants or the audit log.")
-    _vault_arguments(p)
-    p.add_argument("--request-id", required=True, help="the DPO's request id (as submitted)")
-    p.add_argument("--subject", required=True, metavar="NUMBER",
-                   help="the subscriber's number, any format (read with the vault's region)")
-    p.add_argument("--from", dest="start", required=True, help="window start, ISO-8601 (inclusive)")
-    p.add_argument("--to", dest="end", required=True,
-                   help="window end, ISO-8601 (exclusive; a date includes that day)")
-    p.add_argument("--custodian", default=os.environ.get("CDRPIPE_OPERATOR"),
-                   help="id of the vault custodian running it (env CDRPIPE_OPERATOR; required)")
-    p.add_argument("--output", required=True, help="the extract file to hand to the DPO (mode 0600)")
-    p.add_argument("--audit-key", default=None, help=f"Ed25519 audit key file (env {ENV_AUDIT_KEY})")
-    _retention_argument(p)
-    p.set_defaults(func=_cmd_subject_access)
-
-
-__all__ = ["EXTRACT_TYPE", "PURPOSE", "add_parser", "bill_number", "caller_withheld", "subject_view"]
+__all__ = ["EXTRACT_TYPE", "PURPOSE", "bill_number", "caller_withheld", "subject_access_extract", "subject_view"]

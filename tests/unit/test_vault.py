@@ -666,7 +666,7 @@ def test_overlapping_batches_in_the_two_stage_pipeline_store_each_record_once(va
     ("2026-01-10", "1w", "2026-01-04"),
 ])
 def test_retention_cutoff(today, spec, first_kept):
-    from pipeline.vault.cli import retention_cutoff
+    from pipeline.vault.retention import retention_cutoff
     assert str(retention_cutoff(dt.date.fromisoformat(today), spec)) == first_kept
 
 

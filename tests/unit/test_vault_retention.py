@@ -13,7 +13,8 @@ from pipeline.core.tokenise import Tokeniser
 from pipeline.keys import load_vault_keyring, load_worker_keyring
 from pipeline.vault.index import BlindIndexer
 from pipeline.vault.keystore import Keystore, day_number
-from pipeline.vault.query import Searcher
+from pipeline.vault.audit import AuditLog
+from pipeline.vault.query import audited_search
 from pipeline.vault.retention import retention_cutoff
 from pipeline.vault.store import DAY_US, open_store
 
@@ -87,11 +88,16 @@ def test_a_record_past_retention_is_not_returned_even_before_the_purge(world, ca
     store = open_store(world["db"], vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid)
     keystore = Keystore(world["keys"], keyring)
     try:
-        searcher = Searcher(store, keystore, BlindIndexer(keyring.index_key))
-        everything = searcher.search("msisdn", A, 0, (day_number(TODAY) + 1) * DAY_US)
+        audit, indexer = AuditLog(store.db, anchor=keystore), BlindIndexer(keyring.index_key)
+
+        def search(not_before_us: int):  # the only way to search: each one audited before its records return
+            return audited_search(store, keystore, indexer, audit, "msisdn", A, 0, (day_number(TODAY) + 1) * DAY_US,
+                                  not_before_us=not_before_us, entry=lambda r: {"action": "test_search"})[0]
+
+        everything = search(0)
         assert len(everything.records) == 3
         cut = day_number(retention_cutoff(TODAY, "12mo")) * DAY_US
-        kept = searcher.search("msisdn", A, 0, (day_number(TODAY) + 1) * DAY_US, not_before_us=cut)
+        kept = search(cut)
         assert [r.record_ref for r in kept.records] == world["kept"]
     finally:
         keystore.close()

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
 from hypothesis import strategies as st
 
-import pipeline.vault.cli as vault_cli
+import pipeline.commands.vault as vault_cli
 from pipeline.cli import EXIT_OK, EXIT_USAGE, main
 from pipeline.core.tokenise import Tokeniser
 from pipeline.keys import load_worker_keyring
@@ -127,7 +127,7 @@ def test_outside_the_scope_nothing_is_disclosed_and_the_refusal_is_audited(vault
 
 def test_an_expired_warrant_authorises_nothing(vault, capsys, monkeypatch):
     later = int((dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=40)).timestamp() * 1_000_000)
-    monkeypatch.setattr(vault_cli, "_now_us", lambda: later)
+    monkeypatch.setattr(vault_cli, "now_us", lambda: later)
     code, rows, err = _query(vault, capsys, A, vault["from"], vault["to"])
     assert code == EXIT_USAGE and rows == [] and "expired" in err
 

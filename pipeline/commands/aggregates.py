@@ -1,16 +1,15 @@
-"""The ``cdrpipe aggregates`` command (``worker``); faust is imported only when it runs."""
+"""`cdrpipe aggregates worker`: k-anonymous windowed aggregates of cdr.analytics; faust is imported only when it runs."""
 from __future__ import annotations
 
 import argparse
 
 from pipeline.aggregates.offline import DEFAULT_K, DEFAULT_WINDOW, MIN_K
-from pipeline.apps.options import add_app_arguments
+from pipeline.aggregates.watermark import DEFAULT_GRACE, DEFAULT_IDLE_TIMEOUT
+from pipeline.commands.common import add_app_arguments
 from pipeline.topics import AGGREGATES, ANALYTICS
 
 DEFAULT_APP_ID = "cdrpipe-aggregates"
 DEFAULT_WEB_PORT = 6068
-DEFAULT_GRACE = 3600
-DEFAULT_IDLE_TIMEOUT = 30.0
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:

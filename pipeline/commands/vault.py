@@ -1,6 +1,7 @@
 """`cdrpipe vault …`: ingest, sink, query, purge, audit and status of the retention vault.
 
-Exit codes follow ``pipeline.cli``: 0 done, 1 fatal (including a broken audit chain or a
+Each action parses its flags and calls the domain (:mod:`pipeline.vault`: the audited query, the purge
+order, retention). Exit codes follow :mod:`pipeline.errors`: 0 done, 1 fatal (including a broken audit chain or a
 record that failed authentication), 2 usage (including a query outside its warrant's scope or
 before the retention cut-off).
 Nothing here prints or logs a key, a target identifier or a raw record, except the query's
@@ -11,239 +12,65 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import errno
 import getpass
 import logging
 import os
-import re
 import signal
-import stat
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import orjson
 
-from pipeline.errors import FatalError, UsageError
+from pipeline.commands.common import add_metrics_arguments, open_private_output, reference
 from pipeline.core.normalise import normalise_one
-from pipeline.keys import ENV_VAULT_KEYRING_FILE, KeyringError, VaultKeyring, load_vault_keyring
-from pipeline.metrics import VaultSinkMetrics, add_metrics_arguments, serve_metrics, stop_metrics
+from pipeline.errors import FatalError, UsageError, os_why
+from pipeline.kafka_config import parse_x_options, require_bootstrap
+from pipeline.keys import ENV_VAULT_KEYRING_FILE, write_private_json
+from pipeline.metrics import VaultSinkMetrics, serve_metrics, stop_metrics
 from pipeline.vault.audit import (ENV_AUDIT_KEY, ENV_AUDIT_PUBLIC_KEY, AuditError, AuditLog, AuditSigner, disclosed,
-                                  load_audit_signer, load_public_key, read_entries, verify_chain)
+                                  load_public_key, read_entries, verify_chain)
+from pipeline.vault.backend import driver_errors, first_line, is_postgres, redact
 from pipeline.vault.export import FORMATS, Delivery, delivered_record_refs, write_csv, write_etsi_xml, write_jsonl
 from pipeline.vault.index import TARGET_KINDS, BlindIndexer
 from pipeline.vault.ingest import Ingester, IngestTotals, WrongVaultKeyError
-from pipeline.vault.keystore import (Keystore, KeystoreError, day_date, day_number, default_keystore_path,
-                                     read_audit_anchor)
-from pipeline.vault.query import Searcher, SearchResult, describe_unreadable
+from pipeline.vault.keystore import KeystoreError, day_date, day_number, read_audit_anchor
+from pipeline.vault.purge import expired_days, purge, purge_cutoff
+from pipeline.vault.query import SearchResult, WarrantQuery, describe_unreadable, query_under_warrant
 from pipeline.vault.readers import Reader, reader_from_flags
 from pipeline.vault.reindex import reindex
-from pipeline.vault.retention import LEGAL_RETENTION, retention_cutoff, utc_today
+from pipeline.vault.retention import retention_cutoff, utc_today
 from pipeline.vault.retention import period as retention_period
-from pipeline.vault.retention import subtract_period  # noqa: F401  (re-exported for callers of the CLI module)
+from pipeline.vault.session import WITNESS_META, Vault, audit_log, keystore_spec, open_vault
 from pipeline.vault.sink import DEFAULT_BATCH_BYTES, DEFAULT_GROUP, DEFAULT_TOPIC, VaultSink, ingest_file
-from pipeline.vault.backend import DatabaseError, driver_errors, first_line, is_postgres, redact
-from pipeline.vault.store import DAY_US, RecordStore, StoreError, open_store
+from pipeline.vault.store import DAY_US, StoreError
+from pipeline.vault.subject_access import subject_access_extract
+from pipeline.vault.window import iso, now_us, parse_instant, parse_window
 from pipeline.vault.witness import ENV_AUDIT_WITNESS, WitnessError, compare, open_witness
-from pipeline.vault.warrants import Warrant, WarrantError, WarrantRegister, check_scope, parse_targets
+from pipeline.vault.warrants import Warrant, WarrantError, WarrantRegister, parse_targets
 
-log = logging.getLogger(__name__)
-
-#: The ``meta`` key remembering the vault's audit witness.
-WITNESS_META = "audit_witness"
-
-_REFERENCE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,126}[\x21-\x7e])?$")
-
-
-# --------------------------------------------------------------------------- opening the vault
-
-@dataclass
-class Vault:
-    """An open vault: keyring, record store and keystore (close with ``close``)."""
-
-    keyring: VaultKeyring
-    store: RecordStore
-    keystore: Keystore
-
-    def close(self) -> None:
-        self.keystore.close()
-        self.store.close()
-
-
-def _keyring(path: str | None) -> VaultKeyring:
-    try:
-        return load_vault_keyring(path)
-    except KeyringError as exc:
-        raise FatalError(f"{exc} (the vault needs vault-keyring.json, from `cdrpipe keys generate`)") from None
-
-
-def keystore_spec(db: str, keystore: str | None) -> str | Path:
-    """The keystore ``--keystore`` names, else ``<db>.keys`` beside a SQLite file.
-
-    A PostgreSQL vault has no default: its day keys must live in another database (or file) with
-    its own backup policy, or a backup of the records would carry the keys that purges destroy.
-    """
-    if keystore:
-        return keystore if is_postgres(keystore) else Path(keystore)
-    if is_postgres(db):
-        raise UsageError("a PostgreSQL vault needs --keystore (env CDRPIPE_VAULT_KEYSTORE): a separate database "
-                         "(postgresql://…/vault_keys) or file, backed up apart from the records")
-    return default_keystore_path(db)
+log = logging.getLogger("pipeline.vault.cli")  # the vault commands' logger, named as before they had this module
 
 
 @contextmanager
-def open_vault(args: argparse.Namespace, *, create: bool = False) -> Iterator[Vault]:
-    """Load the keyring, then the database and keystore, checking all three belong together."""
-    keyring = _keyring(args.keyring)
-    db = args.db if is_postgres(args.db) else Path(args.db)
-    keystore_path = keystore_spec(args.db, args.keystore)
-    if create and isinstance(db, Path) and isinstance(keystore_path, Path) and db.exists() \
-            and not keystore_path.exists():
-        raise FatalError(f"the vault database {db} exists but its keystore {keystore_path} does not: refusing to "
-                         "create new day keys next to records written under lost ones. Pass --keystore with the "
-                         "vault's key file.")
-    errors = driver_errors()
-    try:
-        store = open_store(db, vault_kid=keyring.vault_kid, index_kid=keyring.index_key.kid,
-                           region=getattr(args, "region", None) if create else None, create=create)
-    except (StoreError, DatabaseError) as exc:
-        raise FatalError(str(exc)) from None
-    except errors as exc:
-        raise FatalError(f"cannot open the vault database {redact(db)}: {first_line(exc)}") from None
-    except OSError as exc:  # its directory cannot be made or written (a file in the path, /proc, read-only)
-        raise FatalError(f"cannot create the vault database --db {redact(db)}: {_os_why(exc)}; give --db a file in "
-                         "a directory you can write to") from None
-    try:
-        keystore = Keystore(keystore_path, keyring, create=create)
-    except (KeystoreError, DatabaseError) as exc:
-        store.close()
-        raise FatalError(str(exc)) from None
-    except errors as exc:
-        store.close()
-        raise FatalError(f"cannot open the keystore {redact(keystore_path)}: {first_line(exc)}") from None
-    except OSError as exc:
-        store.close()
-        raise FatalError(f"cannot create the keystore {redact(keystore_path)}: {_os_why(exc)}; give --keystore a "
-                         "file in a directory you can write to") from None
-    vault = Vault(keyring, store, keystore)
-    try:
+def _open(args: argparse.Namespace, *, create: bool = False) -> Iterator[Vault]:
+    """The vault of --keyring, --db and --keystore (and --region, where a command creates it)."""
+    with open_vault(args.keyring, args.db, args.keystore, create=create, region=getattr(args, "region", None)) as vault:
         yield vault
-    finally:
-        vault.close()
 
 
-def _audit_log(vault: Vault, args: argparse.Namespace) -> AuditLog:
-    """The vault's audit log with its signer (if any) and its witness (``--witness``, env, or the vault's own).
-
-    Once a vault has a witness it keeps writing to it: the witness is remembered in the database,
-    and switching it on (or to another one) is itself an audit entry, the new witness's first.
-    """
-    try:
-        signer = load_audit_signer(getattr(args, "audit_key", None), args.keyring)
-    except AuditError as exc:
-        raise FatalError(str(exc)) from None
-    if signer is None:
-        print("cdrpipe vault: warning: no audit key, so this audit entry is not signed (`cdrpipe keys generate` "
-              "puts one in vault-keyring.json; or --audit-key FILE)", file=sys.stderr)
-    known = vault.store.meta(WITNESS_META)
-    spec = getattr(args, "witness", None) or os.environ.get(ENV_AUDIT_WITNESS) or known
-    try:
-        witness = open_witness(spec, _witness_config(args)) if spec else None
-    except WitnessError as exc:
-        raise FatalError(str(exc)) from None
-    if witness is None:
-        print(f"cdrpipe vault: warning: this vault's audit log has no witness outside the vault (--witness FILE or "
-              f"kafka:vault.audit, env {ENV_AUDIT_WITNESS}): someone holding the database, keystore and keyring "
-              "could rewrite it unnoticed", file=sys.stderr)
-    audit = AuditLog(vault.store.db, anchor=vault.keystore, signer=signer, witness=witness)
-    if witness is not None and witness.spec != known:
-        try:
-            audit.append({"action": "witness_enabled", "witness": witness.spec, "previous_witness": known})
-        except AuditError as exc:
-            raise FatalError(str(exc)) from None
-        vault.store.set_meta(WITNESS_META, witness.spec)
-    return audit
+def _witness_config(args: argparse.Namespace) -> dict[str, str]:
+    """-X settings for a kafka:TOPIC witness."""
+    return parse_x_options(getattr(args, "X", None))
 
 
-def _reference(value: str | None, flag: str, what: str) -> str:
-    """A warrant reference or officer id: required, printable ASCII, at most 128 characters."""
-    text = (value or "").strip()
-    if not text:
-        raise UsageError(f"{flag} is required: every access to the vault must name {what}")
-    if not _REFERENCE.match(text):
-        raise UsageError(f"{flag} must be 1-128 printable ASCII characters")
-    return text
-
-
-def _parse_instant(text: str, flag: str, *, end: bool) -> int:
-    """µs since the epoch of an ISO date or date-time (naive = UTC); a bare ``--to`` date includes that day."""
-    value = text.strip()
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            day = _dt.date.fromisoformat(value)
-            return (day_number(day) + (1 if end else 0)) * DAY_US
-        when = _dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{flag} {text!r} is not an ISO-8601 date or date-time (e.g. 2026-11-01 or "
-                         "2026-11-01T08:00:00Z)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    delta = when - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def parse_window(start: str | None, end: str | None) -> tuple[int, int]:
-    """``[from, to)`` in µs; both required, ``from`` before ``to``."""
-    if not start or not end:
-        raise UsageError("--from and --to are required: a warrant covers a time window")
-    lo, hi = _parse_instant(start, "--from", end=False), _parse_instant(end, "--to", end=True)
-    if hi <= lo:
-        raise UsageError("--to must be after --from")
-    return lo, hi
-
-
-def _now_us() -> int:
-    return int(_dt.datetime.now(_dt.timezone.utc).timestamp() * 1_000_000)
-
-
-def _os_why(exc: OSError) -> str:
-    """An OSError in words for a one-line message (ENOTDIR: which part of the path is wrong)."""
-    if exc.errno == errno.ENOTDIR or isinstance(exc, FileExistsError):
-        return "a part of the path is a file, not a directory"
-    return exc.strerror or type(exc).__name__
-
-
-def _iso(us: int) -> str:
-    when = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(microseconds=us)
-    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _open_output(path: str | None) -> BinaryIO:
-    """The query's output: stdout, or a file readable by its owner only (it holds raw records).
-
-    An existing file is made 0600 *before* it is emptied and written, so raw records never sit
-    in a file that others could read, whatever mode it had (open's mode applies only on creation).
-    """
-    if not path or path == "-":
-        return sys.stdout.buffer
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        symlink = " (a symlink is refused; give a plain file)" if exc.errno == errno.ELOOP else ""
-        raise FatalError(f"cannot write --output {path}: {_os_why(exc)}{symlink}; give a file in a directory you "
-                         "can write to") from None
-    try:
-        os.fchmod(fd, 0o600)
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.ftruncate(fd, 0)
-    except OSError as exc:
-        os.close(fd)
-        raise FatalError(f"cannot make --output {path} private (mode 0600): {exc.strerror}") from None
-    return os.fdopen(fd, "wb")
+def _audit(vault: Vault, args: argparse.Namespace) -> AuditLog:
+    """The vault's audit log with --audit-key and --witness (each defaulting as :func:`audit_log` says)."""
+    return audit_log(vault, keyring_path=args.keyring, audit_key=getattr(args, "audit_key", None),
+                     witness=getattr(args, "witness", None), witness_config=_witness_config(args))
 
 
 # --------------------------------------------------------------------------- commands
@@ -281,7 +108,7 @@ def _ingester(vault: Vault, args: argparse.Namespace, reader: Reader | None) -> 
     except StoreError as exc:  # another writer holds the lock
         raise FatalError(str(exc)) from None
     except OSError as exc:  # the lock file beside the database cannot be written
-        raise FatalError(f"cannot lock the vault database {redact(vault.store.path)} for writing: {_os_why(exc)}") \
+        raise FatalError(f"cannot lock the vault database {redact(vault.store.path)} for writing: {os_why(exc)}") \
             from None
 
 
@@ -291,7 +118,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         raise UsageError(f"--input {args.input}{what} (expected DIR/retention.jsonl from `cdrpipe process`)")
     reader = _reader(args)
     retention_period(args.retention)
-    with open_vault(args, create=True) as vault:
+    with _open(args, create=True) as vault:
         ingester = _ingester(vault, args, reader)
         try:
             totals = ingest_file(ingester, args.input, batch_bytes=args.batch_bytes, progress=not args.quiet)
@@ -304,7 +131,6 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_sink(args: argparse.Namespace) -> int:
-    from pipeline.kafka_config import parse_x_options, require_bootstrap
     conf = {"bootstrap.servers": require_bootstrap(args.bootstrap_servers), **parse_x_options(args.X)}
     reader = _reader(args)
     retention_period(args.retention)
@@ -312,7 +138,7 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     server = serve_metrics(metrics, args.metrics_port, args.metrics_addr)
     with contextlib.ExitStack() as stack:
         stack.callback(stop_metrics, server)
-        vault = stack.enter_context(open_vault(args, create=True))
+        vault = stack.enter_context(_open(args, create=True))
         ingester = _ingester(vault, args, reader)
         stack.callback(ingester.close)
         sink = VaultSink(ingester, conf, topic=args.topic, group=args.group, max_messages=args.max_messages,
@@ -335,8 +161,8 @@ def _cmd_sink(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    warrant = _reference(args.warrant, "--warrant", "the registered warrant that authorises it")
-    officer = _reference(args.officer, "--officer", "the authorised officer's id")
+    warrant = reference(args.warrant, "--warrant", "the registered warrant that authorises it")
+    officer = reference(args.officer, "--officer", "the authorised officer's id")
     if args.format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
     if args.unparsed:
@@ -350,8 +176,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     start_us, end_us = parse_window(args.start, args.end)
     kept = retention_period(args.retention)
     cutoff = retention_cutoff(utc_today(), kept)
-    cutoff_us = day_number(cutoff) * DAY_US
-    if start_us < cutoff_us:
+    if start_us < day_number(cutoff) * DAY_US:
         raise UsageError(f"the window reaches before the retention cut-off {cutoff} (retention {kept}): records "
                          f"from before it are no longer held. Start --from on or after {cutoff}.")
     if args.format == "etsi-xml" and not args.authorised_org:
@@ -364,42 +189,20 @@ def _cmd_query(args: argparse.Namespace) -> int:
     if canonical is None:
         raise UsageError(f"--target cannot be read as {args.kind} (value not shown): check the value and --kind")
 
-    with open_vault(args) as vault:
-        audit = _audit_log(vault, args)
+    query = WarrantQuery(warrant, officer, args.kind, canonical, start_us, end_us, kept, cutoff, args.format)
+    with _open(args) as vault:
+        audit = _audit(vault, args)
         indexer = BlindIndexer(vault.keyring.index_key)
-        digest = indexer.audit_digest(args.kind, canonical)
-        asked: dict[str, Any] = {
-            "officer": officer, "warrant": warrant,
-            "target": {"kind": args.kind, "digest": digest, "index_kid": indexer.kid},
-            "window": {"from": _iso(start_us), "to": _iso(end_us)},
-        }
+        out: BinaryIO | None = None
+
+        def make_output() -> None:  # made private (0600) before anything is audited or written
+            nonlocal out
+            out = open_private_output(args.output)
+
+        result, entry = query_under_warrant(vault.store, vault.keystore, indexer, audit, query, now_us=now_us(),
+                                            before_entry=make_output)
+        assert out is not None
         try:
-            check_scope(WarrantRegister(vault.store.db).get(warrant), warrant, officer, (args.kind, digest),
-                        start_us, end_us, _now_us(), _iso)
-        except WarrantError as exc:
-            try:  # a refused attempt is evidence too
-                audit.append({"action": "query_refused", **asked, "reason": str(exc)})
-            except AuditError as audit_exc:
-                raise FatalError(f"{exc}; and the refusal could not be audited: {audit_exc}") from None
-            raise UsageError(f"refused, nothing was read: {exc}") from None
-        searcher = Searcher(vault.store, vault.keystore, indexer)
-        try:
-            result = searcher.search(args.kind, canonical, start_us, end_us, not_before_us=cutoff_us)
-        except (KeystoreError, StoreError) as exc:
-            raise FatalError(str(exc)) from None
-        fields: dict[str, Any] = {
-            "action": "query", **asked,
-            "retention": {"period": kept, "cutoff": cutoff.isoformat()},
-            "result_count": len(result.records), "unreadable_count": result.unreadable_count,
-            "integrity_failures": len(result.integrity_failures), "format": args.format,
-            "disclosed": disclosed([r.record_ref for r in result.records]),
-        }
-        out = _open_output(args.output)  # made private (0600) before anything is audited or written
-        try:
-            try:
-                entry = audit.append(fields)  # before any output: no audit entry, no records
-            except AuditError as exc:
-                raise FatalError(str(exc)) from None
             _deliver(result, args, warrant, vault.store.region, out, vault.store.readers())
         finally:
             if out is not sys.stdout.buffer:
@@ -436,46 +239,19 @@ def _deliver(result: SearchResult, args: argparse.Namespace, warrant: str, regio
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
-    today = _dt.datetime.now(_dt.timezone.utc).date()
-    if args.before and args.retention:
-        raise UsageError("give --before DATE or --retention PERIOD, not both")
-    if args.before:
-        try:
-            cutoff = _dt.date.fromisoformat(args.before)
-        except ValueError:
-            raise UsageError(f"--before {args.before!r} is not a date (YYYY-MM-DD)") from None
-    else:
-        cutoff = retention_cutoff(today, retention_period(args.retention))
-    legal = retention_cutoff(today, LEGAL_RETENTION)
-    if cutoff > legal and not args.allow_early:
-        raise UsageError(f"purging before {cutoff} would destroy records younger than the legal retention period "
-                         f"(only days before {legal} have completed {LEGAL_RETENTION}). If the retention notice "
-                         "really allows it, add --allow-early.")
+    cutoff = purge_cutoff(utc_today(), before=args.before, retention=args.retention, allow_early=args.allow_early)
     operator = _operator(args, "who runs the purge")
-    with open_vault(args) as vault:
-        audit = _audit_log(vault, args)
-        limit = day_number(cutoff)
-        days = sorted({d for d in [*vault.store.partitions(), *vault.keystore.days()] if d < limit})
+    with _open(args) as vault:
+        audit = _audit(vault, args)
         if args.dry_run:
+            days = expired_days(vault, cutoff)
             print(orjson.dumps({"cutoff": cutoff.isoformat(), "would_purge": [str(day_date(d)) for d in days]}).decode())
             return 0
-        gap = audit.gap()
-        if gap is not None:
-            raise FatalError(f"the audit log ends at entry #{gap[0]} but the keystore last saw #{gap[1]}: record the "
-                             "loss with `cdrpipe vault audit acknowledge-gap` first, so this purge can be audited")
-        # First: once the keys are gone, every copy is unreadable (and no late record re-opens a day).
-        destroyed = vault.keystore.destroy(days, before=limit)
-        records = vault.store.drop_days(days)
-        try:
-            entry = audit.append({"action": "purge", "operator": operator, "cutoff": cutoff.isoformat(),
-                                  "days": [str(day_date(d)) for d in days], "records_purged": records,
-                                  "keys_destroyed": len(destroyed)})
-        except AuditError as exc:
-            raise FatalError(f"purge done but not audited: {exc}") from None
-    summary = {"cutoff": cutoff.isoformat(), "days_purged": len(days), "keys_destroyed": len(destroyed),
-               "records_purged": records, "audit_seq": entry["seq"]}
-    print(f"vault purge: {len(days)} day(s) before {cutoff} purged, {len(destroyed)} day key(s) destroyed, "
-          f"{records:,} records dropped (audit entry #{entry['seq']})", file=sys.stderr)
+        done = purge(vault, audit, cutoff, operator)
+    summary = {"cutoff": cutoff.isoformat(), "days_purged": len(done.days), "keys_destroyed": done.keys_destroyed,
+               "records_purged": done.records, "audit_seq": done.audit_seq}
+    print(f"vault purge: {len(done.days)} day(s) before {cutoff} purged, {done.keys_destroyed} day key(s) destroyed, "
+          f"{done.records:,} records dropped (audit entry #{done.audit_seq})", file=sys.stderr)
     print(orjson.dumps(summary).decode())
     return 0
 
@@ -557,7 +333,6 @@ def _cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_keygen(args: argparse.Namespace) -> int:
-    from pipeline.keys import write_private_json
     path = Path(args.out)
     if path.exists() and not args.force:
         raise UsageError(f"{path} already exists; refusing to replace an audit key (use --force)")
@@ -565,7 +340,7 @@ def _cmd_audit_keygen(args: argparse.Namespace) -> int:
     try:
         write_private_json(path, signer.to_json())
     except OSError as exc:
-        raise FatalError(f"cannot write --out {path}: {_os_why(exc)}; give a file in a directory you can write to") \
+        raise FatalError(f"cannot write --out {path}: {os_why(exc)}; give a file in a directory you can write to") \
             from None
     print(f"wrote {path} (audit key {signer.kid}); verify with --public-key {signer.public_b64()}", file=sys.stderr)
     print(signer.public_b64())
@@ -573,12 +348,12 @@ def _cmd_audit_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_gap(args: argparse.Namespace) -> int:
-    officer = _reference(args.officer, "--officer", "who records the loss")
+    officer = reference(args.officer, "--officer", "who records the loss")
     reason = (args.reason or "").strip()
     if not reason or len(reason) > 500 or not reason.isprintable():
         raise UsageError("--reason is required: one printable line (at most 500 characters) saying what was lost")
-    with open_vault(args) as vault:
-        audit = _audit_log(vault, args)
+    with _open(args) as vault:
+        audit = _audit(vault, args)
         gap = audit.gap()
         if gap is None:
             print("the audit log matches its anchor: nothing to acknowledge", file=sys.stderr)
@@ -598,8 +373,8 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
     reader = _reader(args)
     period = retention_period(args.retention)
     operator = _operator(args, "who runs the reindex")
-    with open_vault(args) as vault:
-        audit = _audit_log(vault, args)
+    with _open(args) as vault:
+        audit = _audit(vault, args)
         ingester = _ingester(vault, args, reader)
         try:
             totals = reindex(ingester, BlindIndexer(vault.keyring.index_key))
@@ -624,24 +399,24 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
 
 def _operator(args: argparse.Namespace, what: str) -> str:
     """Who runs an administrative command: --operator, else $CDRPIPE_OPERATOR, else the OS user."""
-    return _reference(args.operator or os.environ.get("CDRPIPE_OPERATOR") or getpass.getuser(), "--operator", what)
+    return reference(args.operator or getpass.getuser(), "--operator", what)
 
 
 def _cmd_warrant_add(args: argparse.Namespace) -> int:
-    warrant_id = _reference(args.id, "--id", "the warrant's reference")
+    warrant_id = reference(args.id, "--id", "the warrant's reference")
     authority = (args.authority or "").strip()
     if not authority or len(authority) > 200 or not authority.isprintable():
         raise UsageError("--authority is required: who issued or approved the warrant (one printable line, at most "
                          "200 characters)")
-    officer = _reference(args.officer, "--officer", "the officer the warrant authorises")
+    officer = reference(args.officer, "--officer", "the officer the warrant authorises")
     start_us, end_us = parse_window(args.start, args.end)
     if not args.expires:
         raise UsageError("--expires is required: when the authorisation ends (ISO-8601; a date includes that day)")
-    expires_us = _parse_instant(args.expires, "--expires", end=True)
-    if expires_us <= _now_us():
+    expires_us = parse_instant(args.expires, "--expires", end=True)
+    if expires_us <= now_us():
         raise UsageError(f"--expires {args.expires} is already past")
     operator = _operator(args, "who registers the warrant")
-    with open_vault(args) as vault:
+    with _open(args) as vault:
         indexer = BlindIndexer(vault.keyring.index_key)
         try:
             targets = parse_targets(args.targets, args.region or vault.store.region, indexer)
@@ -651,48 +426,48 @@ def _cmd_warrant_add(args: argparse.Namespace) -> int:
         if register.get(warrant_id) is not None:
             raise UsageError(f"warrant {warrant_id} is already registered (a warrant id is used once; register a "
                              "renewal under its own reference)")
-        warrant = Warrant(warrant_id, authority, officer, targets, start_us, end_us, expires_us, _iso(_now_us()))
-        audit = _audit_log(vault, args)
+        warrant = Warrant(warrant_id, authority, officer, targets, start_us, end_us, expires_us, iso(now_us()))
+        audit = _audit(vault, args)
         try:
             entry = audit.append({"action": "warrant_add", "operator": operator, "warrant": warrant_id,
                                   "authority": authority, "officer": officer,
                                   "targets": [{"kind": k, "digest": d, "index_kid": indexer.kid} for k, d in targets],
-                                  "window": {"from": _iso(start_us), "to": _iso(end_us)},
-                                  "expires": _iso(expires_us)})
+                                  "window": {"from": iso(start_us), "to": iso(end_us)},
+                                  "expires": iso(expires_us)})
             with vault.store.transaction():
                 register.add(warrant)
         except (AuditError, WarrantError) as exc:
             raise FatalError(str(exc)) from None
-    print(f"warrant {warrant_id} registered: {len(targets)} target(s), {_iso(start_us)} to {_iso(end_us)}, officer "
-          f"{officer}, expires {_iso(expires_us)} (audit entry #{entry['seq']})", file=sys.stderr)
+    print(f"warrant {warrant_id} registered: {len(targets)} target(s), {iso(start_us)} to {iso(end_us)}, officer "
+          f"{officer}, expires {iso(expires_us)} (audit entry #{entry['seq']})", file=sys.stderr)
     return 0
 
 
 def _cmd_warrant_list(args: argparse.Namespace) -> int:
     operator = _operator(args, "who lists the warrants")
-    with open_vault(args) as vault:
+    with _open(args) as vault:
         warrants = WarrantRegister(vault.store.db).all()
-        now = _now_us()
+        now = now_us()
         try:
-            _audit_log(vault, args).append({"action": "warrant_list", "operator": operator, "count": len(warrants)})
+            _audit(vault, args).append({"action": "warrant_list", "operator": operator, "count": len(warrants)})
         except AuditError as exc:
             raise FatalError(str(exc)) from None
     for w in warrants:
         print(orjson.dumps({"id": w.id, "state": w.state(now), "authority": w.authority, "officer": w.officer,
                             "targets": len(w.targets), "kinds": sorted({k for k, _ in w.targets}),
-                            "window": {"from": _iso(w.start_us), "to": _iso(w.end_us)},
-                            "expires": _iso(w.expires_us), "registered": w.created, "revoked": w.revoked,
+                            "window": {"from": iso(w.start_us), "to": iso(w.end_us)},
+                            "expires": iso(w.expires_us), "registered": w.created, "revoked": w.revoked,
                             "revoked_by": w.revoked_by}).decode())
     return 0
 
 
 def _cmd_warrant_revoke(args: argparse.Namespace) -> int:
-    warrant_id = _reference(args.id, "--id", "the warrant to revoke")
+    warrant_id = reference(args.id, "--id", "the warrant to revoke")
     operator = _operator(args, "who revokes the warrant")
     reason = (args.reason or "").strip()
     if len(reason) > 500 or not reason.isprintable():
         raise UsageError("--reason must be one printable line of at most 500 characters")
-    with open_vault(args) as vault:
+    with _open(args) as vault:
         register = WarrantRegister(vault.store.db)
         warrant = register.get(warrant_id)
         if warrant is None:
@@ -701,10 +476,10 @@ def _cmd_warrant_revoke(args: argparse.Namespace) -> int:
             print(f"warrant {warrant_id} was already revoked at {warrant.revoked}", file=sys.stderr)
             return 0
         try:
-            entry = _audit_log(vault, args).append({"action": "warrant_revoke", "operator": operator,
+            entry = _audit(vault, args).append({"action": "warrant_revoke", "operator": operator,
                                                     "warrant": warrant_id, "reason": reason or None})
             with vault.store.transaction():
-                register.revoke(warrant, _iso(_now_us()), operator)
+                register.revoke(warrant, iso(now_us()), operator)
         except AuditError as exc:
             raise FatalError(str(exc)) from None
     print(f"warrant {warrant_id} revoked (audit entry #{entry['seq']})", file=sys.stderr)
@@ -722,12 +497,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     if not Path(args.source).is_file():
         raise UsageError(f"--from {args.source}: no such file")
     operator = _operator(args, "who runs the migration")
-    source_args = argparse.Namespace(keyring=args.keyring, db=args.source, keystore=args.from_keystore)
-    with open_vault(source_args) as source:
-        target_args = argparse.Namespace(keyring=args.keyring, db=args.to, keystore=args.to_keystore,
-                                         region=source.store.region, witness=args.witness, audit_key=args.audit_key,
-                                         X=args.X)
-        with open_vault(target_args, create=True) as target:
+    with open_vault(args.keyring, args.source, args.from_keystore) as source:
+        with open_vault(args.keyring, args.to, args.to_keystore, create=True, region=source.store.region) as target:
             try:
                 report = migrate(source.store, source.keystore, target.store, target.keystore,  # type: ignore[arg-type]
                                  progress=lambda m: None if args.quiet else print(f"vault migrate: {m}",
@@ -738,7 +509,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
                 raise FatalError(f"migration not done: {first_line(exc)}") from None
             copied = {k: v for k, v in report.summary().items() if k != "checks"}
             try:
-                entry = _audit_log(target, target_args).append({
+                entry = _audit(target, args).append({
                     "action": "migrate", "operator": operator, "source": str(source.store.path), "copied": copied})
             except AuditError as exc:
                 raise FatalError(f"copied and verified, but not audited: {exc}") from None
@@ -750,14 +521,14 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    with open_vault(args, create=True) as vault:
+    with _open(args, create=True) as vault:
         doc = {"db": str(vault.store.path), "keystore": str(vault.keystore.path), "region": vault.store.region}
     print(orjson.dumps(doc).decode())
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    with open_vault(args) as vault:
+    with _open(args) as vault:
         counts = vault.store.day_counts()
         destroyed = vault.keystore.destroyed()
         live = set(vault.keystore.days())
@@ -765,7 +536,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                  "key": "live" if d in live else "destroyed" if d in destroyed else "missing"}
                 for d, n in sorted(counts.items())]
         audit_entries = vault.store.audit_count()
-        now = _now_us()
+        now = now_us()
         states = [w.state(now) for w in WarrantRegister(vault.store.db).all()]
         doc = {"db": str(vault.store.path), "keystore": str(vault.keystore.path), "region": vault.store.region,
                "records": sum(counts.values()), "days": days, "purged_days": len(destroyed),
@@ -779,18 +550,85 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_subject_access(args: argparse.Namespace) -> int:
+    from pipeline.privacy.requests import InvalidRequest, canonical_subject, check_request_id
+
+    custodian = reference(args.custodian, "--custodian", "the vault custodian who runs it")
+    try:
+        request_id = check_request_id(args.request_id or "")
+    except InvalidRequest as exc:
+        raise UsageError(f"--request-id: {exc}") from None
+    start_us, end_us = parse_window(args.start, args.end)
+    cutoff_us = day_number(retention_cutoff(utc_today(), retention_period(args.retention))) * DAY_US
+    if not args.output or args.output == "-":
+        raise UsageError("--output FILE is required: the extract is handed to the DPO, never printed")
+    parent = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK) or os.path.isdir(args.output):
+        # Checked before the vault is searched and the access audited: no audit entry for an extract never written.
+        raise FatalError(f"cannot write --output {args.output}: " + (
+            "it is a directory" if os.path.isdir(args.output) else "its directory does not exist or is not writable")
+            + "; give a file in a directory you can write to")
+    with _open(args) as vault:
+        region = vault.store.region
+        try:
+            subject = canonical_subject("msisdn", args.subject or "", region)
+        except InvalidRequest as exc:
+            raise UsageError(f"--subject: {exc}") from None
+        extract, result = subject_access_extract(vault.store, vault.keystore, BlindIndexer(vault.keyring.index_key),
+                                                 _audit(vault, args), request_id=request_id, operator=custodian,
+                                                 subject=subject, start_us=start_us, end_us=end_us,
+                                                 not_before_us=cutoff_us)
+    out = open_private_output(args.output)
+    try:
+        out.write(orjson.dumps(extract, option=orjson.OPT_INDENT_2) + b"\n")
+    finally:
+        out.close()
+    # The custodian's summary: counts only (no subject, no audit position).
+    print(f"vault subject-access {request_id}: {len(result.records)} record(s) written to {args.output}"
+          + ("" if extract["complete"] else f"; {len(result.integrity_failures)} failed authentication, "
+             f"{result.unreadable_count} in purged days (not included)"), file=sys.stderr)
+    if result.integrity_failures:
+        raise FatalError(f"{len(result.integrity_failures)} stored record(s) failed authentication and are not in "
+                         "the extract (marked incomplete); investigate before the DPO relies on it")
+    return 0
+
+
+def _add_subject_access(vsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``cdrpipe vault subject-access``."""
+    p = vsub.add_parser(
+        "subject-access", help="a subscriber's own calls for their access request (audited; no warrant)",
+        description="For a data-subject access or portability request: find the subscriber's calls in "
+                    "[--from, --to) as a warrant query would, write the subscriber's own view of them (the other "
+                    "party as on an itemised bill, withheld callers withheld, no other party's device or location "
+                    "data) to --output (mode 0600) for `cdrpipe privacy export --vault`. Audited with purpose "
+                    "subject-access and the request id. Never includes anything about warrants or the audit log.")
+    _vault_arguments(p)
+    p.add_argument("--request-id", required=True, help="the DPO's request id (as submitted)")
+    p.add_argument("--subject", required=True, metavar="NUMBER",
+                   help="the subscriber's number, any format (read with the vault's region)")
+    p.add_argument("--from", dest="start", required=True, help="window start, ISO-8601 (inclusive)")
+    p.add_argument("--to", dest="end", required=True,
+                   help="window end, ISO-8601 (exclusive; a date includes that day)")
+    p.add_argument("--custodian", default=None,
+                   help="id of the vault custodian running it (env CDRPIPE_OPERATOR; required)")
+    p.add_argument("--output", required=True, help="the extract file to hand to the DPO (mode 0600)")
+    p.add_argument("--audit-key", default=None, help=f"Ed25519 audit key file (env {ENV_AUDIT_KEY})")
+    _retention_argument(p)
+    p.set_defaults(func=_cmd_subject_access)
+
+
 # --------------------------------------------------------------------------- parsers
 
 def _vault_arguments(p: argparse.ArgumentParser, *, region: bool = False) -> None:
     p.add_argument("--keyring", default=None,
                    help=f"vault keyring file (env {ENV_VAULT_KEYRING_FILE} or CDRPIPE_VAULT_KEYRING_JSON)")
-    p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
+    p.add_argument("--db", default=None, required=True,
                    help="vault record database: a SQLite file, or postgresql://… (env CDRPIPE_VAULT_DB)")
-    p.add_argument("--keystore", default=os.environ.get("CDRPIPE_VAULT_KEYSTORE"),
+    p.add_argument("--keystore", default=None,
                    help="day-key store, a separate file or PostgreSQL database (env CDRPIPE_VAULT_KEYSTORE; default "
                         "<db>.keys for a SQLite vault; required with PostgreSQL)")
     if region:
-        p.add_argument("--region", default=os.environ.get("CDRPIPE_REGION", "GB"),
+        p.add_argument("--region", default="GB",
                        help="default region for national numbers (env CDRPIPE_REGION; default GB)")
 
 
@@ -812,18 +650,13 @@ def _witness_kafka_argument(p: argparse.ArgumentParser) -> None:
                         "bootstrap servers from -X bootstrap.servers=… or CDRPIPE_BOOTSTRAP_SERVERS)")
 
 
-def _witness_config(args: argparse.Namespace) -> dict[str, str]:
-    from pipeline.kafka_config import parse_x_options
-    return parse_x_options(getattr(args, "X", None))
-
-
 def _input_arguments(p: argparse.ArgumentParser) -> None:
     """``--format``/``--mapping`` (as `cdrpipe process` and `run` take them) and ``--retention``."""
-    p.add_argument("--format", default=os.environ.get("CDRPIPE_FORMAT"),
+    p.add_argument("--format", default=None,
                    help="input format of the raw records, as given to `cdrpipe process`/`run`: jsonl, "
                         "asterisk-csv, freeswitch-json, acc or csv (env CDRPIPE_FORMAT; default: recognise "
                         "each record; mapped csv needs --format csv --mapping)")
-    p.add_argument("--mapping", default=os.environ.get("CDRPIPE_MAPPING"),
+    p.add_argument("--mapping", default=None,
                    help="CSV layout TOML, as given to `cdrpipe process` (env CDRPIPE_MAPPING; docs/formats.md)")
     _retention_argument(p)
 
@@ -866,9 +699,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _vault_arguments(p, region=True)
     _input_arguments(p)
     p.add_argument("--bootstrap-servers", default=None, help="Kafka bootstrap servers (env CDRPIPE_BOOTSTRAP_SERVERS)")
-    p.add_argument("--topic", default=os.environ.get("CDRPIPE_VAULT_TOPIC", DEFAULT_TOPIC),
+    p.add_argument("--topic", default=DEFAULT_TOPIC,
                    help=f"topic to consume (env CDRPIPE_VAULT_TOPIC; default {DEFAULT_TOPIC})")
-    p.add_argument("--group", default=os.environ.get("CDRPIPE_VAULT_GROUP", DEFAULT_GROUP),
+    p.add_argument("--group", default=DEFAULT_GROUP,
                    help=f"consumer group (env CDRPIPE_VAULT_GROUP; default {DEFAULT_GROUP})")
     p.add_argument("-X", action="append", metavar="KEY=VALUE",
                    help="librdkafka client setting, repeatable (e.g. -X security.protocol=SASL_SSL)")
@@ -905,9 +738,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=f"Ed25519 audit key file to sign the audit entry (env {ENV_AUDIT_KEY}; default: the "
                         "vault keyring's optional audit_key)")
     _audit_arguments(p, key=False)
-    p.add_argument("--authorised-org", default=os.environ.get("CDRPIPE_LI_ORG"),
+    p.add_argument("--authorised-org", default=None,
                    help="etsi-xml: authorisedOrganisationID of the requester (env CDRPIPE_LI_ORG)")
-    p.add_argument("--csp-id", default=os.environ.get("CDRPIPE_CSP_ID", "cdrpipe"),
+    p.add_argument("--csp-id", default="cdrpipe",
                    help="etsi-xml: cSPID, the answering provider (env CDRPIPE_CSP_ID)")
     p.add_argument("--request-number", default=None, help="etsi-xml: requestNumber (default: the warrant reference)")
     p.add_argument("--country", default=None, help="etsi-xml: countryCode (default: the vault's region)")
@@ -940,26 +773,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = asub.add_parser("verify", help="exit 0 if the chain is intact, else name the first bad entry",
                         description="Check every entry's hash, link, number and (with --public-key) signature, and "
                                     "the keystore's anchor. Exit 0 when intact, 1 naming the first bad entry.")
-    p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
+    p.add_argument("--db", default=None, required=True,
                    help="vault record database (env CDRPIPE_VAULT_DB)")
-    p.add_argument("--keystore", default=os.environ.get("CDRPIPE_VAULT_KEYSTORE"),
+    p.add_argument("--keystore", default=None,
                    help="keystore holding the anchor (default <db>.keys; no keyring needed)")
-    p.add_argument("--public-key", default=os.environ.get(ENV_AUDIT_PUBLIC_KEY),
+    p.add_argument("--public-key", default=None,
                    help=f"require every entry signed by this Ed25519 key: base64 or a file (env {ENV_AUDIT_PUBLIC_KEY})")
     p.add_argument("--signed-from", type=int, default=None,
                    help="require a signature on every entry from this one on (default: from the first signed one)")
-    p.add_argument("--witness", default=os.environ.get(ENV_AUDIT_WITNESS),
+    p.add_argument("--witness", default=None,
                    help=f"compare the log with its witness: FILE or kafka:TOPIC (env {ENV_AUDIT_WITNESS})")
     _witness_kafka_argument(p)
     p.set_defaults(func=_cmd_audit_verify)
     p = asub.add_parser("export", help="print every audit entry as JSONL (to ship to WORM storage)")
-    p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
+    p.add_argument("--db", default=None, required=True,
                    help="vault record database (env CDRPIPE_VAULT_DB)")
     p.set_defaults(func=_cmd_audit_export)
     p = asub.add_parser("check-export", help="check that a delivery holds exactly what a query's entry disclosed",
                         description="Read the record ids of a delivery (JSONL, CSV or ETSI XML) and compare their "
                                     "digest with the disclosed.sha256 of audit entry --seq. Exit 0 if they match.")
-    p.add_argument("--db", default=os.environ.get("CDRPIPE_VAULT_DB"), required=not os.environ.get("CDRPIPE_VAULT_DB"),
+    p.add_argument("--db", default=None, required=True,
                    help="vault record database (env CDRPIPE_VAULT_DB)")
     p.add_argument("--seq", type=int, required=True, help="the query's audit entry number")
     p.add_argument("--file", required=True, help="the delivery to check")
@@ -978,8 +811,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _audit_arguments(p, key=False)
     p.set_defaults(func=_cmd_audit_gap)
 
-    from pipeline.vault.subject_access import add_parser as add_subject_access  # imports this module: here, not above
-    add_subject_access(vsub)
+    _add_subject_access(vsub)
 
     p = vsub.add_parser("reindex", help="read again, with --format/--mapping, records filed by sealed_at",
                         description="Decrypt every record the vault could not date or index (filed under the time "
@@ -1013,7 +845,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--from", dest="start", default=None, help="first instant of communications covered, ISO-8601")
     p.add_argument("--to", dest="end", default=None, help="end of the window, ISO-8601 (a date includes that day)")
     p.add_argument("--expires", default=None, help="when the authorisation ends, ISO-8601 (a date includes that day)")
-    p.add_argument("--region", default=os.environ.get("CDRPIPE_REGION"),
+    p.add_argument("--region", default=None,
                    help="region for national numbers in --targets (env CDRPIPE_REGION; default: the vault's)")
     p.add_argument("--operator", default=None, help="who registers it (env CDRPIPE_OPERATOR; default: OS user)")
     _audit_arguments(p)
