@@ -1,6 +1,6 @@
 """The Kafka worker given records of another format: it warns, counts the batches in a metric, keeps running.
 
-Unlike the file runner (which stops: tests/unit/test_format_mismatch.py), a worker serves a topic
+Unlike the file runner (which stops: tests/unit/formats/test_format_mismatch.py), a worker serves a topic
 that other producers write to; it must not stop, but an operator must see the mismatch at once.
 What could fail: no warning, a warning that repeats a value, no metric, or the worker exiting.
 """

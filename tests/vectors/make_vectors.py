@@ -2,7 +2,7 @@
 
     python tests/vectors/make_vectors.py
 
-The values come from the pipeline's own code; ``tests/unit/test_vectors.py`` then checks them
+The values come from the pipeline's own code; ``tests/unit/core/test_vectors.py`` then checks them
 against an independent recomputation of the documented constructions (stdlib ``hmac`` and a
 hand-written HKDF for tokens, plain AES-GCM and HPKE for envelopes), so a vector that merely
 echoes a bug cannot pass.

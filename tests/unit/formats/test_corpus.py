@@ -9,7 +9,7 @@ import orjson
 
 from pipeline.core.router import CoreConfig, Router, Source
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "fafeitsch" / "asterisk-master.csv"
+DATA = Path(__file__).resolve().parents[2] / "data" / "fafeitsch" / "asterisk-master.csv"
 
 
 def _records() -> tuple[list[bytes], set[str], set[str]]:

@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 from pipeline.cli import EXIT_OK, main
 from pipeline.vault.audit import read_entries
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CORPUS = REPO.parent / "shared" / "corpus"
 SAMPLE = CORPUS / "cgrates" / "ers_filecsv__fileContent1.csv"   # 18 columns, but not Asterisk's
 MAPPING = REPO / "tests" / "data" / "mappings" / "cgrates-export.toml"

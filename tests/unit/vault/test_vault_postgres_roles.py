@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.cli import EXIT_OK, main
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "postgres"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "postgres"
 
 
 @pytest.fixture(scope="module", autouse=True)

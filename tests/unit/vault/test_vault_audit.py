@@ -23,7 +23,7 @@ from pipeline.vault.audit import (GENESIS, AuditError, AuditLog, AuditSigner, en
 from pipeline.vault.keystore import Keystore
 from pipeline.vault.store import open_store
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "audit-entry.v1.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[3] / "schemas" / "audit-entry.v1.json").read_text())
 VALIDATOR = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
 DIGEST = "ab" * 32
 

@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.cli import EXIT_OK, main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CORPUS = REPO.parent / "shared" / "corpus"
 MAPPINGS = REPO / "tests" / "data" / "mappings"
 AST, CG = "fafeitsch-cdrcsv-report-generator", "cgrates"

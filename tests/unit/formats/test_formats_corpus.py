@@ -22,7 +22,7 @@ import pytest
 from pipeline.core.router import CoreConfig, Router, Source
 from pipeline.formats import load_mapping
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DATA = REPO / "tests" / "data"
 MAPPINGS = DATA / "mappings"
 

@@ -23,7 +23,7 @@ import pytest
 from pipeline.metrics import VaultSinkMetrics, WorkerMetrics
 from pipeline.topics import load_topic_policy
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MONITORING = REPO / "deploy" / "monitoring"
 ALERTS = MONITORING / "alerts.yaml"
 DASHBOARD = MONITORING / "dashboard.json"

@@ -31,7 +31,7 @@ from pipeline.broker import KAFKA_VERSION
 from pipeline.keys import ENV_VAULT_KEYRING_JSON, ENV_WORKER_KEYRING_JSON
 from pipeline.topics import load_topic_policy
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 BASE = K8S / "base"

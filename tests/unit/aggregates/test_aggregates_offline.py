@@ -14,7 +14,7 @@ from pipeline.aggregates.watermark import Watermark
 from pipeline.core.router import Router, Source
 from pipeline.synthetic import generate
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
 AGGREGATE = Draft202012Validator(json.loads((SCHEMAS / "aggregate.v1.json").read_text()),
                                  format_checker=Draft202012Validator.FORMAT_CHECKER)
 

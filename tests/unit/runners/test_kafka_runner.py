@@ -19,7 +19,7 @@ from pipeline.runners.kafka import (KAFKA_DEFAULT_MAX_MESSAGE, Topics, WorkerSet
                                     required_message_bytes, split_client_overrides,
                                     transactional_id, validate_worker_id)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _noop(*_args: object) -> None:

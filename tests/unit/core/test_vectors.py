@@ -28,7 +28,7 @@ from pipeline.core.normalise import PhoneNormaliser, normalise_column
 from pipeline.core.tokenise import KINDS, Tokeniser
 from pipeline.keys import SecretKey, WorkerKeyring
 
-VECTORS = Path(__file__).resolve().parents[1] / "vectors"
+VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 TOKENS = json.loads((VECTORS / "tokens.json").read_text(encoding="utf-8"))
 ENVELOPES = json.loads((VECTORS / "envelopes.json").read_text(encoding="utf-8"))
 TOKEN_VECTORS = TOKENS["vectors"]

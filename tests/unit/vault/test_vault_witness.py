@@ -95,7 +95,7 @@ def test_the_intact_log_matches_its_witness_and_is_signed_throughout(vault, caps
     assert "5 entries" in err and "signatures (5)" in err and "5 entries match the witness (entries #1 to #5)" in err
     entries = _entries(vault)
     assert [e["action"] for e in entries] == ["witness_enabled", "warrant_add", "query", "query", "query"]
-    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "audit-entry.v1.json").read_text())
+    schema = json.loads((Path(__file__).resolve().parents[3] / "schemas" / "audit-entry.v1.json").read_text())
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     for entry in entries:
         assert not list(validator.iter_errors(entry)), entry["action"]

@@ -142,7 +142,7 @@ def test_warrant_list_shows_state_but_never_targets_and_is_audited(vault, capsys
     assert _last_entry(vault)["action"] == "warrant_list"
     entries = [json.loads(e) for _s, e in read_entries(vault["db"])]
     assert [e["action"] for e in entries][:3] == ["warrant_add", "warrant_add", "warrant_revoke"]
-    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "audit-entry.v1.json").read_text())
+    schema = json.loads((Path(__file__).resolve().parents[3] / "schemas" / "audit-entry.v1.json").read_text())
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     for entry in entries:  # every kind of entry this file makes (queries, refusals, warrant actions)
         assert not list(validator.iter_errors(entry)), entry["action"]

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DATA = REPO / "tests" / "data"
 
 
