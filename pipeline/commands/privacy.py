@@ -1,7 +1,8 @@
 """`cdrpipe privacy`: ``submit``, ``status``/``extend``/``close`` (the case register),
 ``export`` (access and portability), ``worker`` and ``suppressions`` (the active suppressions).
 
-faust is imported only when ``worker`` runs, so ``cdrpipe --help`` and ``submit`` stay quick.
+Each action parses its flags and calls the domain (:mod:`pipeline.privacy`). faust is imported
+only when ``worker`` runs, so ``cdrpipe --help`` and ``submit`` stay quick.
 """
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import os
 import sys
 from datetime import date, datetime, timezone
 
-from pipeline.core.tokenise import DEFAULT_TOKEN_BITS
-from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
 from pipeline.commands.common import add_app_arguments, open_private_output
-from pipeline.vault.window import iso, parse_window
-from pipeline.core.tokenise import months_between
+from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, months_between
 from pipeline.errors import FatalError, UsageError
+from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
 from pipeline.keys import KeyringError, load_worker_keyring
 from pipeline.privacy import analytics_source
 from pipeline.privacy.register import ENV_REGISTER, CaseRegister
@@ -24,6 +23,7 @@ from pipeline.privacy.requests import (REQUEST_TYPES, InvalidRequest, SubjectTok
                                        check_request_id, make_request, submit)
 from pipeline.privacy.subject_export import FORMATS, build_export, load_extract, write_export
 from pipeline.topics import ANALYTICS, ERASURES, REQUESTS, SUPPRESSIONS
+from pipeline.vault.window import iso, parse_window
 
 DEFAULT_APP_ID = "cdrpipe-privacy"
 DEFAULT_WEB_PORT = 6067
