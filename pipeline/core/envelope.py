@@ -25,6 +25,7 @@ the vectors test the code that seals production traffic; opening stays here, for
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -97,9 +98,36 @@ class OpenedRecord:
     offset: int | None
 
 
+@dataclass
+class OpenedSegment:
+    """A segment's records as columns (what the vault ingests: no object per record)."""
+
+    record_refs: list[str]
+    raws: list[bytes]
+    source_name: str
+    partitions: list[int | None]
+    offsets: list[int | None]
+
+    def records(self) -> list[OpenedRecord]:
+        name = self.source_name
+        return [OpenedRecord(rid, raw, name, part, off)
+                for rid, raw, part, off in zip(self.record_refs, self.raws, self.partitions, self.offsets)]
+
+
 def open_segment(envelope: bytes | dict[str, Any], vault_private: X25519PrivateKey,
                  vault_kid: str | None = None) -> list[OpenedRecord]:
     """Decrypt and split one segment; raises :class:`EnvelopeError` on any failure."""
+    return open_segment_columns(envelope, vault_private, vault_kid).records()
+
+
+def _b64(text: Any) -> bytes:
+    """Strict base64 (only the alphabet and correct padding), as ``b64decode(validate=True)``, faster."""
+    return binascii.a2b_base64(text, strict_mode=True)
+
+
+def open_segment_columns(envelope: bytes | dict[str, Any], vault_private: X25519PrivateKey,
+                         vault_kid: str | None = None) -> OpenedSegment:
+    """:func:`open_segment` as columns; raises :class:`EnvelopeError` on any failure."""
     try:
         header = dict(orjson.loads(envelope)) if isinstance(envelope, (bytes, bytearray, str)) else dict(envelope)
         kind = header.get("type")
@@ -108,11 +136,10 @@ def open_segment(envelope: bytes | dict[str, Any], vault_private: X25519PrivateK
         if vault_kid is not None and header.get("vault_kid") != vault_kid:
             raise EnvelopeError(f"segment sealed for vault key {header.get('vault_kid')!r}, "
                                 f"this keyring holds {vault_kid!r}")
-        ct = base64.b64decode(header.pop("ct"), validate=True)
-        data_key = _SUITE.decrypt(base64.b64decode(header["wrapped_key"], validate=True), vault_private,
-                                  info=HPKE_INFO)
+        ct = _b64(header.pop("ct"))
+        data_key = _SUITE.decrypt(_b64(header["wrapped_key"]), vault_private, info=HPKE_INFO)
         aad = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
-        plaintext = AESGCM(data_key).decrypt(base64.b64decode(header["nonce"], validate=True), ct, aad)
+        plaintext = AESGCM(data_key).decrypt(_b64(header["nonce"]), ct, aad)
         ids = header["record_refs" if kind == ENVELOPE_TYPE else "record_ids"]
         lengths, source = header["lengths"], header["source"]
     except EnvelopeError:
@@ -123,14 +150,18 @@ def open_segment(envelope: bytes | dict[str, Any], vault_private: X25519PrivateK
         raise EnvelopeError("segment cannot be opened: wrong vault key or altered ciphertext/header") from None
     if len(ids) != len(lengths) or sum(lengths) + len(lengths) - 1 != len(plaintext):
         raise EnvelopeError("segment header does not match its plaintext")
-    partitions = _expand(source.get("partition"), len(ids))
-    offsets = _expand(source.get("offset"), len(ids))
-    out, pos = [], 0
-    view = memoryview(plaintext)
-    for rid, n, part, off in zip(ids, lengths, partitions, offsets):
-        out.append(OpenedRecord(rid, bytes(view[pos:pos + n]), source.get("name", ""), part, off))
-        pos += n + 1
-    return out
+    # Split on the newlines when they are exactly the separators (the usual case: one C-level
+    # split); a record that itself holds a newline makes the pieces differ, and then the
+    # lengths cut the plaintext record by record.
+    raws = plaintext.split(b"\n")
+    if list(map(len, raws)) != lengths:
+        raws, pos = [], 0
+        view = memoryview(plaintext)
+        for n in lengths:
+            raws.append(bytes(view[pos:pos + n]))
+            pos += n + 1
+    return OpenedSegment(list(ids), raws, source.get("name", ""), _expand(source.get("partition"), len(ids)),
+                         _expand(source.get("offset"), len(ids)))
 
 
 def _expand(value: Any, n: int) -> list[Any]:

@@ -3,7 +3,7 @@
 For a batch of retention envelopes (many segments, tens of thousands of records),
 :meth:`Ingester.prepare` does all the CPU work without writing to the database:
 
-1. open each segment with the vault's private key (``pipeline.core.envelope.open_segment``);
+1. open each segment with the vault's private key (``pipeline.core.envelope.open_segment_columns``);
    a segment sealed for another vault key stops the run (wrong keyring), one that fails to
    open is quarantined still sealed (nothing is dropped, nothing blocks the stream);
 2. drop record ids already stored, in the batch being written, or repeated in this batch
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ import orjson
 import polars as pl
 
 from pipeline.core.times import parse_times
-from pipeline.core.envelope import ENVELOPE_TYPE, LEGACY_ENVELOPE_TYPE, EnvelopeError, open_segment
+from pipeline.core.envelope import ENVELOPE_TYPE, LEGACY_ENVELOPE_TYPE, EnvelopeError, open_segment_columns
 from pipeline.core.normalise import PhoneNormaliser, normalise_column
 from pipeline.keys import VaultKeyring
 from pipeline.vault.index import PARTY_FIELDS, RID_BITS, TARGET_KINDS, BlindIndexer
@@ -83,13 +83,25 @@ class IngestTotals:
 
 @dataclass
 class DayRows:
-    """One day's rows, ready for ``executemany`` (record ids assigned, ciphertexts made)."""
+    """One day's rows, ready to insert (record ids assigned, ciphertexts made).
+
+    The records are kept as columns (``RECORD_COLUMNS`` order): :meth:`iter_records` zips them
+    into rows only as the writer binds them, so no list of a tuple per record is built.
+    """
 
     day: int
     kid: str
-    records: list[tuple[Any, ...]]
+    columns: tuple[list[Any], ...]
     index: list[int]
     ids: list[str]
+
+    @property
+    def records(self) -> list[tuple[Any, ...]]:
+        """The rows as tuples (``RECORD_COLUMNS`` order)."""
+        return list(self.iter_records())
+
+    def iter_records(self) -> Iterator[tuple[Any, ...]]:
+        return zip(*self.columns)
 
 
 @dataclass
@@ -147,6 +159,13 @@ class Ingester:
     def close(self) -> None:
         self._reader.close()
 
+    def _parsed_ids(self, readers: Sequence[Reader | None]) -> list[int]:
+        """The ``parsed`` value (reader id) of each record, looked up once per distinct reader object."""
+        ids: dict[int, int] = {}
+        for reader in {id(r): r for r in readers}.values():
+            ids[id(reader)] = UNREAD if reader is None else self._reader_ids[reader]
+        return [ids[key] for key in map(id, readers)]
+
     def cutoff_day(self) -> int:
         """The first day still within retention today (re-read per batch: a sink runs for days)."""
         return day_number(retention_cutoff(self._today(), self.retention))
@@ -190,17 +209,18 @@ class Ingester:
         segment_id = str(header.get("segment_id"))
         try:
             sealed = _sealed_us(header.get("sealed_at"))
-            opened = open_segment(header, self._private, self._kid)
+            opened = open_segment_columns(header, self._private, self._kid)
         except EnvelopeError as exc:
             self._quarantine(segment_id, str(exc), orjson.dumps(header), totals, quarantine)
             return
         totals.segments += 1
-        cols["record_id"].extend([r.record_ref for r in opened])
-        cols["raw"].extend([r.raw for r in opened])
-        cols["src"].extend([r.source_name for r in opened])
-        cols["part"].extend([r.partition for r in opened])
-        cols["off"].extend([r.offset for r in opened])
-        cols["sealed"].extend([sealed] * len(opened))
+        n = len(opened.raws)
+        cols["record_id"].extend(opened.record_refs)
+        cols["raw"].extend(opened.raws)
+        cols["src"].extend([opened.source_name] * n)
+        cols["part"].extend(opened.partitions)
+        cols["off"].extend(opened.offsets)
+        cols["sealed"].extend([sealed] * n)
 
     def _quarantine(self, segment_id: str | None, reason: str, body: bytes, totals: IngestTotals,
                     quarantine: list[tuple[str | None, str, bytes]]) -> None:
@@ -230,8 +250,7 @@ class Ingester:
         raws = [raws_all[i] for i in take]
 
         parties = read_parties(raws, self.reader)
-        read_by = pl.Series("parsed", [self._reader_ids[r] if r is not None else UNREAD for r in parties.readers],
-                            dtype=pl.Int64)
+        read_by = pl.Series("parsed", self._parsed_ids(parties.readers), dtype=pl.Int64)
         rows = first.select("record_id", "sealed").with_columns(
             read_by, parse_times(parties.start).dt.epoch("us").alias("start")) \
             .with_row_index("row").with_columns(
@@ -274,33 +293,33 @@ class Ingester:
             keys.append(pl.DataFrame({"day": day_of.gather(at), "rid": rid_of.gather(at), "v": canonical})
                         .drop_nulls().select("day", (self._indexer.column(kind, pl.col("day"), pl.col("v"))
                                                      * (1 << RID_BITS) + pl.col("rid")).alias("k")))
-        index = pl.concat(keys).sort("day", "k") if keys else pl.DataFrame(schema={"day": pl.Int64, "k": pl.Int64})
-        index_counts = dict(index.group_by("day").len().iter_rows())
-        key_col = index["k"].to_list()
+        # Each day's keys ascending (the order its B-tree takes them best): one single-column sort per day.
+        day_keys = {int(day): part["k"].sort().to_list() for (day,), part in
+                    pl.concat(keys).partition_by("day", as_dict=True, include_key=False).items()} if keys else {}
 
         order = rows["row"].to_list()
         ids_col, ts_col, rid_col = rows["record_id"].to_list(), rows["ts"].to_list(), rows["rid"].to_list()
         parsed_col = rows["parsed"].to_list()
         sealed_col = rows["sealed_time"].cast(pl.Int8).to_list()
-        raw_col = [raws[r] for r in order]
-        src_all, part_all, off_all = cols["src"], cols["part"], cols["off"]
-        src = [src_all[take[r]] for r in order]
-        part = [part_all[take[r]] for r in order]
-        off = [off_all[take[r]] for r in order]
+        raw_col = list(map(raws.__getitem__, order))
+        at = list(map(take.__getitem__, order))  # each stored row's place in the opened batch
+        src = list(map(cols["src"].__getitem__, at))
+        part = list(map(cols["part"].__getitem__, at))
+        off = list(map(cols["off"].__getitem__, at))
         out = []
-        lo = ilo = 0
+        lo = 0
         for day, n in counts.iter_rows():
-            hi, ihi = lo + n, ilo + index_counts.get(day, 0)
+            hi = lo + n
             cipher = ciphers[day]
             assert cipher is not None
             record_ids = ids_col[lo:hi]
             cts = cipher.seal_many(record_ids, raw_col[lo:hi])
-            records = list(zip(rid_col[lo:hi], record_ids, ts_col[lo:hi], parsed_col[lo:hi], sealed_col[lo:hi],
-                               src[lo:hi], part[lo:hi], off[lo:hi], cts))
-            out.append(DayRows(day, cipher.kid, records, key_col[ilo:ihi], record_ids))
+            columns = (rid_col[lo:hi], record_ids, ts_col[lo:hi], parsed_col[lo:hi], sealed_col[lo:hi],
+                       src[lo:hi], part[lo:hi], off[lo:hi], cts)
+            out.append(DayRows(day, cipher.kid, columns, day_keys.get(day, []), record_ids))
             totals.stored += n
             totals.days.add(day)
-            lo, ilo = hi, ihi
+            lo = hi
         return out
 
     # ------------------------------------------------------------------ write (one transaction)
@@ -319,7 +338,7 @@ class Ingester:
                 self.store.quarantine(segment_id, reason, body)
             for rows in prepared.days:
                 self.store.ensure_partition(rows.day, rows.kid)
-                raced = len(rows.records) - self.store.insert_day(rows.day, rows.records, rows.index, rows.ids)
+                raced = len(rows.ids) - self.store.insert_day(rows.day, rows.iter_records(), rows.index, rows.ids)
                 totals.stored -= raced
                 totals.duplicates += raced
         return totals

@@ -236,25 +236,26 @@ class PostgresStore(RecordStore):
                                          (list(record_ids),))
         return {str(r[0]) for r in rows}
 
-    def insert_day(self, day: int, records: Sequence[tuple[object, ...]], index: Sequence[int],
+    def insert_day(self, day: int, records: Iterable[tuple[object, ...]], index: Sequence[int],
                    ids: Sequence[str]) -> int:
         """Insert the records whose ids this transaction claims; returns how many (another sink had the rest)."""
+        rows = list(records)
         claimed = {str(r[0]) for r in self.db.execute(
             "INSERT INTO record_ids (day, record_id) SELECT ?, unnest(?::text[]) ON CONFLICT DO NOTHING "
             "RETURNING record_id", (day, list(ids)))}
-        if len(claimed) < len(records):
-            records = [r for r in records if r[1] in claimed]
-            rids = {int(r[0]) for r in records}  # type: ignore[call-overload]
+        if len(claimed) < len(rows):
+            rows = [r for r in rows if r[1] in claimed]
+            rids = {int(r[0]) for r in rows}  # type: ignore[call-overload]
             index = [k for k in index if k & _RID_MASK in rids]
-        if records:
+        if rows:
             with self.db.conn.cursor() as cur, cur.copy(_COPY_RECORDS) as copy:
                 copy.set_types(_COPY_TYPES)
-                for row in records:
+                for row in rows:
                     copy.write_row((day, *row))
             self.db.execute("INSERT INTO blind_index (day, k) SELECT ?, unnest(?::bigint[]) ON CONFLICT DO NOTHING",
                             (day, list(index)))
-            self.db.execute("INSERT INTO day_counts (day, n) VALUES (?, ?)", (day, len(records)))
-        return len(records)
+            self.db.execute("INSERT INTO day_counts (day, n) VALUES (?, ?)", (day, len(rows)))
+        return len(rows)
 
     def sealed_time_rows(self, day: int) -> list[tuple[object, ...]]:
         return self.db.execute(f"SELECT {_ROW_COLUMNS} FROM records WHERE day = ? AND sealed_time = 1",

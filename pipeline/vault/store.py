@@ -200,8 +200,10 @@ class RecordStore:
     def known_ids(self, record_ids: Sequence[str], conn: Database | None = None) -> set[str]:
         raise NotImplementedError
 
-    def insert_day(self, day: int, records: Sequence[tuple[object, ...]], index: Sequence[int],
+    def insert_day(self, day: int, records: Iterable[tuple[object, ...]], index: Sequence[int],
                    ids: Sequence[str]) -> int:
+        """Insert one day's records (RECORD_COLUMNS order, any iterable), index keys and record ids;
+        returns how many records were stored."""
         raise NotImplementedError
 
     def sealed_time_rows(self, day: int) -> list[tuple[object, ...]]:
@@ -340,20 +342,22 @@ class VaultStore(RecordStore):
                                  "(SELECT value FROM json_each(?))", (orjson.dumps(list(record_ids)),))
         return {r[0] for r in rows}
 
-    def insert_day(self, day: int, records: Sequence[tuple[object, ...]], index: Sequence[int],
+    def insert_day(self, day: int, records: Iterable[tuple[object, ...]], index: Sequence[int],
                    ids: Sequence[str]) -> int:
         """Insert one day's records (RECORD_COLUMNS order), index keys ``bidx << 32 | rid`` and record ids.
 
         Returns the records stored: all of them, as the one writer deduplicated them already.
+        ``records`` may be an iterator (ingest passes a ``zip`` of its columns, bound row by row).
         """
-        self.conn.executemany(f"INSERT INTO {rec_table(day)} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+        stored = self.conn.executemany(f"INSERT INTO {rec_table(day)} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                       records).rowcount
         # One statement each, so SQLite works through the rows without the GIL (a writer thread
         # then runs beside the thread preparing the next batch).
         self.conn.execute(f"INSERT OR IGNORE INTO {idx_table(day)} SELECT value FROM json_each(?)",
                           (orjson.dumps(index),))
         self.conn.execute("INSERT INTO record_ids (record_id, day) SELECT value, ? FROM json_each(?)",
                           (day, orjson.dumps(ids)))
-        return len(records)
+        return stored
 
     def sealed_time_rows(self, day: int) -> list[tuple[object, ...]]:
         """Records of ``day`` filed under their segment's ``sealed_at`` (no call start read): reindex candidates."""
