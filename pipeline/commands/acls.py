@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.acl import (MATRIX, Principal, access_table, apply_acls, bindings, check_matrix, kafka_acls_commands,
                           with_prefix, with_users)
+from pipeline.commands.common import action_group
 from pipeline.errors import UsageError
 from pipeline.kafka_config import ENV_BOOTSTRAP, parse_x_options, require_bootstrap
 from pipeline.topics import default_policy_path, load_topic_policy
@@ -74,14 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add `cdrpipe acls apply` and `cdrpipe acls show`."""
     p = subparsers.add_parser("acls", help="the Kafka ACLs of the pipeline's principals",
                               description="Show the ACL matrix or make a cluster's ACLs match it.")
-    sub = p.add_subparsers(dest="acls_command", metavar="ACTION")
-
-    def _no_action(_args: argparse.Namespace) -> int:
-        """`cdrpipe acls` alone: show the actions instead of guessing one."""
-        p.print_help(sys.stderr)
-        return 2
-
-    p.set_defaults(func=_no_action)
+    sub = action_group(p, "acls_command")
 
     def _common(a: argparse.ArgumentParser) -> None:
         a.add_argument("--file", default=None,

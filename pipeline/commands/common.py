@@ -81,3 +81,13 @@ def add_app_arguments(p: argparse.ArgumentParser, *, app_id: str, web_port: int)
                    help=f"port of /health and /metrics (default {web_port}; 0 turns them off)")
     p.add_argument("--data-dir", default=None,
                    help="faust data directory (default: a temporary one; tables live in Kafka changelogs)")
+
+
+def action_group(parser: argparse.ArgumentParser, dest: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """The actions of a command (``cdrpipe vault ACTION``); the command alone prints its help and exits 2."""
+    def _no_action(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    parser.set_defaults(func=_no_action)
+    return parser.add_subparsers(dest=dest, metavar="ACTION")

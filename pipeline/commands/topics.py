@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.commands.common import action_group
 from pipeline.errors import UsageError
 from pipeline.kafka_config import parse_x_options, require_bootstrap
 from pipeline.topics import apply_topics, default_policy_path, load_topic_policy
@@ -31,14 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add `cdrpipe topics apply`."""
     p = subparsers.add_parser("topics", help="create and configure the pipeline's Kafka topics",
                               description="Manage the pipeline's topics from the policy file.")
-    sub = p.add_subparsers(dest="topics_command", metavar="ACTION")
-
-    def _no_action(_args: argparse.Namespace) -> int:
-        """`cdrpipe topics` alone: show the actions instead of guessing one."""
-        p.print_help(sys.stderr)
-        return 2
-
-    p.set_defaults(func=_no_action)
+    sub = action_group(p, "topics_command")
     a = sub.add_parser(
         "apply", help="create missing topics, fix configs, add partitions (idempotent)",
         description=("Make the cluster's topics match the policy file: create missing topics, "

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 import orjson
 
-from pipeline.commands.common import add_metrics_arguments, open_private_output, reference
+from pipeline.commands.common import action_group, add_metrics_arguments, open_private_output, reference
 from pipeline.core.normalise import normalise_one
 from pipeline.errors import FatalError, UsageError, os_why
 from pipeline.kafka_config import parse_x_options, require_bootstrap
@@ -672,13 +672,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     vault = sub.add_parser("vault", help="the retention vault: ingest, query under warrant, purge, audit",
                            description="Keep every raw call record sealed for the retention period; search it "
                                        "only under a warrant, with every access in a hash-chained audit log.")
-    vsub = vault.add_subparsers(dest="vault_command", metavar="ACTION")
-
-    def _no_action(_args: argparse.Namespace) -> int:
-        vault.print_help(sys.stderr)
-        return 2
-
-    vault.set_defaults(func=_no_action)
+    vsub = action_group(vault, "vault_command")
 
     p = vsub.add_parser("ingest", help="store the records of a retention.jsonl file (idempotent)",
                         description="Open each sealed segment of --input (DIR/retention.jsonl of `cdrpipe process`; "
@@ -763,13 +757,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=_cmd_purge)
 
     a = vsub.add_parser("audit", help="verify, export or sign the vault's audit log")
-    asub = a.add_subparsers(dest="audit_command", metavar="ACTION")
-
-    def _no_audit_action(_args: argparse.Namespace) -> int:
-        a.print_help(sys.stderr)
-        return 2
-
-    a.set_defaults(func=_no_audit_action)
+    asub = action_group(a, "audit_command")
     p = asub.add_parser("verify", help="exit 0 if the chain is intact, else name the first bad entry",
                         description="Check every entry's hash, link, number and (with --public-key) signature, and "
                                     "the keystore's anchor. Exit 0 when intact, 1 naming the first bad entry.")
@@ -827,13 +815,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     w = vsub.add_parser("warrant", help="register, list and revoke the warrants queries run under",
                         description="A query is answered only for targets and windows inside an active, unexpired "
                                     "registered warrant that names the querying officer. Every action is audited.")
-    wsub = w.add_subparsers(dest="warrant_command", metavar="ACTION")
-
-    def _no_warrant_action(_args: argparse.Namespace) -> int:
-        w.print_help(sys.stderr)
-        return 2
-
-    w.set_defaults(func=_no_warrant_action)
+    wsub = action_group(w, "warrant_command")
     p = wsub.add_parser("add", help="register a warrant: authority, officer, targets, window, expiry")
     _vault_arguments(p)
     p.add_argument("--id", default=None, help="the warrant's reference (required; used once)")
