@@ -40,7 +40,7 @@ from pipeline.core.envelope import ENVELOPE_TYPE, LEGACY_ENVELOPE_TYPE, Envelope
 from pipeline.core.normalise import PhoneNormaliser, normalise_column
 from pipeline.keys import VaultKeyring
 from pipeline.vault.index import PARTY_FIELDS, RID_BITS, TARGET_KINDS, BlindIndexer
-from pipeline.vault.keystore import Keystore, day_number
+from pipeline.vault.keystore import DayCipher, Keystore, day_number
 from pipeline.vault.readers import SNIFFED, UNREAD, Reader, read_parties
 from pipeline.vault.retention import DEFAULT_RETENTION, retention_cutoff, utc_today
 from pipeline.vault.store import DAY_US, RecordStore
@@ -246,8 +246,7 @@ class Ingester:
         if first.height == 0:
             return []
         take = first["i"].to_list()
-        raws_all = cols["raw"]
-        raws = [raws_all[i] for i in take]
+        raws = cols["raw"] if first.height == totals.records else list(map(cols["raw"].__getitem__, take))
 
         parties = read_parties(raws, self.reader)
         read_by = pl.Series("parsed", self._parsed_ids(parties.readers), dtype=pl.Int64)
@@ -261,8 +260,9 @@ class Ingester:
         # Records past retention (by call start) or of a purged day are not stored: the legal
         # period is over. Day keys are asked for only for days within it (never created for old ones).
         cutoff = self.cutoff_day()
-        ciphers = {int(d): (self.keystore.cipher_for_write(int(d)) if d >= cutoff else None)
-                   for d in rows["day"].unique().to_list()}
+        days = [int(d) for d in rows["day"].unique().to_list()]
+        ciphers: dict[int, DayCipher | None] = dict.fromkeys(days)
+        ciphers.update(self.keystore.ciphers_for_write([d for d in days if d >= cutoff]))
         expired = [d for d, c in ciphers.items() if c is None]
         if expired:
             totals.expired = int(rows["day"].is_in(expired).sum())

@@ -210,39 +210,61 @@ class Keystore:
         The purge cut-off is read on every call, so a sink that cached a day's key before a purge
         (run by another process) drops it instead of writing under a destroyed key.
         """
-        if day < self.purged_before():
-            self._cache.pop(day, None)
-            return None
-        cipher = self._cache.get(day)
-        if cipher is not None:
-            return cipher
-        kid = secrets.token_hex(6)
-        key = AESGCM.generate_key(bit_length=256)
-        nonce = os.urandom(NONCE_BYTES)
-        wrapped = nonce + self._wrap.encrypt(nonce, key, self._aad(day, kid))
-        # Committed before any record uses it: an unused key is harmless, a lost one is not.
-        row = self._claim(day, kid, wrapped)
-        if row is None:
-            return None
-        cipher = DayCipher(day, kid, key) if row[0] == kid else self._unwrap(day, str(row[0]), bytes(row[1]))
-        self._cache[day] = cipher
-        return cipher
+        return self.ciphers_for_write([day])[day]
 
-    def _claim(self, day: int, kid: str, wrapped: bytes) -> tuple[str, bytes] | None:
-        """Store ``wrapped`` as the day's key unless it has one; the day's key (ours or the first one), or
-        ``None`` when the day was purged. Writers racing for a day all get the one key that won."""
+    def ciphers_for_write(self, days: Iterable[int]) -> dict[int, DayCipher | None]:
+        """:meth:`cipher_for_write` for several days: the cut-off read once, the new days' keys
+        created and committed together (one transaction, one sync) before any record uses them."""
+        purged_before = self.purged_before()
+        out: dict[int, DayCipher | None] = {}
+        new: dict[int, tuple[str, bytes, bytes]] = {}
+        for day in days:
+            if day < purged_before:
+                self._cache.pop(day, None)
+                out[day] = None
+            elif day in self._cache:
+                out[day] = self._cache[day]
+            elif day not in new:
+                kid = secrets.token_hex(6)
+                key = AESGCM.generate_key(bit_length=256)
+                nonce = os.urandom(NONCE_BYTES)
+                new[day] = (kid, key, nonce + self._wrap.encrypt(nonce, key, self._aad(day, kid)))
+        if not new:
+            return out
+        # Committed before any record uses them: an unused key is harmless, a lost one is not.
+        claimed = self._claim({day: (kid, wrapped) for day, (kid, _key, wrapped) in new.items()})
+        for day, (kid, key, _wrapped) in new.items():
+            row = claimed.get(day)
+            if row is None:
+                out[day] = None
+                continue
+            cipher = DayCipher(day, kid, key) if row[0] == kid else self._unwrap(day, row[0], row[1])
+            self._cache[day] = out[day] = cipher
+        return out
+
+    def _claim(self, keys: dict[int, tuple[str, bytes]]) -> dict[int, tuple[str, bytes]]:
+        """Store each ``(kid, wrapped)`` as its day's key unless the day has one; the days' keys (ours or
+        the first one). A day that was purged is left out. Writers racing for a day all get the one key
+        that won."""
+        now = _utc_now_text()
+        out: dict[int, tuple[str, bytes]] = {}
         if self._conn.kind == "postgresql":
             # The ingest role may not read day_keys: this SECURITY DEFINER function is its only way in.
-            row = self._conn.execute("SELECT kid, wrapped FROM day_key_for_write(?, ?, ?, ?)",
-                                     (day, kid, wrapped, _utc_now_text())).fetchone()
-            return None if row is None else (str(row[0]), bytes(row[1]))
+            for day, (kid, wrapped) in keys.items():
+                row = self._conn.execute("SELECT kid, wrapped FROM day_key_for_write(?, ?, ?, ?)",
+                                         (day, kid, wrapped, now)).fetchone()
+                if row is not None:
+                    out[day] = (str(row[0]), bytes(row[1]))
+            return out
         with self._conn.transaction():
-            if self._conn.execute("SELECT 1 FROM destroyed WHERE day = ?", (day,)).fetchone():
-                return None
-            self._conn.execute("INSERT INTO day_keys (day, kid, wrapped, created) VALUES (?, ?, ?, ?) "
-                               "ON CONFLICT (day) DO NOTHING", (day, kid, wrapped, _utc_now_text()))
-            row = self._conn.execute("SELECT kid, wrapped FROM day_keys WHERE day = ?", (day,)).fetchone()
-        return str(row[0]), bytes(row[1])
+            for day, (kid, wrapped) in keys.items():
+                if self._conn.execute("SELECT 1 FROM destroyed WHERE day = ?", (day,)).fetchone():
+                    continue
+                self._conn.execute("INSERT INTO day_keys (day, kid, wrapped, created) VALUES (?, ?, ?, ?) "
+                                   "ON CONFLICT (day) DO NOTHING", (day, kid, wrapped, now))
+                row = self._conn.execute("SELECT kid, wrapped FROM day_keys WHERE day = ?", (day,)).fetchone()
+                out[day] = (str(row[0]), bytes(row[1]))
+        return out
 
     def cipher_for_read(self, day: int, kid: str) -> DayCipher:
         """The cipher a partition was written with; raises :class:`KeyDestroyedError` after a purge."""

@@ -235,9 +235,12 @@ def _read(raws: Sequence[bytes], groups: dict[Reader, list[int]], fallback: bool
     while groups:
         again: dict[Reader, list[int]] = {}
         for reader, rows in groups.items():
-            done, starts, vals = _read_group(reader, [raws[i] for i in rows], rows)
-            for i, s in zip(done, starts):
-                got[i], start[i] = reader, s
+            done, starts, vals = _read_group(reader, [raws[i] for i in rows] if len(rows) < n else raws, rows)
+            if len(done) == n and done == rows:  # the whole batch, read by one reader, in batch order
+                got, start = [reader] * n, starts
+            else:
+                for i, s in zip(done, starts):
+                    got[i], start[i] = reader, s
             values.extend(vals)
             if fallback:
                 for i in sorted(set(rows) - set(done)):
