@@ -88,11 +88,18 @@ class SecretKey:
 
 @dataclass(frozen=True)
 class WorkerKeyring:
-    """Tokenisation keys (newest first is current) and the vault's public key."""
+    """Tokenisation keys (newest first is current), the record-ref key and the vault's public key.
+
+    The record-ref key makes record ids' ``record_ref`` tokens. It is not rotated with the token
+    keys: the vault deduplicates on refs, so a record replayed after ``keys rotate`` must keep its
+    ref. The vault keyring holds the same key, so the vault can compute a ref itself. Keyrings made
+    before it existed have none; their refs come from the current token key (the old behaviour).
+    """
 
     token_keys: tuple[SecretKey, ...]
     vault_kid: str
     vault_public: X25519PublicKey = field(repr=False)
+    record_key: SecretKey | None = field(default=None, repr=False)
 
     @property
     def current(self) -> SecretKey:
@@ -115,6 +122,7 @@ class WorkerKeyring:
                            for k in self.token_keys],
             "vault_public_key": {"kid": self.vault_kid, "x25519": _b64(self.vault_public.public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw))},
+            **_record_key_json(self.record_key),
         }
 
     @classmethod
@@ -133,7 +141,7 @@ class WorkerKeyring:
             raise KeyringError(f"{where} is missing token_keys or vault_public_key") from None
         if not keys:
             raise KeyringError(f"{where} holds no tokenisation key: run `cdrpipe keys rotate`")
-        return cls(keys, vault_kid, public)
+        return cls(keys, vault_kid, public, _record_key(doc, where))
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,8 @@ class VaultKeyring:
     vault_kid: str
     private: X25519PrivateKey = field(repr=False)
     index_key: SecretKey = field(repr=False)
+    #: The workers' record-ref key (see :class:`WorkerKeyring`), so the vault computes refs too.
+    record_key: SecretKey | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"VaultKeyring(vault_kid={self.vault_kid!r}, index_kid={self.index_key.kid!r})"
@@ -154,6 +164,7 @@ class VaultKeyring:
                 serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))},
             "index_key": {"kid": self.index_key.kid, "secret": _b64(self.index_key.secret),
                           "created": self.index_key.created},
+            **_record_key_json(self.record_key),
         }
 
     @classmethod
@@ -165,9 +176,24 @@ class VaultKeyring:
             private = X25519PrivateKey.from_private_bytes(_unb64(vpk["x25519"], f"{where}: vault private key", 32))
             ik = doc["index_key"]
             index = SecretKey(str(ik["kid"]), _unb64(ik["secret"], f"{where}: index key", 32), str(ik.get("created", "")))
-            return cls(str(vpk["kid"]), private, index)
+            return cls(str(vpk["kid"]), private, index, _record_key(doc, where))
         except (KeyError, TypeError):
             raise KeyringError(f"{where} is missing vault_private_key or index_key") from None
+
+
+def _record_key_json(key: SecretKey | None) -> dict[str, Any]:
+    return {} if key is None else {"record_key": {"kid": key.kid, "secret": _b64(key.secret), "created": key.created}}
+
+
+def _record_key(doc: dict[str, Any], where: str) -> SecretKey | None:
+    rk = doc.get("record_key")
+    if rk is None:
+        return None
+    try:
+        return SecretKey(_kid(rk["kid"], where), _unb64(rk["secret"], f"{where}: record key", 32),
+                         str(rk.get("created", "")))
+    except (KeyError, TypeError):
+        raise KeyringError(f"{where}: record_key needs a kid and a secret") from None
 
 
 def _now_kid(prefix: str, now: datetime) -> str:
@@ -175,14 +201,15 @@ def _now_kid(prefix: str, now: datetime) -> str:
 
 
 def generate(now: datetime | None = None) -> tuple[WorkerKeyring, VaultKeyring]:
-    """Fresh keyrings: one tokenisation key, one vault key pair, one index key."""
+    """Fresh keyrings: one tokenisation key, one vault key pair, one index key, one record-ref key (in both)."""
     now = now or datetime.now(timezone.utc)
     stamp = now.isoformat(timespec="seconds")
     private = X25519PrivateKey.generate()
     vault_kid = _now_kid("v", now)
+    record = SecretKey(_now_kid("r", now), secrets.token_bytes(32), stamp)
     worker = WorkerKeyring((SecretKey(_now_kid("k", now), secrets.token_bytes(32), stamp),),
-                           vault_kid, private.public_key())
-    vault = VaultKeyring(vault_kid, private, SecretKey(_now_kid("i", now), secrets.token_bytes(32), stamp))
+                           vault_kid, private.public_key(), record)
+    vault = VaultKeyring(vault_kid, private, SecretKey(_now_kid("i", now), secrets.token_bytes(32), stamp), record)
     return worker, vault
 
 
@@ -190,7 +217,7 @@ def rotate(keyring: WorkerKeyring, now: datetime | None = None) -> WorkerKeyring
     """A keyring with a new current tokenisation key; previous keys stay for verification."""
     now = now or datetime.now(timezone.utc)
     new = SecretKey(_now_kid("k", now), secrets.token_bytes(32), now.isoformat(timespec="seconds"))
-    return WorkerKeyring((new, *keyring.token_keys), keyring.vault_kid, keyring.vault_public)
+    return WorkerKeyring((new, *keyring.token_keys), keyring.vault_kid, keyring.vault_public, keyring.record_key)
 
 
 def write_private_json(path: Path, doc: dict[str, Any]) -> None:

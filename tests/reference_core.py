@@ -33,7 +33,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import polars as pl
@@ -620,8 +620,8 @@ class ReferenceCore:
                 value, cls = results[i] if results[i] is not None else (None, None)
                 month = None
                 if r.arg.endswith(":monthly"):  # the month of the record's start, UTC
-                    month = datetime.fromtimestamp(self.time_us(vals["start"]) // 1_000_000, timezone.utc) \
-                        .strftime("%Y-%m")
+                    when = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=self.time_us(vals["start"]))
+                    month = f"{when.year:04d}-{when.month:02d}"
                 out[r.field] = None if value is None else self.tokeniser.token_one(kind_of(r), value, month)
                 if kind_of(r) == "msisdn":
                     out[f"{r.field}_class"] = cls

@@ -87,11 +87,13 @@ impl NativeCore {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (fields, rules, hex_keys, prefix, chars, cc, idd, trunk, own_cc_len, country_codes,
-                        withheld, max_bytes, max_depth, segment_bytes, reasons, non_voice=Vec::new()))]
+                        withheld, max_bytes, max_depth, segment_bytes, reasons, non_voice=Vec::new(),
+                        record_prefix=None))]
     fn new(fields: Vec<String>, rules: Vec<(String, String, Option<String>)>, hex_keys: Vec<String>, prefix: String,
            chars: usize, cc: String, idd: Option<String>, trunk: Option<String>, own_cc_len: Option<usize>,
            country_codes: Vec<String>, withheld: Vec<String>, max_bytes: usize, max_depth: usize,
-           segment_bytes: usize, reasons: Vec<(String, String)>, non_voice: Vec<String>) -> PyResult<Self> {
+           segment_bytes: usize, reasons: Vec<(String, String)>, non_voice: Vec<String>,
+           record_prefix: Option<String>) -> PyResult<Self> {
         let mut parsed_rules = Vec::new();
         for (name, action, arg) in rules {
             let field = fields.iter().position(|f| *f == name)
@@ -109,6 +111,7 @@ impl NativeCore {
             fields,
             rules: parsed_rules,
             hex_keys,
+            record_prefix: record_prefix.unwrap_or_else(|| prefix.clone()),
             prefix,
             chars,
             phone: PhoneMeta { cc, idd, trunk, own_cc_len, country_codes: PhoneMeta::country_table(country_codes), withheld },

@@ -53,6 +53,8 @@ pub struct Config {
     pub rules: Vec<Rule>,
     pub hex_keys: Vec<String>,
     pub prefix: String,
+    /// The prefix of record refs: the record-ref key's id (not rotated with the token keys).
+    pub record_prefix: String,
     pub chars: usize,
     pub phone: PhoneMeta,
     pub max_bytes: usize,
@@ -579,7 +581,8 @@ impl Core {
     }
 
     fn token_into(&self, kind: usize, value: &[u8], out: &mut Vec<u8>) {
-        token(&self.macs[kind], &self.cfg.prefix, self.cfg.chars, value, out);
+        let prefix = if kind == K_RECORD { &self.cfg.record_prefix } else { &self.cfg.prefix };
+        token(&self.macs[kind], prefix, self.cfg.chars, value, out);
     }
 
     /// Route a parsed batch. `random` supplies 24 bytes per envelope (nonce, segment id).
@@ -610,7 +613,7 @@ impl Core {
             Coord::Many(vs) => vs[row],
         };
         // Every record's `record_ref`: the token of its id (own, or derived), fixed width, in one buffer.
-        let ref_len = self.cfg.prefix.len() + self.cfg.chars;
+        let ref_len = self.cfg.record_prefix.len() + self.cfg.chars;
         let mut refs: Vec<u8> = Vec::with_capacity(n * ref_len);
         let keep_ids = self.cfg.rules.iter().any(|r| r.name == "record_id" && r.action == Action::Keep);
         let mut ids: Vec<String> = Vec::with_capacity(n); // only where not the record's own id

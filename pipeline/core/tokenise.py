@@ -45,7 +45,7 @@ def derive_subkey(key: "SecretKey", kind: str) -> bytes:
 class Tokeniser:
     """Turns normalised values into tokens, natively for many or one at a time with the stdlib."""
 
-    __slots__ = ("_hex_keys", "_prefix", "_chars", "kid")
+    __slots__ = ("_hex_keys", "_prefix", "_chars", "kid", "record_prefix")
 
     def __init__(self, keyring: "WorkerKeyring", bits: int = DEFAULT_TOKEN_BITS, kid: str | None = None) -> None:
         if bits % 8 or not 64 <= bits <= 256:
@@ -55,6 +55,10 @@ class Tokeniser:
         self._prefix = key.kid + ":"
         self._chars = bits // 4
         self._hex_keys = {kind: derive_subkey(key, kind).hex() for kind in KINDS}
+        # Record refs live under the record-ref key, which token-key rotation leaves alone.
+        record_key = keyring.record_key or key
+        self._hex_keys["record"] = derive_subkey(record_key, "record").hex()
+        self.record_prefix = record_key.kid + ":"
 
     def __repr__(self) -> str:
         return f"Tokeniser(kid={self.kid!r}, bits={self._chars * 4})"
@@ -66,7 +70,8 @@ class Tokeniser:
 
     def tokens(self, kind: str, canonical: Sequence[str | None]) -> list[str | None]:
         """Tokens of canonical values in the native core (None stays None): what analytics carries."""
-        return native_tokens(self._hex_keys[kind], self._prefix, self._chars, list(canonical))
+        prefix = self.record_prefix if kind == "record" else self._prefix
+        return native_tokens(self._hex_keys[kind], prefix, self._chars, list(canonical))
 
     def token_one(self, kind: str, canonical: str, month: str | None = None) -> str:
         """The same token as :meth:`tokens`, computed with the standard library's ``hmac``.
@@ -75,7 +80,7 @@ class Tokeniser:
         that started in that month: prefixed ``<kid>@YYYY-MM:``, under :func:`period_subkey`.
         """
         if month is None:
-            key, prefix = self._hex_keys[kind], self._prefix
+            key, prefix = self._hex_keys[kind], self.record_prefix if kind == "record" else self._prefix
         else:
             key, prefix = period_subkey(self._hex_keys[kind], month), f"{self.kid}@{month}:"
         mac = hmac.new(key.encode("ascii"), canonical.encode("utf-8"), hashlib.sha256)

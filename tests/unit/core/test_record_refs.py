@@ -124,7 +124,9 @@ def in_clear(routed) -> bytes:
 @given(st.lists(raw_line(), min_size=1, max_size=6))
 def test_ids_built_from_numbers_and_times_never_leave_the_sealed_payload(router, vault_keyring, lines):
     routed = router.route(lines, Source("feed", 2, list(range(len(lines)))), want_keys=True)
-    token = re.compile(re.escape(router.tokeniser.kid).encode() + rb":[0-9a-f]{32}")
+    # Subscriber tokens under the token key, record refs under the record-ref key.
+    kids = (router.tokeniser.kid, router.tokeniser.record_prefix[:-1])
+    token = re.compile(rb"(?:" + b"|".join(re.escape(k).encode() for k in kids) + rb"):[0-9a-f]{32}")
     assert routed.counts["in"] == routed.counts["retention"] == len(lines)
 
     envelopes = [orjson.loads(x) for x in routed.retention]
@@ -364,3 +366,27 @@ def test_the_vault_still_opens_v1_envelopes_and_dlq_records(tmp_path, capsys):
     sealed = {"vault": tmp_path / "keys" / "vault-keyring.json", "db": tmp_path / "vault.db"}
     summary = _ingest(sealed, tmp_path / "v1.jsonl", capsys)
     assert (summary["records"], summary["stored"], summary["duplicates"], summary["quarantined"]) == (2, 1, 1, 0)
+
+
+def test_refs_survive_a_token_key_rotation_and_the_vault_holds_the_same_key() -> None:
+    """The vault deduplicates on refs: a record replayed after `keys rotate` keeps its ref, while
+    subscriber tokens move to the new key. Keyrings from before the record-ref key keep the old
+    behaviour (refs under the current token key)."""
+    from pipeline.keys import VaultKeyring, WorkerKeyring, generate, rotate
+    worker, vault = generate()
+    assert worker.record_key is not None and worker.record_key == vault.record_key
+    assert "secret" not in repr(worker) and worker.record_key.kid not in repr(worker)
+    line = [b'{"record_id":"447700900123-20261126101542","cli":"+447700900123","dialled":"+447700900456",'
+            b'"start":"2026-11-26T10:15:42Z","duration":5}']
+    before = Router(worker).route(line, Source("f", 0, [0])).analytics_records()[0]
+    rotated = rotate(worker)
+    after = Router(rotated).route(line, Source("f", 0, [0])).analytics_records()[0]
+    assert after["record_id"] == before["record_id"] and after["record_id"].startswith(worker.record_key.kid + ":")
+    assert after["cli"] != before["cli"]  # tokens did move to the new key
+    for ring, cls in ((rotated, WorkerKeyring), (vault, VaultKeyring)):
+        assert cls.from_json(orjson.loads(orjson.dumps(ring.to_json())), "t").record_key == worker.record_key
+    legacy_doc = {k: v for k, v in worker.to_json().items() if k != "record_key"}
+    legacy = WorkerKeyring.from_json(legacy_doc, "old")
+    assert legacy.record_key is None
+    ref = Router(legacy).route(line, Source("f", 0, [0])).analytics_records()[0]["record_id"]
+    assert ref.startswith(worker.current.kid + ":") and ref != before["record_id"]
