@@ -36,7 +36,9 @@ import orjson
 import polars as pl
 
 from pipeline.core.times import parse_times
+from pipeline._native import tokens as native_tokens
 from pipeline.core.envelope import ENVELOPE_TYPE, LEGACY_ENVELOPE_TYPE, EnvelopeError, open_segment_columns
+from pipeline.core.tokenise import DEFAULT_TOKEN_BITS, derive_subkey
 from pipeline.core.normalise import PhoneNormaliser, normalise_column
 from pipeline.keys import VaultKeyring
 from pipeline.vault.index import PARTY_FIELDS, RID_BITS, TARGET_KINDS, BlindIndexer
@@ -126,6 +128,20 @@ def _sealed_us(text: Any) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def legacy_ref_maker(keyring: VaultKeyring) -> Callable[[list[str]], list[str]] | None:
+    """The refs of record ids, as the workers make them (default token length), or None without the key.
+
+    A record sealed in a ``cdr.retention/1`` envelope (its id in clear) and sealed again after the
+    upgrade (its ref) is then one record to the dedupe, not two. A pipeline run with another
+    ``--token-bits`` makes refs of another length, which this cannot know; such v1 data keeps its ids.
+    """
+    if keyring.record_key is None:
+        return None
+    hex_key = derive_subkey(keyring.record_key, "record").hex()
+    prefix = keyring.record_key.kid + ":"
+    return lambda ids: native_tokens(hex_key, prefix, DEFAULT_TOKEN_BITS // 4, list(ids))
+
+
 class Ingester:
     """Prepares and writes batches for one store; holds the normaliser, index and rid counters across batches."""
 
@@ -142,6 +158,9 @@ class Ingester:
         self._private = keyring.private
         self._kid = keyring.vault_kid
         self._indexer = BlindIndexer(keyring.index_key)
+        #: Turns a v1 envelope's clear record ids into the refs v2 envelopes carry, when the vault
+        #: keyring holds the workers' record-ref key (None: v1 ids are stored as they are).
+        self._legacy_refs = legacy_ref_maker(keyring)
         self._phones = PhoneNormaliser(store.region)
         store.lock_writer()
         self._reader = store.reader()
@@ -215,7 +234,10 @@ class Ingester:
             return
         totals.segments += 1
         n = len(opened.raws)
-        cols["record_id"].extend(opened.record_refs)
+        refs = opened.record_refs
+        if header.get("type") == LEGACY_ENVELOPE_TYPE and self._legacy_refs is not None:
+            refs = self._legacy_refs(refs)
+        cols["record_id"].extend(refs)
         cols["raw"].extend(opened.raws)
         cols["src"].extend([opened.source_name] * n)
         cols["part"].extend(opened.partitions)

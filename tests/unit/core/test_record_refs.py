@@ -390,3 +390,26 @@ def test_refs_survive_a_token_key_rotation_and_the_vault_holds_the_same_key() ->
     assert legacy.record_key is None
     ref = Router(legacy).route(line, Source("f", 0, [0])).analytics_records()[0]["record_id"]
     assert ref.startswith(worker.current.kid + ":") and ref != before["record_id"]
+
+
+def test_a_v1_envelope_and_a_v2_envelope_of_one_record_are_one_record_to_the_vault(tmp_path, capsys):
+    """The vault holds the record-ref key, so it computes the ref of a v1 envelope's clear id itself."""
+    from pipeline.core.tokenise import Tokeniser
+    from pipeline.keys import load_worker_keyring
+    assert main(["keys", "generate", "--dir", str(tmp_path / "keys")]) == EXIT_OK
+    vault = load_vault_keyring(tmp_path / "keys" / "vault-keyring.json")
+    worker = load_worker_keyring(tmp_path / "keys" / "worker-keyring.json")
+    data_key = AESGCM.generate_key(bit_length=256)
+    sealer = Sealer(vault.private.public_key(), vault.vault_kid, data_key=data_key)
+    day = dt.date.today() - dt.timedelta(days=2)
+    raw = orjson.dumps({"record_id": "447700900123-1", "cli": "+447700900123", "dialled": "+447700900456",
+                        "start": f"{day}T09:00:00Z", "duration": 3})
+    ref = Tokeniser(worker).token_one("record", "447700900123-1")
+    v2 = orjson.loads(sealer.seal(raw, [ref], [len(raw)], {"name": "f", "partition": 0, "offset": 4}))
+    v1 = _v1(v2, "447700900123-1", data_key)
+    (tmp_path / "both.jsonl").write_bytes(orjson.dumps(v1) + b"\n" + orjson.dumps(v2) + b"\n")
+    sealed = {"vault": tmp_path / "keys" / "vault-keyring.json", "db": tmp_path / "vault.db"}
+    summary = _ingest(sealed, tmp_path / "both.jsonl", capsys)
+    assert (summary["records"], summary["stored"], summary["duplicates"]) == (2, 1, 1)
+    with sqlite3.connect(sealed["db"]) as conn:  # the stored id is the ref, never the clear v1 id
+        assert [r[0] for r in conn.execute("SELECT record_id FROM record_ids")] == [ref]
