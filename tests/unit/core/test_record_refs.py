@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -347,16 +348,23 @@ def _v1(env: dict, rid: str, data_key: bytes) -> dict:
     return {**header, "ct": base64.b64encode(ct).decode()}
 
 
-def test_the_vault_still_opens_v1_envelopes_and_dlq_records(tmp_path, capsys):
+def _sealed_pair(tmp_path, rid: str, ref: Callable[[str], str] | None = None) -> tuple[dict, dict, bytes]:
+    """Fresh keyrings in tmp_path/keys, and one record sealed as v2 (under ``ref(rid)``) and as v1."""
     assert main(["keys", "generate", "--dir", str(tmp_path / "keys")]) == EXIT_OK
     vault = load_vault_keyring(tmp_path / "keys" / "vault-keyring.json")
     data_key = AESGCM.generate_key(bit_length=256)
     sealer = Sealer(vault.private.public_key(), vault.vault_kid, data_key=data_key)
     day = dt.date.today() - dt.timedelta(days=2)
-    raw = orjson.dumps({"record_id": "old-1", "cli": "+447700900123", "dialled": "+447700900456",
+    raw = orjson.dumps({"record_id": rid, "cli": "+447700900123", "dialled": "+447700900456",
                         "start": f"{day}T09:00:00Z", "duration": 3})
-    v2 = orjson.loads(sealer.seal(raw, ["k:" + "0" * 32], [len(raw)], {"name": "f", "partition": 0, "offset": 4}))
-    v1 = _v1(v2, "old-1", data_key)
+    v2 = orjson.loads(sealer.seal(raw, [ref(rid) if ref else "k:" + "0" * 32], [len(raw)],
+                                  {"name": "f", "partition": 0, "offset": 4}))
+    return v2, _v1(v2, rid, data_key), raw
+
+
+def test_the_vault_still_opens_v1_envelopes_and_dlq_records(tmp_path, capsys):
+    _v2, v1, raw = _sealed_pair(tmp_path, "old-1")
+    vault = load_vault_keyring(tmp_path / "keys" / "vault-keyring.json")
     (opened,) = open_segment(v1, vault.private, vault.vault_kid)
     assert (opened.record_ref, opened.raw) == ("old-1", raw)  # a v1 id stands for its ref
     dlq_v1 = {"type": "cdr.dlq/1", "reason": "missing_field", "field": "cli", "detail": "x", "record_id": "old-1",
@@ -396,20 +404,17 @@ def test_a_v1_envelope_and_a_v2_envelope_of_one_record_are_one_record_to_the_vau
     """The vault holds the record-ref key, so it computes the ref of a v1 envelope's clear id itself."""
     from pipeline.core.tokenise import Tokeniser
     from pipeline.keys import load_worker_keyring
-    assert main(["keys", "generate", "--dir", str(tmp_path / "keys")]) == EXIT_OK
-    vault = load_vault_keyring(tmp_path / "keys" / "vault-keyring.json")
-    worker = load_worker_keyring(tmp_path / "keys" / "worker-keyring.json")
-    data_key = AESGCM.generate_key(bit_length=256)
-    sealer = Sealer(vault.private.public_key(), vault.vault_kid, data_key=data_key)
-    day = dt.date.today() - dt.timedelta(days=2)
-    raw = orjson.dumps({"record_id": "447700900123-1", "cli": "+447700900123", "dialled": "+447700900456",
-                        "start": f"{day}T09:00:00Z", "duration": 3})
-    ref = Tokeniser(worker).token_one("record", "447700900123-1")
-    v2 = orjson.loads(sealer.seal(raw, [ref], [len(raw)], {"name": "f", "partition": 0, "offset": 4}))
-    v1 = _v1(v2, "447700900123-1", data_key)
+    made: list[str] = []
+
+    def ref(rid: str) -> str:  # the workers' ref, from the keyring the pair was sealed with
+        made.append(Tokeniser(load_worker_keyring(tmp_path / "keys" / "worker-keyring.json")).token_one("record", rid))
+        return made[-1]
+
+    v2, v1, _raw = _sealed_pair(tmp_path, "447700900123-1", ref)
+    ref_made = made[0]
     (tmp_path / "both.jsonl").write_bytes(orjson.dumps(v1) + b"\n" + orjson.dumps(v2) + b"\n")
     sealed = {"vault": tmp_path / "keys" / "vault-keyring.json", "db": tmp_path / "vault.db"}
     summary = _ingest(sealed, tmp_path / "both.jsonl", capsys)
     assert (summary["records"], summary["stored"], summary["duplicates"]) == (2, 1, 1)
     with sqlite3.connect(sealed["db"]) as conn:  # the stored id is the ref, never the clear v1 id
-        assert [r[0] for r in conn.execute("SELECT record_id FROM record_ids")] == [ref]
+        assert [r[0] for r in conn.execute("SELECT record_id FROM record_ids")] == [ref_made]
