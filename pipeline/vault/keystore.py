@@ -108,9 +108,9 @@ class DayCipher:
     def seal_many(self, record_ids: Sequence[str], raws: Sequence[bytes]) -> list[bytes]:
         """``nonce || AES-GCM(raw)`` per record; one ``urandom`` call for all the nonces."""
         nonces = os.urandom(NONCE_BYTES * len(raws))
-        enc, prefix = self._aead.encrypt, self._day_aad
-        return [nonces[i:i + NONCE_BYTES] + enc(nonces[i:i + NONCE_BYTES], raw, prefix + rid.encode("utf-8"))
-                for i, rid, raw in zip(range(0, len(nonces), NONCE_BYTES), record_ids, raws)]
+        each = [nonces[i:i + NONCE_BYTES] for i in range(0, len(nonces), NONCE_BYTES)]
+        aads = list(map(self._day_aad.__add__, map(str.encode, record_ids)))  # str.encode: UTF-8
+        return list(map(bytes.__add__, each, map(self._aead.encrypt, each, raws, aads)))
 
     def open(self, record_id: str, blob: bytes) -> bytes:
         """The raw record; raises :class:`RecordIntegrityError` if anything about it was changed."""
