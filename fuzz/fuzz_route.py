@@ -73,7 +73,7 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 WORKER, VAULT = generate(NOW)
 IDENT_KEYS = ("cli", "dialled", "imsi", "imei")
 SEPARATORS = re.compile(r"[\s\-.()/:+]")  # as the property tests strip them
-TOKEN = re.compile(r"k[0-9a-z]+:[0-9a-f]{8,64}")  # an HMAC token (kid:hex) carries no input digits
+TOKEN = re.compile(r"[kr][0-9a-z]+:[0-9a-f]{8,64}")  # an HMAC token (kid:hex; k… token keys, r… the record-ref key)
 #: A subscriber of the seed corpus (synthetic seed 3, line 1) suppressed, so that path runs too.
 SUPPRESSED_CLI = "+447700977517"
 SOURCE_NAME = "fuzz"
