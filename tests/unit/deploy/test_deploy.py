@@ -273,9 +273,7 @@ def test_pods_hold_only_their_own_secrets(yaml: ModuleType) -> None:
             else:
                 assert ENV_VAULT_KEYRING_JSON not in env and "cdrpipe-vault-keyring" not in secrets
             kafka_users = secrets & users
-            if doc["kind"] == "CronJob":
-                assert not kafka_users  # the purge never talks to Kafka
-                continue
+            # The purge talks to Kafka only to write its audit entry to the witness topic, as the vault.
             username = (env.get("CDRPIPE_X_SASL_USERNAME") or env["KAFKA_SASL_USERNAME"])["value"]
             assert kafka_users == {username}
             seen.add(username)
@@ -370,6 +368,47 @@ def test_vault_purge_is_scheduled_at_least_monthly(yaml: ModuleType) -> None:
                    for v in sink["spec"]["template"]["spec"]["volumes"]
                    if "persistentVolumeClaim" in v}
     assert claims == sink_claims == {"cdrpipe-vault-data", "cdrpipe-vault-keys"}
+
+
+def _witnessed_purges(yaml: ModuleType) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """(where, args, env) of every `vault purge` deployed: the k8s base and overlay CronJobs, the compose services."""
+    out = []
+    for where, docs in (("base", _docs(yaml, "vault.yaml")), ("vault-postgres", _docs(yaml, "vault.yaml", OVERLAY))):
+        for doc in docs:
+            for c in _containers(doc):
+                if c["args"][:2] == ["vault", "purge"]:
+                    out.append((f"{where} {doc['metadata']['name']}", c["args"], {e["name"]: e for e in c["env"]}))
+    for name, svc in yaml.safe_load(COMPOSE.read_text())["services"].items():
+        if svc.get("command", [])[:2] == ["vault", "purge"]:
+            out.append((f"compose {name}", svc["command"], {k: {"value": str(v)} for k, v in svc["environment"].items()}))
+    return out
+
+
+def test_every_deployed_purge_writes_its_audit_entry_to_the_kafka_witness(
+        yaml: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The purge (the deployed command that writes audit entries; `vault sink` writes none) runs with
+    --witness kafka:vault.audit, a topic of the policy that its Kafka principal may Write, with Kafka
+    reachable; in k8s it authenticates as cdrpipe-vault with that user's Secret and the cluster CA."""
+    from pipeline.vault.witness import KafkaWitness, open_witness
+    purges = _witnessed_purges(yaml)
+    assert {w.split()[0] for w, _a, _e in purges} == {"base", "vault-postgres", "compose"}
+    assert len(purges) == 4
+    assert "vault.audit" in POLICY
+    vault = next(p for p in MATRIX if p.role == "vault")
+    assert Operation.WRITE in topic_access(MATRIX, ["vault.audit"])["vault"]["vault.audit"]
+    for where, args, env in purges:
+        assert args[args.index("--witness") + 1] == "kafka:vault.audit", where
+        assert env["CDRPIPE_BOOTSTRAP_SERVERS"]["value"], where
+        if not where.startswith("compose"):  # compose's Kafka has no authentication (see its header)
+            assert env["CDRPIPE_X_SASL_USERNAME"]["value"] == vault.user, where
+            assert env["CDRPIPE_X_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == vault.user, where
+            assert env["CDRPIPE_X_SSL_CA_LOCATION"]["value"] == "/etc/kafka-ca/ca.crt", where
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value.get("value", "from-secret"))
+            parsed = cli.build_parser().parse_args(args)
+            witness = open_witness(parsed.witness, dict(x.split("=", 1) for x in parsed.X or []))
+        assert isinstance(witness, KafkaWitness) and witness.topic == "vault.audit", where
 
 
 def test_kustomization_lists_every_manifest(yaml: ModuleType) -> None:
