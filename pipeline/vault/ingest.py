@@ -180,10 +180,12 @@ class Ingester:
 
     def _parsed_ids(self, readers: Sequence[Reader | None]) -> list[int]:
         """The ``parsed`` value (reader id) of each record, looked up once per distinct reader object."""
-        ids: dict[int, int] = {}
-        for reader in {id(r): r for r in readers}.values():
-            ids[id(reader)] = UNREAD if reader is None else self._reader_ids[reader]
-        return [ids[key] for key in map(id, readers)]
+        distinct = dict(zip(map(id, readers), readers))
+        if len(distinct) == 1:
+            (reader,) = distinct.values()
+            return [UNREAD if reader is None else self._reader_ids[reader]] * len(readers)
+        ids = {key: UNREAD if reader is None else self._reader_ids[reader] for key, reader in distinct.items()}
+        return list(map(ids.__getitem__, map(id, readers)))
 
     def cutoff_day(self) -> int:
         """The first day still within retention today (re-read per batch: a sink runs for days)."""
@@ -204,7 +206,7 @@ class Ingester:
             self._open(envelope, totals, cols, quarantine)
         totals.records = len(cols["record_id"])
         days = self._rows(cols, totals) if totals.records else []
-        ids = frozenset(rid for d in days for rid in d.ids)
+        ids = frozenset().union(*(d.ids for d in days))
         return PreparedBatch(days, quarantine, totals, ids)
 
     def _open(self, envelope: bytes | dict[str, Any], totals: IngestTotals, cols: dict[str, list[Any]],
