@@ -213,6 +213,30 @@ def generate(now: datetime | None = None) -> tuple[WorkerKeyring, VaultKeyring]:
     return worker, vault
 
 
+def pair_record_key(worker_doc: dict[str, Any], vault_doc: dict[str, Any],
+                    now: datetime | None = None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Keyring documents that share one record-ref key, and what was done (for keyrings made before it).
+
+    The key one of them holds is copied to the other; a new one is made when neither has one.
+    Two different keys are refused: refs made under them would never match. The documents keep
+    every other field as they are (the vault keyring also holds the audit signing key).
+    """
+    WorkerKeyring.from_json(worker_doc, "the worker keyring")
+    VaultKeyring.from_json(vault_doc, "the vault keyring")
+    mine, theirs = worker_doc.get("record_key"), vault_doc.get("record_key")
+    if mine and theirs:
+        if (mine.get("kid"), mine.get("secret")) != (theirs.get("kid"), theirs.get("secret")):
+            raise KeyringError("the worker and the vault keyring hold different record-ref keys; refs made under "
+                               "them would never match: keep the vault's and copy it to the workers")
+        return worker_doc, vault_doc, "unchanged"
+    if mine or theirs:
+        key = mine or theirs
+        return {**worker_doc, "record_key": key}, {**vault_doc, "record_key": key}, "copied"
+    now = now or datetime.now(timezone.utc)
+    key = _record_key_json(SecretKey(_now_kid("r", now), secrets.token_bytes(32), now.isoformat(timespec="seconds")))
+    return {**worker_doc, **key}, {**vault_doc, **key}, "created"
+
+
 def rotate(keyring: WorkerKeyring, now: datetime | None = None) -> WorkerKeyring:
     """A keyring with a new current tokenisation key; previous keys stay for verification."""
     now = now or datetime.now(timezone.utc)

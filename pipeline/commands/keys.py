@@ -1,4 +1,4 @@
-"""`cdrpipe keys generate|rotate`: write and rotate keyrings (mode 0600)."""
+"""`cdrpipe keys generate|rotate|add-record-key`: write and rotate keyrings (mode 0600)."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import FatalError, UsageError
+from pipeline.key_permissions import insecure_key_file
 from pipeline.keys import (AUDIT_PUBLIC_KEY, VAULT_KEYRING, WORKER_KEYRING, KeyringError, generate, load_worker_keyring,
-                           rotate, write_private_json)
+                           pair_record_key, rotate, write_private_json)
 
 
 def _why(exc: OSError) -> str:
@@ -63,6 +64,37 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_add_record_key(args: argparse.Namespace) -> int:
+    import json
+    paths = Path(args.keyring), Path(args.vault_keyring)
+    for path in paths:
+        refused = insecure_key_file(path)
+        if refused:
+            raise FatalError(refused)
+    try:
+        docs = [json.loads(p.read_text()) for p in paths]
+        worker, vault, what = pair_record_key(*docs)
+    except OSError as exc:
+        raise FatalError(f"cannot read {exc.filename}: {_why(exc)}") from None
+    except ValueError:  # the message of a JSON error could quote key material
+        raise FatalError(f"{paths[0]} or {paths[1]} is not valid JSON") from None
+    except KeyringError as exc:
+        raise FatalError(str(exc)) from None
+    if what == "unchanged":
+        print(f"{paths[0]} and {paths[1]} already share record-ref key {worker['record_key']['kid']}", file=sys.stderr)
+        return 0
+    try:
+        for path, doc in zip(paths, (worker, vault)):
+            write_private_json(path, doc)
+    except OSError as exc:
+        raise FatalError(f"cannot write {exc.filename}: {_why(exc)}") from None
+    print(f"record-ref key {worker['record_key']['kid']} {what}: now in {paths[0]} and {paths[1]}. Roll the worker "
+          "keyring out to every worker at once; records routed from then on get refs under this key, which "
+          "key rotation no longer changes (a replay of a record routed before is stored once more)",
+          file=sys.stderr)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `cdrpipe keys generate|rotate`."""
     keys = sub.add_parser("keys", help="generate or rotate keyrings",
@@ -75,3 +107,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rot = ksub.add_parser("rotate", help="add a new current tokenisation key, keeping the previous ones")
     rot.add_argument("--keyring", required=True, help="worker keyring file to rotate in place (env CDRPIPE_KEYRING)")
     rot.set_defaults(func=_cmd_rotate)
+    add = ksub.add_parser("add-record-key",
+                          help="give keyrings made before the record-ref key one (the same in both files)",
+                          description="Put one record-ref key in the worker and the vault keyring: copied from "
+                                      "the one that has it, else new. Record refs are made with it, and token-key "
+                                      "rotation leaves it alone, so the vault's dedupe survives a rotation.")
+    add.add_argument("--keyring", required=True, help="worker keyring file (env CDRPIPE_KEYRING)")
+    add.add_argument("--vault-keyring", required=True, help="vault keyring file (env CDRPIPE_VAULT_KEYRING)")
+    add.set_defaults(func=_cmd_add_record_key)

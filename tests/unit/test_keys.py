@@ -81,3 +81,36 @@ def test_token_under_an_older_key(tmp_path, capsys):
     assert main(["token", "--keyring", k, "--kid", old_kid, "07700 900123"]) == 0
     assert capsys.readouterr().out.strip() == before
     assert main(["token", "--keyring", k, "--kid", "nope", "07700 900123"]) == 1
+
+
+def test_add_record_key_gives_old_keyrings_one_shared_key(tmp_path, capsys) -> None:
+    """Keyrings from before the record-ref key get one, the same in both files; the rest is kept."""
+    from pipeline.keys import write_private_json
+    assert main(["keys", "generate", "--dir", str(tmp_path)]) == 0
+    worker_path, vault_path = tmp_path / "worker-keyring.json", tmp_path / "vault-keyring.json"
+    for path in (worker_path, vault_path):  # as written before the record-ref key existed
+        doc = json.loads(path.read_text())
+        del doc["record_key"]
+        write_private_json(path, doc)
+    audit_key = json.loads(vault_path.read_text())["audit_key"]
+    assert load_worker_keyring(worker_path).record_key is None
+    assert main(["keys", "add-record-key", "--keyring", str(worker_path), "--vault-keyring", str(vault_path)]) == 0
+    worker, vault = load_worker_keyring(worker_path), load_vault_keyring(vault_path)
+    assert worker.record_key is not None and worker.record_key == vault.record_key
+    assert json.loads(vault_path.read_text())["audit_key"] == audit_key  # the signing key is kept
+    assert oct(worker_path.stat().st_mode & 0o777) == oct(0o600) == oct(vault_path.stat().st_mode & 0o777)
+    # Again: nothing changes. Copied when only one side has it. Two different keys: refused.
+    assert main(["keys", "add-record-key", "--keyring", str(worker_path), "--vault-keyring", str(vault_path)]) == 0
+    assert load_worker_keyring(worker_path).record_key == worker.record_key
+    doc = json.loads(vault_path.read_text())
+    del doc["record_key"]
+    write_private_json(vault_path, doc)
+    assert main(["keys", "add-record-key", "--keyring", str(worker_path), "--vault-keyring", str(vault_path)]) == 0
+    assert load_vault_keyring(vault_path).record_key == worker.record_key
+    other = json.loads(worker_path.read_text())
+    other["record_key"] = {**other["record_key"], "secret": other["token_keys"][0]["secret"]}
+    write_private_json(worker_path, other)
+    capsys.readouterr()
+    assert main(["keys", "add-record-key", "--keyring", str(worker_path), "--vault-keyring", str(vault_path)]) == 1
+    err = capsys.readouterr().err
+    assert "different record-ref keys" in err and other["record_key"]["secret"] not in err
