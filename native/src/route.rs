@@ -266,8 +266,10 @@ fn plmn<'a>(a: &'a str, b: Option<&'a str>) -> Option<(&'a str, &'a str)> {
 pub fn generalise_cell(v: &str, out: &mut Vec<u8>) -> Result<(), u8> {
     let t = v.trim();
     let (label, rest) = {
-        let lower = t.get(..5).unwrap_or(t).to_ascii_lowercase();
-        let found = ["ecgi", "ncgi", "cgi", "tai"].into_iter().find(|l| lower.starts_with(l));
+        let b = t.as_bytes();
+        let found = ["ecgi", "ncgi", "cgi", "tai"]
+            .into_iter()
+            .find(|l| b.len() >= l.len() && b[..l.len()].eq_ignore_ascii_case(l.as_bytes()));
         match found {
             Some(l) => {
                 let r = &t[l.len()..];
@@ -277,10 +279,17 @@ pub fn generalise_cell(v: &str, out: &mut Vec<u8>) -> Result<(), u8> {
             None => ("", t),
         }
     };
-    let parts: Vec<&str> = rest.split(|c| matches!(c, '-' | ':' | '.' | '/')).collect();
-    if parts.iter().any(|p| p.is_empty()) || parts.len() > 4 {
-        return Err(0);
+    // At most four parts, in a fixed array: no allocation a record.
+    let mut buf = [""; 4];
+    let mut count = 0;
+    for p in rest.split(|c| matches!(c, '-' | ':' | '.' | '/')) {
+        if p.is_empty() || count == 4 {
+            return Err(0);
+        }
+        buf[count] = p;
+        count += 1;
     }
+    let parts = &buf[..count];
     let compact = is_dec(parts[0], 5, 6);
     let Some((mcc, mnc)) = plmn(parts[0], if compact { None } else { parts.get(1).copied() }) else { return Err(0) };
     let tail = &parts[if compact { 1 } else { 2 }..];
@@ -657,6 +666,7 @@ impl Core {
             }
             // Checks in the contract's order; the first failure is the record's reason.
             scratch.clear();
+            let mut start_us = 0i64; // the record's start, once Check::Start has read it
             let mut failed: Option<(&'static str, &str, String)> = None; // reason, field, detail
             for c in &self.checks {
                 match *c {
@@ -684,8 +694,10 @@ impl Core {
                     }
                     Check::Start => {
                         if let Some(v) = val(row, self.idx[3]) {
-                            if self.time(v).is_none() {
-                                failed = Some(("invalid_field", "start", "start must be ISO-8601 or epoch seconds".into()));
+                            match self.time(v) {
+                                Some(us) => start_us = us,
+                                None => failed = Some(("invalid_field", "start",
+                                                       "start must be ISO-8601 or epoch seconds".into())),
                             }
                         }
                     }
@@ -838,8 +850,7 @@ impl Core {
                                 let value = &scratch[s as usize..e as usize];
                                 if let Action::MonthlyToken(_) = r.action {
                                     // The month of the record's start (valid: checked above), UTC.
-                                    let us = val(row, self.idx[3]).and_then(|t| self.time(t)).unwrap_or(0);
-                                    let month = chrono::DateTime::from_timestamp_micros(us)
+                                    let month = chrono::DateTime::from_timestamp_micros(start_us)
                                         .map_or(0, |d| d.year() * 12 + d.month0() as i32);
                                     let (mac, prefix) = period_macs.entry((kind, month))
                                         .or_insert_with(|| self.monthly_key(kind, month));
