@@ -95,6 +95,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     try:
         totals = process_file(router, args.input, Path(args.out_dir), batch_bytes=args.batch_bytes,
                               progress=not args.quiet, workers=max(1, args.workers),
+                              direct_io=not args.buffered_io,
                               check_first=first_batch_check(args.format, input_sample(args.input)))
     except FormatMismatch as exc:
         raise FatalError(str(exc)) from None
@@ -132,5 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-bytes", type=int, default=DEFAULT_BATCH_BYTES, help="bytes read per batch (default 8 MiB)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="threads routing chunks in parallel (env CDRPIPE_WORKERS; default: one per core)")
+    p.add_argument("--buffered-io", action="store_true",
+                   help="write the outputs through the page cache (default: direct I/O where the file system "
+                        "allows it, which spares the copy of every output byte into the cache)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_process)

@@ -25,6 +25,7 @@ import orjson
 from pipeline.core.router import Router, Source, Suppressions
 from pipeline.formats.sniff import format_mismatch
 from pipeline.runners import inputs
+from pipeline.runners.direct import DirectWriter, enable
 
 DEFAULT_BATCH_BYTES = 8 << 20
 PROGRESS_SECONDS = 2.0
@@ -89,8 +90,11 @@ class RunTotals:
         return out
 
 
-def _fresh_output(path: Path, mode: int = 0o600) -> BinaryIO:
+def _fresh_output(path: Path, mode: int = 0o600, *, direct: bool = False) -> BinaryIO | DirectWriter:
     """A new, empty file at ``path`` with at most ``mode``, replacing any earlier run's output.
+
+    With ``direct``, a regular file is written with direct I/O where the file system allows it
+    (:mod:`pipeline.runners.direct`); a FIFO or a file system that refuses gets buffered writes.
 
     A regular file is unlinked and created, not truncated: ext4 treats truncate-and-rewrite
     as a file being replaced and forces its whole contents to disk when it is closed
@@ -109,6 +113,8 @@ def _fresh_output(path: Path, mode: int = 0o600) -> BinaryIO:
     except OSError:
         os.close(fd)
         raise
+    if direct and stat.S_ISREG(st.st_mode) and enable(fd):
+        return DirectWriter(fd)
     return os.fdopen(fd, "wb")
 
 
@@ -173,7 +179,7 @@ def load_suppressions(path: str | None) -> Suppressions:
 
 
 def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes: int = DEFAULT_BATCH_BYTES,
-                 progress: bool = True, workers: int = 1,
+                 progress: bool = True, workers: int = 1, direct_io: bool = True,
                  check_first: Callable[[Mapping[str, int], Mapping[str, int]], None] | None = None) -> RunTotals:
     """Route every record of ``input_path`` (``-`` for stdin) into the three files in ``out_dir``.
 
@@ -193,7 +199,7 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
     started = last = time.monotonic()
     batches = inputs.iter_batches(input_path, cfg.format, batch_bytes=batch_bytes, options=cfg.format_options,
                                   max_bytes=cfg.max_record_bytes)
-    outs = [_fresh_output(out_dir / f"{k}.jsonl", OUTPUT_MODES[k]) for k in OUTPUTS]
+    outs = [_fresh_output(out_dir / f"{k}.jsonl", OUTPUT_MODES[k], direct=direct_io) for k in OUTPUTS]
     routers: queue.SimpleQueue[Router] = queue.SimpleQueue()
     for r in [router, *(router.replica() for _ in range(workers - 1))]:
         routers.put(r)
