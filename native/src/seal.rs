@@ -6,10 +6,7 @@
 //! every level, both compact JSON. The data key arrives already wrapped to the vault
 //! (HPKE in Python, once a batch); this module never sees the vault's private key.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 use crate::json::{escape_into, write_int, write_uint};
 
@@ -40,7 +37,9 @@ impl Coord<'_> {
 
 /// What every envelope of one batch shares.
 pub struct Sealer {
-    cipher: Aes256Gcm,
+    /// ring's AES-256-GCM (BoringSSL's code: AES-NI/VAES with carry-less multiply), about 4x the
+    /// throughput of the portable `aes-gcm` crate on the same core; each nonce is used once.
+    cipher: LessSafeKey,
     vault_kid: Vec<u8>,   // JSON-escaped
     wrapped_key: Vec<u8>, // base64 text
     sealed_at: Vec<u8>,   // JSON-escaped
@@ -61,7 +60,8 @@ pub struct Segment<'a> {
 
 impl Sealer {
     pub fn new(data_key: &[u8], vault_kid: &str, wrapped_key: &str, sealed_at: &str) -> Result<Self, String> {
-        let cipher = Aes256Gcm::new_from_slice(data_key).map_err(|_| "the data key must be 32 bytes".to_string())?;
+        let key = UnboundKey::new(&AES_256_GCM, data_key).map_err(|_| "the data key must be 32 bytes".to_string())?;
+        let cipher = LessSafeKey::new(key);
         let mut kid = Vec::new();
         escape_into(&mut kid, vault_kid.as_bytes());
         let mut at = Vec::new();
@@ -97,7 +97,7 @@ impl Sealer {
     /// Append one envelope (no newline) for `plaintext` to `out`.
     pub fn seal(&mut self, out: &mut Vec<u8>, seg: &Segment, plaintext: &[u8]) {
         let mut nonce_b64 = [0u8; 16];
-        let _ = STANDARD.encode_slice(seg.nonce, &mut nonce_b64);
+        let _ = base64_simd::STANDARD.encode(&seg.nonce, base64_simd::Out::from_slice(&mut nonce_b64));
         // Associated data: the header with sorted keys.
         let h = &mut self.header;
         h.clear();
@@ -128,9 +128,10 @@ impl Sealer {
         // Encryption cannot fail for inputs under GCM's 64 GiB limit (records are capped far below).
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&seg.nonce), &self.header, &mut self.work)
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(seg.nonce), Aad::from(&self.header[..]),
+                                        &mut self.work)
             .expect("AES-GCM input within limits");
-        self.work.extend_from_slice(&tag);
+        self.work.extend_from_slice(tag.as_ref());
 
         // Wire form: fixed field order, ct last.
         out.extend_from_slice(b"{\"type\":\"cdr.retention/2\",\"segment_id\":\"");
@@ -154,10 +155,13 @@ impl Sealer {
         out.extend_from_slice(b",\"offset\":");
         seg.offset.write(out);
         out.extend_from_slice(b"},\"ct\":\"");
+        // Base64 straight into the output's spare room (SIMD; no zero fill first).
+        let n = base64_simd::STANDARD.encoded_length(self.work.len());
+        out.reserve(n + 2);
         let start = out.len();
-        let n = base64::encoded_len(self.work.len(), true).unwrap_or(0);
-        out.resize(start + n, 0);
-        let _ = STANDARD.encode_slice(&self.work, &mut out[start..]);
+        let written = base64_simd::STANDARD.encode(&self.work, base64_simd::Out::from_uninit_slice(&mut out.spare_capacity_mut()[..n])).len();
+        // SAFETY: `encode` initialised the first `written` (= n) bytes of the spare capacity.
+        unsafe { out.set_len(start + written) };
         out.extend_from_slice(b"\"}");
     }
 }
