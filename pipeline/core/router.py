@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import orjson
 import polars as pl
@@ -83,15 +84,25 @@ class Source:
 class Output(Sequence[bytes]):
     """One output of a batch, ready to write: every message in one newline-terminated buffer.
 
-    ``buffer`` goes to a file as it is; a Kafka runner takes ``messages()`` (value, key,
-    headers) and never parses a message again. Indexing and iteration give the values.
+    ``data`` is the core's buffer as it is (any bytes-like object: the native core hands its
+    own over without a copy), which a file runner writes whole; ``buffer`` is the same bytes as
+    ``bytes``, made once when first asked for. A Kafka runner takes ``messages()`` (value,
+    key, headers) and never parses a message again. Indexing and iteration give the values.
     """
 
-    __slots__ = ("buffer", "ends", "keys", "headers")
+    __slots__ = ("data", "_bytes", "ends", "keys", "headers")
 
-    def __init__(self, buffer: bytes, ends: Sequence[int], keys: Sequence[bytes | str | None] | None,
+    def __init__(self, data: Any, ends: Sequence[int], keys: Sequence[bytes | str | None] | None,
                  headers: Sequence[list[tuple[str, bytes]]] | list[tuple[str, bytes]]) -> None:
-        self.buffer, self.ends, self.keys, self.headers = buffer, ends, keys, headers
+        self.data, self.ends, self.keys, self.headers = data, ends, keys, headers
+        self._bytes: bytes | None = data if isinstance(data, bytes) else None
+
+    @property
+    def buffer(self) -> bytes:
+        """The whole output as ``bytes`` (copied from the core's buffer on first use)."""
+        if self._bytes is None:
+            self._bytes = bytes(self.data)
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self.ends)

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from pipeline._native import count_newlines
 from pipeline.core.router import Router, Source, Suppressions
 from pipeline.formats.sniff import format_mismatch
 from pipeline.runners import inputs
@@ -54,8 +55,8 @@ def iter_line_batches(stream: BinaryIO, batch_bytes: int = DEFAULT_BATCH_BYTES) 
 
 #: Count keys of values the policy nulled instead of rejecting the record (a cell id in no known form).
 NULLED = "nulled:"
-#: What a routed chunk sends back to the writer: three ready buffers, counts, DLQ reasons.
-ChunkResult = tuple[bytes, bytes, bytes, dict[str, int], Counter[str]]
+#: What a routed chunk sends back to the writer: three ready buffers (bytes-like), counts, DLQ reasons.
+ChunkResult = tuple[Any, Any, Any, dict[str, int], Counter[str]]
 
 
 def route_chunk(router: Router, name: str, first_line: int, chunk: bytes | None, n: int | None = None,
@@ -66,12 +67,12 @@ def route_chunk(router: Router, name: str, first_line: int, chunk: bytes | None,
     else:
         assert chunk is not None
         if n is None:
-            n = chunk.count(b"\n") + 1
+            n = count_newlines(chunk) + 1
         routed = router.route(None, Source(name, 0, range(first_line, first_line + n)), chunk)
     counts = routed.counts
     if routed.nulled:  # values nulled rather than rejected, by field and reason (``nulled:cell_id:...``)
         counts = {**counts, **{NULLED + k: v for k, v in routed.nulled.items()}}
-    return routed.analytics.buffer, routed.retention.buffer, routed.dlq.buffer, counts, routed.dlq_reasons
+    return routed.analytics.data, routed.retention.data, routed.dlq.data, counts, routed.dlq_reasons
 
 
 @dataclass

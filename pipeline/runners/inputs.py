@@ -32,6 +32,8 @@ from typing import BinaryIO
 
 import orjson
 
+from pipeline._native import count_newlines
+
 #: Formats whose files may each hold one (pretty-printed) document, and which accept a directory.
 DOCUMENT_FORMATS = frozenset({"freeswitch-json"})
 _PEEK_BYTES = 64 * 1024
@@ -148,7 +150,7 @@ def line_batches(stream: BinaryIO, name: str, batch_bytes: int, *, start: int = 
         ahead = next(chunks, None)
         done = start + _tell(stream)
         if cut is None:
-            n = chunk.count(b"\n") + 1
+            n = count_newlines(chunk) + 1
             yield Batch(name, line, n, buf=chunk, done_bytes=done)
             line += n
         else:
