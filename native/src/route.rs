@@ -436,7 +436,7 @@ impl Core {
 
     /// Split and parse a batch: `buf` holds the records joined by `\n` (`lengths` each, or split here).
     pub fn parse(&self, buf: &[u8], lengths: Option<Vec<u32>>) -> Parsed {
-        let lengths = lengths.unwrap_or_else(|| buf.split(|&b| b == b'\n').map(|l| l.len() as u32).collect());
+        let lengths = lengths.unwrap_or_else(|| split_lengths(buf));
         let nf = self.cfg.fields.len();
         let n = lengths.len();
         let starts = record_starts(&lengths);
@@ -1019,6 +1019,18 @@ impl Core {
     }
 }
 
+/// The lengths of the records of a buffer joined by `\n` (SIMD search for the newlines).
+pub fn split_lengths(buf: &[u8]) -> Vec<u32> {
+    let mut lengths = Vec::with_capacity(buf.len() / 128 + 1);
+    let mut start = 0usize;
+    for nl in memchr::memchr_iter(b'\n', buf) {
+        lengths.push((nl - start) as u32);
+        start = nl + 1;
+    }
+    lengths.push((buf.len() - start) as u32);
+    lengths
+}
+
 /// Where each record starts in a batch buffer of records joined by `\n`.
 pub fn record_starts(lengths: &[u32]) -> Vec<usize> {
     let mut pos = 0usize;
@@ -1058,6 +1070,14 @@ fn hex12(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_lengths_match_a_plain_split() {
+        for buf in [&b""[..], b"\n", b"a", b"a\n", b"\na", b"ab\n\ncd\n", b"{\"x\":1}\n{}\n{\"y\":22}"] {
+            let plain: Vec<u32> = buf.split(|&b| b == b'\n').map(|l| l.len() as u32).collect();
+            assert_eq!(split_lengths(buf), plain, "{buf:?}");
+        }
+    }
 
     #[test]
     fn record_ids() {
