@@ -136,7 +136,7 @@ pub fn parse_record(
     if line.starts_with(b"\xef\xbb\xbf") {
         return Err(BOM);
     }
-    if std::str::from_utf8(line).is_err() {
+    if simdutf8::basic::from_utf8(line).is_err() {
         return Err(INVALID_UTF8);
     }
     let opens = line.iter().filter(|&&b| b == b'[' || b == b'{').count();

@@ -41,6 +41,24 @@ pub struct Rule {
     pub action: Action,
 }
 
+/// The fields the analytics writer treats specially, told once a batch (not by name a record).
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    RecordId,
+    Duration,
+    Cli,
+    Other,
+}
+
+fn role(name: &str) -> Role {
+    match name {
+        "record_id" => Role::RecordId,
+        "duration" => Role::Duration,
+        "cli" => Role::Cli,
+        _ => Role::Other,
+    }
+}
+
 /// An answer Python settled for a value the fast path left pending.
 #[derive(Clone)]
 struct Learned {
@@ -625,6 +643,7 @@ impl Core {
         let ref_len = self.cfg.record_prefix.len() + self.cfg.chars;
         let mut refs: Vec<u8> = Vec::with_capacity(n * ref_len);
         let keep_ids = self.cfg.rules.iter().any(|r| r.name == "record_id" && r.action == Action::Keep);
+        let roles: Vec<Role> = self.cfg.rules.iter().map(|r| role(&r.name)).collect();
         let mut ids: Vec<String> = Vec::with_capacity(n); // only where not the record's own id
         let mut id_of: Vec<(u8, u32)> = Vec::with_capacity(n); // 0 own (val), 1 derived (ids), 2 raw reject id
         // Records that failed a check: row, reason, field, detail (rare, so owned text is fine).
@@ -812,11 +831,11 @@ impl Core {
                 a.extend_from_slice(name.as_bytes());
                 a.extend_from_slice(b"\":");
             };
-            for (i, r) in self.cfg.rules.iter().enumerate() {
+            for (i, (r, &role)) in self.cfg.rules.iter().zip(&roles).enumerate() {
                 if r.action == Action::Drop {
                     continue;
                 }
-                if r.name == "record_id" {
+                if role == Role::RecordId {
                     sep(a, "record_id");
                     a.push(b'"');
                     match (r.action, id_of[row]) {
@@ -830,7 +849,7 @@ impl Core {
                 let v = val(row, r.field);
                 sep(a, &r.name);
                 match r.action {
-                    Action::Keep if r.name == "duration" => {
+                    Action::Keep if role == Role::Duration => {
                         // Absent only for a call type without one (the checks let nothing else through).
                         crate::json::write_uint(a, v.map_or(0, |d| d.parse::<u64>().unwrap_or(0)));
                     }
@@ -859,7 +878,7 @@ impl Core {
                                     self.token_into(kind, value, a);
                                 }
                                 a.push(b'"');
-                                if r.name == "cli" {
+                                if role == Role::Cli {
                                     key = Some((start + 1, a.len() as u32 - 1));
                                 }
                             }
