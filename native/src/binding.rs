@@ -225,8 +225,9 @@ impl NativeCore {
         if let Some(row) = seen.iter().position(|s| !s) {
             return Err(PyValueError::new_err(format!("the adapter neither parsed nor rejected record {row}")));
         }
-        let mut parsed = Parsed { starts, lengths, reasons, vals, arena, pending: Vec::new() };
-        parsed.pending = self.core.pending(buf.as_bytes(py), &parsed);
+        let mut parsed = Parsed { starts, lengths, reasons, vals, arena, pending: Vec::new(), settled: Vec::new(),
+                                  settled_text: Vec::new() };
+        self.core.settle_batch(buf.as_bytes(py), &mut parsed);
         Ok(ParsedBatch { buf, parsed })
     }
 

@@ -94,6 +94,8 @@ pub struct Core {
     cap: usize,
     /// Checks in the contract's order (see [`Core::check_order`]).
     checks: Vec<Check>,
+    /// The (field, kind) pairs whose values need a canonical form (kind 6: a time), once each.
+    wanted: Vec<(usize, usize)>,
     supp: [Option<usize>; 3], // rule index giving the token of cli, dialled, imsi when the policy emits it
 }
 
@@ -116,6 +118,24 @@ pub struct Parsed {
     pub arena: Vec<u8>,
     /// Distinct values the fast paths leave to Python, per kind (index 5: times), found while parsing.
     pub pending: Vec<Vec<String>>,
+    /// Per record, per normalised (field, kind) of [`Core::wanted`]: what the fast path made of the
+    /// value while it was in cache, so routing never normalises a value twice.
+    pub settled: Vec<Settled>,
+    /// The canonical texts `settled` points into.
+    pub settled_text: Vec<u8>,
+}
+
+/// A value's fast-path outcome, kept from the parse for the routing.
+#[derive(Clone, Copy)]
+pub enum Settled {
+    /// No value (null or absent), or the record was rejected before its values were read.
+    Null,
+    Text(u32, u32, u8),
+    NoValue(u8),
+    Invalid,
+    /// Left to Python: its answer is in the learned tables by the time the batch is routed.
+    Pending,
+    Time(i64),
 }
 
 #[derive(Default)]
@@ -395,7 +415,7 @@ impl Core {
                 None => checks.push(Check::Contract(find(name)?, *kind)),
             }
         }
-        Ok(Core {
+        let mut core = Core {
             macs,
             field_names,
             idx,
@@ -404,9 +424,17 @@ impl Core {
             suppressed: HashSet::new(),
             cap: 1 << 18,
             checks,
+            wanted: Vec::new(),
             supp,
             cfg,
-        })
+        };
+        core.wanted = core.normalised_fields();
+        Ok(core)
+    }
+
+    /// Where `(field, kind)` sits in [`Core::wanted`] (every checked value has a place).
+    fn slot(&self, field: usize, kind: usize) -> usize {
+        self.wanted.iter().position(|&p| p == (field, kind)).expect("every normalised field is wanted")
     }
 
     pub fn rule_name(&self, i: usize) -> &str {
@@ -463,20 +491,23 @@ impl Core {
         let mut arena = Vec::new();
         let mut scratch = Scratch::default();
         let names: Vec<&[u8]> = self.field_names.iter().map(|v| v.as_slice()).collect();
-        let wanted = self.normalised_fields();
+        let nw = self.wanted.len();
         let mut sets: Vec<HashSet<String>> = (0..=KINDS.len()).map(|_| HashSet::new()).collect();
-        let mut out = Vec::new();
+        let mut settled = vec![Settled::Null; n * nw];
+        let mut text = Vec::new();
+        let mut tmp = Vec::new();
         for i in 0..n {
             let (s, e) = (starts[i], starts[i] + lengths[i] as usize);
             let row = &mut vals[i * nf..(i + 1) * nf];
             match parse_record(buf, s, e, self.cfg.max_bytes, self.cfg.max_depth, &names, row, &mut arena, &mut scratch) {
-                // The record's values are in cache now: find the ones Python must settle.
-                Ok(()) => self.collect_pending(buf, row, &arena, &wanted, &mut sets, &mut out),
+                // The record's values are in cache now: settle them, and note the ones Python must.
+                Ok(()) => self.settle(buf, row, &arena, &mut settled[i * nw..(i + 1) * nw], &mut text, &mut sets,
+                                      &mut tmp),
                 Err(r) => reasons[i] = r as u16,
             }
         }
         let pending = sets.into_iter().map(|s| s.into_iter().collect()).collect();
-        Parsed { starts, lengths, reasons, vals, arena, pending }
+        Parsed { starts, lengths, reasons, vals, arena, pending, settled, settled_text: text }
     }
 
     /// The (field, kind) pairs whose values need a canonical form (kind 5: a time), once each.
@@ -506,42 +537,54 @@ impl Core {
         wanted
     }
 
-    /// Add one parsed record's values the fast paths leave to Python (and that are not learned yet).
+    /// Settle one parsed record's normalised values with the fast paths, into `out` (one per
+    /// [`Core::wanted`]); the distinct values they leave to Python (not learned yet) go to `sets`.
     #[allow(clippy::too_many_arguments)]
-    fn collect_pending(&self, buf: &[u8], vals: &[Val], arena: &[u8], wanted: &[(usize, usize)],
-                       sets: &mut [HashSet<String>], out: &mut Vec<u8>) {
-        for &(f, k) in wanted {
+    fn settle(&self, buf: &[u8], vals: &[Val], arena: &[u8], out: &mut [Settled], text: &mut Vec<u8>,
+              sets: &mut [HashSet<String>], tmp: &mut Vec<u8>) {
+        for (j, &(f, k)) in self.wanted.iter().enumerate() {
             let Some(v) = vals[f].get(buf, arena) else { continue };
-            // The common shapes are settled without the full fast path (it runs again in `route`).
-            let settled = match k {
-                K_TIME => normalise::time_fast(v).is_some(),
-                K_MSISDN => v.is_ascii() && self.cfg.phone.is_e164(v.as_bytes()),
-                3 => normalise::is_plain_v4(v),
-                _ => v.is_ascii(),
-            };
-            let pending = !settled && if k == K_TIME {
-                !self.learned_times.contains_key(v)
+            out[j] = if k == K_TIME {
+                match normalise::time_fast(v) {
+                    Some(us) => Settled::Time(us),
+                    None => Settled::Pending,
+                }
             } else {
-                self.fast(k, v, out) == Fast::Pending && !self.learned[k].contains_key(v)
+                match self.fast(k, v, tmp) {
+                    Fast::Value(c) => {
+                        let s = text.len() as u32;
+                        text.extend_from_slice(tmp);
+                        Settled::Text(s, text.len() as u32, c)
+                    }
+                    Fast::NoValue(c) => Settled::NoValue(c),
+                    Fast::Invalid => Settled::Invalid,
+                    Fast::Pending => Settled::Pending,
+                }
             };
-            if pending && !sets[k].contains(v) {
-                sets[k].insert(v.to_owned());
+            if matches!(out[j], Settled::Pending) {
+                let learned = if k == K_TIME { self.learned_times.contains_key(v) } else { self.learned[k].contains_key(v) };
+                if !learned && !sets[k].contains(v) {
+                    sets[k].insert(v.to_owned());
+                }
             }
         }
     }
 
-    /// Distinct values of a batch the fast paths leave to Python, per kind (index 5: times).
-    pub fn pending(&self, buf: &[u8], p: &Parsed) -> Vec<Vec<String>> {
+    /// Settle the values of a batch another adapter parsed (see [`Core::parse`]).
+    pub fn settle_batch(&self, buf: &[u8], p: &mut Parsed) {
         let nf = self.cfg.fields.len();
-        let wanted = self.normalised_fields();
+        let nw = self.wanted.len();
         let mut sets: Vec<HashSet<String>> = (0..=KINDS.len()).map(|_| HashSet::new()).collect();
-        let mut out = Vec::new();
+        p.settled = vec![Settled::Null; p.reasons.len() * nw];
+        p.settled_text.clear();
+        let mut tmp = Vec::new();
         for row in 0..p.reasons.len() {
             if p.reasons[row] == 0 {
-                self.collect_pending(buf, &p.vals[row * nf..(row + 1) * nf], &p.arena, &wanted, &mut sets, &mut out);
+                self.settle(buf, &p.vals[row * nf..(row + 1) * nf], &p.arena, &mut p.settled[row * nw..(row + 1) * nw],
+                            &mut p.settled_text, &mut sets, &mut tmp);
             }
         }
-        sets.into_iter().map(|s| s.into_iter().collect()).collect()
+        p.pending = sets.into_iter().map(|s| s.into_iter().collect()).collect();
     }
 
     fn fast(&self, kind: usize, v: &str, out: &mut Vec<u8>) -> Fast {
@@ -554,17 +597,16 @@ impl Core {
         }
     }
 
-    /// Canonical value of `v` for `kind`, into `scratch` (fast path, else the learned answer).
-    fn canonical(&self, kind: usize, v: &str, scratch: &mut Vec<u8>, tmp: &mut Vec<u8>) -> Res {
-        match self.fast(kind, v, tmp) {
-            Fast::Value(c) => {
-                let s = scratch.len() as u32;
-                scratch.extend_from_slice(tmp);
-                Res::Text(s, scratch.len() as u32, if kind == K_MSISDN { c } else { 255 })
+    /// Canonical value of `v` for `kind` (settled at parse, else the learned answer), into `scratch`.
+    fn canonical(&self, kind: usize, v: &str, settled: Settled, text: &[u8], scratch: &mut Vec<u8>) -> Res {
+        match settled {
+            Settled::Text(s, e, c) => {
+                let at = scratch.len() as u32;
+                scratch.extend_from_slice(&text[s as usize..e as usize]);
+                Res::Text(at, scratch.len() as u32, if kind == K_MSISDN { c } else { 255 })
             }
-            Fast::NoValue(c) => Res::NoValue(c),
-            Fast::Invalid => Res::Bad,
-            Fast::Pending => match self.learned[kind].get(v) {
+            Settled::NoValue(c) => Res::NoValue(c),
+            Settled::Pending => match self.learned[kind].get(v) {
                 Some(Learned { value: Some(val), cls }) if kind != K_MSISDN || cls.is_some() => {
                     let s = scratch.len() as u32;
                     scratch.extend_from_slice(val.as_bytes());
@@ -573,6 +615,7 @@ impl Core {
                 Some(Learned { value: None, cls: Some(c) }) if kind == K_MSISDN => Res::NoValue(*c),
                 _ => Res::Bad, // not learned (cannot happen after `pending`) or invalid
             },
+            Settled::Invalid | Settled::Null | Settled::Time(_) => Res::Bad,
         }
     }
 
@@ -584,8 +627,12 @@ impl Core {
         })
     }
 
-    fn time(&self, v: &str) -> Option<i64> {
-        normalise::time_fast(v).or_else(|| self.learned_times.get(v).copied().flatten())
+    /// A time settled at parse, else the learned answer.
+    fn time(&self, v: &str, settled: Settled) -> Option<i64> {
+        match settled {
+            Settled::Time(us) => Some(us),
+            _ => self.learned_times.get(v).copied().flatten(),
+        }
     }
 
     /// The HMAC key and token prefix of one kind for one month (`year * 12 + month0`):
@@ -656,6 +703,23 @@ impl Core {
         let mut last_time: (i64, Vec<u8>) = (0, Vec::new());
         let mut period_macs: HashMap<(usize, i32), (Hmac<Sha256>, String)> = HashMap::new();
         let val = |row: usize, f: usize| p.vals[row * nf + f].get(b.buf, &p.arena);
+        // Each check's place among the values settled at parse (usize::MAX: it reads none).
+        let nw = self.wanted.len();
+        let check_slot: Vec<usize> = self.checks.iter().map(|c| match *c {
+            Check::Start => self.slot(self.idx[3], K_TIME),
+            Check::Rule(i) => {
+                let r = &self.cfg.rules[i];
+                match r.action {
+                    Action::Token(k) | Action::MonthlyToken(k) => self.slot(r.field, k),
+                    Action::TruncateIp(..) => self.slot(r.field, 3),
+                    Action::Coarsen(_) => self.slot(r.field, K_TIME),
+                    _ => usize::MAX,
+                }
+            }
+            Check::Contract(f, k) => self.slot(f, k),
+            _ => usize::MAX,
+        }).collect();
+        let text = &p.settled_text;
 
         for row in 0..n {
             let rid_own = p.reasons[row] == 0 && val(row, self.idx[0]).map_or(false, valid_record_id);
@@ -687,7 +751,9 @@ impl Core {
             scratch.clear();
             let mut start_us = 0i64; // the record's start, once Check::Start has read it
             let mut failed: Option<(&'static str, &str, String)> = None; // reason, field, detail
-            for c in &self.checks {
+            let settled = &p.settled[row * nw..(row + 1) * nw];
+            for (c, &slot) in self.checks.iter().zip(&check_slot) {
+                let st = || settled[slot];
                 match *c {
                     Check::Missing(f) => {
                         if val(row, f).is_none() && !(f == self.idx[4] && self.non_voice(val(row, self.idx[6]))) {
@@ -713,7 +779,7 @@ impl Core {
                     }
                     Check::Start => {
                         if let Some(v) = val(row, self.idx[3]) {
-                            match self.time(v) {
+                            match self.time(v, st()) {
                                 Some(us) => start_us = us,
                                 None => failed = Some(("invalid_field", "start",
                                                        "start must be ISO-8601 or epoch seconds".into())),
@@ -729,7 +795,7 @@ impl Core {
                                 (true, "")
                             }
                             (Action::Token(k) | Action::MonthlyToken(k), Some(v)) => {
-                                res[i] = self.canonical(k, v, &mut scratch, &mut tmp);
+                                res[i] = self.canonical(k, v, st(), text, &mut scratch);
                                 let ok = !matches!(res[i], Res::Bad);
                                 (ok, ["not a valid msisdn", "not a valid imsi", "not a valid imei", "not a valid ip",
                                       "not a valid account"][k])
@@ -737,7 +803,7 @@ impl Core {
                             (Action::Keep, Some(v)) => (is_safe_keep(v),
                                 "kept fields must be short plain values with at most 5 digits; tokenise or drop it"),
                             (Action::TruncateIp(v4, v6), Some(v)) => {
-                                let r0 = self.canonical(3, v, &mut scratch, &mut tmp);
+                                let r0 = self.canonical(3, v, st(), text, &mut scratch);
                                 res[i] = match r0 {
                                     Res::Text(s, e, _) => {
                                         let canon = String::from_utf8_lossy(&scratch[s as usize..e as usize]).into_owned();
@@ -753,7 +819,7 @@ impl Core {
                                 (!matches!(res[i], Res::Bad), "not a valid IPv4 or IPv6 address")
                             }
                             (Action::Coarsen(_), Some(v)) => {
-                                res[i] = self.time(v).map_or(Res::Bad, Res::Time);
+                                res[i] = self.time(v, st()).map_or(Res::Bad, Res::Time);
                                 (!matches!(res[i], Res::Bad), "not an ISO-8601 time or epoch seconds")
                             }
                             (Action::Cell, Some(v)) => {
@@ -778,7 +844,7 @@ impl Core {
                         let j = if f == self.idx[1] { 0 } else if f == self.idx[2] { 1 } else { 2 };
                         supp_res[j] = match val(row, f) {
                             None => Res::Null,
-                            Some(v) => self.canonical(k, v, &mut scratch, &mut tmp),
+                            Some(v) => self.canonical(k, v, st(), text, &mut scratch),
                         };
                         if matches!(supp_res[j], Res::Bad) {
                             let name = &self.cfg.fields[f];
