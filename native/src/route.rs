@@ -803,16 +803,16 @@ impl Core {
                             (Action::Keep, Some(v)) => (is_safe_keep(v),
                                 "kept fields must be short plain values with at most 5 digits; tokenise or drop it"),
                             (Action::TruncateIp(v4, v6), Some(v)) => {
-                                let r0 = self.canonical(3, v, st(), text, &mut scratch);
-                                res[i] = match r0 {
-                                    Res::Text(s, e, _) => {
-                                        let canon = String::from_utf8_lossy(&scratch[s as usize..e as usize]).into_owned();
-                                        let s2 = scratch.len() as u32;
-                                        if normalise::truncate_ip(&canon, v4, v6, &mut scratch) {
-                                            Res::Text(s2, scratch.len() as u32, 255)
-                                        } else {
-                                            Res::Bad
-                                        }
+                                // The canonical address as text where it already is (no copy).
+                                let canon: Option<&str> = match st() {
+                                    Settled::Text(s, e, _) => std::str::from_utf8(&text[s as usize..e as usize]).ok(),
+                                    Settled::Pending => self.learned[3].get(v).and_then(|l| l.value.as_deref()),
+                                    _ => None,
+                                };
+                                let s2 = scratch.len() as u32;
+                                res[i] = match canon {
+                                    Some(c) if normalise::truncate_ip(c, v4, v6, &mut scratch) => {
+                                        Res::Text(s2, scratch.len() as u32, 255)
                                     }
                                     _ => Res::Bad,
                                 };

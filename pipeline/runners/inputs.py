@@ -71,19 +71,18 @@ def iter_chunks(stream: BinaryIO, batch_bytes: int) -> Iterator[bytes]:
     chunk = stream.read(batch_bytes)
     while chunk:
         ahead = stream.read(batch_bytes)
-        data = tail + chunk
         if not ahead:
-            if data.endswith(b"\n"):
-                data = data[:-1]
-            if data:
-                yield data
+            # The last line, empty or not, is a record (a final newline ends it, it starts none).
+            yield b"".join((tail, memoryview(chunk)[:-1] if chunk.endswith(b"\n") else chunk))
             return
-        cut = data.rfind(b"\n")
+        # The tail never holds a newline: the chunk's last one ends the records to yield. They
+        # are copied once, joined to the tail (slicing a joined buffer would copy them twice).
+        cut = chunk.rfind(b"\n")
         if cut < 0:
-            tail = data
+            tail += chunk
         else:
-            tail = data[cut + 1:]
-            yield data[:cut]
+            yield b"".join((tail, memoryview(chunk)[:cut]))
+            tail = chunk[cut + 1:]
         chunk = ahead
 
 
