@@ -447,6 +447,10 @@ impl<'a, 'b> Parser<'a, 'b> {
             return Ok(());
         }
         let mut first = true;
+        // Keys of the top level that are wanted fields are told apart by field number (a bit
+        // each); other keys by comparing with the object's other such keys.
+        let mut fields_seen = 0u64;
+        let mut ordinal = 0usize;
         loop {
             self.ws();
             if self.peek() != Some(b'"') {
@@ -460,10 +464,20 @@ impl<'a, 'b> Parser<'a, 'b> {
             } else {
                 (false, ks as u32, ke as u32)
             };
-            if !self.duplicate && self.seen(level, key_ref) {
-                self.duplicate = true;
+            let slot = if top { self.wanted(key_ref, ordinal) } else { None };
+            ordinal += 1;
+            match slot {
+                Some(i) if i < 64 => {
+                    self.duplicate |= fields_seen & (1 << i) != 0;
+                    fields_seen |= 1 << i;
+                }
+                _ => {
+                    if !self.duplicate && self.seen(level, key_ref) {
+                        self.duplicate = true;
+                    }
+                    self.scratch.keys[level].push(key_ref);
+                }
             }
-            self.scratch.keys[level].push(key_ref);
             if emit {
                 if !first {
                     self.arena.extend_from_slice(b", ");
@@ -478,7 +492,6 @@ impl<'a, 'b> Parser<'a, 'b> {
             }
             self.pos += 1;
             self.ws();
-            let slot = if top { self.wanted(key_ref, self.scratch.keys[level].len() - 1) } else { None };
             match slot {
                 Some(i) => self.field_value(level, i)?,
                 None => self.value_nested(level, emit)?,
