@@ -167,7 +167,7 @@ def identifier_windows(lines: list[bytes]) -> tuple[set[str], str]:
 
 #: The policy's coarse forms of a record's own ip and cell id: a network, and MCC-MNC-area.
 NETWORK = re.compile(r"[0-9a-f.:]+/[0-9]{1,3}")
-CELL_AREA = re.compile(r"[0-9]{3}-[0-9]{2,3}-(?:enb|gnb)?[0-9]+")
+CELL_AREA = re.compile(r"[0-9]{3}-[0-9]{2,3}-(?:enb[0-9]+|gnb[0-9]+|[0-9A-Fa-f]+)")
 
 
 def _scrub_analytics(line: bytes) -> str:
