@@ -100,9 +100,24 @@ class VolumeRouter:
         return batch_of(records, [r + pad for r in records], segments)
 
 
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (0 when it is not ours to read)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_loop(bootstrap: str, router: Any, topics: Topics, n: int, batch_size: int,
-             client: dict[str, str]) -> dict[str, float]:
-    """Consume all ``n`` records with a fresh group through the transaction loop; return rate and counts."""
+             client: dict[str, str], broker_pid: int | None = None) -> dict[str, float]:
+    """Consume all ``n`` records with a fresh group through the transaction loop; return rate and counts.
+
+    Also the CPU this process (worker loop and librdkafka threads) and the local broker used
+    for the run, per record: where the time goes when the rate falls short.
+    """
     common, consumer, producer = split_client_overrides(client)
     settings = WorkerSettings(bootstrap=bootstrap, worker_id=f"bench-{uuid.uuid4().hex[:6]}",
                               group=f"bench-{uuid.uuid4().hex[:8]}", topics=topics, batch_size=batch_size,
@@ -115,14 +130,15 @@ def run_loop(bootstrap: str, router: Any, topics: Topics, n: int, batch_size: in
             loop.request_stop()
 
     loop = TransactionLoop(router, settings, progress=stop_when_done)
-    cpu0 = time.process_time()
+    cpu0, broker0 = time.process_time(), process_cpu_s(broker_pid)
     totals = loop.run()
+    broker_s = process_cpu_s(broker_pid) - broker0
     busy = totals.last_commit_at - totals.first_batch_at
     c = totals.counts
     if c["in"] != n or c["retention"] != n or c["analytics"] + c["dlq"] + c["suppressed"] != n:
         raise SystemExit(f"counts do not reconcile: {dict(c)} for {n} records")
     return {"records_per_s": n / busy, "seconds": busy, "commits": totals.commits, "aborts": totals.aborts,
-            "cpu_s": time.process_time() - cpu0, **{k: c[k] for k in ("analytics", "dlq")}}
+            "cpu_s": time.process_time() - cpu0, "broker_cpu_s": broker_s, **{k: c[k] for k in ("analytics", "dlq")}}
 
 
 def core_alone(lines: list[bytes], batch_size: int) -> tuple[float, float]:
@@ -162,11 +178,13 @@ def main(argv: list[str] | None = None) -> int:
 
     client = parse_x_options(args.X)
     with contextlib.ExitStack() as stack:
+        broker_pid = None  # a broker given with --bootstrap-servers: its CPU is not ours to read
         if args.bootstrap_servers:
             bootstrap = args.bootstrap_servers
         else:
             data = stack.enter_context(tempfile.TemporaryDirectory(prefix="cdrpipe-bench-"))
-            bootstrap = stack.enter_context(LocalKafka(data_dir=data)).bootstrap
+            broker = stack.enter_context(LocalKafka(data_dir=data))
+            bootstrap, broker_pid = broker.bootstrap, broker.pid
         conf = {"bootstrap.servers": bootstrap}
         prefix = f"bench{uuid.uuid4().hex[:6]}."
         specs = load_topic_policy()
@@ -183,10 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         passthrough, pipeline, volume = [], [], []
         for round_no in range(1 - args.warmup, args.rounds + 1):
             vol = run_loop(bootstrap, VolumeRouter(analytics_bytes), topics, args.records, args.batch_size,
-                           client) if args.volume_check else None
-            ceil = run_loop(bootstrap, PassthroughRouter(), ceiling_topics, args.records, args.batch_size, client)
+                           client, broker_pid) if args.volume_check else None
+            ceil = run_loop(bootstrap, PassthroughRouter(), ceiling_topics, args.records, args.batch_size, client,
+                            broker_pid)
             keyring, _ = generate()
-            pipe = run_loop(bootstrap, Router(keyring, CoreConfig()), topics, args.records, args.batch_size, client)
+            pipe = run_loop(bootstrap, Router(keyring, CoreConfig()), topics, args.records, args.batch_size, client,
+                            broker_pid)
             label = f"round {round_no}" if round_no > 0 else "warm-up (not counted)"
             print(f"{label}: passthrough {ceil['records_per_s']:,.0f} records/s, "
                   f"pipeline {pipe['records_per_s']:,.0f} records/s", file=sys.stderr, flush=True)
@@ -210,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     if volume:
         print(f"  zero-cost core, the pipeline's bytes (--volume-check):     "
               f"{statistics.median(r['records_per_s'] for r in volume):>10,.0f} records/s")
+    for name, runs in (("passthrough", passthrough), ("pipeline", pipeline), ("zero-cost core", volume)):
+        if runs:
+            worker = statistics.median(r["cpu_s"] for r in runs) * 1e6 / args.records
+            broker_us = statistics.median(r["broker_cpu_s"] for r in runs) * 1e6 / args.records
+            print(f"  CPU-us a record, {name + ':':<16} worker {worker:5.1f}, broker {broker_us:5.1f}"
+                  + ("" if broker_pid else " (not measured: --bootstrap-servers)"))
     print(f"  (producing the input took {produce_s:.1f} s; per run: "
           f"pipeline {statistics.median(r['seconds'] for r in pipeline):.1f} s, "
           f"{pipeline[0]['commits']} transactions, {sum(r['aborts'] for r in pipeline)} aborts)")
