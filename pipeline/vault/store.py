@@ -200,10 +200,16 @@ class RecordStore:
     def known_ids(self, record_ids: Sequence[str], conn: Database | None = None) -> set[str]:
         raise NotImplementedError
 
+    def undated_ids(self, pairs: Iterable[tuple[int, str]], conn: Database | None = None) -> set[str]:
+        """Of ``(sealed day, ref)`` pairs of records now dated on another day, the refs already stored
+        undated under their segment's day (before they could be read); empty where :meth:`known_ids`
+        saw every stored ref already (SQLite's ids are one table)."""
+        return set()
+
     def insert_day(self, day: int, records: Iterable[tuple[object, ...]], index: Sequence[int],
                    ids: Sequence[str]) -> int:
-        """Insert one day's records (RECORD_COLUMNS order, any iterable), index keys and record ids;
-        returns how many records were stored."""
+        """Insert one day's records (RECORD_COLUMNS order, any iterable), their distinct index keys and
+        their record ids; returns how many records were stored."""
         raise NotImplementedError
 
     def sealed_time_rows(self, day: int) -> list[tuple[object, ...]]:
