@@ -157,6 +157,7 @@ _COPY_INDEX = "COPY blind_index (day, k) FROM STDIN (FORMAT BINARY)"
 _COPY_HEAD = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 _COPY_TAIL = b"\xff\xff"
 _DDL_LOCK = lock_key("vault.partitions")
+_LOCK_PARENTS = "LOCK TABLE ONLY records, blind_index, record_ids IN ROW EXCLUSIVE MODE"
 _ROW_COLUMNS = "rid, record_id, ts, parsed, sealed_time, src, part, off, ct"
 _RID_MASK = (1 << RID_BITS) - 1
 
@@ -326,6 +327,10 @@ class PostgresStore(RecordStore):
         rows = records if isinstance(records, list) else list(records)
         if not rows:
             return 0
+        # The parents in the order vault.ensure_day locks them (records, blind_index, record_ids): a
+        # sink creating a day while another writes a batch then waits for it, never deadlocks with it
+        # (the claim below would otherwise hold record_ids while waiting for records).
+        self.db.execute(_LOCK_PARENTS)
         try:
             with self.db.conn.transaction(), self.db.conn.cursor() as cur, cur.copy(_COPY_IDS) as copy:
                 copy.write(_id_rows(day, rows))
