@@ -110,9 +110,10 @@ DECLARE
     held bigint;
 BEGIN
     SELECT coalesce(sum(n), 0) INTO held FROM vault.day_counts WHERE day = p_day;
+    -- In the order a batch locks the parents (records, blind_index, record_ids): no deadlock with a sink.
+    EXECUTE format('DROP TABLE IF EXISTS vault.%I', 'rec_' || suffix);
     EXECUTE format('DROP TABLE IF EXISTS vault.%I', 'idx_' || suffix);
     EXECUTE format('DROP TABLE IF EXISTS vault.%I', 'ids_' || suffix);
-    EXECUTE format('DROP TABLE IF EXISTS vault.%I', 'rec_' || suffix);
     DELETE FROM vault.partitions WHERE day = p_day;
     DELETE FROM vault.day_counts WHERE day = p_day;
     DELETE FROM vault.day_rids WHERE day = p_day;
@@ -327,9 +328,9 @@ class PostgresStore(RecordStore):
         rows = records if isinstance(records, list) else list(records)
         if not rows:
             return 0
-        # The parents in the order vault.ensure_day locks them (records, blind_index, record_ids): a
-        # sink creating a day while another writes a batch then waits for it, never deadlocks with it
-        # (the claim below would otherwise hold record_ids while waiting for records).
+        # The three parents at once, in the order vault.ensure_day (a new day) and vault.drop_day (a
+        # purge) lock them: a sink creating a day, or a purge, waits for the batch, never deadlocks
+        # with it (the claim below would otherwise hold record_ids while waiting for records).
         self.db.execute(_LOCK_PARENTS)
         try:
             with self.db.conn.transaction(), self.db.conn.cursor() as cur, cur.copy(_COPY_IDS) as copy:

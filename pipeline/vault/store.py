@@ -10,8 +10,9 @@ Layout (docs/vault.md has the rationale):
 * ``idx_YYYYMMDD(k INTEGER PRIMARY KEY)`` — one key ``bidx << 32 | rid`` per (party
   identifier, record): a lookup is one range scan of a rowid B-tree, whatever the number of
   records; the time window is applied to the few joined record rows.
-* ``record_ids(record_id, day)`` WITHOUT ROWID — every stored record id once, across days:
-  ingest is idempotent however often (or however late) a record arrives.
+* ``record_ids(record_id, day)`` WITHOUT ROWID, indexed by ``day`` too (for the purge) —
+  every stored record id once, across days: ingest is idempotent however often (or however
+  late) a record arrives.
 * ``partitions(day, kid)`` — which day key each day was written with.
 * ``readers(id, format, mapping)`` — the input format (and mapping file text) a record was
   indexed with: a record's ``parsed`` is a reader id (0: unread; 1: JSONL, since the first vault).
@@ -60,6 +61,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS partitions (day INTEGER PRIMARY KEY, kid TEXT NOT NULL, created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS record_ids (record_id TEXT PRIMARY KEY, day INTEGER NOT NULL) WITHOUT ROWID;
+-- A purge deletes its days' ids through this (was a scan of every stored id: 0.75 s at 10M records).
+CREATE INDEX IF NOT EXISTS record_ids_day ON record_ids (day);
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, entry TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS warrants (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS readers (id INTEGER PRIMARY KEY, format TEXT NOT NULL, mapping TEXT NOT NULL,
