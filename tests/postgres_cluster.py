@@ -25,6 +25,9 @@ from pathlib import Path
 ENV_PG_BIN = "CDRPIPE_PG_BIN"
 ENV_REQUIRE = "CDRPIPE_REQUIRE_POSTGRES"
 SUPERUSER = "cdrpipe_admin"
+#: The tests' server settings: no durability (a test cluster is thrown away), small memory.
+TEST_SETTINGS = ("-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=60 "
+                 "-c shared_buffers=64MB")
 
 
 def find_bin() -> Path | None:
@@ -84,14 +87,13 @@ class LocalPostgres:
         return subprocess.run([str(self.bin / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout,
                               preexec_fn=demote, env=env, cwd=self.root, check=False)
 
-    def start(self) -> None:
+    def start(self, settings: str = TEST_SETTINGS) -> None:
+        """initdb and start; ``settings`` are ``-c name=value`` server options (default: the tests' fast ones)."""
         done = self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
                          "--no-sync")
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr.strip()[-2000:]}")
-        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories='' "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=60 "
-                   "-c shared_buffers=64MB")
+        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories='' {settings}"
         done = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60",
                          "start")
         if done.returncode != 0:

@@ -293,6 +293,18 @@ class Ingester:
             rows = rows.filter(~pl.col("day").is_in(expired))
             if rows.height == 0:
                 return []
+        if dedupe:
+            # A record filed under its segment's day before it could be read, re-sent and read now,
+            # is the stored one (where the store could not see it in known_ids).
+            moved = rows.filter(~pl.col("sealed_time") & (pl.col("day") != pl.col("sealed") // DAY_US))
+            undated = self.store.undated_ids(
+                zip((moved["sealed"] // DAY_US).to_list(), moved["record_id"].to_list()), conn=self._reader) \
+                if moved.height else set()
+            if undated:
+                totals.duplicates += len(undated)
+                rows = rows.filter(~pl.col("record_id").is_in(list(undated)))
+                if rows.height == 0:
+                    return []
         # Row ids: each day continues its own sequence (reserved from the store, so concurrent
         # sinks never share one); rows sorted by day so each day is one slice.
         rows = rows.sort("day", maintain_order=True)
@@ -303,7 +315,7 @@ class Ingester:
              + pl.int_range(pl.len(), dtype=pl.Int64).over("day")).alias("rid"))
 
         # Blind index keys (bidx << 32 | rid) of every normalised party identifier, per day, as columns.
-        # Day and rid are gathered by row number (no join); repeats (a self-call) are left to INSERT OR IGNORE.
+        # Day and rid are gathered by row number (no join); repeats (a self-call) are dropped per day below.
         m = len(raws)
         day_of = pl.Series([None] * m, dtype=pl.Int64).scatter(rows["row"], rows["day"])
         rid_of = pl.Series([None] * m, dtype=pl.Int64).scatter(rows["row"], rows["rid"])
@@ -317,8 +329,9 @@ class Ingester:
             keys.append(pl.DataFrame({"day": day_of.gather(at), "rid": rid_of.gather(at), "v": canonical})
                         .drop_nulls().select("day", (self._indexer.column(kind, pl.col("day"), pl.col("v"))
                                                      * (1 << RID_BITS) + pl.col("rid")).alias("k")))
-        # Each day's keys ascending (the order its B-tree takes them best): one single-column sort per day.
-        day_keys = {int(day): part["k"].sort().to_list() for (day,), part in
+        # Each day's keys, distinct (a self-call indexes one number twice) and ascending (the order its
+        # B-tree takes them best): one single-column sort per day.
+        day_keys = {int(day): part["k"].unique().sort().to_list() for (day,), part in
                     pl.concat(keys).partition_by("day", as_dict=True, include_key=False).items()} if keys else {}
 
         order = rows["row"].to_list()

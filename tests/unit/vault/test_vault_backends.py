@@ -237,3 +237,52 @@ def test_migrate_copies_a_sqlite_vault_with_its_audit_chain_and_verifies_it(worl
                  "--to-keystore", keys, "--quiet"]) == EXIT_FATAL
     assert "migration not done" in (err := capsys.readouterr().err) and "already holds" in err
     assert len(pg.sql("SELECT seq FROM audit")) == len(after) + 1  # only the query above was added
+
+
+# --------------------------------------------------------------------------- dedupe across days
+
+_CSV_MAPPING = """[csv]
+columns = ["cgrid", "run_id", "tor", "origin_id", "request_type", "direction", "tenant", "category", "account",
+           "subject", "destination", "setup_time", "answer_time", "usage", "cost", "extra3", "extra2", "extra1"]
+
+[map]
+origin_id = "record_id"
+account = "cli"
+destination = "dialled"
+answer_time = "start"
+usage = "duration"
+"""
+
+
+def test_a_record_resent_once_it_can_be_read_is_the_one_stored_undated_under_its_segments_day(
+        world, backend, capsys, tmp_path):
+    """Ingest files a record it cannot read under its segment's day (today); sent again and read with
+    the right format it is dated on its call day, another day, and must still be the stored record.
+    After `vault reindex` moved it there, sending it again is a duplicate of its own day."""
+    lines = [f"cg-{i},default,*voice,orig-{i},*rated,*out,cgrates.org,call,{A},{A},{B},"
+             f"2020-01-0{3 + i} 08:42:25 +0000 UTC,2020-01-0{3 + i} 08:42:26 +0000 UTC,{10 + i}s,1.01,x,\"\",y"
+             for i in range(2)]
+    (tmp_path / "cg.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "cg.toml").write_text(_CSV_MAPPING)
+    fmt = ["--format", "csv", "--mapping", str(tmp_path / "cg.toml")]
+    assert main(["process", "--keyring", str(world["root"] / "keys" / "worker-keyring.json"), "--input",
+                 str(tmp_path / "cg.csv"), "--out-dir", str(tmp_path / "out"), "--quiet", *fmt]) == 0
+    retention = str(tmp_path / "out" / "retention.jsonl")
+
+    def ingest(*extra: str) -> dict:
+        capsys.readouterr()
+        assert _vault(world, backend, "ingest", "--input", retention, "--quiet", *extra) == EXIT_OK
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    first = ingest()
+    assert (first["stored"], first["unparsed"]) == (2, 2)  # filed undated, under today
+    again = ingest(*fmt)  # now read: dated 3 and 4 January 2020
+    assert (again["stored"], again["duplicates"]) == (0, 2), again
+    assert _vault(world, backend, "reindex", *fmt) == EXIT_OK
+    capsys.readouterr()
+    moved = ingest(*fmt)
+    assert (moved["stored"], moved["duplicates"]) == (0, 2), moved
+    assert _vault(world, backend, "status") == EXIT_OK
+    status = json.loads(capsys.readouterr().out)
+    assert status["records"] == 2 and status["unread_records"] == 0
+    assert {d["day"] for d in status["days"] if d["records"]} == {"2020-01-03", "2020-01-04"}
