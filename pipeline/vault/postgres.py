@@ -193,17 +193,41 @@ def _id_rows(day: int, rows: Sequence[tuple[object, ...]]) -> bytes:
     return b"".join(out)
 
 
-def _apply_schema(db: PostgresDatabase, marker: str, schema: str, *, create: bool, what: str) -> None:
-    """Create ``schema`` when ``marker`` (a table) is missing and ``create`` allows; else say who must."""
-    if db.execute("SELECT to_regclass(?)", (marker,)).fetchone()[0] is not None:
+#: What brings a vault made by an earlier release to :data:`STORE_SCHEMA` (then applied again for
+#: its functions): ids stored undated are flagged, and the cross-day id index is gone.
+STORE_UPGRADE = """
+ALTER TABLE vault.record_ids ADD COLUMN IF NOT EXISTS undated boolean NOT NULL DEFAULT false;
+DROP INDEX IF EXISTS vault.record_ids_id;
+"""
+#: True when the vault's schema is this release's (the last upgrade's column is there).
+_STORE_CURRENT = ("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'vault' "
+                  "AND table_name = 'record_ids' AND column_name = 'undated'")
+
+
+def _apply_schema(db: PostgresDatabase, marker: str, schema: str, *, create: bool, what: str,
+                  upgrade: str | None = None, current: str | None = None) -> None:
+    """Create ``schema`` when ``marker`` (a table) is missing and ``create`` allows; else say who must.
+
+    A schema made by an earlier release (``current`` counts 0) is brought up to date with
+    ``upgrade`` then ``schema`` (idempotent statements) when ``create`` allows: only the owner
+    role may, and a sink cannot write the old layout, so it stops and says how.
+    """
+    exists = db.execute("SELECT to_regclass(?)", (marker,)).fetchone()[0] is not None
+    stale = exists and current is not None and not db.execute(current).fetchone()[0]
+    if exists and not stale:
         return
     if not create:
+        if stale:
+            raise StoreError(f"the {what} in {db.name} was made by an earlier cdrpipe: upgrade its schema once with "
+                             "`cdrpipe vault init` as the schema owner role (deploy/postgres/roles.sql)")
         raise StoreError(f"{db.name} holds no cdrpipe {what}: create it once with `cdrpipe vault init` "
                          "as the schema owner role (deploy/postgres/roles.sql)")
     try:
         with db.transaction():
             # One creator at a time (two sinks starting together on an empty database).
             db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("cdrpipe.schema." + what,))
+            if stale and upgrade:
+                db.conn.execute(upgrade)  # constant text of this module
             db.conn.execute(schema)  # constant text of this module
     except db.error as exc:
         raise StoreError(f"cannot create the {what} schema in {db.name}: {first_line(exc)} (run `cdrpipe vault "
@@ -227,7 +251,8 @@ class PostgresStore(RecordStore):
         self.path = self.db.name
         self._ddl: PostgresDatabase | None = None
         try:
-            _apply_schema(self.db, "vault.meta", STORE_SCHEMA, create=create, what="vault")
+            _apply_schema(self.db, "vault.meta", STORE_SCHEMA, create=create, what="vault", upgrade=STORE_UPGRADE,
+                          current=_STORE_CURRENT)
             if not create and self.db.execute("SELECT 1 FROM meta LIMIT 1").fetchone() is None:
                 raise StoreError(f"no vault in {self.path}: check --db, or fill it with `cdrpipe vault ingest` / "
                                  "`cdrpipe vault sink`")

@@ -286,3 +286,22 @@ def test_a_record_resent_once_it_can_be_read_is_the_one_stored_undated_under_its
     status = json.loads(capsys.readouterr().out)
     assert status["records"] == 2 and status["unread_records"] == 0
     assert {d["day"] for d in status["days"] if d["records"]} == {"2020-01-03", "2020-01-04"}
+
+
+def test_a_postgresql_vault_of_an_earlier_release_is_upgraded_by_vault_init(world, pg_vault_urls, capsys):
+    """A vault made before ids were flagged undated: a sink stops and says how; `vault init` upgrades it."""
+    backend = Backend("postgresql", *pg_vault_urls)
+    assert _ingest(world, backend, capsys)["stored"] == world["total"]
+    backend.sql_many(("DROP INDEX record_ids_undated", ()), ("ALTER TABLE record_ids DROP COLUMN undated", ()),
+                     ("CREATE INDEX record_ids_id ON record_ids (record_id)", ()))  # the earlier release's layout
+    capsys.readouterr()
+    assert _vault(world, backend, "status") == EXIT_FATAL
+    err = capsys.readouterr().err
+    assert "earlier cdrpipe" in err and "cdrpipe vault init" in err
+    assert _vault(world, backend, "init") == EXIT_OK
+    columns = {c for (c,) in backend.sql("SELECT column_name FROM information_schema.columns "
+                                         "WHERE table_schema = 'vault' AND table_name = 'record_ids'")}
+    assert "undated" in columns
+    assert backend.sql("SELECT to_regclass('vault.record_ids_id')") == [(None,)]
+    again = _ingest(world, backend, capsys)  # the upgraded vault still knows every stored record
+    assert again["stored"] == 0 and again["duplicates"] == world["total"]
