@@ -199,9 +199,10 @@ STORE_UPGRADE = """
 ALTER TABLE vault.record_ids ADD COLUMN IF NOT EXISTS undated boolean NOT NULL DEFAULT false;
 DROP INDEX IF EXISTS vault.record_ids_id;
 """
-#: True when the vault's schema is this release's (the last upgrade's column is there).
-_STORE_CURRENT = ("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'vault' "
-                  "AND table_name = 'record_ids' AND column_name = 'undated'")
+#: True when the vault's schema is this release's (the last upgrade's column is there). From the
+#: catalog, which every role may read (information_schema shows only a role's own tables).
+_STORE_CURRENT = ("SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('vault.record_ids') "
+                  "AND attname = 'undated' AND NOT attisdropped")
 
 
 def _apply_schema(db: PostgresDatabase, marker: str, schema: str, *, create: bool, what: str,
