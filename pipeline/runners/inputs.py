@@ -67,22 +67,22 @@ def iter_chunks(stream: BinaryIO, batch_bytes: int) -> Iterator[bytes]:
     One read ahead: the last chunk takes the final line even when no newline ends it, so that
     line is never a batch of its own. A final newline ends the last record; it does not start one.
     """
-    tail = b""
+    tail: list[bytes] = []  # the pieces of a line still open (a line longer than a read is several)
     chunk = stream.read(batch_bytes)
     while chunk:
         ahead = stream.read(batch_bytes)
         if not ahead:
             # The last line, empty or not, is a record (a final newline ends it, it starts none).
-            yield b"".join((tail, memoryview(chunk)[:-1] if chunk.endswith(b"\n") else chunk))
+            yield b"".join((*tail, memoryview(chunk)[:-1] if chunk.endswith(b"\n") else chunk))
             return
         # The tail never holds a newline: the chunk's last one ends the records to yield. They
         # are copied once, joined to the tail (slicing a joined buffer would copy them twice).
         cut = chunk.rfind(b"\n")
         if cut < 0:
-            tail += chunk
+            tail.append(chunk)  # kept as pieces: a huge line costs one copy, not one per read
         else:
-            yield b"".join((tail, memoryview(chunk)[:cut]))
-            tail = chunk[cut + 1:]
+            yield b"".join((*tail, memoryview(chunk)[:cut]))
+            tail = [chunk[cut + 1:]]
         chunk = ahead
 
 
