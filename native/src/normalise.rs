@@ -278,11 +278,6 @@ pub fn ip(raw: &str, out: &mut Vec<u8>) -> Fast {
     }
 }
 
-/// Dotted IPv4 without a port: its own canonical form.
-pub fn is_plain_v4(v: &str) -> bool {
-    v4_octets(v.as_bytes()).is_some()
-}
-
 fn write_v4(o: [u8; 4], out: &mut Vec<u8>) {
     for (i, x) in o.iter().enumerate() {
         if i > 0 {
