@@ -12,6 +12,7 @@ import queue
 import re
 import stat
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
@@ -119,6 +120,34 @@ def _fresh_output(path: Path, mode: int = 0o600, *, direct: bool = False) -> Bin
     return os.fdopen(fd, "wb")
 
 
+def _detach(path: Path) -> int | None:
+    """Unlink the regular file at ``path`` but keep its blocks until the returned descriptor is closed.
+
+    Why: ext4 frees a large file's blocks inside ``unlink``, 0.17 s for the 870 MB a 1M-record
+    run leaves, and a re-run would wait for that before its first batch. With a descriptor
+    still open, ``unlink`` only removes the name; the blocks are freed at the last close, which
+    a background thread does while the run goes on. If the process dies first, the kernel
+    closes the descriptor and frees them: nothing is left behind. None: nothing to detach
+    (no file, not a regular file, or no ``O_PATH`` here), and :func:`_fresh_output` unlinks as before.
+    """
+    o_path = getattr(os, "O_PATH", 0)
+    if not o_path:
+        return None
+    try:
+        fd = os.open(path, o_path | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        os.unlink(path)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class SuppressionsError(Exception):
     """A suppressions file that cannot be used; ``usage``: the operator gave raw values, not tokens (exit 2).
 
@@ -200,6 +229,9 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
     started = last = time.monotonic()
     batches = inputs.iter_batches(input_path, cfg.format, batch_bytes=batch_bytes, options=cfg.format_options,
                                   max_bytes=cfg.max_record_bytes)
+    old = [fd for k in OUTPUTS if (fd := _detach(out_dir / f"{k}.jsonl")) is not None]
+    freeing = threading.Thread(target=lambda: [os.close(fd) for fd in old], name="free-old-outputs", daemon=True)
+    freeing.start()
     outs = [_fresh_output(out_dir / f"{k}.jsonl", OUTPUT_MODES[k], direct=direct_io) for k in OUTPUTS]
     routers: queue.SimpleQueue[Router] = queue.SimpleQueue()
     for r in [router, *(router.replica() for _ in range(workers - 1))]:
@@ -245,6 +277,7 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
         for fh in outs:
             fh.close()
         batches.close()
+        freeing.join()
     return totals
 
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.cli import main
+from pipeline.runners import files
 from pipeline.runners.inputs import iter_chunks
 from pipeline.synthetic import write_sample
 
@@ -113,6 +114,24 @@ def test_rerun_replaces_outputs_with_new_files(keydir, tmp_path, capsys):
     assert (tmp_path / "out" / "analytics.jsonl").stat().st_ino != os.fstat(held.fileno()).st_ino
     assert len(held.read().splitlines()) > 20  # truncating in place would have emptied it
     held.close()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["analytics.jsonl", "dlq.jsonl", "retention.jsonl"]
+
+
+def test_detach_unlinks_a_regular_file_and_leaves_anything_else(tmp_path):
+    # The old run's file loses its name at once; its blocks live until the descriptor is closed.
+    old = tmp_path / "analytics.jsonl"
+    old.write_bytes(b"x" * 100_000)
+    fd = files._detach(old)
+    assert fd is not None and not old.exists()
+    assert os.fstat(fd).st_nlink == 0 and os.fstat(fd).st_size == 100_000
+    os.close(fd)
+    assert files._detach(old) is None  # nothing there
+    link = tmp_path / "dlq.jsonl"
+    link.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_bytes(b"keep")
+    assert files._detach(link) is None and link.is_symlink()  # written through, as an operator meant
+    os.mkfifo(tmp_path / "fifo")
+    assert files._detach(tmp_path / "fifo") is None and (tmp_path / "fifo").exists()
 
 
 def test_outputs_write_through_a_symlink_an_operator_placed(keydir, tmp_path, capsys):
