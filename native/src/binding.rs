@@ -240,6 +240,13 @@ impl NativeCore {
             .collect()
     }
 
+    /// The cleaned text of each pending number, for the exact resolution in Python (see
+    /// `PhoneMeta::cleaned`); None where the value needs Unicode normalisation first.
+    #[staticmethod]
+    fn clean_numbers(raws: Vec<String>) -> Vec<Option<String>> {
+        raws.iter().map(|r| PhoneMeta::cleaned(r)).collect()
+    }
+
     fn learn(&mut self, kind: &str, raws: Vec<String>, values: Vec<Option<String>>, classes: Vec<Option<String>>) -> PyResult<()> {
         let k = KINDS.iter().position(|x| *x == kind).ok_or_else(|| PyValueError::new_err(format!("unknown kind {kind}")))?;
         if raws.len() != values.len() || raws.len() != classes.len() {

@@ -100,22 +100,9 @@ impl PhoneMeta {
             out.extend(tb.iter().map(u8::to_ascii_uppercase));
             return Fast::Value(ALPHANUMERIC);
         }
-        // Cleaned: tel: and %2B undone, separators removed; the candidate E.164 built in `out`.
-        let body = if tb.len() >= 4 && tb[..4].eq_ignore_ascii_case(b"tel:") { &tb[4..] } else { tb };
-        out.push(b'+'); // out = "+" + cleaned digits; `d` is out[1..]
-        let mut i = 0;
-        while i < body.len() {
-            let c = body[i];
-            if c == b'%' && i + 2 < body.len() && body[i + 1] == b'2' && body[i + 2].eq_ignore_ascii_case(&b'b') {
-                out.push(b'+');
-                i += 3;
-                continue;
-            }
-            if !matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b'(' | b')' | b'.' | b'-' | b'/') {
-                out.push(c);
-            }
-            i += 1;
-        }
+        // Cleaned: the candidate E.164 built in `out` ("+" + cleaned text; `d` is out[1..]).
+        out.push(b'+');
+        clean_into(tb, out);
         let d_len = out.len() - 1;
         let starts = |out: &Vec<u8>, p: &str| out[1..].starts_with(p.as_bytes());
         if out.get(1) == Some(&b'+') {
@@ -139,6 +126,42 @@ impl PhoneMeta {
             out.clear();
             Fast::Pending
         }
+    }
+
+    /// The cleaned text of a number the fast path left pending, as the exact path reads it
+    /// (`PhoneNormaliser.resolve`): trimmed, `tel:` and `%2B` undone, separators removed.
+    /// None for non-ASCII text other than full-width forms, whose NFKC is Python's.
+    pub fn cleaned(raw: &str) -> Option<String> {
+        let mut folded = String::new();
+        let text = if raw.is_ascii() {
+            raw
+        } else if fold_fullwidth(raw, &mut folded) {
+            &folded
+        } else {
+            return None;
+        };
+        let mut out = Vec::with_capacity(text.len());
+        clean_into(text.trim().as_bytes(), &mut out);
+        String::from_utf8(out).ok()
+    }
+}
+
+/// `tel:` and URL-encoded `+` undone and separators (ASCII white space, `().-/`) removed, appended
+/// to `out`: the column code's `_cleaned` for ASCII text (`t` is trimmed).
+fn clean_into(t: &[u8], out: &mut Vec<u8>) {
+    let body = if t.len() >= 4 && t[..4].eq_ignore_ascii_case(b"tel:") { &t[4..] } else { t };
+    let mut i = 0;
+    while i < body.len() {
+        let c = body[i];
+        if c == b'%' && i + 2 < body.len() && body[i + 1] == b'2' && body[i + 2].eq_ignore_ascii_case(&b'b') {
+            out.push(b'+');
+            i += 3;
+            continue;
+        }
+        if !matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b'(' | b')' | b'.' | b'-' | b'/') {
+            out.push(c);
+        }
+        i += 1;
     }
 }
 
@@ -377,6 +400,33 @@ pub fn time_fast(raw: &str) -> Option<i64> {
     Some(secs * 1_000_000 + micros)
 }
 
+/// Whether the exact reader (Python's `parse_times`) certainly finds no time in `raw`, so the value
+/// is invalid without asking it (`None` from [`time_fast`] otherwise means pending).
+///
+/// Only what no accepted shape can hold is refused: nothing left after trimming; a first character
+/// that is not a digit or a sign (every shape starts with a year or an epoch number); a character
+/// outside digits, signs, `.`, `:`, `T`, `Z`/`z` and white space; or `YYYY-MM-DD[T ]HH:MM:SS`
+/// with a month, day, hour, minute or second no calendar has (a leap second, 60, is accepted).
+pub fn time_invalid(raw: &str) -> bool {
+    let t = raw.trim();
+    let Some(first) = t.chars().next() else { return true };
+    if !(first.is_ascii_digit() || matches!(first, '+' | '-' | '\u{2212}')) {
+        return true;
+    }
+    if t.chars().any(|c| !(c.is_ascii_digit() || matches!(c, '+' | '-' | '\u{2212}' | '.' | ':' | 'T' | 'Z' | 'z')
+                           || c.is_whitespace())) {
+        return true;
+    }
+    let b = t.as_bytes();
+    if b.len() >= 19 && b[4] == b'-' && b[7] == b'-' && matches!(b[10], b'T' | b' ') && b[13] == b':' && b[16] == b':' {
+        if let (Some(_), Some(mo), Some(d), Some(h), Some(mi), Some(s)) =
+            (num(&b[0..4]), num(&b[5..7]), num(&b[8..10]), num(&b[11..13]), num(&b[14..16]), num(&b[17..19])) {
+            return !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60;
+        }
+    }
+    false
+}
+
 /// `2026-11-25T10:00:00Z`: the time truncated to `unit_us` (floor), as analytics shows it.
 pub fn coarsened(us: i64, unit_us: i64, out: &mut Vec<u8>) -> bool {
     use std::io::Write;
@@ -467,6 +517,28 @@ mod tests {
         let mut out = Vec::new();
         assert!(coarsened(1_767_323_045_500_000, 3_600_000_000, &mut out));
         assert_eq!(out, b"2026-01-02T03:00:00Z");
+    }
+
+    #[test]
+    fn certainly_invalid_times() {
+        for bad in ["", "  ", "yesterday", "true", "25/11/2026 12:34", "2026-13-45T25:61:00Z", "2026-00-01T00:00:00",
+                    "2026-01-01 24:00:00", "2026-01-01T00:00:61Z", "2026-01-01T00:00:00UTC", ".5", "1e9"] {
+            assert!(time_invalid(bad), "{bad:?}");
+        }
+        // Shapes the exact reader may still accept stay pending.
+        for maybe in ["2026-01-01 00:00:00", "2026-01-01T00:00:60Z", "2026-02-30T00:00:00Z", "+2026-01-01T00:00:00Z",
+                      "2026-1-1T0:0:0Z", "1700000000.5", " 2026-01-01T00:00:00 +01:00 ", "2026-01-01T00:00:00z"] {
+            assert!(!time_invalid(maybe), "{maybe:?}");
+        }
+    }
+
+    #[test]
+    fn cleaned_numbers() {
+        assert_eq!(PhoneMeta::cleaned(" tel:+44 (0)20-7946.0000 ").as_deref(), Some("+4402079460000"));
+        assert_eq!(PhoneMeta::cleaned("%2b1 202/555").as_deref(), Some("+1202555"));
+        assert_eq!(PhoneMeta::cleaned("０７７００").as_deref(), Some("07700"));
+        assert_eq!(PhoneMeta::cleaned("٠٧٧٠٠"), None); // NFKC is Python's
+        assert_eq!(PhoneMeta::cleaned("999").as_deref(), Some("999"));
     }
 
     #[test]

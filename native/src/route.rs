@@ -547,6 +547,7 @@ impl Core {
             out[j] = if k == K_TIME {
                 match normalise::time_fast(v) {
                     Some(us) => Settled::Time(us),
+                    None if normalise::time_invalid(v) => Settled::Invalid,
                     None => Settled::Pending,
                 }
             } else {

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import phonenumbers
-import polars as pl
+from pipeline.lazy import polars as pl
 from phonenumbers import shortnumberinfo
 
 #: Number classes an analytics reader sees next to each token.
@@ -86,7 +86,7 @@ class PhoneNormaliser:
         lengths = [n for n in (meta.general_desc.possible_length or ()) if n > 0]
         #: "447700900123": the region's own country code without "+", at the full national length.
         self._own_cc_len = len(self._cc) + max(lengths) if lengths and max(lengths) >= 9 else None
-        self._slow = lru_cache(maxsize=cache_size)(self._resolve_slow)
+        self.resolve = lru_cache(maxsize=cache_size)(self._resolve_slow)
 
     def __repr__(self) -> str:
         return f"PhoneNormaliser(region={self.region!r})"
@@ -118,7 +118,11 @@ class PhoneNormaliser:
         return pl.when(e.str.contains(_E164_SHAPE) & e.str.contains(_E164_CC)).then(e).otherwise(None)
 
     def _resolve_slow(self, text: str) -> tuple[str | None, str | None]:
-        """Exact resolution of one cleaned value with ``phonenumbers`` (cached by the caller)."""
+        """Exact resolution of one cleaned value with ``phonenumbers``: ``(value, class)``.
+
+        Called as :attr:`resolve`, a cache of it per normaliser, with the text the column steps
+        (or the native core's same steps) left: trimmed, ``tel:`` and ``%2B`` undone, no separators.
+        """
         digits = text[1:] if text.startswith("+") else text
         if not digits.isdigit() or not digits.isascii():
             return None, None
@@ -180,7 +184,7 @@ class PhoneNormaliser:
         if not slow.height:
             return answers
         # Only what the column steps could not settle goes to phonenumbers (one call per value, cached).
-        resolved = [self._slow(v) for v in slow["d"].to_list()]
+        resolved = [self.resolve(v) for v in slow["d"].to_list()]
         return pl.concat([answers, pl.DataFrame(
             {"raw": slow["raw"], "value": [v for v, _ in resolved], "cls": [c for _, c in resolved]},
             schema={"raw": pl.String, "value": pl.String, "cls": pl.String})])

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
-import polars as pl
+from pipeline.lazy import polars as pl
 
 from pipeline._native import PARSE_REASON_CODES, parse_columns
 

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-import polars as pl
+from pipeline.lazy import polars as pl
 
 from pipeline._native import NativeCore, ParsedBatch
 from pipeline.core.envelope import Sealer
@@ -203,7 +203,6 @@ class Router:
             list(WITHHELD_WORDS), cfg.max_record_bytes, cfg.max_depth, cfg.segment_bytes, reasons,
             sorted(NON_VOICE_CALL_TYPES), self._tokeniser.record_prefix)
         self._adapter = None if cfg.format == "jsonl" else get_format(cfg.format)
-        self._schema = {f: pl.String for f in self.fields}
         self._suppressed: frozenset[str] = frozenset()
 
     @property
@@ -261,7 +260,8 @@ class Router:
         if records is None:
             records = buf.split(b"\n")
         cfg = self.config
-        parsed = self._adapter(records, buf, self._schema, max_bytes=cfg.max_record_bytes, max_depth=cfg.max_depth,
+        schema = {f: pl.String for f in self.fields}
+        parsed = self._adapter(records, buf, schema, max_bytes=cfg.max_record_bytes, max_depth=cfg.max_depth,
                                **dict(cfg.format_options))
         frame = parsed.frame
         columns = [frame[f].cast(pl.String).to_list() for f in self.fields]
@@ -269,10 +269,19 @@ class Router:
                                     frame["row"].to_list(), list(parsed.reject_rows), list(parsed.reject_reasons))
 
     def _resolve_pending(self, batch: ParsedBatch) -> None:
-        """Settle the batch's distinct values the native fast paths left pending (once each, then learned)."""
+        """Settle the batch's distinct values the native fast paths left pending (once each, then learned).
+
+        Numbers the core has cleaned go straight to ``phonenumbers`` (what the column code does
+        with a value its rules cannot settle, and they are the core's rules); the rest, a few
+        values a batch, go through the column code in Polars.
+        """
         for kind, raws in self._native.pending(batch):
-            values = pl.Series("raw", raws, dtype=pl.String)
             try:
+                if kind == "msisdn":
+                    raws = self._resolve_numbers(raws)
+                    if not raws:
+                        continue
+                values = pl.Series("raw", raws, dtype=pl.String)
                 if kind == "time":
                     self._native.learn_times(raws, parse_times(values).dt.epoch("us").to_list())
                     continue
@@ -287,3 +296,12 @@ class Router:
                     self._native.learn_times(raws, [None] * len(raws))
                 else:
                     self._native.learn(kind, raws, [None] * len(raws), [None] * len(raws))
+
+    def _resolve_numbers(self, raws: list[str]) -> list[str]:
+        """Learn the numbers the core cleaned, through ``phonenumbers``; return the rest (they need NFKC first)."""
+        cleaned = NativeCore.clean_numbers(raws)
+        ready = [(raw, self._phones.resolve(d)) for raw, d in zip(raws, cleaned) if d is not None]
+        if ready:
+            self._native.learn("msisdn", [raw for raw, _ in ready], [v for _, (v, _) in ready],
+                               [c for _, (_, c) in ready])
+        return [raw for raw, d in zip(raws, cleaned) if d is None]

@@ -7,7 +7,7 @@ is dated the same way wherever it is read.
 """
 from __future__ import annotations
 
-import polars as pl
+from pipeline.lazy import polars as pl
 
 #: The shape most mediation systems emit (``Z`` or an offset) is tried on every value first.
 _ISO_TZ = "%Y-%m-%dT%H:%M:%S%.f%#z"

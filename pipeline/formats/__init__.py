@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import polars as pl
+from pipeline.lazy import polars as pl
 
 from pipeline.core.parse import Parsed, parse_batch
 from pipeline.formats import acc, asterisk, csv_mapped, freeswitch

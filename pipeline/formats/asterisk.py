@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import polars as pl
+from pipeline.lazy import polars as pl
 
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed
 from pipeline.formats.csv_mapped import MappingSpec, parse_delimited, resolve

@@ -13,8 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-import polars as pl
-import polars_hash  # noqa: F401  (registers the .chash namespace: SHA-256 in Rust, stable across versions)
+from pipeline.lazy import polars as pl
 
 from pipeline.core.parse import EMPTY, INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE, record_lines  # noqa: F401
 

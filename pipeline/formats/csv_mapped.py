@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 
-import polars as pl
+from pipeline.lazy import polars as pl
 
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed
 from pipeline.formats.common import (

@@ -24,10 +24,11 @@ only for suspects and for chunks the fast reader refuses.
 """
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 
-import polars as pl
+from pipeline.lazy import polars as pl
 
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed, SlowPath, control_rows
 from pipeline.formats.common import NOT_JSON_CDR, blank_to_null, empty_frame, field_text, record_lines
@@ -37,8 +38,12 @@ _CHUNK_LINES = 1024
 VARIABLES = ("uuid", "call_uuid", "caller_id_number", "destination_number", "sip_from_user", "sip_req_user",
              "sip_to_user", "dialed_user", "start_uepoch", "start_epoch", "start_stamp", "billsec", "duration",
              "network_addr", "sip_received_ip", "sip_network_ip", "hangup_cause")
-READ_SCHEMA: dict[str, pl.DataType] = {"variables": pl.Struct({v: pl.String for v in VARIABLES}),
-                                       "callflow": pl.String}
+
+
+@functools.cache
+def _read_schema() -> dict[str, pl.DataType]:
+    """The two columns read from each document (built on first use: Polars is imported lazily)."""
+    return {"variables": pl.Struct({v: pl.String for v in VARIABLES}), "callflow": pl.String}
 
 
 def _var(name: str) -> pl.Expr:
@@ -57,19 +62,22 @@ def _epoch(e: pl.Expr) -> pl.Expr:
     return pl.when(e.str.strip_chars() == "0").then(None).otherwise(e)
 
 
-SOURCES: dict[str, list[pl.Expr]] = {
-    "record_id": [_var("uuid"), _flow("caller_profile.uuid"), _var("call_uuid")],
-    "cli": [_flow("caller_profile.caller_id_number"), _var("caller_id_number"), _var("sip_from_user"),
-            _flow("caller_profile.ani")],
-    "dialled": [_flow("caller_profile.destination_number"), _var("destination_number"), _var("sip_req_user"),
-                _var("sip_to_user"), _var("dialed_user")],
-    "start": [_epoch(_var("start_uepoch")), _epoch(_var("start_epoch")), _var("start_stamp"),
-              _epoch(_flow("times.created_time"))],
-    "duration": [_var("billsec"), _var("duration")],
-    "ip": [_var("network_addr"), _flow("caller_profile.network_addr"), _var("sip_received_ip"),
-           _var("sip_network_ip")],
-    "status": [_var("hangup_cause")],
-}
+@functools.cache
+def _sources() -> dict[str, list[pl.Expr]]:
+    """Where each raw-v1 field is found, first non-blank wins (built on first use)."""
+    return {
+        "record_id": [_var("uuid"), _flow("caller_profile.uuid"), _var("call_uuid")],
+        "cli": [_flow("caller_profile.caller_id_number"), _var("caller_id_number"), _var("sip_from_user"),
+                _flow("caller_profile.ani")],
+        "dialled": [_flow("caller_profile.destination_number"), _var("destination_number"), _var("sip_req_user"),
+                    _var("sip_to_user"), _var("dialed_user")],
+        "start": [_epoch(_var("start_uepoch")), _epoch(_var("start_epoch")), _var("start_stamp"),
+                  _epoch(_flow("times.created_time"))],
+        "duration": [_var("billsec"), _var("duration")],
+        "ip": [_var("network_addr"), _flow("caller_profile.network_addr"), _var("sip_received_ip"),
+               _var("sip_network_ip")],
+        "status": [_var("hangup_cause")],
+    }
 
 
 def _screen(lines: pl.Series, max_bytes: int, max_depth: int, control: list[int]) -> pl.DataFrame:
@@ -102,7 +110,7 @@ def _read(lines: list[str] | pl.Series) -> pl.DataFrame | None:
     """The nested fields of clean lines, or None if Polars refuses the chunk."""
     payload = ("\n".join(lines) if isinstance(lines, list) else lines.str.join("\n").item()).encode("utf-8")
     try:
-        frame = pl.read_ndjson(io.BytesIO(payload), schema=READ_SCHEMA)
+        frame = pl.read_ndjson(io.BytesIO(payload), schema=_read_schema())
     except Exception:  # one odd document fails the whole call
         return None
     return frame if frame.height == len(lines) else None
@@ -146,7 +154,7 @@ def parse_freeswitch_json(records: Sequence[bytes], buf: bytes, schema: dict[str
     docs = pl.concat(parts).sort("row")
     cols = []
     for name in schema:
-        sources = SOURCES.get(name)
+        sources = _sources().get(name)
         if name == "call_type":
             expr = pl.lit("voice", pl.String)
         elif sources:

@@ -59,17 +59,24 @@ def test_message_ends_and_keys_line_up_with_the_records(worker_keyring) -> None:
     assert routed.dlq_reasons.total() == len(routed.dlq) == routed.counts["dlq"]
 
 
-def test_a_value_the_slow_path_cannot_read_is_invalid_and_never_logged(worker_keyring, monkeypatch, caplog) -> None:
+@pytest.mark.parametrize("number", [
+    "0 7 7 0 0 9 0 0 1 2 3 x",  # cleaned by the core, then phonenumbers
+    "\u0660\u0667\u0667\u0660\u0660\u0669\u0660\u0660\u0661\u0662\u0663",  # Arabic-Indic digits: NFKC in the column code
+])
+def test_a_value_the_slow_path_cannot_read_is_invalid_and_never_logged(worker_keyring, monkeypatch, caplog,
+                                                                         number) -> None:
     """A failing slow path (an exception quoting the value) costs the record a DLQ reason, not the batch;
-    the log line names the count and the exception type only."""
+    the log line names the count and the exception type only. Both slow paths of a number fail here."""
     import pipeline.core.router as router_mod
-
-    number = "0 7 7 0 0 9 0 0 1 2 3 x"  # not a shape the native fast path settles: goes to Python
 
     def boom(kind, values, phones):
         raise ValueError(f"cannot read {values.to_list()}")
 
+    def boom_one(self, text):
+        raise ValueError(f"cannot read {text}")
+
     monkeypatch.setattr(router_mod, "canonical_answers", boom)
+    monkeypatch.setattr(router_mod.PhoneNormaliser, "_resolve_slow", boom_one)
     line = orjson.dumps({"record_id": "r-1", "cli": number, "dialled": "+447700900456",
                          "start": "2026-11-25T10:00:00Z", "duration": 5})
     with caplog.at_level("DEBUG"):
