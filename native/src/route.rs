@@ -1127,18 +1127,29 @@ pub fn record_starts(lengths: &[u32]) -> Vec<usize> {
     }).collect()
 }
 
+/// Two lower-case hex digits for each byte value, as one `u16` in memory order (one load and
+/// one store a byte, where digit-by-digit encoding cost a third of `token`'s own time).
+static HEX_PAIRS: [u16; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = u16::from_le_bytes([HEX[i >> 4], HEX[i & 15]]);
+        i += 1;
+    }
+    t
+};
+
 /// `prefix` + the first `chars` hex digits of HMAC-SHA256(key, value): the token construction.
 pub fn token(mac: &Hmac<Sha256>, prefix: &str, chars: usize, value: &[u8], out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut mac = mac.clone();
     mac.update(value);
     let digest = mac.finalize().into_bytes();
     out.extend_from_slice(prefix.as_bytes());
-    // Two hex digits a byte, written into the buffer's spare room in one pass.
+    // Only the bytes the token shows are encoded.
     let mut hex = [0u8; 64];
-    for (i, byte) in digest.iter().enumerate() {
-        hex[2 * i] = HEX[(byte >> 4) as usize];
-        hex[2 * i + 1] = HEX[(byte & 15) as usize];
+    for (pair, &byte) in hex.chunks_exact_mut(2).zip(&digest[..chars.div_ceil(2)]) {
+        pair.copy_from_slice(&HEX_PAIRS[byte as usize].to_le_bytes());
     }
     out.extend_from_slice(&hex[..chars]);
 }
