@@ -139,7 +139,7 @@ pub fn parse_record(
     if simdutf8::basic::from_utf8(line).is_err() {
         return Err(INVALID_UTF8);
     }
-    let opens = line.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    let opens = memchr::memchr2_iter(b'[', b'{', line).count();
     if opens > max_depth && depth(line) > max_depth {
         return Err(TOO_DEEP);
     }
@@ -739,15 +739,32 @@ fn write_json_string(arena: &mut Vec<u8>, body: &[u8], escaped: bool) -> R<()> {
 /// A number in decimal (what `write!` does, without the formatting machinery).
 #[inline]
 pub fn write_uint(out: &mut Vec<u8>, mut v: u64) {
+    // Two digits a division, from a table of "00".."99": offsets, lengths and durations are
+    // written for every record.
+    static PAIRS: [u8; 200] = {
+        let mut t = [0u8; 200];
+        let mut i = 0;
+        while i < 100 {
+            t[2 * i] = b'0' + (i / 10) as u8;
+            t[2 * i + 1] = b'0' + (i % 10) as u8;
+            i += 1;
+        }
+        t
+    };
     let mut tmp = [0u8; 20];
     let mut i = tmp.len();
-    loop {
+    while v >= 100 {
+        let d = (v % 100) as usize;
+        v /= 100;
+        i -= 2;
+        tmp[i..i + 2].copy_from_slice(&PAIRS[2 * d..2 * d + 2]);
+    }
+    if v >= 10 {
+        i -= 2;
+        tmp[i..i + 2].copy_from_slice(&PAIRS[2 * v as usize..2 * v as usize + 2]);
+    } else {
         i -= 1;
-        tmp[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        tmp[i] = b'0' + v as u8;
     }
     out.extend_from_slice(&tmp[i..]);
 }
@@ -864,6 +881,18 @@ mod tests {
         assert_eq!(run(br#"{"a":1.0e-7,"b":100000000000000000000.0}"#, &[b"a", b"b"]).unwrap(),
                    vec![Some("0.0000001".into()), Some("100000000000000000000".into())]);
         assert_eq!(run(br#"{"a":"\ud83d\ude00"}"#, &[b"a"]).unwrap(), vec![Some("😀".into())]);
+    }
+
+    #[test]
+    fn uints_as_decimal_text() {
+        for v in [0u64, 1, 9, 10, 99, 100, 101, 999, 1000, 12345, 99999, 100000, 4294967295, 1 << 53, u64::MAX] {
+            let mut out = b"x".to_vec();
+            write_uint(&mut out, v);
+            assert_eq!(out, format!("x{v}").into_bytes());
+        }
+        let mut out = Vec::new();
+        write_int(&mut out, -1234567);
+        assert_eq!(out, b"-1234567");
     }
 
     #[test]
