@@ -4,8 +4,10 @@ Phone numbers go to E.164 with a default region. The common shapes (``+44…``,
 ``0044…``, ``07700 900123``, ``tel:``, separators) are settled by rules built from
 ``phonenumbers``' region metadata (country code, trunk and international prefixes): in the
 native core for the hot path (:meth:`PhoneNormaliser.dialling` hands it the metadata), and
-here as Polars expressions for what the core leaves pending and for the vault; only what
-those cannot settle goes to ``phonenumbers`` itself, once per distinct value.
+here as Polars expressions for the vault and for the pending values the core cannot clean
+itself (text that needs NFKC); only what those rules cannot settle goes to ``phonenumbers``
+itself (:attr:`PhoneNormaliser.resolve`), once per distinct value. The core hands the numbers
+it cleaned to ``resolve`` directly, so routing JSONL never imports Polars.
 
 Every normaliser returns two columns: the canonical value (null when the input cannot be
 normalised) and a class. Nothing here raises on bad data: a null canonical value with a
