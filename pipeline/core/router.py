@@ -86,8 +86,9 @@ class Output(Sequence[bytes]):
 
     ``data`` is the core's buffer as it is (any bytes-like object: the native core hands its
     own over without a copy), which a file runner writes whole; ``buffer`` is the same bytes as
-    ``bytes``, made once when first asked for. A Kafka runner takes ``messages()`` (value,
-    key, headers) and never parses a message again. Indexing and iteration give the values.
+    ``bytes``, made once when first asked for. A Kafka runner takes ``values()``, ``keys`` and
+    ``headers`` (or ``messages()``: value, key, headers) and never parses a message again.
+    Indexing and iteration give the values.
     """
 
     __slots__ = ("data", "_bytes", "ends", "keys", "headers")
@@ -120,6 +121,15 @@ class Output(Sequence[bytes]):
         for end in self.ends:
             yield buf[start:end - 1]
             start = end
+
+    def values(self) -> list[bytes]:
+        """The values as a list: one C-level split of the buffer when no message holds a newline of its own."""
+        buf, n = self.buffer, len(self.ends)
+        if n and self.ends[-1] == len(buf) and buf.count(b"\n") == n:
+            values = buf.split(b"\n")
+            values.pop()  # the empty piece after the last terminator
+            return values
+        return list(self)
 
     def messages(self) -> Iterator[tuple[bytes, bytes | str | None, list[tuple[str, bytes]]]]:
         """``(value, key, headers)`` per message (headers shared when one list serves all)."""

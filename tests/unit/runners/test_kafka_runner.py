@@ -169,3 +169,56 @@ def test_an_unknown_librdkafka_setting_exits_2_before_connecting(tmp_path: Path)
                            "-X", "no.such.setting=1"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "no.such.setting" in proc.stderr
+
+
+def test_output_values_split_once_and_keep_a_message_holding_a_newline_whole() -> None:
+    from pipeline.core.router import Output
+    plain = Output(b"a\nbb\n\nccc\n", [2, 5, 6, 10], None, [])
+    assert plain.values() == [b"a", b"bb", b"", b"ccc"] == list(plain)
+    inner = Output(b"a\nb\nc\n", [4, 6], None, [])  # the first message is "a\nb"
+    assert inner.values() == [b"a\nb", b"c"] == list(inner)
+    assert Output(b"", [], None, []).values() == []
+
+
+class _FullQueueProducer:
+    """Stands in for the producer: refuses every third message once (a full local queue), records the rest."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+        self.calls = 0
+        self.polls = 0
+
+    def produce(self, topic, value=None, key=None, partition=-1, callback=None, on_delivery=None, timestamp=0,
+                headers=None):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            raise BufferError("Local: Queue full")
+        assert partition == -1 and callback is None and on_delivery is None and timestamp == 0
+        self.sent.append((topic, value, key, headers))
+
+    def poll(self, _timeout: float) -> int:
+        self.polls += 1
+        return 0
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 2048])
+def test_produce_queues_every_message_once_in_order_through_a_full_queue(chunk: int,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.core.router import Output
+    from pipeline.runners import kafka
+
+    monkeypatch.setattr(kafka, "_PRODUCE_CHUNK", chunk)
+    values = [b"v%d" % i for i in range(23)]
+    keys = [None if i % 4 == 0 else b"k%d" % i for i in range(23)]
+    per_message = [[("schema", b"s"), ("reason", b"r%d" % i)] for i in range(23)]
+    data = b"".join(v + b"\n" for v in values)
+    ends = [data.index(b"\n", data.index(v)) + 1 for v in values]
+    loop = kafka.TransactionLoop.__new__(kafka.TransactionLoop)
+    loop._producer = producer = _FullQueueProducer()  # type: ignore[assignment]
+    loop._produce("t", Output(data, ends, keys, per_message))
+    assert producer.sent == [("t", v, k, h) for v, k, h in zip(values, keys, per_message)]
+    shared = [("schema", b"x")]
+    producer.sent.clear()
+    loop._produce("u", Output(data, ends, None, shared))
+    assert producer.sent == [("u", v, None, shared) for v in values]
+    assert producer.polls > 0
