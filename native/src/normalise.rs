@@ -103,6 +103,14 @@ impl PhoneMeta {
         // Cleaned: the candidate E.164 built in `out` ("+" + cleaned text; `d` is out[1..]).
         out.push(b'+');
         clean_into(tb, out);
+        // What the exact path refuses without a lookup (`PhoneNormaliser.resolve`): anything but
+        // digits after one optional `+`. Settled here, such values never wait in the learned tables.
+        let d = &out[1..];
+        let digits = d.strip_prefix(b"+").unwrap_or(d);
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            out.clear();
+            return Fast::Invalid;
+        }
         let d_len = out.len() - 1;
         let starts = |out: &Vec<u8>, p: &str| out[1..].starts_with(p.as_bytes());
         if out.get(1) == Some(&b'+') {
@@ -469,6 +477,10 @@ mod tests {
         assert_eq!(m.msisdn("Monzo", &mut out), Fast::Value(ALPHANUMERIC));
         assert_eq!(out, b"MONZO");
         assert_eq!(m.msisdn("999", &mut out), Fast::Pending);
+        assert_eq!(m.msisdn(r#"{"number": "+447700900123"}"#, &mut out), Fast::Invalid);
+        assert_eq!(m.msisdn("++447700900123", &mut out), Fast::Invalid);
+        assert_eq!(m.msisdn("()", &mut out), Fast::Invalid);
+        assert_eq!(m.msisdn("07700 900123 x", &mut out), Fast::Invalid);
         assert_eq!(m.msisdn("+44 07700 900123", &mut out), Fast::Pending);
         assert_eq!(m.msisdn("０７７００ ９００１２３", &mut out), Fast::Value(E164));
         assert_eq!(out, b"+447700900123");
