@@ -30,6 +30,8 @@ from pipeline.runners import inputs
 from pipeline.runners.direct import DirectWriter, enable
 
 DEFAULT_BATCH_BYTES = 8 << 20
+#: Batches handed to the writer threads and not yet written (bounds the memory they hold).
+WRITES_IN_FLIGHT = 2
 PROGRESS_SECONDS = 2.0
 OUTPUTS = ("analytics", "retention", "dlq")
 #: File modes of the outputs (at most: a stricter umask narrows them). Analytics and the DLQ hold no
@@ -238,6 +240,10 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
         routers.put(r)
     threads = ThreadPoolExecutor(max(1, workers), thread_name_prefix="route")
     queued: deque[tuple[Future[ChunkResult], int]] = deque()
+    # One writer thread per output file: a direct write waits for the disk, and the three files'
+    # writes then run side by side instead of holding up the reading of the next chunk.
+    writers = [ThreadPoolExecutor(1, thread_name_prefix=f"write-{k}") for k in OUTPUTS]
+    writing: deque[list[Future[Any]]] = deque()
 
     def work(batch: inputs.Batch) -> ChunkResult:
         r = routers.get()  # a router routes one batch at a time: each thread takes a free one
@@ -247,14 +253,19 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
         finally:
             routers.put(r)
 
+    def wait_written() -> None:
+        for done in writing.popleft():
+            done.result()  # a failed write (a full disk) stops the run here
+
     def write_oldest() -> None:
         nonlocal last
         future, done_bytes = queued.popleft()
         *buffers, counts, reasons = future.result()
         if check_first is not None and not totals.counts["in"]:
             check_first(counts, reasons)  # may stop the run (wrong --format) before anything is written
-        for fh, buf in zip(outs, buffers):
-            fh.write(buf)
+        writing.append([w.submit(fh.write, buf) for w, fh, buf in zip(writers, outs, buffers)])
+        if len(writing) > WRITES_IN_FLIGHT:
+            wait_written()
         totals.counts.update(counts)
         totals.dlq_reasons.update(reasons)
         now = time.monotonic()
@@ -272,8 +283,12 @@ def process_file(router: Router, input_path: str, out_dir: Path, *, batch_bytes:
                 write_oldest()
         while queued:
             write_oldest()
+        while writing:
+            wait_written()
     finally:
         threads.shutdown(cancel_futures=True)
+        for w in writers:
+            w.shutdown(wait=True, cancel_futures=True)  # no write is in flight when the files close
         for fh in outs:
             fh.close()
         batches.close()

@@ -178,3 +178,26 @@ def test_jsonl_run_never_imports_polars(keydir, tmp_path):
     summary, loaded = done.stdout.strip().splitlines()[-2:]
     assert json.loads(summary)["in"] == 3000
     assert loaded == "False"
+
+
+def test_a_failed_write_stops_the_run_with_its_error(keydir, tmp_path, monkeypatch, capsys):
+    # Writes run on writer threads; a full disk there must still end the run with a clear error.
+    import errno
+
+    class Full:
+        def __init__(self, path, *a, **k):
+            self.closed = False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "analytics.jsonl"))
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(files, "_fresh_output", Full)
+    sample = tmp_path / "s.jsonl"
+    write_sample(sample, 2000, seed=12)
+    code = main(["process", "--keyring", str(keydir / "worker-keyring.json"), "--input", str(sample),
+                 "--out-dir", str(tmp_path / "out"), "--quiet", "--batch-bytes", "65536"])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "--out-dir" in err
