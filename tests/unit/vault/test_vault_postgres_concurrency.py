@@ -27,8 +27,12 @@ from pipeline.keys import load_worker_keyring
 WRITERS, ENTRIES = 4, 15
 
 
-def _append_entries(db: str, keystore: str, keyring: str, witness: str, writer: int) -> None:
-    """One process appending ``ENTRIES`` audit entries through the vault's own AuditLog."""
+def _append_entries(db: str, keystore: str, keyring: str, witness: str, writer: int, start) -> None:
+    """One process appending ``ENTRIES`` audit entries through the vault's own AuditLog.
+
+    All writers pass ``start`` (a barrier) once they are connected, so their appends overlap
+    however long each took to start (a fast one could otherwise finish before the next began).
+    """
     from pipeline.keys import load_vault_keyring
     from pipeline.vault.audit import AuditLog, load_audit_signer
     from pipeline.vault.keystore import Keystore
@@ -38,6 +42,7 @@ def _append_entries(db: str, keystore: str, keyring: str, witness: str, writer: 
     store = open_store(db, vault_kid=ring.vault_kid, index_kid=ring.index_key.kid)
     keys = Keystore(keystore, ring)
     log = AuditLog(store.db, anchor=keys, signer=load_audit_signer(None, keyring), witness=FileWitness(witness))
+    start.wait(60)
     for i in range(ENTRIES):
         log.append({"action": "test", "writer": writer, "n": i})
     keys.close()
@@ -51,7 +56,9 @@ def test_audit_appends_from_many_processes_are_one_chain_witnessed_in_order(pg_v
     assert main(["vault", "init", "--keyring", keyring, "--db", db, "--keystore", keystore]) == EXIT_OK
     witness = str(tmp_path / "witness.jsonl")
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_entries, args=(db, keystore, keyring, witness, w)) for w in range(WRITERS)]
+    start = ctx.Barrier(WRITERS)
+    procs = [ctx.Process(target=_append_entries, args=(db, keystore, keyring, witness, w, start))
+             for w in range(WRITERS)]
     for p in procs:
         p.start()
     for p in procs:
