@@ -364,11 +364,7 @@ pub fn time_fast(raw: &str) -> Option<i64> {
             _ => None,
         };
     }
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (y, mo, d) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
-    let (h, mi, s) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    let [y, mo, d, h, mi, s] = iso_numbers(b, b"T")?;
     if y < 1 || h > 23 || mi > 59 || s > 59 {
         return None;
     }
@@ -425,14 +421,19 @@ pub fn time_invalid(raw: &str) -> bool {
                            || c.is_whitespace())) {
         return true;
     }
-    let b = t.as_bytes();
-    if b.len() >= 19 && b[4] == b'-' && b[7] == b'-' && matches!(b[10], b'T' | b' ') && b[13] == b':' && b[16] == b':' {
-        if let (Some(_), Some(mo), Some(d), Some(h), Some(mi), Some(s)) =
-            (num(&b[0..4]), num(&b[5..7]), num(&b[8..10]), num(&b[11..13]), num(&b[14..16]), num(&b[17..19])) {
-            return !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60;
-        }
+    match iso_numbers(t.as_bytes(), b"T ") {
+        Some([_, mo, d, h, mi, s]) => !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60,
+        None => false,
     }
-    false
+}
+
+/// Year, month, day, hour, minute and second of `YYYY-MM-DD?HH:MM:SS` at the start of `b`, with
+/// `?` one of `seps`; the numbers are not range-checked.
+fn iso_numbers(b: &[u8], seps: &[u8]) -> Option<[u32; 6]> {
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !seps.contains(&b[10]) || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    Some([num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?, num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?])
 }
 
 /// `2026-11-25T10:00:00Z`: the time truncated to `unit_us` (floor), as analytics shows it.
