@@ -61,16 +61,25 @@ class Batch:
         return list(self.records) if self.records is not None else (self.buf or b"").split(b"\n")
 
 
+#: The first read of an input, doubled at each read up to the batch size: routing starts after
+#: ~1 MiB is read instead of two whole batches, and the second routing thread soon after.
+FIRST_READ_BYTES = 1 << 20
+
+
 def iter_chunks(stream: BinaryIO, batch_bytes: int) -> Iterator[bytes]:
     """Chunks of about ``batch_bytes`` that end on a line boundary (newline dropped); no line is split.
 
-    One read ahead: the last chunk takes the final line even when no newline ends it, so that
-    line is never a batch of its own. A final newline ends the last record; it does not start one.
+    The first reads are smaller (:data:`FIRST_READ_BYTES`, doubling), so a run's first batch is
+    routed while the rest is read. One read ahead: the last chunk takes the final line even
+    when no newline ends it, so that line is never a batch of its own. A final newline ends the
+    last record; it does not start one.
     """
     tail: list[bytes] = []  # the pieces of a line still open (a line longer than a read is several)
-    chunk = stream.read(batch_bytes)
+    size = min(batch_bytes, FIRST_READ_BYTES)
+    chunk = stream.read(size)
     while chunk:
-        ahead = stream.read(batch_bytes)
+        size = min(batch_bytes, 2 * size)
+        ahead = stream.read(size)
         if not ahead:
             # The last line, empty or not, is a record (a final newline ends it, it starts none).
             yield b"".join((*tail, memoryview(chunk)[:-1] if chunk.endswith(b"\n") else chunk))
@@ -141,29 +150,30 @@ def line_batches(stream: BinaryIO, name: str, batch_bytes: int, *, start: int = 
                  cut: Callable[[list[bytes], int], int] | None = None) -> Iterator[Batch]:
     """Line batches of ``stream``, offsets from line 1; ``cut`` may move a chunk's last lines to the next one."""
     line = 1
+    chunks = iter_chunks(stream, batch_bytes)
+    if cut is None:  # each chunk is a batch as it is read (no second read ahead before the first)
+        for chunk in chunks:
+            n = count_newlines(chunk) + 1
+            yield Batch(name, line, n, buf=chunk, done_bytes=start + _tell(stream))
+            line += n
+        return
     carry: list[bytes] = []
     done = start
-    chunks = iter_chunks(stream, batch_bytes)
     chunk = next(chunks, None)
     while chunk is not None:
         ahead = next(chunks, None)
         done = start + _tell(stream)
-        if cut is None:
-            n = count_newlines(chunk) + 1
-            yield Batch(name, line, n, buf=chunk, done_bytes=done)
-            line += n
-        else:
-            # Calls opened in carried lines stay open while the carry is under a batch; past that they
-            # are given up (routed as they are), and past four batches every carried line goes now.
-            carried = sum(map(len, carry)) + len(carry)
-            stale = len(carry) if carried >= batch_bytes else 0
-            hard = len(carry) if carried >= 4 * batch_bytes else 0
-            lines = carry + chunk.split(b"\n")
-            at = len(lines) if ahead is None else min(len(lines), max(hard, cut(lines, stale)))
-            carry = lines[at:]
-            if at:
-                yield Batch(name, line, at, buf=b"\n".join(lines[:at]), done_bytes=done)
-                line += at
+        # Calls opened in carried lines stay open while the carry is under a batch; past that they
+        # are given up (routed as they are), and past four batches every carried line goes now.
+        carried = sum(map(len, carry)) + len(carry)
+        stale = len(carry) if carried >= batch_bytes else 0
+        hard = len(carry) if carried >= 4 * batch_bytes else 0
+        lines = carry + chunk.split(b"\n")
+        at = len(lines) if ahead is None else min(len(lines), max(hard, cut(lines, stale)))
+        carry = lines[at:]
+        if at:
+            yield Batch(name, line, at, buf=b"\n".join(lines[:at]), done_bytes=done)
+            line += at
         chunk = ahead
     if carry:
         yield Batch(name, line, len(carry), buf=b"\n".join(carry), done_bytes=done)

@@ -1,11 +1,13 @@
 """`cdrpipe process`: three files, a reconciling summary, exit codes, no leaks."""
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 import os
 from io import BytesIO
+from unittest import mock
 
 import orjson
 import pytest
@@ -13,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.cli import main
-from pipeline.runners import files
+from pipeline.runners import files, inputs
 from pipeline.runners.inputs import iter_chunks
 from pipeline.synthetic import write_sample
 
@@ -151,9 +153,11 @@ def test_outputs_write_through_a_symlink_an_operator_placed(keydir, tmp_path, ca
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.binary(max_size=80).map(lambda b: bytes(b"ab\n"[x % 3] for x in b)), batch_bytes=st.integers(1, 16))
-def test_chunks_hold_every_line_once_and_never_cut_one(data: bytes, batch_bytes: int) -> None:
-    chunks = list(iter_chunks(BytesIO(data), batch_bytes))
+@given(data=st.binary(max_size=80).map(lambda b: bytes(b"ab\n"[x % 3] for x in b)), batch_bytes=st.integers(1, 16),
+       first_read=st.integers(1, 16))
+def test_chunks_hold_every_line_once_and_never_cut_one(data: bytes, batch_bytes: int, first_read: int) -> None:
+    with mock.patch.object(inputs, "FIRST_READ_BYTES", first_read):  # the growing first reads too
+        chunks = list(iter_chunks(BytesIO(data), batch_bytes))
     whole = data[:-1] if data.endswith(b"\n") else data
     assert b"\n".join(chunks) == whole  # nothing lost, nothing repeated, the order kept
     assert all(type(c) is bytes for c in chunks)  # the native parser takes bytes
@@ -163,6 +167,32 @@ def test_chunks_hold_every_line_once_and_never_cut_one(data: bytes, batch_bytes:
         at += len(c)
         assert data[at:at + 1] == b"\n"
         at += 1
+
+
+class _CountingReads(BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[int] = []
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads.append(size if size is not None else -1)
+        return super().read(size)
+
+
+def test_the_first_batch_is_handed_over_after_a_small_read_and_reads_grow_to_the_batch_size() -> None:
+    # Routing starts once ~FIRST_READ_BYTES are read (not after three whole batches were read and
+    # joined, 30 ms of a 1M-record run before its first route); later reads are whole batches.
+    line = b'{"record_id":"r-1"}\n'
+    batch_bytes = 8 * inputs.FIRST_READ_BYTES
+    stream = _CountingReads(line * (3 * batch_bytes // len(line)))
+    batches = inputs.line_batches(stream, "s.jsonl", batch_bytes)
+    first = next(batches)
+    assert stream.reads == [inputs.FIRST_READ_BYTES, 2 * inputs.FIRST_READ_BYTES]  # the chunk and one read ahead
+    assert first.n == inputs.FIRST_READ_BYTES // len(line)
+    rest = list(batches)
+    assert max(stream.reads) == batch_bytes and stream.reads[-3:-1] == [batch_bytes, batch_bytes]
+    assert first.n + sum(b.n for b in rest) == 3 * batch_bytes // len(line)
+    assert [b.first for b in rest] == list(itertools.accumulate([first.n + 1] + [b.n for b in rest[:-1]]))
 
 
 def test_jsonl_run_never_imports_polars(keydir, tmp_path):
