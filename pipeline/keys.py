@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives import serialization
 
 from pipeline.key_permissions import insecure_key_file
 
@@ -120,8 +119,7 @@ class WorkerKeyring:
             "type": "cdrpipe.worker-keyring/1",
             "token_keys": [{"kid": k.kid, "secret": _b64(k.secret), "created": k.created}
                            for k in self.token_keys],
-            "vault_public_key": {"kid": self.vault_kid, "x25519": _b64(self.vault_public.public_bytes(
-                serialization.Encoding.Raw, serialization.PublicFormat.Raw))},
+            "vault_public_key": {"kid": self.vault_kid, "x25519": _b64(self.vault_public.public_bytes_raw())},
             **_record_key_json(self.record_key),
         }
 
@@ -160,8 +158,7 @@ class VaultKeyring:
     def to_json(self) -> dict[str, Any]:
         return {
             "type": "cdrpipe.vault-keyring/1",
-            "vault_private_key": {"kid": self.vault_kid, "x25519": _b64(self.private.private_bytes(
-                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))},
+            "vault_private_key": {"kid": self.vault_kid, "x25519": _b64(self.private.private_bytes_raw())},
             "index_key": {"kid": self.index_key.kid, "secret": _b64(self.index_key.secret),
                           "created": self.index_key.created},
             **_record_key_json(self.record_key),

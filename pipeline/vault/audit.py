@@ -35,7 +35,6 @@ from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from pipeline.key_permissions import insecure_key_file
@@ -98,8 +97,7 @@ class AuditSigner:
         return self._private.public_key()
 
     def public_b64(self) -> str:
-        return base64.b64encode(self.public_key.public_bytes(serialization.Encoding.Raw,
-                                                             serialization.PublicFormat.Raw)).decode("ascii")
+        return base64.b64encode(self.public_key.public_bytes_raw()).decode("ascii")
 
     def sign(self, digest_hex: str) -> dict[str, str]:
         """Signature over the entry hash (its 32 raw bytes)."""
@@ -107,8 +105,7 @@ class AuditSigner:
         return {"kid": self.kid, "ed25519": base64.b64encode(sig).decode("ascii")}
 
     def to_json(self) -> dict[str, Any]:
-        raw = self._private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                          serialization.NoEncryption())
+        raw = self._private.private_bytes_raw()
         return {"type": AUDIT_KEY_TYPE, "kid": self.kid, "ed25519": base64.b64encode(raw).decode("ascii"),
                 "public": self.public_b64()}
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -158,8 +158,7 @@ class Keystore:
         self.path: Any = self._conn.name if is_postgres(path) else Path(path)
         #: A PostgreSQL keystore's URL with its credentials (``path`` is redacted), for readers of its anchor.
         self.url: str | None = str(path) if is_postgres(path) else None
-        secret = keyring.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                               serialization.NoEncryption())
+        secret = keyring.private.private_bytes_raw()
         self._wrap = AESGCM(HKDF(hashes.SHA256(), 32, KEYSTORE_SALT, b"day-key-wrap").derive(secret))
         check_key = HKDF(hashes.SHA256(), 32, KEYSTORE_SALT, b"keystore-check").derive(secret)
         check = hmac.new(check_key, _CHECK_MESSAGE, hashlib.sha256).hexdigest()
