@@ -9,10 +9,13 @@ operators' scripts: 0 done, 1 fatal, 2 usage.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import importlib
 import logging
 import os
 import sys
+import threading
 
 from pipeline.commands import env
 from pipeline.errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE, CdrpipeError, FatalError, UsageError
@@ -35,8 +38,11 @@ COMMANDS = {
     "aggregates": "pipeline.commands.aggregates",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
+#: Commands that end without CPython's interpreter teardown (see :func:`run`).
+FAST_EXIT = frozenset({"process"})
 
-__all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_USAGE", "CdrpipeError", "FatalError", "UsageError", "build_parser", "main"]
+__all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_USAGE", "CdrpipeError", "FatalError", "UsageError", "build_parser", "main",
+           "run"]
 
 
 def _named_command(argv: list[str]) -> str | None:
@@ -147,5 +153,26 @@ def main(argv: list[str] | None = None) -> int:
         restore_logging()
 
 
+def run() -> None:
+    """The console entry point: :func:`main`, then exit; a file backfill skips the interpreter's teardown.
+
+    Why: when `cdrpipe process` has closed its outputs and printed its summary, nothing is left
+    to do, yet CPython's final collection and module teardown took ~45 ms of a 2 s 1M-record
+    run (perf). So for the commands in :data:`FAST_EXIT` the process ends with ``os._exit``
+    after the atexit handlers ran (logging's flush, tempfile clean-ups) and stdout and stderr
+    were flushed. An exception, another command, or a Python thread still alive gets the
+    normal exit.
+    """
+    argv = sys.argv[1:]
+    code = main(argv)
+    if _named_command(argv) in FAST_EXIT and threading.active_count() == 1:
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a reader that went away (a closed pipe)
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
