@@ -25,8 +25,11 @@ def run(cmd: list[str]) -> tuple[float, float, dict, float]:
     """Wall seconds, peak RSS in MiB, the JSON summary (last stdout line) and CPU seconds of one child process.
 
     Peak RSS is the largest process of the run's tree: the child itself and, via
-    RUSAGE_CHILDREN of a wrapper, any worker processes it started.
+    RUSAGE_CHILDREN of a wrapper, any worker processes it started. Each run starts with no dirty
+    page cache (``os.sync`` first, not timed): the per-record baseline writes ~800 MB through the
+    page cache, and its write-back would otherwise share the disk with the next run's writes.
     """
+    os.sync()
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).returncode; "
