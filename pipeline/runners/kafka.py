@@ -395,7 +395,14 @@ class TransactionLoop:
         self._drop(partitions, "lost")
 
     def _drop(self, partitions: list[TopicPartition], kind: str) -> None:
-        self._assigned.difference_update(tp.partition for tp in partitions)
+        gone = {tp.partition for tp in partitions}
+        self._assigned.difference_update(gone)
+        # A rewind pending for a partition that left (the batch in flight aborted just now, with the
+        # stale generation) must not be applied: whoever owns it next starts from its committed
+        # offset. If this worker gets it straight back, seeking to the old offset would route again
+        # records the owner in between had already committed.
+        for p in gone:
+            self._rewind.pop(p, None)
         self._last_activity = time.monotonic()
         self._revoked_during_consume = True
         if kind == "revoke":

@@ -474,10 +474,14 @@ def test_zombie_with_its_own_id_is_fenced_by_the_group_generation(
     assert other.stop() == 0, other.stderr[-3000:]
     assert sleeper.stop() == 0, sleeper.stderr[-3000:]
     assert "lost" in sleeper.stderr or "aborted" in sleeper.stderr, "the sleeper should have noticed its eviction"
-    assert other.summary()["in"] > 0
-    assert sleeper.summary()["in"] + other.summary()["in"] == n
     out = read_outputs(kafka, topics, load_vault_keyring(keys.vault))
     assert_exactly_once(out, synthetic_lines(n, seed))
+    assert other.summary()["in"] > 0
+    # Each record counted by the one worker whose transaction committed it. (Once, in CI, the two
+    # counts summed to n + 1,241. The likely cause, fixed since: the sleeper's batch aborted on
+    # waking, and its rewind was applied to partitions it had lost and got straight back, behind
+    # what the other had committed.)
+    assert sleeper.summary()["in"] + other.summary()["in"] == n, (sleeper.stderr[-2000:], other.stderr[-2000:])
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])

@@ -222,3 +222,36 @@ def test_produce_queues_every_message_once_in_order_through_a_full_queue(chunk: 
     loop._produce("u", Output(data, ends, None, shared))
     assert producer.sent == [("u", v, None, shared) for v in values]
     assert producer.polls > 0
+
+
+def _aborted_in_flight(first: dict[int, int]):
+    from concurrent.futures import Future
+
+    from pipeline.runners import kafka
+    batch = kafka._Batch(routed=None, records=10, commit=[], first=first, started=0.0)  # type: ignore[arg-type]
+    batch.aborted = "send_offsets_to_transaction:ILLEGAL_GENERATION"
+    future: Future = Future()
+    future.set_result(batch)
+    return future
+
+
+@pytest.mark.parametrize("kind", ["lost", "revoke"])
+def test_a_partition_that_left_is_never_rewound_even_when_it_comes_straight_back(kind: str) -> None:
+    # The batch in flight aborts inside on_lost/on_revoke (a paused worker's stale generation). Its
+    # rewind must not apply to the partitions that left: if they are assigned back, the worker
+    # starts them from the committed offset, past what another worker committed meanwhile
+    # (seeking back there routed those records a second time).
+    from confluent_kafka import TopicPartition
+
+    from pipeline.runners import kafka
+    settings = WorkerSettings(bootstrap="localhost:1", worker_id="w-0")
+    loop = kafka.TransactionLoop(None, settings)  # type: ignore[arg-type]
+    topic = settings.topics.input
+    loop._assigned = {0, 1, 2}
+    loop._in_flight = _aborted_in_flight({0: 100, 1: 200, 2: 300})
+    callback = loop._on_lost if kind == "lost" else loop._on_revoke
+    callback(None, [TopicPartition(topic, 0), TopicPartition(topic, 1)])  # type: ignore[arg-type]
+    assert loop.totals.aborts == 1
+    assert loop._rewind == {2: 300}  # the partition it kept is still read again from the batch's start
+    loop._on_assign(None, [TopicPartition(topic, 0), TopicPartition(topic, 1)])  # type: ignore[arg-type]
+    assert loop._rewind == {2: 300} and loop._assigned == {0, 1, 2}
