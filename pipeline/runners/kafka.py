@@ -31,8 +31,9 @@ Why these choices:
 * **Failures.** Retriable errors are retried with capped exponential backoff; an abortable one
   aborts the transaction and rewinds the consumer to the batch's first offsets (the batch is routed
   again, nothing is counted twice), on the partitions it kept: one revoked or lost meanwhile
-  restarts from its committed offset, even when it comes straight back; fatal ones (fenced, authorisation, a record too large for an
-  output topic) stop the worker with exit code 1 and a message that says what to do.
+  restarts from its committed offset, even when it comes straight back; fatal ones (fenced,
+  authorisation, a record too large for an output topic) stop the worker with exit code 1 and a
+  message that says what to do.
 * **Hot path.** No per-record Python logging or exceptions: consumed messages are unpacked and
   output messages queued with C-level ``map`` (``produce`` with positional arguments, values split
   from the core's one buffer per output), and the producer reports only failed deliveries
