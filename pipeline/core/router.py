@@ -136,10 +136,15 @@ class Output(Sequence[bytes]):
                 return values
         return list(self)
 
+    @property
+    def headers_shared(self) -> bool:
+        """Whether ``headers`` is one list for every message (else one list per message)."""
+        return not self.headers or isinstance(self.headers[0], tuple)
+
     def messages(self) -> Iterator[tuple[bytes, bytes | str | None, list[tuple[str, bytes]]]]:
         """``(value, key, headers)`` per message (headers shared when one list serves all)."""
         keys = self.keys if self.keys is not None else [None] * len(self.ends)
-        shared = not self.headers or isinstance(self.headers[0], tuple)
+        shared = self.headers_shared
         for k, (value, key) in enumerate(zip(self, keys)):
             yield value, key, self.headers if shared else self.headers[k]  # type: ignore[misc]
 

@@ -549,7 +549,7 @@ class TransactionLoop:
         values = output.values()
         n = len(values)
         keys, headers = output.keys, output.headers
-        shared = not headers or isinstance(headers[0], tuple)
+        shared = output.headers_shared
         value_it = iter(values)
         key_it = repeat(None) if keys is None else iter(keys)
         header_it = repeat(headers) if shared else iter(headers)
