@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::os::raw::{c_int, c_void};
 use std::ptr;
 
-use crate::normalise::PhoneMeta;
+use crate::normalise::{National, PhoneMeta};
 use crate::route::{Action, Batch, Config, Core, Parsed, Routed, Rule, CELL_NULL_REASONS, KINDS};
 use crate::seal::{Coord, Segment, Sealer};
 
@@ -144,12 +144,12 @@ impl NativeCore {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (fields, rules, hex_keys, prefix, chars, cc, idd, trunk, own_cc_len, country_codes,
                         withheld, max_bytes, max_depth, segment_bytes, reasons, non_voice=Vec::new(),
-                        record_prefix=None))]
+                        record_prefix=None, national=None))]
     fn new(fields: Vec<String>, rules: Vec<(String, String, Option<String>)>, hex_keys: Vec<String>, prefix: String,
            chars: usize, cc: String, idd: Option<String>, trunk: Option<String>, own_cc_len: Option<usize>,
            country_codes: Vec<String>, withheld: Vec<String>, max_bytes: usize, max_depth: usize,
            segment_bytes: usize, reasons: Vec<(String, String)>, non_voice: Vec<String>,
-           record_prefix: Option<String>) -> PyResult<Self> {
+           record_prefix: Option<String>, national: Option<(Vec<String>, Vec<usize>)>) -> PyResult<Self> {
         let mut parsed_rules = Vec::new();
         for (name, action, arg) in rules {
             let field = fields.iter().position(|f| *f == name)
@@ -170,7 +170,8 @@ impl NativeCore {
             record_prefix: record_prefix.unwrap_or_else(|| prefix.clone()),
             prefix,
             chars,
-            phone: PhoneMeta { cc, idd, trunk, own_cc_len, country_codes: PhoneMeta::country_table(country_codes), withheld },
+            phone: PhoneMeta { cc, idd, trunk, own_cc_len, country_codes: PhoneMeta::country_table(country_codes), withheld,
+                              national: national.map(|(excluded, lengths)| National { excluded, lengths }) },
             max_bytes,
             max_depth,
             segment_bytes,

@@ -43,6 +43,33 @@ pub struct PhoneMeta {
     /// Calling codes (1-3 digits, never starting with 0) as a table indexed by their value.
     pub country_codes: Vec<bool>,
     pub withheld: Vec<String>,
+    /// How libphonenumber reads plain national digits, where the region's prefixes are plain
+    /// digit strings (None elsewhere: such numbers stay pending).
+    pub national: Option<National>,
+}
+
+/// A number written nationally without its trunk prefix (`7700900123` in GB, `4155550123` in
+/// the US), read as `phonenumbers.parse` + `is_possible_number` read it, so that such numbers,
+/// often all distinct, need no lookup each.
+///
+/// `parse(digits, region)` keeps the digits as the national number, under the region's country
+/// code, when they start with none of: an international prefix, a prefix its
+/// `national_prefix_for_parsing` strips, the country code itself (`excluded`). The number is
+/// then possible when its length is one of the possible lengths (local-only included) of the
+/// country code's main region (`lengths`). That reading is E.164 `+<cc><digits>`. Anything
+/// else (other lengths, excluded starts) stays pending, for `phonenumbers` itself.
+pub struct National {
+    pub excluded: Vec<String>,
+    pub lengths: Vec<usize>,
+}
+
+impl National {
+    /// Whether `digits` (ASCII digits only, no `+`) is a possible national number to read as it stands.
+    fn reads(&self, digits: &[u8]) -> bool {
+        digits.len() >= 7
+            && self.lengths.contains(&digits.len())
+            && !self.excluded.iter().any(|p| digits.starts_with(p.as_bytes()))
+    }
 }
 
 impl PhoneMeta {
@@ -124,6 +151,11 @@ impl PhoneMeta {
             starts(out, &self.cc) && d_len == n && out[1..].iter().all(u8::is_ascii_digit)
         }) {
             // "+" + d as it is
+        } else if self.national.as_ref().is_some_and(|n| n.reads(&out[1..])) {
+            // phonenumbers' own reading (see `National`): no E.164 shape test after it.
+            let cc = self.cc.as_bytes();
+            out.splice(1..1, cc.iter().copied());
+            return Fast::Value(E164);
         } else {
             out.clear();
             return Fast::Pending;
@@ -461,6 +493,8 @@ mod tests {
             own_cc_len: Some(12),
             country_codes: PhoneMeta::country_table(["44", "1", "49", "353"].iter().map(|s| s.to_string())),
             withheld: ["", "anonymous", "withheld"].iter().map(|s| s.to_string()).collect(),
+            national: Some(National { excluded: ["00", "0", "180020", "44"].iter().map(|s| s.to_string()).collect(),
+                                      lengths: vec![4, 5, 6, 7, 8, 9, 10] }),
         }
     }
 
@@ -478,6 +512,16 @@ mod tests {
         assert_eq!(m.msisdn("Monzo", &mut out), Fast::Value(ALPHANUMERIC));
         assert_eq!(out, b"MONZO");
         assert_eq!(m.msisdn("999", &mut out), Fast::Pending);
+        // National digits with no trunk prefix, at a possible length: phonenumbers' reading.
+        assert_eq!(m.msisdn("7700 900123", &mut out), Fast::Value(E164));
+        assert_eq!(out, b"+447700900123");
+        assert_eq!(m.msisdn("2079460000", &mut out), Fast::Value(E164));
+        assert_eq!(out, b"+442079460000");
+        for pending in ["77009001234", "180020123456", "4477009001", "123456"] {
+            assert_eq!(m.msisdn(pending, &mut out), Fast::Pending, "{pending}");
+        }
+        let no_national = PhoneMeta { national: None, ..gb() };
+        assert_eq!(no_national.msisdn("7700900123", &mut out), Fast::Pending);
         assert_eq!(m.msisdn(r#"{"number": "+447700900123"}"#, &mut out), Fast::Invalid);
         assert_eq!(m.msisdn("++447700900123", &mut out), Fast::Invalid);
         assert_eq!(m.msisdn("()", &mut out), Fast::Invalid);

@@ -88,6 +88,7 @@ class PhoneNormaliser:
         lengths = [n for n in (meta.general_desc.possible_length or ()) if n > 0]
         #: "447700900123": the region's own country code without "+", at the full national length.
         self._own_cc_len = len(self._cc) + max(lengths) if lengths and max(lengths) >= 9 else None
+        self._national = _national_reading(meta)
         self.resolve = lru_cache(maxsize=cache_size)(self._resolve_slow)
 
     def __repr__(self) -> str:
@@ -96,6 +97,16 @@ class PhoneNormaliser:
     def dialling(self) -> tuple[str, str | None, str | None, int | None]:
         """Country code, international and trunk prefixes, and the own-country-code length: the native core's rules."""
         return self._cc, self._idd, self._trunk, self._own_cc_len
+
+    def national(self) -> tuple[list[str], list[int]] | None:
+        """How :attr:`resolve` reads plain national digits (``7700900123`` in GB): the native core's rule.
+
+        ``(excluded starts, lengths)``: digits (7 or more, no ``+``) that start with none of the
+        excluded prefixes and have one of the lengths resolve to ``+<cc><digits>``, E.164. None
+        where the region's prefixes are patterns rather than plain digit strings: such numbers
+        then go to :attr:`resolve` itself. See :func:`_national_reading`.
+        """
+        return self._national
 
     def _candidate_e164(self, d: pl.Expr) -> pl.Expr:
         """The E.164 reading of a cleaned value by the region's prefixes (unchecked; see ``_fast_e164``)."""
@@ -190,6 +201,39 @@ class PhoneNormaliser:
         return pl.concat([answers, pl.DataFrame(
             {"raw": slow["raw"], "value": [v for v, _ in resolved], "cls": [c for _, c in resolved]},
             schema={"raw": pl.String, "value": pl.String, "cls": pl.String})])
+
+
+def _literals(pattern: str | None) -> list[str] | None:
+    """``"0|180020"`` as ``["0", "180020"]``; ``[]`` for no pattern; None for a pattern that is more than digit strings."""
+    if not pattern:
+        return []
+    parts = pattern.split("|")
+    return parts if all(p.isascii() and p.isdigit() for p in parts) else None
+
+
+def _national_reading(meta: phonenumbers.PhoneMetadata) -> tuple[list[str], list[int]] | None:
+    """When ``phonenumbers.parse(digits, region)`` keeps plain digits as the national number, and when that is possible.
+
+    Why: national numbers without a trunk prefix (``7700900123``, a US ``4155550123``) are
+    common in switch output and usually all distinct, and one ``phonenumbers`` call costs ~50 us:
+    a file of them would run at a few thousand records/s. ``parse`` takes the digits as they stand
+    unless they start with the international prefix, with what ``national_prefix_for_parsing``
+    strips, or with the country code (it may then strip it); with those starts excluded,
+    ``is_possible_number`` only compares the length with the possible lengths (local-only
+    included) of the country code's main region, and a possible first reading is what
+    :meth:`PhoneNormaliser._resolve_slow` returns, as ``+<cc><digits>``. Lengths under 7 are
+    short codes and extensions (their own check). tests/property/test_native_differential.py
+    holds this against ``resolve`` for every region.
+    """
+    idd, npp = _literals(meta.international_prefix), _literals(meta.national_prefix_for_parsing)
+    if idd is None or npp is None:
+        return None
+    cc = meta.country_code
+    main = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        cc, phonenumbers.region_code_for_country_code(cc))
+    desc = main.general_desc
+    lengths = sorted({n for n in (*(desc.possible_length or ()), *(desc.possible_length_local_only or ())) if n >= 7})
+    return [*idd, *npp, str(cc)], lengths
 
 
 _V4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"

@@ -221,7 +221,7 @@ class Router:
             self.fields, [(r.field, r.action, r.arg) for r in rules], list(self._tokeniser.hex_keys),
             self._tokeniser.kid + ":", cfg.token_bits // 4, cc, idd, trunk, own_cc_len, sorted(COUNTRY_CODES),
             list(WITHHELD_WORDS), cfg.max_record_bytes, cfg.max_depth, cfg.segment_bytes, reasons,
-            sorted(NON_VOICE_CALL_TYPES), self._tokeniser.record_prefix)
+            sorted(NON_VOICE_CALL_TYPES), self._tokeniser.record_prefix, self._phones.national())
         self._adapter = None if cfg.format == "jsonl" else get_format(cfg.format)
         self._suppressed: frozenset[str] = frozenset()
 

@@ -11,15 +11,19 @@ order (parse rejects first, then the others, each in row order) and counts.
 from __future__ import annotations
 
 import json
+import random
+import re
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
+import phonenumbers
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.core.normalise import PhoneNormaliser
 from pipeline.core.router import CoreConfig, Router, Source
 from pipeline.policy import policy_from_toml
 
@@ -540,6 +544,40 @@ def test_native_equals_reference_with_suppressed_parties(cores, lines, data):
 ])
 def test_reference_parse_reasons(line, reason):
     assert parse_line(line, 65536, 32) == (reason, None)
+
+
+def national_digits(region: str) -> list[str]:
+    """Plain digit strings around the native core's national reading for ``region``: every length from
+    5 to 18 under each first digit, the region's example numbers of each type (real prefixes and
+    lengths), and those and random digits after the country code and each prefix in the metadata."""
+    rng = random.Random(region)
+    digits = lambda n: "".join(rng.choice("0123456789") for _ in range(n))  # noqa: E731
+    values = [str(first) + digits(n - 1) for n in range(5, 19) for first in range(10)]
+    examples = [phonenumbers.national_significant_number(n) for t in phonenumbers.PhoneNumberType.values()
+                if (n := phonenumbers.example_number_for_type(region, t)) is not None]
+    values += examples
+    meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    prefixes = {str(meta.country_code), *re.findall(r"\d+", meta.international_prefix or ""),
+                *re.findall(r"\d+", meta.national_prefix_for_parsing or ""), meta.national_prefix or "0"}
+    for prefix in sorted(prefixes):
+        values += [prefix + digits(n) for n in (5, 7, 9, 10, 12)] + [prefix + e for e in examples]
+    return values
+
+
+@pytest.mark.parametrize("region", sorted(phonenumbers.SUPPORTED_REGIONS))
+def test_native_reads_national_digits_as_phonenumbers_does(worker_keyring, region):
+    # The native core reads plain national digits itself where the region's prefixes are digit
+    # strings (`PhoneNormaliser.national`); the reference asks phonenumbers for every one.
+    router = Router(worker_keyring, CoreConfig(region=region))
+    lines = [orjson.dumps({"record_id": f"r-{i}", "cli": cli, "dialled": cli, "start": "2026-01-02T03:04:05Z",
+                           "duration": 5}) for i, cli in enumerate(national_digits(region))]
+    assert_same((router, ReferenceCore(router.tokeniser, router.config)), lines)
+
+
+def test_national_reading_needs_plain_prefixes():
+    gb, au = PhoneNormaliser("GB").national(), PhoneNormaliser("AU").national()
+    assert gb is not None and set(gb[0]) == {"00", "0", "180020", "44"} and gb[1] == [7, 8, 9, 10]
+    assert au is None  # AU's international prefix is a pattern: phonenumbers reads those numbers
 
 
 def test_reference_matches_native_on_fixed_cases(cores):
