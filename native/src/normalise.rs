@@ -382,7 +382,8 @@ fn num(b: &[u8]) -> Option<u32> {
 
 /// Microseconds since the epoch (UTC) for the common time shapes; `None` = pending.
 ///
-/// ISO-8601 `YYYY-MM-DDTHH:MM:SS[.f]` with `Z`, `±HH:MM` or no offset (naive = UTC), and
+/// ISO-8601 `YYYY-MM-DD[T ]HH:MM:SS[.f]` with `Z`, `±HH:MM`, `±HHMM`, `±HH` or no offset (naive =
+/// UTC; the space-separated form is what switches and Asterisk write), and
 /// integer epoch seconds, milliseconds or microseconds told apart by their digit count,
 /// within the range where every value is exact.
 pub fn time_fast(raw: &str) -> Option<i64> {
@@ -396,7 +397,7 @@ pub fn time_fast(raw: &str) -> Option<i64> {
             _ => None,
         };
     }
-    let [y, mo, d, h, mi, s] = iso_numbers(b, b"T")?;
+    let [y, mo, d, h, mi, s] = iso_numbers(b, b"T ")?;
     if y < 1 || h > 23 || mi > 59 || s > 59 {
         return None;
     }
@@ -419,10 +420,15 @@ pub fn time_fast(raw: &str) -> Option<i64> {
         micros = ns / 1000;
     }
     let offset_secs: i64 = match &b[p..] {
-        [] | [b'Z'] => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+        [] | [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, minutes @ ..] => {
+            let (m1, m2) = match minutes {
+                [] => (b'0', b'0'),
+                [b':', m1, m2] | [m1, m2] => (*m1, *m2),
+                _ => return None,
+            };
             let oh = num(&[*h1, *h2])? as i64;
-            let om = num(&[*m1, *m2])? as i64;
+            let om = num(&[m1, m2])? as i64;
             if oh > 23 || om > 59 {
                 return None;
             }
@@ -567,10 +573,17 @@ mod tests {
         assert_eq!(time_fast("2026-01-02T03:04:05Z"), Some(1_767_323_045_000_000));
         assert_eq!(time_fast("2026-01-02T04:04:05.5+01:00"), Some(1_767_323_045_500_000));
         assert_eq!(time_fast("2026-01-02T03:04:05"), Some(1_767_323_045_000_000));
+        for same in ["2026-01-02 03:04:05", "2026-01-02 03:04:05z", "2026-01-02T04:04:05+0100", "2026-01-02 04:04:05+01",
+                     "2026-01-01 22:04:05-05"] {
+            assert_eq!(time_fast(same), Some(1_767_323_045_000_000), "{same}");
+        }
+        for pending in ["2026-01-02t03:04:05", "2026-01-02 03:04:05 Z", "2026-01-02 03:04:05+1", "2026-01-02 03:04:05+01:0",
+                        "2026-01-02 03:04:05+24:00"] {
+            assert_eq!(time_fast(pending), None, "{pending}");
+        }
         assert_eq!(time_fast("1767323045"), Some(1_767_323_045_000_000));
         assert_eq!(time_fast("1767323045000"), Some(1_767_323_045_000_000));
         assert_eq!(time_fast("2026-02-30T03:04:05Z"), None);
-        assert_eq!(time_fast("2026-01-02 03:04:05"), None);
         let mut out = Vec::new();
         assert!(coarsened(1_767_323_045_500_000, 3_600_000_000, &mut out));
         assert_eq!(out, b"2026-01-02T03:00:00Z");

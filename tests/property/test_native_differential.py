@@ -522,6 +522,22 @@ def test_native_equals_reference_on_odd_times_and_numbers(small_cores, values):
     assert_same(small_cores, lines)
 
 
+def test_native_equals_reference_on_a_grid_of_time_shapes(small_cores):
+    # Every separator, fraction and offset form (and out-of-range ones) on edge dates: the shapes the
+    # native core reads itself must read as the exact reader reads them, the rest stay pending.
+    times = [f"{day}{sep}{clock}{frac}{off}"
+             for day in ("0001-01-01", "1969-12-31", "2024-02-29", "2026-02-29", "9999-12-31")
+             for sep in ("T", " ", "t", "  ")
+             for clock in ("00:00:00", "23:59:59", "03:04:60", "24:00:00")
+             for frac in ("", ".5", ".123456789", ".")
+             for off in ("", "Z", "z", "+01:00", "-05:30", "+0100", "-0530", "+01", "-05", " +01:00", " Z", "+1",
+                         "+01:0", "+01:00:00", "+24:00", "+23:59", "+2359", "-2360", "+99", "UTC", "+01:00Z")]
+    lines = [orjson.dumps({"record_id": f"r-{i}", "cli": "+447700900123", "dialled": "+447700900456", "start": t,
+                           "duration": 5}) for i, t in enumerate(times)]
+    for at in range(0, len(lines), 500):
+        assert_same(small_cores, lines[at:at + 500])
+
+
 @settings(SETTINGS, max_examples=60)
 @given(st.lists(cdr_line(), min_size=1, max_size=6), st.data())
 def test_native_equals_reference_with_suppressed_parties(cores, lines, data):
