@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::os::raw::{c_int, c_void};
 use std::ptr;
 
-use crate::normalise::{National, PhoneMeta};
+use crate::normalise::{National, PhoneMeta, CLASSES, E164, NON_E164};
+use crate::numbering::{Answer, MetaSpec, Numbering, Plan, RegionSpec};
 use crate::route::{Action, Batch, Config, Core, Parsed, Routed, Rule, CELL_NULL_REASONS, KINDS};
 use crate::seal::{Coord, Segment, Sealer};
 
@@ -438,6 +439,44 @@ fn count_newlines(py: Python<'_>, buf: &[u8]) -> usize {
     py.allow_threads(|| memchr::memchr_iter(b'\n', buf).count())
 }
 
+/// libphonenumber's reading of cleaned numbers (`crate::numbering`), for `PhoneNormaliser`.
+#[pyclass(module = "pipeline._native")]
+pub struct PhoneNumbering {
+    inner: Numbering,
+}
+
+#[pymethods]
+impl PhoneNumbering {
+    /// The default region (its calling code and metadata) and every calling code there is.
+    #[new]
+    fn new(cc: u32, region: MetaSpec, known: Vec<u32>) -> PyResult<Self> {
+        Numbering::new(cc, &region, &known)
+            .map(|inner| PhoneNumbering { inner })
+            .map_err(|e| PyValueError::new_err(format!("the region's metadata has a pattern this reader cannot take: {e}")))
+    }
+
+    /// The calling codes whose plans reading `texts` needs and that were not added yet.
+    fn missing(&self, texts: Vec<String>) -> Vec<u32> {
+        let mut out: Vec<u32> = texts.iter().flat_map(|t| self.inner.needs(t)).filter(|&c| !self.inner.has(c)).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// A calling code's main-region metadata and its regions (`pipeline.core.normalise._plan`).
+    fn add(&mut self, cc: u32, main: MetaSpec, regions: Vec<RegionSpec>, single: bool) {
+        self.inner.add(cc, Plan::new(&main, &regions, single));
+    }
+
+    /// `(value, class)` per cleaned text, as `PhoneNormaliser._resolve_slow` gives it; None where unsure.
+    fn resolve(&self, texts: Vec<String>) -> Vec<Option<(String, &'static str)>> {
+        texts.iter().map(|t| self.inner.resolve(t).map(|a| match a {
+            Answer::E164(v) => (v, CLASSES[E164 as usize]),
+            Answer::NonE164(v) => (v, CLASSES[NON_E164 as usize]),
+        })).collect()
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PARSE_REASON_CODES", crate::json::REASON_CODES.to_vec())?;
@@ -447,6 +486,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeCore>()?;
     m.add_class::<ParsedBatch>()?;
     m.add_class::<Buffer>()?;
+    m.add_class::<PhoneNumbering>()?;
     m.add_function(wrap_pyfunction!(seal_segment, m)?)?;
     Ok(())
 }

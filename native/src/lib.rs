@@ -4,9 +4,11 @@
 //! the data key, libphonenumber for numbers the fast path leaves pending); this crate does
 //! everything that runs once a record: split, screen and parse ([`json`]), canonical forms
 //! ([`normalise`]), checks, tokens and analytics lines ([`route`]) and sealing ([`seal`]).
+//! [`numbering`] reads, on libphonenumber's metadata, the numbers the fast path leaves pending.
 
 pub mod json;
 pub mod normalise;
+pub mod numbering;
 pub mod route;
 pub mod seal;
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import phonenumbers
+from pipeline._native import PhoneNumbering
 from pipeline.lazy import polars as pl
 from phonenumbers import shortnumberinfo
 
@@ -89,6 +90,8 @@ class PhoneNormaliser:
         #: "447700900123": the region's own country code without "+", at the full national length.
         self._own_cc_len = len(self._cc) + max(lengths) if lengths and max(lengths) >= 9 else None
         self._national = _national_reading(meta)
+        self._numbering = PhoneNumbering(meta.country_code, _meta_spec(meta),
+                                         sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE))
         self.resolve = lru_cache(maxsize=cache_size)(self._resolve_slow)
 
     def __repr__(self) -> str:
@@ -129,6 +132,19 @@ class PhoneNormaliser:
         chain would run three times.
         """
         return pl.when(e.str.contains(_E164_SHAPE) & e.str.contains(_E164_CC)).then(e).otherwise(None)
+
+    def resolve_many(self, texts: list[str]) -> list[tuple[str | None, str | None]]:
+        """:attr:`resolve` for many cleaned texts: the native reader first, ``phonenumbers`` for the rest.
+
+        The native reader (``pipeline._native.PhoneNumbering``) follows ``_resolve_slow`` on
+        the metadata of the country codes the texts need (handed over once each) and leaves what
+        it is not sure of: short numbers, unknown codes after ``+``.
+        """
+        native = self._numbering
+        for cc in native.missing(texts):
+            native.add(cc, *_plan(cc))
+        return [answer if answer is not None else self.resolve(text)
+                for text, answer in zip(texts, native.resolve(texts))]
 
     def _resolve_slow(self, text: str) -> tuple[str | None, str | None]:
         """Exact resolution of one cleaned value with ``phonenumbers``: ``(value, class)``.
@@ -201,6 +217,40 @@ class PhoneNormaliser:
         return pl.concat([answers, pl.DataFrame(
             {"raw": slow["raw"], "value": [v for v, _ in resolved], "cls": [c for _, c in resolved]},
             schema={"raw": pl.String, "value": pl.String, "cls": pl.String})])
+
+
+#: ``_number_type_helper``'s order; mobile follows unless its pattern is fixed-line's.
+_NUMBER_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan", "voicemail",
+                 "fixed_line")
+
+
+def _meta_spec(meta: phonenumbers.PhoneMetadata | None) -> tuple[object, ...]:
+    """What reading a number takes from a region's metadata: prefixes, general pattern, lengths."""
+    if meta is None:
+        return None, None, None, None, [], []
+    g = meta.general_desc
+    return (meta.international_prefix, meta.national_prefix_for_parsing, meta.national_prefix_transform_rule,
+            g.national_number_pattern, list(g.possible_length or ()), list(g.possible_length_local_only or ()))
+
+
+def _desc_spec(desc: phonenumbers.PhoneNumberDesc | None) -> tuple[str | None, list[int]]:
+    return (None, []) if desc is None else (desc.national_number_pattern, list(desc.possible_length or ()))
+
+
+def _plan(cc: int) -> tuple[object, ...]:
+    """A calling code for the native reader: its main region's metadata, its regions' patterns, one region or several."""
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(cc, ())
+    main = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        cc, phonenumbers.region_code_for_country_code(cc))
+    specs = []
+    for region in regions:
+        meta = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(cc, region)
+        if meta is None:
+            continue
+        descs = [getattr(meta, t) for t in _NUMBER_TYPES] + ([] if meta.same_mobile_and_fixed_line_pattern
+                                                             else [meta.mobile])
+        specs.append((meta.leading_digits, _desc_spec(meta.general_desc), [_desc_spec(d) for d in descs]))
+    return _meta_spec(main), specs, len(regions) == 1
 
 
 def _literals(pattern: str | None) -> list[str] | None:

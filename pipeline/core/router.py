@@ -203,14 +203,15 @@ class Router:
     def __init__(self, keyring: WorkerKeyring, config: CoreConfig | None = None,
                  suppressions: Suppressions | None = None,
                  sealer_factory: Callable[[], Sealer] | None = None,
-                 clock: Callable[[], datetime] = _utc_now) -> None:
+                 clock: Callable[[], datetime] = _utc_now, phones: PhoneNormaliser | None = None) -> None:
         self.config = cfg = config or CoreConfig()
         self._keyring = keyring
         # `is None`, not `or`: an empty Suppressions is falsy, and the caller's object must stay
         # the one a follower updates.
         self.suppressions = suppressions if suppressions is not None else Suppressions()
         self._tokeniser = Tokeniser(keyring, cfg.token_bits)
-        self._phones = PhoneNormaliser(cfg.region)
+        # Shared by replicas: its number reader compiles each calling code's patterns once.
+        self._phones = phones if phones is not None else PhoneNormaliser(cfg.region)
         self._sealer_factory = sealer_factory or (lambda: Sealer(keyring.vault_public, keyring.vault_kid))
         self._clock = clock
         rules = cfg.policy.rules
@@ -234,9 +235,9 @@ class Router:
 
         A router's native core routes one batch at a time (it reuses its output buffers), so
         each routing thread has its own; the suppressions object is shared, so a follower's
-        update reaches every replica.
+        update reaches every replica, and so is the phone normaliser (it runs with the GIL held).
         """
-        return Router(self._keyring, self.config, self.suppressions, self._sealer_factory, self._clock)
+        return Router(self._keyring, self.config, self.suppressions, self._sealer_factory, self._clock, self._phones)
 
     def route(self, records: Sequence[bytes] | None, source: Source, buf: bytes | None = None, *,
               want_keys: bool = False) -> RoutedBatch:
@@ -318,10 +319,10 @@ class Router:
                     self._native.learn(kind, raws, [None] * len(raws), [None] * len(raws))
 
     def _resolve_numbers(self, raws: list[str]) -> list[str]:
-        """Learn the numbers the core cleaned, through ``phonenumbers``; return the rest (they need NFKC first)."""
+        """Learn the numbers the core cleaned (``PhoneNormaliser.resolve_many``); return the rest (they need NFKC first)."""
         cleaned = NativeCore.clean_numbers(raws)
-        ready = [(raw, self._phones.resolve(d)) for raw, d in zip(raws, cleaned) if d is not None]
+        ready = [(raw, d) for raw, d in zip(raws, cleaned) if d is not None]
         if ready:
-            self._native.learn("msisdn", [raw for raw, _ in ready], [v for _, (v, _) in ready],
-                               [c for _, (_, c) in ready])
+            answers = self._phones.resolve_many([d for _, d in ready])
+            self._native.learn("msisdn", [raw for raw, _ in ready], [v for v, _ in answers], [c for _, c in answers])
         return [raw for raw, d in zip(raws, cleaned) if d is None]

@@ -10,6 +10,7 @@ order (parse rejects first, then the others, each in row order) and counts.
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -23,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.normalise import PhoneNormaliser
+from pipeline.core.normalise import PhoneNormaliser, _plan
 from pipeline.core.router import CoreConfig, Router, Source
 from pipeline.policy import policy_from_toml
 
@@ -562,32 +563,73 @@ def test_reference_parse_reasons(line, reason):
     assert parse_line(line, 65536, 32) == (reason, None)
 
 
-def national_digits(region: str) -> list[str]:
-    """Plain digit strings around the native core's national reading for ``region``: every length from
-    5 to 18 under each first digit, the region's example numbers of each type (real prefixes and
-    lengths), and those and random digits after the country code and each prefix in the metadata."""
+@functools.lru_cache(maxsize=None)
+def example_numbers(cc: int) -> list[str]:
+    """National significant numbers of every type of every region of a calling code."""
+    numbers = [phonenumbers.example_number_for_non_geo_entity(cc)] if "001" in REGIONS[cc] else []
+    numbers += [phonenumbers.example_number_for_type(r, t) for r in REGIONS[cc] if r != "001"
+                for t in phonenumbers.PhoneNumberType.values()]
+    return [phonenumbers.national_significant_number(n) for n in numbers if n is not None]
+
+
+REGIONS = phonenumbers.COUNTRY_CODE_TO_REGION_CODE
+#: Calling codes with complex prefixes and several regions, tried under every default region.
+BUSY_CODES = (1, 7, 39, 44, 49, 52, 54, 55, 61, 81, 86, 91, 234, 262, 590, 599, 800, 882)
+
+
+@functools.lru_cache(maxsize=None)
+def number_texts(region: str) -> list[str]:
+    """Numbers around what the native core and its number reader settle under ``region``.
+
+    Random digits of every length from 3 to 18 (and some with ``+``); the example numbers of
+    the region's own code, of the busy codes and of a few others, written with and without
+    ``+`` and the code, with a ``0`` after the code (``+44 (0)20...``), cut or lengthened by
+    a digit, and after the country code and each prefix in the region's metadata.
+    """
     rng = random.Random(region)
     digits = lambda n: "".join(rng.choice("0123456789") for _ in range(n))  # noqa: E731
-    values = [str(first) + digits(n - 1) for n in range(5, 19) for first in range(10)]
-    examples = [phonenumbers.national_significant_number(n) for t in phonenumbers.PhoneNumberType.values()
-                if (n := phonenumbers.example_number_for_type(region, t)) is not None]
-    values += examples
+    values = [str(first) + digits(n - 1) for n in range(3, 19) for first in range(0, 10, 3)]
+    values += ["+" + v for v in values[::3]]
     meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    prefixes = {str(meta.country_code), *re.findall(r"\d+", meta.international_prefix or ""),
+    prefixes = {*re.findall(r"\d+", meta.international_prefix or ""),
                 *re.findall(r"\d+", meta.national_prefix_for_parsing or ""), meta.national_prefix or "0"}
-    for prefix in sorted(prefixes):
-        values += [prefix + digits(n) for n in (5, 7, 9, 10, 12)] + [prefix + e for e in examples]
-    return values
+    for cc in sorted({meta.country_code, *BUSY_CODES, *rng.sample(sorted(REGIONS), 4)}):
+        c = str(cc)
+        for e in example_numbers(cc)[:: 1 if cc == meta.country_code else 3]:
+            values += [e, c + e, "+" + c + e, "+" + c + "0" + e, c + "0" + e, c + e[:-1], "+" + c + e + "1"]
+            values += [p + e for p in prefixes] + [p + c + e for p in prefixes]
+    for prefix in sorted(prefixes | {str(meta.country_code)}):
+        values += [prefix + digits(n) for n in (5, 7, 9, 10, 12)]
+    return list(dict.fromkeys(values))
 
 
 @pytest.mark.parametrize("region", sorted(phonenumbers.SUPPORTED_REGIONS))
-def test_native_reads_national_digits_as_phonenumbers_does(worker_keyring, region):
-    # The native core reads plain national digits itself where the region's prefixes are digit
-    # strings (`PhoneNormaliser.national`); the reference asks phonenumbers for every one.
+def test_native_reads_numbers_as_phonenumbers_does(worker_keyring, region):
+    # Through the whole core: plain national digits are read in the hot path where the region's
+    # prefixes are digit strings (`PhoneNormaliser.national`), what it leaves pending goes to the
+    # number reader (`PhoneNormaliser.resolve_many`); the reference asks phonenumbers each time.
     router = Router(worker_keyring, CoreConfig(region=region))
     lines = [orjson.dumps({"record_id": f"r-{i}", "cli": cli, "dialled": cli, "start": "2026-01-02T03:04:05Z",
-                           "duration": 5}) for i, cli in enumerate(national_digits(region))]
+                           "duration": 5}) for i, cli in enumerate(number_texts(region)[::6])]
     assert_same((router, ReferenceCore(router.tokeniser, router.config)), lines)
+
+
+@pytest.mark.parametrize("region", sorted(phonenumbers.SUPPORTED_REGIONS))
+def test_native_number_reader_answers_as_phonenumbers_does(region):
+    # Every region as the default one; the busiest (checked for coverage too) with all the numbers.
+    busy = region in ("GB", "US", "DE", "IN", "BR", "CN")
+    phones = PhoneNormaliser(region)
+    texts = number_texts(region)[::1 if busy else 2]
+    native = phones._numbering
+    for cc in native.missing(texts):
+        native.add(cc, *_plan(cc))
+    answers = native.resolve(texts)
+    assert [(t, tuple(a)) for t, a in zip(texts, answers) if a is not None] == \
+        [(t, phones._resolve_slow(t)) for t, a in zip(texts, answers) if a is not None]
+    if busy:
+        # Short numbers and unknown codes after "+" are left to phonenumbers; little else is.
+        long = [a for t, a in zip(texts, answers) if len(t.lstrip("+")) > 6]
+        assert sum(a is not None for a in long) > 0.97 * len(long)
 
 
 def test_national_reading_needs_plain_prefixes():

@@ -60,7 +60,7 @@ def test_message_ends_and_keys_line_up_with_the_records(worker_keyring) -> None:
 
 
 @pytest.mark.parametrize("number", [
-    "+44 0 7 7 0 0 9 0 0 1 2 3",  # cleaned by the core (a trunk 0 after the country code), then phonenumbers
+    "7 0 0 9 1 3",  # cleaned by the core, a short number: shortnumberinfo in the exact path
     "\u0660\u0667\u0667\u0660\u0660\u0669\u0660\u0660\u0661\u0662\u0663",  # Arabic-Indic digits: NFKC in the column code
 ])
 def test_a_value_the_slow_path_cannot_read_is_invalid_and_never_logged(worker_keyring, monkeypatch, caplog,
