@@ -384,8 +384,8 @@ fn num(b: &[u8]) -> Option<u32> {
 ///
 /// ISO-8601 `YYYY-MM-DD[T ]HH:MM:SS[.f]` with `Z`, `±HH:MM`, `±HHMM`, `±HH` or no offset (naive =
 /// UTC; the space-separated form is what switches and Asterisk write), and
-/// integer epoch seconds, milliseconds or microseconds told apart by their digit count,
-/// within the range where every value is exact.
+/// epoch seconds, milliseconds or microseconds told apart by their integer digit count (whole,
+/// within the range where every value is exact, or with a fraction).
 pub fn time_fast(raw: &str) -> Option<i64> {
     let b = raw.as_bytes();
     if !b.is_empty() && b.iter().all(u8::is_ascii_digit) {
@@ -396,6 +396,15 @@ pub fn time_fast(raw: &str) -> Option<i64> {
             15..=16 if v < 9_007_199_254_740_992 => Some(v),
             _ => None,
         };
+    }
+    if let Some(dot) = b.iter().position(|&c| c == b'.').filter(|&i| (1..=16).contains(&i) && i + 1 < b.len()) {
+        if b[..dot].iter().all(u8::is_ascii_digit) && b[dot + 1..].iter().all(u8::is_ascii_digit) {
+            // A fractional epoch, as the exact reader takes it: the f64 value times the unit's
+            // scale, truncated (told apart by the integer digits, as above).
+            let v: f64 = raw.parse().ok()?;
+            let scale = match dot { 1..=11 => 1e6, 12..=14 => 1e3, _ => 1.0 };
+            return Some((v * scale) as i64);
+        }
     }
     let [y, mo, d, h, mi, s] = iso_numbers(b, b"T ")?;
     if y < 1 || h > 23 || mi > 59 || s > 59 {
@@ -583,6 +592,12 @@ mod tests {
         }
         assert_eq!(time_fast("1767323045"), Some(1_767_323_045_000_000));
         assert_eq!(time_fast("1767323045000"), Some(1_767_323_045_000_000));
+        assert_eq!(time_fast("1767323045.5"), Some(1_767_323_045_500_000));
+        assert_eq!(time_fast("1767323045123.5"), Some(1_767_323_045_123_500));
+        assert_eq!(time_fast("1767323045123456.7"), Some(1_767_323_045_123_456));
+        for pending in ["1767323045.", ".5", "17673230451234567.5", "1767323045.5.5", "-1.5"] {
+            assert_eq!(time_fast(pending), None, "{pending}");
+        }
         assert_eq!(time_fast("2026-02-30T03:04:05Z"), None);
         let mut out = Vec::new();
         assert!(coarsened(1_767_323_045_500_000, 3_600_000_000, &mut out));

@@ -524,7 +524,8 @@ def test_native_equals_reference_on_odd_times_and_numbers(small_cores, values):
 
 
 def test_native_equals_reference_on_a_grid_of_time_shapes(small_cores):
-    # Every separator, fraction and offset form (and out-of-range ones) on edge dates: the shapes the
+    # Every separator, fraction and offset form (and out-of-range ones) on edge dates, and epochs of
+    # every size with and without a fraction: the shapes the
     # native core reads itself must read as the exact reader reads them, the rest stay pending.
     times = [f"{day}{sep}{clock}{frac}{off}"
              for day in ("0001-01-01", "1969-12-31", "2024-02-29", "2026-02-29", "9999-12-31")
@@ -533,8 +534,12 @@ def test_native_equals_reference_on_a_grid_of_time_shapes(small_cores):
              for frac in ("", ".5", ".123456789", ".")
              for off in ("", "Z", "z", "+01:00", "-05:30", "+0100", "-0530", "+01", "-05", " +01:00", " Z", "+1",
                          "+01:0", "+01:00:00", "+24:00", "+23:59", "+2359", "-2360", "+99", "UTC", "+01:00Z")]
+    epochs = [f"{whole}{frac}" for whole in ("0", "1", "1767323045", "99999999999", "100000000000", "1767323045123",
+                                             "99999999999999", "100000000000000", "1767323045123456",
+                                             "9999999999999999", "00001767323045", "12345678901234567")
+              for frac in ("", ".", ".0", ".5", ".123", ".999999", ".9999999", ".1234567890123", ".5.5")]
     lines = [orjson.dumps({"record_id": f"r-{i}", "cli": "+447700900123", "dialled": "+447700900456", "start": t,
-                           "duration": 5}) for i, t in enumerate(times)]
+                           "duration": 5}) for i, t in enumerate(times + epochs)]
     for at in range(0, len(lines), 500):
         assert_same(small_cores, lines[at:at + 500])
 
