@@ -7,8 +7,8 @@
 //! values, so it ran at a few thousand records/s. This module follows the same steps for digit
 //! strings, on patterns and lengths Python hands over from the `phonenumbers` package (so the
 //! numbering plan is still never written here), and says `None` wherever it is not sure to
-//! give `_resolve_slow`'s answer: short numbers (their own check), an unknown country code after
-//! `+`, a pattern the `regex` crate does not take. tests/property/test_native_differential.py
+//! give `_resolve_slow`'s answer: short numbers (their own check), a pattern the `regex` crate
+//! does not take, a transform rule with no group. tests/property/test_native_differential.py
 //! holds it against `_resolve_slow` for every region.
 //!
 //! Each function names the `phonenumberutil` function it follows.

@@ -138,7 +138,7 @@ class PhoneNormaliser:
 
         The native reader (``pipeline._native.PhoneNumbering``) follows ``_resolve_slow`` on
         the metadata of the country codes the texts need (handed over once each) and leaves what
-        it is not sure of: short numbers, unknown codes after ``+``.
+        it is not sure of (short numbers, which take ``shortnumberinfo``'s own check).
         """
         native = self._numbering
         for cc in native.missing(texts):
