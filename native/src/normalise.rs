@@ -337,6 +337,12 @@ pub fn ip(raw: &str, out: &mut Vec<u8>) -> Fast {
             out.extend_from_slice(host);
             Fast::Value(0)
         }
+        // Four groups of 1-3 digits that are no address (a leading zero, a group over 255):
+        // Python's `ipaddress` refuses them too, and zero-padded feeds are all distinct values.
+        None if host.split(|&c| c == b'.').count() == 4
+            && host.split(|&c| c == b'.').all(|p| (1..=3).contains(&p.len()) && p.iter().all(u8::is_ascii_digit)) => {
+            Fast::Invalid
+        }
         None => Fast::Pending,
     }
 }
@@ -557,7 +563,11 @@ mod tests {
         assert_eq!(out, b"2001:db8::1");
         assert_eq!(ip("::ffff:cb00:7107", &mut out), Fast::Value(0));
         assert_eq!(out, b"203.0.113.7");
-        assert_eq!(ip("203.0.113.07", &mut out), Fast::Pending);
+        assert_eq!(ip("203.0.113.07", &mut out), Fast::Invalid);
+        assert_eq!(ip("010.001.002.003:5060", &mut out), Fast::Invalid);
+        assert_eq!(ip("256.1.1.1", &mut out), Fast::Invalid);
+        assert_eq!(ip("1.2.3.4.5", &mut out), Fast::Pending);
+        assert_eq!(ip("1.2.3.1234", &mut out), Fast::Pending);
         assert_eq!(ip("[::1]:5060", &mut out), Fast::Value(0));
         assert_eq!(out, b"::1");
         assert_eq!(ip(" [FE80::1%eth0]:5060 ", &mut out), Fast::Value(0));
