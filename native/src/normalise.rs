@@ -434,7 +434,12 @@ pub fn time_fast(raw: &str) -> Option<i64> {
         }
         micros = ns / 1000;
     }
-    let offset_secs: i64 = match &b[p..] {
+    // One space may stand before the offset (`2026-11-25 00:01:39 +0100`), as the exact reader allows.
+    let zone = match &b[p..] {
+        [b' ', tail @ ..] if tail.first().is_some_and(|&c| matches!(c, b'+' | b'-' | b'Z' | b'z')) => tail,
+        zone => zone,
+    };
+    let offset_secs: i64 = match zone {
         [] | [b'Z' | b'z'] => 0,
         [sign @ (b'+' | b'-'), h1, h2, minutes @ ..] => {
             let (m1, m2) = match minutes {
@@ -596,8 +601,11 @@ mod tests {
                      "2026-01-01 22:04:05-05"] {
             assert_eq!(time_fast(same), Some(1_767_323_045_000_000), "{same}");
         }
-        for pending in ["2026-01-02t03:04:05", "2026-01-02 03:04:05 Z", "2026-01-02 03:04:05+1", "2026-01-02 03:04:05+01:0",
-                        "2026-01-02 03:04:05+24:00"] {
+        for same in ["2026-01-02 04:04:05 +01:00", "2026-01-02T04:04:05 +0100", "2026-01-02 03:04:05 Z"] {
+            assert_eq!(time_fast(same), Some(1_767_323_045_000_000), "{same}");
+        }
+        for pending in ["2026-01-02t03:04:05", "2026-01-02 03:04:05  Z", "2026-01-02 03:04:05 ", "2026-01-02 03:04:05+1",
+                        "2026-01-02 03:04:05+01:0", "2026-01-02 03:04:05+24:00", "2026-01-02 03:04:05 UTC"] {
             assert_eq!(time_fast(pending), None, "{pending}");
         }
         assert_eq!(time_fast("1767323045"), Some(1_767_323_045_000_000));

@@ -1,8 +1,8 @@
 """Times as mediation systems write them, to UTC: the slow, exact reader behind the native fast path.
 
 The native core settles ISO-8601 (``T`` or space between date and time) with ``Z``/an offset
-(``+01:00``, ``+0100``, ``+01``)/no offset and epoch values (whole or fractional) itself; every
-other shape (a space before the offset, odd forms) comes here
+(``+01:00``, ``+0100``, ``+01``, one space before it allowed)/no offset and epoch values (whole
+or fractional) itself; every other shape (odd forms, more space before the offset) comes here
 once per distinct value, and the vault reads times with the same function, so a record
 is dated the same way wherever it is read.
 """
