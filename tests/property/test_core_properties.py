@@ -129,6 +129,39 @@ def test_no_identifier_reaches_analytics_dlq_or_logs(worker_keyring, caplog, dat
         assert set(orjson.loads(line)) <= allowed
 
 
+@st.composite
+def natively_read_record(draw):
+    """A record in the shapes the native readers settle without Python: national digits with no trunk
+    prefix, ``+44 (0)``, international numbers without ``+``, a space before the time offset,
+    fractional epochs, zero-padded IPv4 (invalid). Returns the line, the digits it must not leak, its IP,
+    and whether that IP is zero-padded."""
+    nsn = "7" + draw(st.text("0123456789", min_size=9, max_size=9))
+    foreign = draw(st.sampled_from(["49151", "3361", "1212", "8613", "5511"])) + draw(
+        st.text("0123456789", min_size=7, max_size=7))
+    cli = draw(st.sampled_from([nsn, f"+44 (0){nsn}", f"440{nsn}", f"0044 (0) {nsn}"]))
+    dialled = draw(st.sampled_from([foreign, f"00{foreign}", f"+{foreign[:2]} 0{foreign[2:]}"]))
+    host, written = draw(host_ip())
+    padded = draw(st.booleans()) and host.version == 4 and min(host.packed) < 100  # a group gets a leading 0
+    ip = ".".join(f"{o:03d}" for o in host.packed) if padded else written
+    imsi = "23415" + draw(st.text("0123456789", min_size=10, max_size=10))
+    start = draw(st.sampled_from(["2026-11-25 12:34:56 +0100", "2026-11-25 12:34:56.5 Z", "1795610096.25"]))
+    line = orjson.dumps({"record_id": f"r-{draw(st.uuids()).hex}", "cli": cli, "dialled": dialled,
+                         "start": start, "duration": 5, "ip": ip, "imsi": imsi})
+    return line, {nsn, foreign, imsi} | ({ip.replace(".", "")} if padded else set()), host, padded
+
+
+@SETTINGS
+@given(st.lists(natively_read_record(), min_size=1, max_size=20))
+def test_no_identifier_leaks_from_the_native_readers(worker_keyring, caplog, items):
+    lines = [line for line, *_ in items]
+    idents = set().union(*(ids for _, ids, *_ in items))
+    with caplog.at_level(logging.DEBUG):
+        routed = _route(Router(worker_keyring, CoreConfig()), lines)
+    assert routed.counts["dlq"] == sum(padded for *_, padded in items)  # a zero-padded IP is invalid
+    for blob in (routed.analytics_ndjson(), _dlq_without_payload(routed.dlq), caplog.text.encode()):
+        _assert_no_identifier(blob, idents, [host for _, _, host, _ in items])
+
+
 @SETTINGS
 @given(batch())
 def test_counts_reconcile_and_retention_is_exact(worker_keyring, vault_keyring, data):
