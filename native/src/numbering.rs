@@ -255,14 +255,14 @@ impl Numbering {
         self.plans.insert(cc, plan.ok());
     }
 
-    /// The calling code at the start of `digits` (`_extract_country_code`), if any.
-    pub fn leading_cc(&self, digits: &str) -> Option<u32> {
+    /// The calling code at the start of `digits` and the rest (`_extract_country_code`), if any.
+    pub fn leading_cc<'a>(&self, digits: &'a str) -> Option<(u32, &'a str)> {
         if digits.starts_with('0') {
             return None;
         }
         (1..=digits.len().min(3)).find_map(|n| {
             let c: u32 = digits[..n].parse().ok()?;
-            self.known[c as usize].then_some(c)
+            self.known[c as usize].then_some((c, &digits[n..]))
         })
     }
 
@@ -270,11 +270,11 @@ impl Numbering {
     pub fn needs(&self, text: &str) -> Vec<u32> {
         let digits = text.strip_prefix('+').unwrap_or(text);
         let mut out = vec![self.cc];
-        if let Some(c) = self.leading_cc(digits) {
+        if let Some((c, _)) = self.leading_cc(digits) {
             out.push(c);
         }
         if let Some(m) = self.region.idd.as_ref().and_then(|idd| idd.find(digits)) {
-            if let Some(c) = self.leading_cc(&digits[m.end()..]) {
+            if let Some((c, _)) = self.leading_cc(&digits[m.end()..]) {
                 out.push(c);
             }
         }
@@ -324,7 +324,7 @@ impl Numbering {
             return Parsed::Fails; // TOO_SHORT_AFTER_IDD
         }
         match self.leading_cc(digits) {
-            Some(cc) => self.finish(cc, &digits[cc.to_string().len()..], None),
+            Some((cc, national)) => self.finish(cc, national, None),
             // No known code after "+": parse tries the digits again from the default region, and
             // fails where no code is found there either.
             None => self.code_from_default_region(digits).unwrap_or(Parsed::Fails),
@@ -349,7 +349,7 @@ impl Numbering {
                 }
                 return Some(match self.leading_cc(rest) {
                     None => Parsed::Fails, // INVALID_COUNTRY_CODE
-                    Some(cc) => self.finish(cc, &rest[cc.to_string().len()..], None),
+                    Some((cc, national)) => self.finish(cc, national, None),
                 });
             }
         }

@@ -233,6 +233,12 @@ def _meta_spec(meta: phonenumbers.PhoneMetadata | None) -> tuple[object, ...]:
             g.national_number_pattern, list(g.possible_length or ()), list(g.possible_length_local_only or ()))
 
 
+def _main_metadata(cc: int) -> phonenumbers.PhoneMetadata | None:
+    """The metadata ``parse`` and ``is_possible_number`` use for a calling code: its main region's."""
+    return phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        cc, phonenumbers.region_code_for_country_code(cc))
+
+
 def _desc_spec(desc: phonenumbers.PhoneNumberDesc | None) -> tuple[str | None, list[int]]:
     return (None, []) if desc is None else (desc.national_number_pattern, list(desc.possible_length or ()))
 
@@ -240,8 +246,6 @@ def _desc_spec(desc: phonenumbers.PhoneNumberDesc | None) -> tuple[str | None, l
 def _plan(cc: int) -> tuple[object, ...]:
     """A calling code for the native reader: its main region's metadata, its regions' patterns, one region or several."""
     regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(cc, ())
-    main = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
-        cc, phonenumbers.region_code_for_country_code(cc))
     specs = []
     for region in regions:
         meta = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(cc, region)
@@ -250,7 +254,7 @@ def _plan(cc: int) -> tuple[object, ...]:
         descs = [getattr(meta, t) for t in _NUMBER_TYPES] + ([] if meta.same_mobile_and_fixed_line_pattern
                                                              else [meta.mobile])
         specs.append((meta.leading_digits, _desc_spec(meta.general_desc), [_desc_spec(d) for d in descs]))
-    return _meta_spec(main), specs, len(regions) == 1
+    return _meta_spec(_main_metadata(cc)), specs, len(regions) == 1
 
 
 def _literals(pattern: str | None) -> list[str] | None:
@@ -279,9 +283,7 @@ def _national_reading(meta: phonenumbers.PhoneMetadata) -> tuple[list[str], list
     if idd is None or npp is None:
         return None
     cc = meta.country_code
-    main = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
-        cc, phonenumbers.region_code_for_country_code(cc))
-    desc = main.general_desc
+    desc = _main_metadata(cc).general_desc
     lengths = sorted({n for n in (*(desc.possible_length or ()), *(desc.possible_length_local_only or ())) if n >= 7})
     return [*idd, *npp, str(cc)], lengths
 
