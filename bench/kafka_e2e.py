@@ -11,38 +11,48 @@ consumes all of them twice, from fresh consumer groups:
 * **pipeline** - the real worker: the core routes each batch into analytics, sealed retention
   segments and DLQ records, all written with the offsets in one transaction.
 
-With ``--volume-check`` two more loops run per round, with a core that costs nothing and replays
-the real core's messages (``ReplayRouter``): all of them, then the analytics messages alone. They
-tell whether Kafka (client and broker on the same cores) or the core is the limit.
+With ``--volume-check`` two more loops run per round, with a core that costs next to nothing
+and replays the real core's messages (``ReplayRouter``: each record's analytics value and key,
+and the real sealed retention segments, all prebuilt): all of them, then the analytics messages
+alone. They tell whether Kafka (client and broker on the same cores) or the core is the limit.
+``--perf DIR`` records each counted loop with ``perf record -a`` and prints, for the last round,
+the share of the machine's CPU time in each loop's busy window that was idle, in the broker (its
+JIT compilers apart), and in each of the worker's libraries (the core is ``_native``).
 
 The rate is records / (last commit - first batch read), so start-up and the idle tail are left
 out of both. A warm-up round runs first and is not counted: a fresh broker JVM spends about a
 CPU-second of its JIT compilers on the first runs, on the same two cores (``--warmup 0`` shows
-it). ``core alone`` routes the same records with no Kafka at all, to show where the rest of the
+it); they keep compiling for minutes after that, less (``--perf`` shows them apart). ``core alone`` routes the same records with no Kafka at all, to show where the rest of the
 time goes. Every run reconciles its counts (in == retention == analytics + dlq).
 
     python bench/kafka_e2e.py                       # 200k records, 1 warm-up + 2 rounds, local broker
     python bench/kafka_e2e.py --records 500000 --rounds 3 --json
     python bench/kafka_e2e.py --records 1000000 --rounds 3 --volume-check
+    python bench/kafka_e2e.py --records 300000 --rounds 3 --volume-check --perf /tmp/kafka-perf   # as root
 
 Target (the native-core issue): pipeline >= 85% of passthrough (issue 3 asked for 70%).
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import itertools
 import json
 import logging
+import math
+import operator
 import os
+import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import repeat
 
 from pathlib import Path
@@ -68,8 +78,8 @@ from pipeline.topics import Topics, TopicSpec, apply_topics, load_topic_policy  
 
 
 def ready(values: Sequence[bytes], headers: list[tuple[str, bytes]]) -> Output:
-    """Messages as the core hands them over: one newline-terminated buffer and the ends."""
-    ends = list(itertools.accumulate(len(v) + 1 for v in values))
+    """Messages as the core hands them over: one newline-terminated buffer and the ends (C-level maps only)."""
+    ends = list(itertools.accumulate(map(operator.add, map(len, values), repeat(1))))
     return Output(b"\n".join(values) + b"\n" if values else b"", ends, None, headers)
 
 
@@ -87,52 +97,71 @@ class PassthroughRouter:
         return batch_of(records, records)
 
 
-#: A record_ref's size in a sealed segment (``"<kid>:<32 hex>"``, quoted).
-REF_STAND_IN = b'"r20260101abcd:' + b"0" * 32 + b'"'
+@dataclass
+class Learned:
+    """The real core's messages for a set of records (``ReplayRouter.learn``)."""
+
+    analytics: dict[bytes, tuple[bytes, Any]]  # record -> (analytics value, key), valid records only
+    segments: list[bytes]  # the real sealed retention segments, in order
+    segment_keys: list[Any]
+    records_per_segment: float
 
 
 class ReplayRouter:
-    """A core that costs nothing but writes what the real one writes (``--volume-check``).
+    """A core that costs next to nothing but writes what the real one writes (``--volume-check``).
 
-    Built from the real core's outputs for the same records: each valid record's analytics
-    message (value and key) is looked up, and retention segments of 1000 records are base64 of
-    the records plus a ref and a length per record, as sealed segments carry them. So Kafka
-    carries the pipeline's messages and bytes, and the gap between this and the pipeline is the
-    core's own cost. With ``retention=False`` only the analytics messages go out: what one keyed
-    message per record, as the analytics contract asks, costs this worker and broker on its own.
+    Learned from the real core's outputs for the same records: each valid record's analytics
+    message (value and key), and the real sealed retention segments. ``route`` looks the records
+    up with C-level maps (no bytecode per record) and hands out as many of the learned segments
+    as the batch needs (as many records a segment as the real core seals), prebuilt: nothing is
+    sealed, encoded or serialised. So Kafka carries the pipeline's messages and bytes, and the
+    gap between this and the pipeline is the core's own cost. With ``retention=False`` only the
+    analytics messages go out: what one keyed message per record, as the analytics contract asks,
+    costs this worker and broker on its own.
     """
 
-    def __init__(self, analytics: dict[bytes, tuple[bytes, Any]], retention: bool = True) -> None:
-        self.analytics = analytics
+    def __init__(self, learned: Learned, retention: bool = True) -> None:
+        self.learned = learned
         self.retention = retention
+        self._next_segment = 0
 
     @classmethod
-    def learn(cls, lines: Sequence[bytes], batch_size: int) -> dict[bytes, tuple[bytes, Any]]:
-        """Each valid record's analytics message, from the real core (records are unique)."""
+    def learn(cls, lines: Sequence[bytes], batch_size: int) -> Learned:
+        """Route the records through the real core once (records are unique) and keep its messages."""
         keyring, _ = generate()
         router = Router(keyring, CoreConfig())
-        learned: dict[bytes, tuple[bytes, Any]] = {}
+        analytics: dict[bytes, tuple[bytes, Any]] = {}
+        segments: list[bytes] = []
+        segment_keys: list[Any] = []
         for i in range(0, len(lines), batch_size):
             batch = lines[i:i + batch_size]
             routed = router.route(batch, Source("bench", 0, range(i, i + len(batch))), want_keys=True)
             valid = batch
             if len(routed.analytics) != len(batch):  # which ones were valid: route them one by one
                 valid = [r for r in batch if len(router.route([r], Source("bench", 0, [0])).analytics)]
-            learned.update(zip(valid, zip(routed.analytics.values(), routed.analytics.keys or ())))
-        return learned
+            analytics.update(zip(valid, zip(routed.analytics.values(), routed.analytics.keys or ())))
+            segments += routed.retention.values()
+            segment_keys += routed.retention.keys or [None] * len(routed.retention)
+        return Learned(analytics, segments, segment_keys, len(lines) / max(len(segments), 1))
 
     def route(self, records: Sequence[bytes], source: Source, buf: bytes | None = None, *,
               want_keys: bool = False) -> RoutedBatch:
-        hits = [self.analytics[r] for r in records if r in self.analytics]
-        segments = []
+        hits = list(filter(None, map(self.learned.analytics.get, records)))
+        segments: list[bytes] = []
+        keys: list[Any] = []
         if self.retention:
-            for i in range(0, len(records), 1000):
-                chunk = records[i:i + 1000]
-                refs = b",".join(repeat(REF_STAND_IN, len(chunk)))
-                segments.append(b'{"ct":"' + base64.b64encode(b"\n".join(chunk)) + b'","record_refs":[' + refs
-                                + b'],"lengths":' + json.dumps(list(map(len, chunk))).encode() + b"}")
-        routed = batch_of(records, [v for v, _ in hits], segments)
-        routed.analytics.keys = [k for _, k in hits]
+            count = math.ceil(len(records) / self.learned.records_per_segment)
+            start = self._next_segment % len(self.learned.segments)
+            self._next_segment = start + count
+            pool, pool_keys = self.learned.segments, self.learned.segment_keys
+            while len(segments) < count:  # wraps around the learned segments when a run needs more
+                take = min(count - len(segments), len(pool) - start)
+                segments += pool[start:start + take]
+                keys += pool_keys[start:start + take]
+                start = 0
+        routed = batch_of(records, list(map(operator.itemgetter(0), hits)), segments)
+        routed.analytics.keys = list(map(operator.itemgetter(1), hits))
+        routed.retention.keys = keys
         return routed
 
 
@@ -174,7 +203,58 @@ def run_loop(bootstrap: str, router: Any, topics: Topics, n: int, batch_size: in
     if c["in"] != n or c["retention"] != n or c["analytics"] + c["dlq"] + c["suppressed"] != n:
         raise SystemExit(f"counts do not reconcile: {dict(c)} for {n} records")
     return {"records_per_s": n / busy, "seconds": busy, "commits": totals.commits, "aborts": totals.aborts,
-            "cpu_s": time.process_time() - cpu0, "broker_cpu_s": broker_s, **{k: c[k] for k in ("analytics", "dlq")}}
+            "cpu_s": time.process_time() - cpu0, "broker_cpu_s": broker_s, **{k: c[k] for k in ("analytics", "dlq")},
+            "window": (totals.first_batch_at, totals.last_commit_at)}
+
+
+#: One sample of ``perf script -F comm,pid,tid,period,ip,dso`` (a thread's name may hold spaces).
+_PERF_SAMPLE = re.compile(r"^\s*(.+?)\s+(\d+)/\d+\s+(\d+)\s+[0-9a-f]+\s+\((.*)\)\s*$")
+#: The worker's libraries as the profile names them (the first one the sample's DSO contains).
+_WORKER_DSOS = (("_native", "the core (_native)"), ("libpython", "Python"), ("librdkafka", "librdkafka"),
+                ("cimpl", "confluent-kafka (cimpl)"), ("kernel", "kernel"), ("libc", "libc"))
+
+
+def start_perf(path: Path) -> subprocess.Popen[bytes]:
+    """``perf record`` of the whole machine (idle included), stamped with CLOCK_MONOTONIC like ``time.monotonic``."""
+    proc = subprocess.Popen(["perf", "record", "-a", "-F", "499", "-k", "CLOCK_MONOTONIC", "-o", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # perf is sampling before the loop starts
+    return proc
+
+
+def stop_perf(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+
+
+def perf_split(path: Path, window: tuple[float, float], broker_pid: int | None) -> dict[str, float]:
+    """Share of the machine's CPU time in the loop's busy window: idle, the broker (its JIT apart), each worker library."""
+    out = subprocess.run(["perf", "script", "-i", str(path), "-F", "comm,pid,tid,period,ip,dso",
+                          "--time", f"{window[0]:.6f},{window[1]:.6f}"],
+                         capture_output=True, text=True, check=False).stdout
+    return cpu_shares(out.splitlines(), os.getpid(), broker_pid)
+
+
+def cpu_shares(samples: Sequence[str], worker_pid: int, broker_pid: int | None) -> dict[str, float]:
+    """Samples of ``perf script -F comm,pid,tid,period,ip,dso`` summed by where they ran, as shares, largest first."""
+    shares: Counter[str] = Counter()
+    for line in samples:
+        m = _PERF_SAMPLE.match(line)
+        if m is None:
+            continue
+        comm, pid, period, dso = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+        if pid == 0:
+            where = "idle"
+        elif pid == broker_pid:
+            where = "broker: JIT compilers" if "CompilerThre" in comm else "broker"
+        elif pid == worker_pid:
+            who = "worker, librdkafka threads" if comm.startswith("rdk:") else "worker"
+            where = f"{who}: " + next((name for key, name in _WORKER_DSOS if key in dso), "other")
+        else:
+            where = "other processes"
+        shares[where] += period
+    total = sum(shares.values()) or 1
+    return {k: v / total for k, v in shares.most_common()}
 
 
 def core_alone(lines: list[bytes], batch_size: int) -> float:
@@ -205,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--volume-check", action="store_true",
                         help="also run a zero-cost core that writes the pipeline's messages, with and without "
                              "retention (is Kafka or the core the limit?)")
+    parser.add_argument("--perf", metavar="DIR", type=Path, default=None,
+                        help="record each counted loop with `perf record -a` into DIR and print where the machine's "
+                             "CPU time went (idle, broker, worker libraries) in the last round's busy windows "
+                             "(needs perf and root)")
     args = parser.parse_args(argv)
+    if args.perf is not None:
+        args.perf.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pipeline.runners.kafka").setLevel(logging.ERROR)
     logging.getLogger("pipeline.topics").setLevel(logging.ERROR)
@@ -232,26 +318,38 @@ def main(argv: list[str] | None = None) -> int:
         produce_s = time.perf_counter() - started
         lines = b"".join(synthetic(args.records, seed=args.seed)).split(b"\n")[:-1]
         core_rate = core_alone(lines, args.batch_size)
-        learned = ReplayRouter.learn(lines, args.batch_size) if args.volume_check else {}
+        learned = ReplayRouter.learn(lines, args.batch_size) if args.volume_check else None
         passthrough, pipeline, volume, analytics_only = [], [], [], []
+        profiles: dict[str, dict[str, float]] = {}
         for round_no in range(1 - args.warmup, args.rounds + 1):
-            if learned:
-                vol = run_loop(bootstrap, ReplayRouter(learned), topics, args.records, args.batch_size, client,
-                               broker_pid)
-                ana = run_loop(bootstrap, ReplayRouter(learned, retention=False), topics, args.records,
-                               args.batch_size, client, broker_pid)
-            ceil = run_loop(bootstrap, PassthroughRouter(), ceiling_topics, args.records, args.batch_size, client,
-                            broker_pid)
+
+            def measure(name: str, router: Any, loop_topics: Topics) -> dict[str, Any]:
+                path = args.perf / f"round{round_no}-{name.replace(' ', '-')}.data" \
+                    if args.perf is not None and round_no > 0 else None
+                recorder = start_perf(path) if path is not None else None
+                try:
+                    result = run_loop(bootstrap, router, loop_topics, args.records, args.batch_size, client,
+                                      broker_pid)
+                finally:
+                    if recorder is not None:
+                        stop_perf(recorder)
+                if path is not None:
+                    profiles[name] = perf_split(path, result["window"], broker_pid)
+                return result
+
+            if learned is not None:
+                vol = measure("zero-cost core", ReplayRouter(learned), topics)
+                ana = measure("analytics only", ReplayRouter(learned, retention=False), topics)
+            ceil = measure("passthrough", PassthroughRouter(), ceiling_topics)
             keyring, _ = generate()
-            pipe = run_loop(bootstrap, Router(keyring, CoreConfig()), topics, args.records, args.batch_size, client,
-                            broker_pid)
+            pipe = measure("pipeline", Router(keyring, CoreConfig()), topics)
             label = f"round {round_no}" if round_no > 0 else "warm-up (not counted)"
             print(f"{label}: passthrough {ceil['records_per_s']:,.0f} records/s, "
                   f"pipeline {pipe['records_per_s']:,.0f} records/s", file=sys.stderr, flush=True)
             if round_no > 0:
                 passthrough.append(ceil)
                 pipeline.append(pipe)
-                if learned:
+                if learned is not None:
                     volume.append(vol)
                     analytics_only.append(ana)
 
@@ -281,12 +379,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  (producing the input took {produce_s:.1f} s; per run: "
           f"pipeline {statistics.median(r['seconds'] for r in pipeline):.1f} s, "
           f"{pipeline[0]['commits']} transactions, {sum(r['aborts'] for r in pipeline)} aborts)")
+    for name, shares in profiles.items():
+        print(f"  where the CPU went, {name} (round {args.rounds}, perf record -a, busy window): "
+              + ", ".join(f"{k} {v:.1%}" for k, v in shares.items() if v >= 0.005))
     if args.json:
         print(json.dumps({"records": args.records, "batch_size": args.batch_size, "cpus": cpus,
                           "passthrough_records_per_s": round(ceiling), "pipeline_records_per_s": round(e2e),
                           "ratio": round(ratio, 3), "core_alone_records_per_s": round(core_rate),
                           "rounds": {"passthrough": passthrough, "pipeline": pipeline, "volume": volume,
-                                     "analytics_only": analytics_only}}))
+                                     "analytics_only": analytics_only}, "profiles": profiles}))
     return 0
 
 
