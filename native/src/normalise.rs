@@ -389,16 +389,20 @@ fn num(b: &[u8]) -> Option<u32> {
 /// Microseconds since the epoch (UTC) for the common time shapes; `None` = pending.
 ///
 /// ISO-8601 `YYYY-MM-DD[T ]HH:MM:SS[.f]` with `Z`, `±HH:MM`, `±HHMM`, `±HH` or no offset (naive =
-/// UTC; the space-separated form is what switches and Asterisk write), and
-/// epoch seconds, milliseconds or microseconds told apart by their integer digit count (whole,
-/// within the range where every value is exact, or with a fraction).
+/// UTC; the space-separated form is what switches and Asterisk write), the compact
+/// `YYYYMMDDhhmmss` (exactly 14 digits, naive = UTC), and epoch seconds, milliseconds or
+/// microseconds told apart by their integer digit count (1-11, 12-13, 15-16; whole, within the
+/// range where every value is exact, or with a fraction).
 pub fn time_fast(raw: &str) -> Option<i64> {
     let b = raw.as_bytes();
     if !b.is_empty() && b.iter().all(u8::is_ascii_digit) {
+        if b.len() == 14 {
+            return compact_time(b);
+        }
         let v: i64 = raw.parse().ok()?;
         return match b.len() {
             1..=11 if v < 9_007_199_254 => Some(v * 1_000_000),
-            12..=14 if v < 9_007_199_254_740 => Some(v * 1_000),
+            12..=13 if v < 9_007_199_254_740 => Some(v * 1_000),
             15..=16 if v < 9_007_199_254_740_992 => Some(v),
             _ => None,
         };
@@ -408,7 +412,7 @@ pub fn time_fast(raw: &str) -> Option<i64> {
             // A fractional epoch, as the exact reader takes it: the f64 value times the unit's
             // scale, truncated (told apart by the integer digits, as above).
             let v: f64 = raw.parse().ok()?;
-            let scale = match dot { 1..=11 => 1e6, 12..=14 => 1e3, _ => 1.0 };
+            let scale = match dot { 1..=11 => 1e6, 12..=13 => 1e3, 14 => return None, _ => 1.0 };
             return Some((v * scale) as i64);
         }
     }
@@ -460,6 +464,18 @@ pub fn time_fast(raw: &str) -> Option<i64> {
     let date = NaiveDate::from_ymd_opt(y as i32, mo, d)?;
     let secs = date.and_hms_opt(h, mi, s)?.and_utc().timestamp() - offset_secs;
     Some(secs * 1_000_000 + micros)
+}
+
+/// `YYYYMMDDhhmmss`, naive = UTC, as the exact reader takes it; `None` (pending) for what it must
+/// judge itself: an impossible date or time (a leap second it rolls over), the year 0.
+fn compact_time(b: &[u8]) -> Option<i64> {
+    let field = |at: usize, len: usize| num(&b[at..at + len]);
+    let (y, mo, d, h, mi, s) = (field(0, 4)?, field(4, 2)?, field(6, 2)?, field(8, 2)?, field(10, 2)?, field(12, 2)?);
+    if y < 1 {
+        return None;
+    }
+    let t = NaiveDate::from_ymd_opt(y as i32, mo, d)?.and_hms_opt(h, mi, s)?;
+    Some(t.and_utc().timestamp() * 1_000_000)
 }
 
 /// Whether the exact reader (Python's `parse_times`) certainly finds no time in `raw`, so the value
@@ -617,6 +633,15 @@ mod tests {
             assert_eq!(time_fast(pending), None, "{pending}");
         }
         assert_eq!(time_fast("2026-02-30T03:04:05Z"), None);
+        // 14 digits are the compact date-time, never a millisecond epoch (that would be after 2286).
+        assert_eq!(time_fast("20260102030405"), Some(1_767_323_045_000_000));
+        assert_eq!(time_fast("20240229235959"), Some(1_709_251_199_000_000));
+        for pending in ["20260229000000", "20261301000000", "20261100000000", "20261101240000", "20261231235960",
+                        "00000101000000", "20260102030405.5"] {
+            assert_eq!(time_fast(pending), None, "{pending}");
+        }
+        assert_eq!(time_fast("9007199254739"), Some(9_007_199_254_739_000));
+        assert_eq!(time_fast("9007199254740"), None);
         let mut out = Vec::new();
         assert!(coarsened(1_767_323_045_500_000, 3_600_000_000, &mut out));
         assert_eq!(out, b"2026-01-02T03:00:00Z");

@@ -58,6 +58,8 @@ _EXTENSION = r"^(.*\d)\s*(?i:x|ext\.?)\s*\d{1,6}$"
 #: A date-time followed by an offset and a zone name (Go's ``time.Time.String()``): keep the offset.
 _OFFSET_AND_NAME = r"^(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s*([+-]\d{2}:?\d{2})\s+[A-Za-z]{2,5}$"
 _NAIVE_TIME = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?$"
+#: ``YYYYMMDDhhmmss``, naive: exactly 14 digits (the router never reads those as a millisecond epoch).
+_COMPACT_TIME = r"^\d{14}$"
 ISO_OUT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 DURATION_FACTORS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
@@ -113,7 +115,8 @@ def ip_text(e: pl.Expr) -> pl.Expr:
 def time_text(e: pl.Expr, time_format: str | None = None, timezone: str | None = None) -> pl.Expr:
     """A time text the router reads: Go's ``+0000 UTC`` suffix folded, ``time_format`` parsed, local zone applied.
 
-    Epoch, micro-epoch and ISO-8601 pass unchanged (the router tells them apart). Text that no
+    Epoch, micro-epoch, ISO-8601 and the compact ``YYYYMMDDhhmmss`` pass unchanged (the router
+    tells them apart), the naive ones converted from ``timezone`` when it is set. Text that no
     rule reads is passed on unchanged, so the router rejects it as ``invalid_field``.
     """
     t = url_decoded(e.str.strip_chars(_SPACES))
@@ -125,9 +128,12 @@ def time_text(e: pl.Expr, time_format: str | None = None, timezone: str | None =
         return pl.coalesce(local.dt.convert_time_zone("UTC").dt.strftime(ISO_OUT), t)
     if timezone:
         naive = t.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", strict=False, time_unit="us")
-        naive = pl.coalesce(naive, t.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us"))
+        naive = pl.coalesce(naive, t.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us"),
+                            pl.when(t.str.contains(_COMPACT_TIME))
+                            .then(t.str.to_datetime("%Y%m%d%H%M%S", strict=False, time_unit="us")))
         local = naive.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
-        return pl.when(t.str.contains(_NAIVE_TIME)) \
+        # A naive time no calendar has (month 13) passes unchanged: the router rejects it as invalid.
+        return pl.when(naive.is_not_null() & (t.str.contains(_NAIVE_TIME) | t.str.contains(_COMPACT_TIME))) \
             .then(local.dt.convert_time_zone("UTC").dt.strftime(ISO_OUT)).otherwise(t)
     return t
 

@@ -541,8 +541,13 @@ def test_native_equals_reference_on_a_grid_of_time_shapes(small_cores):
                                              "99999999999999", "100000000000000", "1767323045123456",
                                              "9999999999999999", "00001767323045", "12345678901234567")
               for frac in ("", ".", ".0", ".5", ".123", ".999999", ".9999999", ".1234567890123", ".5.5")]
+    # The compact YYYYMMDDhhmmss (14 digits, never a millisecond epoch): valid, impossible and edge ones.
+    compact = [f"{c}{frac}" for c in ("20261125093654", "20240229235959", "20260229000000", "20261301000000",
+                                       "20261100000000", "20261125240000", "20261125236000", "20261231235960",
+                                       "00010101000000", "00000101000000", "99991231235959")
+               for frac in ("", ".5")]
     lines = [orjson.dumps({"record_id": f"r-{i}", "cli": "+447700900123", "dialled": "+447700900456", "start": t,
-                           "duration": 5}) for i, t in enumerate(times + epochs)]
+                           "duration": 5}) for i, t in enumerate(times + epochs + compact)]
     for at in range(0, len(lines), 500):
         assert_same(small_cores, lines[at:at + 500])
 

@@ -166,6 +166,15 @@ def test_local_times_with_a_mapping_timezone(worker_keyring, tmp_path):
     assert out["duration"] == 36  # the rest of the default layout still applies
 
 
+def test_compact_local_times_take_the_mapping_timezone_too(worker_keyring, tmp_path):
+    (tmp_path / "tz.toml").write_text('[csv]\ntimezone = "America/Chicago"\n')
+    router = Router(worker_keyring, CoreConfig(format="asterisk-csv", region="US",
+                                               format_options=load_mapping(tmp_path / "tz.toml")))
+    routed = route(router, [row(start="20170620100741"), row(start="20171301100741")])
+    assert routed.analytics_frame()["start"].to_list() == ["2017-06-20T15:00:00Z"]  # as the ISO form above
+    assert routed.dlq_reasons == {"invalid_field": 1}  # month 13: invalid, not read as some other time
+
+
 def test_mapping_can_switch_duration_to_the_ringing_inclusive_column(worker_keyring, tmp_path):
     (tmp_path / "d.toml").write_text('[map]\nduration = "duration"\n')
     router = Router(worker_keyring, CoreConfig(format="asterisk-csv", region="US",
