@@ -109,6 +109,7 @@ impl PhoneMeta {
             }
             return self.msisdn(&folded, out);
         }
+        let raw = uri_user(raw);
         if self.is_e164(raw.as_bytes()) {
             out.extend_from_slice(raw.as_bytes());
             return Fast::Value(E164);
@@ -169,7 +170,7 @@ impl PhoneMeta {
     }
 
     /// The cleaned text of a number the fast path left pending, as the exact path reads it
-    /// (`PhoneNormaliser.resolve`): trimmed, `tel:` and `%2B` undone, separators removed.
+    /// (`PhoneNormaliser.resolve`): trimmed, a URI's user part taken, `%2B` undone, separators removed.
     /// None for non-ASCII text other than full-width forms, whose NFKC is Python's.
     pub fn cleaned(raw: &str) -> Option<String> {
         let mut folded = String::new();
@@ -181,15 +182,33 @@ impl PhoneMeta {
             return None;
         };
         let mut out = Vec::with_capacity(text.len());
-        clean_into(text.trim().as_bytes(), &mut out);
+        clean_into(uri_user(text).as_bytes(), &mut out);
         String::from_utf8(out).ok()
     }
 }
 
-/// `tel:` and URL-encoded `+` undone and separators (ASCII white space, `().-/`) removed, appended
-/// to `out`: the column code's `_cleaned` for ASCII text (`t` is trimmed).
-fn clean_into(t: &[u8], out: &mut Vec<u8>) {
-    let body = if t.len() >= 4 && t[..4].eq_ignore_ascii_case(b"tel:") { &t[4..] } else { t };
+/// The user part of a `sip:`, `sips:` or `tel:` URI (`sip:+447700900123@host;user=phone`,
+/// `tel:+44…;phone-context=…`, `sip:anonymous@anonymous.invalid`): what follows the scheme, up to
+/// the first `@` or `;`, trimmed; other text trimmed as it is. Switches write calling numbers as
+/// such URIs. The column code's `uri_user` does the same.
+pub fn uri_user(raw: &str) -> &str {
+    let t = raw.trim();
+    let b = t.as_bytes();
+    let scheme = ["sip:", "sips:", "tel:"]
+        .iter()
+        .find(|s| b.len() >= s.len() && b[..s.len()].eq_ignore_ascii_case(s.as_bytes()));
+    match scheme {
+        Some(s) => {
+            let body = &t[s.len()..];
+            body[..body.find(['@', ';']).unwrap_or(body.len())].trim()
+        }
+        None => t,
+    }
+}
+
+/// URL-encoded `+` undone and separators (ASCII white space, `().-/`) removed, appended to
+/// `out`: the column code's `_cleaned` for ASCII text (`t` is a URI's user part, trimmed).
+fn clean_into(body: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < body.len() {
         let c = body[i];
@@ -667,6 +686,27 @@ mod tests {
         assert_eq!(PhoneMeta::cleaned("０７７００").as_deref(), Some("07700"));
         assert_eq!(PhoneMeta::cleaned("٠٧٧٠٠"), None); // NFKC is Python's
         assert_eq!(PhoneMeta::cleaned("999").as_deref(), Some("999"));
+        assert_eq!(PhoneMeta::cleaned("SIP:+44 20 7946 0000@pbx;user=phone").as_deref(), Some("+442079460000"));
+        assert_eq!(PhoneMeta::cleaned("tel:+441234;phone-context=x").as_deref(), Some("+441234"));
+    }
+
+    #[test]
+    fn uri_user_parts() {
+        for (raw, user) in [("sip:+447700900123@192.0.2.1:5060;transport=UDP", "+447700900123"),
+                            ("sips:1001;npdi@pbx", "1001"), ("  Sip: 07700 900123 @x", "07700 900123"),
+                            ("sip:1001", "1001"), ("tel:+44;x=@y", "+44"), ("sip:@host", ""),
+                            ("sipx:1001@host", "sipx:1001@host"), ("1001@host", "1001@host"), ("tel", "tel")] {
+            assert_eq!(uri_user(raw), user, "{raw}");
+        }
+        let m = gb();
+        let mut out = Vec::new();
+        assert_eq!(m.msisdn("sip:anonymous@anonymous.invalid", &mut out), Fast::NoValue(WITHHELD));
+        assert_eq!(m.msisdn("sip:+447700900123@ims.example;user=phone", &mut out), Fast::Value(E164));
+        assert_eq!(out, b"+447700900123");
+        assert_eq!(m.msisdn("sip:alice@example.com", &mut out), Fast::Value(ALPHANUMERIC));
+        assert_eq!(out, b"ALICE");
+        assert_eq!(m.msisdn("sip:alice.smith@example.com;foo", &mut out), Fast::Value(ALPHANUMERIC));
+        assert_eq!(m.msisdn("sip:+44 7700 900123:secret@host", &mut out), Fast::Invalid);
     }
 
     #[test]

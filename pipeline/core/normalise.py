@@ -1,7 +1,7 @@
 """Canonical forms for identifiers, column at a time, so one subscriber gets one token.
 
 Phone numbers go to E.164 with a default region. The common shapes (``+44…``,
-``0044…``, ``07700 900123``, ``tel:``, separators) are settled by rules built from
+``0044…``, ``07700 900123``, ``tel:`` and ``sip:`` URIs, separators) are settled by rules built from
 ``phonenumbers``' region metadata (country code, trunk and international prefixes): in the
 native core for the hot path (:meth:`PhoneNormaliser.dialling` hands it the metadata), and
 here as Polars expressions for the vault and for the pending values the core cannot clean
@@ -33,14 +33,25 @@ WITHHELD_WORDS = ["", "anonymous", "withheld", "restricted", "private", "unknown
 DEFAULT_CACHE = 1 << 18
 
 _SEPARATORS = r"[\s().\-/\u00a0]"
+_URI = r"^(?i:sips?|tel):"
 #: Every calling code libphonenumber knows (``44``, ``1``, ``353``…).
 COUNTRY_CODES = frozenset(str(cc) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 
 
+def uri_user(text: pl.Expr) -> pl.Expr:
+    """The user part of a ``sip:``, ``sips:`` or ``tel:`` URI, stripped; other text as it is (``text`` is stripped).
+
+    Switches write calling numbers as ``sip:+447700900123@host;user=phone``, ``tel:+44…;phone-context=…``
+    or ``sip:anonymous@anonymous.invalid``: the number (or withheld word) is what follows the
+    scheme, up to the first ``@`` or ``;``. The native core's ``uri_user`` does the same.
+    """
+    return pl.when(text.str.contains(_URI)).then(text.str.extract(_URI + "([^@;]*)", 1).str.strip_chars()) \
+        .otherwise(text)
+
+
 def _cleaned(text: pl.Expr) -> pl.Expr:
-    """``tel:`` and URL-encoded ``+`` undone, separators removed (``text`` is NFKC'd and stripped)."""
-    text = text.str.replace(r"^(?i)tel:", "").str.replace_all(r"(?i)%2B", "+")
-    return text.str.replace_all(_SEPARATORS, "")
+    """URL-encoded ``+`` undone, separators removed (``text`` is a URI's user part, NFKC'd and stripped)."""
+    return text.str.replace_all(r"(?i)%2B", "+").str.replace_all(_SEPARATORS, "")
 
 
 def nfkc_where_needed(frame: pl.DataFrame, column: str, out: str) -> pl.DataFrame:
@@ -150,7 +161,7 @@ class PhoneNormaliser:
         """Exact resolution of one cleaned value with ``phonenumbers``: ``(value, class)``.
 
         Called as :attr:`resolve`, a cache of it per normaliser, with the text the column steps
-        (or the native core's same steps) left: trimmed, ``tel:`` and ``%2B`` undone, no separators.
+        (or the native core's same steps) left: trimmed, a URI's user part, ``%2B`` undone, no separators.
         """
         digits = text[1:] if text.startswith("+") else text
         if not digits.isdigit() or not digits.isascii():
@@ -193,7 +204,7 @@ class PhoneNormaliser:
 
     def _cleaned_answers(self, distinct: pl.Series) -> pl.DataFrame:
         """Answers for values that need cleaning, prefixes or ``phonenumbers``."""
-        frame = nfkc_where_needed(distinct.to_frame(), "raw", "t").with_columns(pl.col("t").str.strip_chars())
+        frame = nfkc_where_needed(distinct.to_frame(), "raw", "t").with_columns(uri_user(pl.col("t").str.strip_chars()))
         frame = frame.with_columns(
             _cleaned(pl.col("t")).alias("d"),
             pl.col("t").str.to_lowercase().is_in(WITHHELD_WORDS).alias("withheld"),

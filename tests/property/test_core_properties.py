@@ -24,7 +24,7 @@ def gb_mobile(draw):
     nsn = "7" + "".join(draw(st.lists(st.sampled_from("0123456789"), min_size=9, max_size=9)))
     form = draw(st.sampled_from([
         "0{a} {b}", "+44 {a} {b}", "0044{a}{b}", "tel:+44{a}{b}", "(+44) {a}-{b}", "44{a}{b}", "0{a}{b}",
-        "+44.{a}.{b}", "%2B44{a}{b}"]))
+        "+44.{a}.{b}", "%2B44{a}{b}", "sip:+44{a}{b}@ims.example;user=phone", "SIPS:0{a} {b}@192.0.2.1:5061"]))
     written = form.format(a=nsn[:4], b=nsn[4:])
     if draw(st.booleans()):
         written = written.translate({ord(c): 0xFF10 + int(c) for c in "0123456789"})  # full-width digits

@@ -120,11 +120,14 @@ def phone(draw):
         "+44{n}", "0{a} {b}", "+44 {a} {b}", "0044{n}", "0044 {n}", "tel:+44{n}", "TEL:+44-{a}-{b}", "(+44) {a}-{b}",
         "44{n}", "0{n}", "+44.{a}.{b}", "%2B44{n}", "%2b44{n}", "+44 0{n}", "+1415555{s}", "+49151{s}23",
         "00353 87{s}12", "+999{s}12", "{s}", "999", "112", "17070", "1001", "+44{a}", "0{a}", "+{n}",
-        "0 0 4 4 {n}", "0044-0{n}", "++44{n}", "+44{n}0000"]))
+        "0 0 4 4 {n}", "0044-0{n}", "++44{n}", "+44{n}0000", "sip:+44{n}@ims.example;user=phone",
+        "sip:0{n}@192.0.2.1:5060", "SIPS:0{a} {b};npdi@pbx", "tel:+44{n};phone-context=+44", "sip: 0{n} @x",
+        "sip:+44{n}:secret@host", "sip:{s}", "sipx:0{n}@x"]))
     text = form.format(n=nsn, a=nsn[:4], b=nsn[4:], s=nsn[-4:])
     special = draw(st.sampled_from([None] * 6 + ["anonymous", "Withheld", "", " ", "Restricted", "unknown",
                                                 "no caller id", "Monzo", "HSBC UK", "Royal Mail", "a&b.c-d'e",
-                                                "ABCDEFGHIJKL", "x", "1a", "EE"]))
+                                                "ABCDEFGHIJKL", "x", "1a", "EE", "sip:anonymous@anonymous.invalid",
+                                                "sip:Alice@example.com", "sip:@host", "tel:", "Tel:Withheld"]))
     if special is not None:
         text = special
     if draw(st.integers(0, 4)) == 0:

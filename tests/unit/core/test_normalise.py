@@ -15,7 +15,9 @@ from pipeline.core.normalise import (
 
 SAME_GB_NUMBER = ["07700 900123", "07700900123", "+44 7700 900123", "0044 7700900123", "tel:+447700900123",
                   "\uff10\uff17\uff17\uff10\uff10 \uff19\uff10\uff10\uff11\uff12\uff13", "(+44) 7700-900123",
-                  "+44 (0)7700 900123", "447700900123", "%2B447700900123", "+44.7700.900.123"]
+                  "+44 (0)7700 900123", "447700900123", "%2B447700900123", "+44.7700.900.123",
+                  "sip:+447700900123@ims.example.net;user=phone", "SIPS:07700 900123@192.0.2.1:5061",
+                  "tel:+44-7700-900123;phone-context=+44"]
 
 
 def normalise_ips(raw: pl.Series) -> pl.Series:
@@ -47,6 +49,10 @@ def test_gb_formats_share_one_e164():
     ("0039 06 1234 5678", "+390612345678", E164),  # Italy keeps its leading zero
     ("{\"a\": 1}", None, None),
     ("sip:not a number", None, None),
+    ("sip:anonymous@anonymous.invalid", None, WITHHELD),  # RFC 3323's withheld caller
+    ("sip:alice@example.com", "ALICE", ALPHANUMERIC),
+    ("sip:1001@pbx.example", "1001", EXTENSION),
+    ("sip:+44 7700 900123:secret@host", None, None),  # a password is not part of the number
 ])
 def test_classes(raw, value, cls):
     out = _norm([raw])
