@@ -78,6 +78,20 @@ def _compressed(head: bytes) -> Look | None:
     return None
 
 
+def _utf16(head: bytes) -> Look | None:
+    """UTF-16 text (Windows exports): a byte-order mark, or ASCII characters each beside a zero byte.
+
+    Only that pattern: other binary data with many zero bytes (a database file) stays ``binary``.
+    """
+    h = head[:64][:len(head[:64]) // 2 * 2]
+    ascii_pairs = len(h) >= 8 and any(not any(zeros) and all(9 <= c < 127 for c in text)
+                                      for zeros, text in ((h[1::2], h[0::2]), (h[0::2], h[1::2])))
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or ascii_pairs:
+        return Look(None, "UTF-16 text, not UTF-8",
+                    "convert it first (iconv -f UTF-16 -t UTF-8 FILE | cdrpipe process --input - …)", "utf-16")
+    return None
+
+
 def _one(record: bytes) -> str | None:
     """The look of one record (a key of :data:`LOOKS`), or None when it says nothing."""
     record = record.strip()
@@ -125,9 +139,9 @@ def sniff(records: Sequence[bytes]) -> Look | None:
     if not sample:
         return None
     first = sample[0].lstrip()
-    compressed = _compressed(first)
-    if compressed is not None:
-        return compressed
+    encoded = _compressed(first) or _utf16(first)
+    if encoded is not None:
+        return encoded
     if first.strip() in (b"{", b"["):  # a pretty-printed document, cut into lines
         return LOOKS["freeswitch-json"] if any(_FREESWITCH_TEXT.search(r) for r in sample) else LOOKS["pretty-json"]
     votes = Counter(_one(r) for r in sample)

@@ -93,6 +93,8 @@ def test_jsonl_given_to_asterisk_csv_stops_with_use_jsonl(keyring, tmp_path, cap
     (_csv_with_header(25), "jsonl", "use --format csv --mapping FILE"),
     (_asterisk_rows(40), "acc", "use --format asterisk-csv"),
     (gzip.compress(_asterisk_rows(40)), "asterisk-csv", "decompress it first"),
+    (_asterisk_rows(40).decode().encode("utf-16"), "asterisk-csv", "iconv -f UTF-16 -t UTF-8"),
+    (_acc_rows(30).decode().encode("utf-16-le"), "acc", "iconv -f UTF-16 -t UTF-8"),  # no byte-order mark
 ])
 def test_other_formats_name_the_format_that_reads_them(keyring, tmp_path, capsys, data, fmt, hint) -> None:
     line = _stopped(*_run(keyring, tmp_path, capsys, data, fmt), tmp_path)
@@ -150,6 +152,10 @@ def test_a_wrong_format_after_the_first_batch_is_left_to_the_dlq(keyring, tmp_pa
      "freeswitch-json"),  # a Kafka message holding one pretty-printed document
     ([b'{"cli":"+447911123456","dialled":"+442079460321"}'] * 5, "asterisk-csv", "jsonl"),
     ([b"\x00\x9f\x92\x96binary\xff"] * 5, "jsonl", "binary"),
+    (b'{"cli":"+447911123456","dialled":"+442079460321"}\n'.decode().encode("utf-16").split(b"\n"), "jsonl",
+     "utf-16"),
+    ([b"SQLite format 3\x00\x10\x00\x01\x01\x00@  \x00\x00\x00\x02\x00\x00\x00\x9f" + bytes(40)] * 3, "jsonl",
+     "binary"),  # zero bytes, but not beside ASCII characters
 ])
 def test_messages_look_like_their_format(records, expected, look) -> None:
     seen = sniff(records)
