@@ -29,8 +29,9 @@ from pipeline.lazy import polars as pl
 
 from pipeline.core.times import parse_times
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed
-from pipeline.formats.common import ACC_IN_CALL_REQUEST, ACC_UNPAIRED_INVITE, HEADER_LINE, empty_frame
-from pipeline.formats.csv_mapped import Layout, MappingSpec, header_mask, read_rows, resolve, source_expr, to_raw
+from pipeline.formats.common import ACC_IN_CALL_REQUEST, ACC_UNPAIRED_INVITE, empty_frame
+from pipeline.formats.csv_mapped import (Layout, MappingSpec, read_rows, resolve, source_expr, to_raw,
+                                         without_headers)
 
 COLUMNS = ("method", "from_tag", "to_tag", "callid", "sip_code", "sip_reason", "time", "src_user", "src_domain",
            "src_ip", "dst_ouser", "dst_user", "dst_domain")
@@ -64,12 +65,7 @@ def parse_acc(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataTyp
     if not records:
         return Parsed(empty_frame(schema), [], [])
     layout = resolve(DEFAULT, mapping)
-    cells, reject_rows, reject_reasons = read_rows(records, buf, layout, max_bytes)
-    if layout.header and cells.height:
-        is_header = cells.select(header_mask(layout).fill_null(False).alias("h"))["h"]
-        reject_rows += cells.filter(is_header)["row"].to_list()
-        reject_reasons += [HEADER_LINE] * int(is_header.sum())
-        cells = cells.filter(~is_header)
+    cells, reject_rows, reject_reasons = without_headers(*read_rows(records, buf, layout, max_bytes), layout)
     method = _mapped("acc_method", layout).str.to_uppercase()
     code = _mapped("acc_sip_code", layout).str.extract(r"^(\d{3})", 1).cast(pl.Int32)
     callid = _mapped("acc_callid", layout)

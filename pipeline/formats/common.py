@@ -22,6 +22,7 @@ INVALID_CSV = "invalid_csv"
 WRONG_COLUMN_COUNT = "wrong_column_count"
 COMMENT_LINE = "comment_line"
 HEADER_LINE = "header_line"
+HEADER_MISMATCH = "header_mismatch"
 ACC_IN_CALL_REQUEST = "acc_in_call_request"
 ACC_UNPAIRED_INVITE = "acc_unpaired_invite"
 NOT_JSON_CDR = "not_json_cdr"
@@ -32,6 +33,8 @@ FORMAT_REASON_DETAIL = {
     WRONG_COLUMN_COUNT: "the row has a different number of columns than the format or mapping expects",
     COMMENT_LINE: "a comment line (starts with the mapping's comment character): kept in retention, not a call",
     HEADER_LINE: "the CSV header row: kept in retention, not a call",
+    HEADER_MISMATCH: "a CSV header row naming the mapping's columns in another order: the rows are read in the "
+                     "wrong columns; list `columns` in the mapping in the file's order",
     ACC_IN_CALL_REQUEST: "an accounting row for a request inside a call (ACK, BYE, CANCEL...): its time is merged "
                          "into the call's INVITE record when both are in one batch; kept in retention, not a call",
     ACC_UNPAIRED_INVITE: "an answered INVITE with no BYE in the same batch and no duration column, so the call's "

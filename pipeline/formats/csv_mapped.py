@@ -28,7 +28,7 @@ from pipeline.lazy import polars as pl
 
 from pipeline.core.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, Parsed
 from pipeline.formats.common import (
-    COMMENT_LINE, DURATION_FACTORS, EMPTY, HEADER_LINE, INVALID_CSV, NON_VOICE_CALL_TYPES, TOO_LARGE,
+    COMMENT_LINE, DURATION_FACTORS, EMPTY, HEADER_LINE, HEADER_MISMATCH, INVALID_CSV, NON_VOICE_CALL_TYPES, TOO_LARGE,
     WRONG_COLUMN_COUNT, blank_to_null, empty_frame, enum_text, field_text, number_text, record_lines, row_hash)
 
 _CHUNK_LINES = 1 << 16
@@ -431,13 +431,29 @@ def _chosen(idx: tuple[int, ...]) -> pl.Expr:
     return pl.coalesce([blank_to_null(v) for v in values] + [values[0]])
 
 
+def _header_cell(i: int) -> pl.Expr:
+    return pl.col(f"c{i}").str.strip_chars(" \t").str.to_lowercase()
+
+
 def header_mask(layout: Layout) -> pl.Expr:
     """Rows whose mapped cells are the header's own column names (case-insensitive)."""
     used = sorted({i for _t, idx in layout.targets for i in idx})
     mask = pl.lit(True)
     for i in used:
-        mask = mask & (pl.col(f"c{i}").str.strip_chars(" \t").str.to_lowercase() == layout.columns[i].lower())
+        mask = mask & (_header_cell(i) == layout.columns[i].lower())
     return mask
+
+
+def reordered_header_mask(layout: Layout) -> pl.Expr:
+    """Rows holding exactly the names of ``columns`` (case-insensitive), in some order.
+
+    Such a row that is not :func:`header_mask`'s is the file's header in another order than the
+    mapping's: every row after it would be read in the wrong columns (a swapped cli and dialled
+    still look valid), so it is a reject of its own and ``cdrpipe process`` stops on it.
+    """
+    names = sorted(c.lower() for c in layout.columns)
+    cells = pl.concat_list([_header_cell(i).fill_null("") for i in range(len(names))])
+    return cells.list.sort().list.join("\x1f") == "\x1f".join(names)
 
 
 def to_raw(cells: pl.DataFrame, layout: Layout, schema: dict[str, pl.DataType],
@@ -510,13 +526,21 @@ def parse_delimited(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.D
     """Rows of a delimited batch as raw v1 columns, header rows and bad rows as rejects."""
     if not records:
         return Parsed(empty_frame(schema), [], [])
-    cells, reject_rows, reject_reasons = read_rows(records, buf, layout, max_bytes)
-    if layout.header and cells.height:
-        is_header = cells.select(header_mask(layout).fill_null(False).alias("h"))["h"]
-        reject_rows += cells.filter(is_header)["row"].to_list()
-        reject_reasons += [HEADER_LINE] * int(is_header.sum())
-        cells = cells.filter(~is_header)
+    cells, reject_rows, reject_reasons = without_headers(*read_rows(records, buf, layout, max_bytes), layout)
     return Parsed(to_raw(cells, layout, schema), reject_rows, reject_reasons)
+
+
+def without_headers(cells: pl.DataFrame, reject_rows: list[int], reject_reasons: list[str],
+                    layout: Layout) -> tuple[pl.DataFrame, list[int], list[str]]:
+    """:func:`read_rows`'s result with header rows moved to the rejects (``header_line``, ``header_mismatch``)."""
+    if layout.header and cells.height:
+        found = cells.select(header_mask(layout).fill_null(False).alias("h"),
+                             reordered_header_mask(layout).fill_null(False).alias("r"))
+        for reason, mask in ((HEADER_LINE, found["h"]), (HEADER_MISMATCH, found["r"] & ~found["h"])):
+            reject_rows += cells.filter(mask)["row"].to_list()
+            reject_reasons += [reason] * int(mask.sum())
+        cells = cells.filter(~(found["h"] | found["r"]))
+    return cells, reject_rows, reject_reasons
 
 
 def parse_csv(records: Sequence[bytes], buf: bytes, schema: dict[str, pl.DataType], *,

@@ -25,6 +25,7 @@ import orjson
 
 from pipeline._native import count_newlines
 from pipeline.core.router import Router, Source, Suppressions
+from pipeline.formats.common import HEADER_MISMATCH
 from pipeline.formats.sniff import format_mismatch
 from pipeline.runners import inputs
 from pipeline.runners.direct import DirectWriter, enable
@@ -315,8 +316,17 @@ def input_sample(path: str, size: int = 64 << 10) -> list[bytes]:
 
 
 def first_batch_check(fmt: str, sample: list[bytes]) -> Callable[[Mapping[str, int], Mapping[str, int]], None]:
-    """A ``process_file`` hook that stops the run when the first batch was all rejected for its format."""
+    """A ``process_file`` hook that stops the run when the first batch was all rejected for its format.
+
+    It also stops on a CSV header in another order than the mapping's ``columns``
+    (``header_mismatch``): the rows after it would be read in the wrong columns, and some of them
+    (a swapped cli and dialled) would still pass as valid records.
+    """
     def check(counts: Mapping[str, int], reasons: Mapping[str, int]) -> None:
+        if reasons.get(HEADER_MISMATCH):
+            raise FormatMismatch("the first batch's CSV header row names the mapping's columns in another order, "
+                                 "so every row would be read in the wrong columns: list `columns` in the mapping in "
+                                 "the file's order (docs/formats.md); no output was written")
         if counts.get("in", 0) and counts.get("dlq", 0) == counts["in"]:
             hint = format_mismatch(fmt, sample, reasons)
             if hint:

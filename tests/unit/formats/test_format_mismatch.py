@@ -101,6 +101,19 @@ def test_other_formats_name_the_format_that_reads_them(keyring, tmp_path, capsys
     assert f"could be read as --format {fmt}" in line and hint in line
 
 
+def test_a_csv_header_in_another_order_than_the_mapping_stops_the_run(keyring, tmp_path, capsys) -> None:
+    mapping = tmp_path / "m.toml"
+    mapping.write_text('[csv]\nheader = true\ncolumns = ["id", "from", "to", "when", "secs"]\n\n'
+                       '[map]\nid = "record_id"\nfrom = "cli"\nto = "dialled"\nwhen = "start"\nsecs = "duration"\n')
+    rows = b"".join(b"a%d,+44%s,+447700900%03d,1436454408,5\n" % (i, NUMBER.encode(), i) for i in range(20))
+    # cli and dialled swapped in the file: every row would still be valid, the wrong way round
+    swapped = b"id,to,from,when,secs\n" + rows
+    line = _stopped(*_run(keyring, tmp_path, capsys, swapped, "csv", "--mapping", str(mapping)), tmp_path)
+    assert "names the mapping's columns in another order" in line and "list `columns`" in line
+    code, out, _ = _run(keyring, tmp_path, capsys, b"id,from,to,when,secs\n" + rows, "csv", "--mapping", str(mapping))
+    assert code == EXIT_OK and json.loads(out.splitlines()[-1])["analytics"] == 20
+
+
 def test_a_pretty_printed_document_given_to_jsonl(keyring, tmp_path, capsys) -> None:
     doc = json.dumps({"variables": {"uuid": "c1", "caller_id_number": NUMBER}, "callflow": []}, indent=2).encode()
     line = _stopped(*_run(keyring, tmp_path, capsys, doc, "jsonl"), tmp_path)

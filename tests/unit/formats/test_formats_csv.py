@@ -46,6 +46,16 @@ def test_header_comment_trailing_delimiter_and_blank_lines(tmp_path):
     assert parsed.frame["duration"].to_list() == ["5", "6"]
 
 
+def test_a_header_in_another_order_is_its_own_reject(tmp_path):
+    """The file's header names the mapping's columns in another order: its rows would be read in the wrong columns."""
+    lines = [b"ID;To;From;when;secs;addr", b"a1;1002;1001;1436454408;5;10.0.0.1", b"id;from;to;when;secs;addr",
+             b"from;to;id;when;secs;other"]
+    parsed = parse(tmp_path, lines)
+    reasons = dict(zip(parsed.reject_rows, parsed.reject_reasons))
+    assert reasons == {0: "header_mismatch", 2: "header_line"}
+    assert parsed.frame["row"].to_list() == [1, 3]  # other names, or the same ones with one changed: a row
+
+
 @pytest.mark.parametrize("value", [
     "+44 7700 900123", "sip:+447700900123@192.0.2.1:5060;transport=UDP", "+447700900123@gw.example",
     "%2B447700900123", "%2B447700900123%40192.0.2.1", '"Alice" <sip:+447700900123@192.0.2.1>;tag=ab12',
