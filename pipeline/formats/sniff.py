@@ -67,6 +67,9 @@ LOOKS = {
                         "compact it to one object a line (jq -c . FILE > FILE.jsonl), then use --format jsonl",
                         "pretty-json"),
     "binary": Look(None, "binary data, not text", "check the input (a compressed or unrelated file?)", "binary"),
+    "cr-line-ends": Look(None, "text whose lines end in a carriage return alone (classic Mac), read as one line",
+                         "convert the line ends first (tr '\\r' '\\n' < FILE | cdrpipe process --input - …)",
+                         "cr-line-ends"),
 }
 
 
@@ -142,6 +145,8 @@ def sniff(records: Sequence[bytes]) -> Look | None:
     encoded = _compressed(first) or _utf16(first)
     if encoded is not None:
         return encoded
+    if first.rstrip(b"\r").count(b"\r") >= 2:  # CR-only line ends: the whole file reads as one line
+        return LOOKS["cr-line-ends"]
     if first.strip() in (b"{", b"["):  # a pretty-printed document, cut into lines
         return LOOKS["freeswitch-json"] if any(_FREESWITCH_TEXT.search(r) for r in sample) else LOOKS["pretty-json"]
     votes = Counter(_one(r) for r in sample)

@@ -51,6 +51,11 @@ def _freeswitch_lines(n: int) -> bytes:
                     + b"\n" for i in range(n))
 
 
+def _jsonl_lines(n: int) -> bytes:
+    return b"".join(json.dumps({"record_id": f"r{i}", "cli": f"+44{NUMBER}", "dialled": "+442079460321",
+                                "start": "2026-11-25T10:00:00Z", "duration": i}).encode() + b"\n" for i in range(n))
+
+
 def _csv_with_header(n: int) -> bytes:
     return ("when;caller;callee;secs\n" + "".join(f"2026-11-25 10:00:{i:02d};+44{NUMBER};+442079460321;{i}\n"
                                                  for i in range(n))).encode()
@@ -95,6 +100,8 @@ def test_jsonl_given_to_asterisk_csv_stops_with_use_jsonl(keyring, tmp_path, cap
     (gzip.compress(_asterisk_rows(40)), "asterisk-csv", "decompress it first"),
     (_asterisk_rows(40).decode().encode("utf-16"), "asterisk-csv", "iconv -f UTF-16 -t UTF-8"),
     (_acc_rows(30).decode().encode("utf-16-le"), "acc", "iconv -f UTF-16 -t UTF-8"),  # no byte-order mark
+    (_asterisk_rows(40).replace(b"\n", b"\r"), "asterisk-csv", "tr '\\r' '\\n'"),  # classic Mac line ends
+    (_jsonl_lines(30).replace(b"\n", b"\r"), "jsonl", "carriage return alone"),
 ])
 def test_other_formats_name_the_format_that_reads_them(keyring, tmp_path, capsys, data, fmt, hint) -> None:
     line = _stopped(*_run(keyring, tmp_path, capsys, data, fmt), tmp_path)
