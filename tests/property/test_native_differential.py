@@ -122,7 +122,7 @@ def phone(draw):
         "00353 87{s}12", "+999{s}12", "{s}", "999", "112", "17070", "1001", "+44{a}", "0{a}", "+{n}",
         "0 0 4 4 {n}", "0044-0{n}", "++44{n}", "+44{n}0000", "sip:+44{n}@ims.example;user=phone",
         "sip:0{n}@192.0.2.1:5060", "SIPS:0{a} {b};npdi@pbx", "tel:+44{n};phone-context=+44", "sip: 0{n} @x",
-        "sip:+44{n}:secret@host", "sip:{s}", "sipx:0{n}@x"]))
+        "sip:+44{n}:secret@host", "sip:{s}", "sipx:0{n}@x", "sip:+44{n}@bücher.example", "ｓｉｐ:0{n}@x"]))
     text = form.format(n=nsn, a=nsn[:4], b=nsn[4:], s=nsn[-4:])
     special = draw(st.sampled_from([None] * 6 + ["anonymous", "Withheld", "", " ", "Restricted", "unknown",
                                                 "no caller id", "Monzo", "HSBC UK", "Royal Mail", "a&b.c-d'e",
