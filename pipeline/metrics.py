@@ -141,7 +141,8 @@ class WorkerMetrics(_Metrics):
         self.assigned = Gauge("cdrpipe_assigned_partitions", "Input partitions this worker owns", registry=r)
         self.format_mismatch = Counter("cdrpipe_format_mismatch_batches",
                                        "Committed batches in which no record could be read as --format, by what the "
-                                       "records look like (a wrong --format, or a producer writing another format)",
+                                       "records look like (a wrong --format, or a producer writing another format); "
+                                       "looks_like header_mismatch: a CSV header in another order than the mapping",
                                        ["looks_like"], registry=r)
         self.format_mismatch_now = Gauge("cdrpipe_format_mismatch",
                                          "1 while the last batch read no record as --format and looked like another "

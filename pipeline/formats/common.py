@@ -27,6 +27,10 @@ ACC_IN_CALL_REQUEST = "acc_in_call_request"
 ACC_UNPAIRED_INVITE = "acc_unpaired_invite"
 NOT_JSON_CDR = "not_json_cdr"
 
+#: What to do about a ``header_mismatch`` (the file runner stops on it, the Kafka worker warns).
+HEADER_MISMATCH_HINT = ("a CSV header row names the mapping's columns in another order, so the rows are read in the "
+                        "wrong columns: list `columns` in the mapping in the file's order (docs/formats.md)")
+
 #: Fixed, value-free texts for the DLQ ``detail`` of each adapter reason (merge into the router's lookup).
 FORMAT_REASON_DETAIL = {
     INVALID_CSV: "the record is not a well-formed delimited row (unbalanced quote, or text after a closing quote)",

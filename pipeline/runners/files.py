@@ -25,7 +25,7 @@ import orjson
 
 from pipeline._native import count_newlines
 from pipeline.core.router import Router, Source, Suppressions
-from pipeline.formats.common import HEADER_MISMATCH
+from pipeline.formats.common import HEADER_MISMATCH, HEADER_MISMATCH_HINT
 from pipeline.formats.sniff import format_mismatch
 from pipeline.runners import inputs
 from pipeline.runners.direct import DirectWriter, enable
@@ -324,9 +324,7 @@ def first_batch_check(fmt: str, sample: list[bytes]) -> Callable[[Mapping[str, i
     """
     def check(counts: Mapping[str, int], reasons: Mapping[str, int]) -> None:
         if reasons.get(HEADER_MISMATCH):
-            raise FormatMismatch("the first batch's CSV header row names the mapping's columns in another order, "
-                                 "so every row would be read in the wrong columns: list `columns` in the mapping in "
-                                 "the file's order (docs/formats.md); no output was written")
+            raise FormatMismatch(f"{HEADER_MISMATCH_HINT}; no output was written")
         if counts.get("in", 0) and counts.get("dlq", 0) == counts["in"]:
             hint = format_mismatch(fmt, sample, reasons)
             if hint:

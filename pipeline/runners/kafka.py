@@ -71,6 +71,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from pipeline.errors import FatalError, UsageError
 from pipeline.core.router import Output, RoutedBatch, Router, Source
 from pipeline.metrics import WorkerMetrics, partition_lags
+from pipeline.formats.common import HEADER_MISMATCH, HEADER_MISMATCH_HINT
 from pipeline.formats.sniff import format_mismatch, sniff
 from pipeline.runners.files import NULLED, RunTotals
 from pipeline.topics import RAW, Topics
@@ -699,17 +700,18 @@ class TransactionLoop:
             self._warn_format(*batch.format_hint)
 
     def _warn_format(self, looks_like: str, hint: str) -> None:
-        """Log a batch that no record of was readable as --format: at once, then at most once a minute.
+        """Log a batch of another format (or a CSV header in another order): at once, then at most once a minute.
 
-        The worker keeps running: the records are in the DLQ and retention, and a producer that
-        changed format may change back; the metric ``cdrpipe_format_mismatch_batches`` counts them.
+        The worker keeps running: the records are in the DLQ and retention (a header's rows as read),
+        and a producer that changed format may change back; the metric
+        ``cdrpipe_format_mismatch_batches`` counts them.
         """
         now = time.monotonic()
         last_look, last_at = self._format_warned
         if looks_like == last_look and now - last_at < FORMAT_WARNING_SECONDS:
             return
         self._format_warned = (looks_like, now)
-        log.warning("worker %s: %s; the records went to the DLQ and retention, the worker keeps running "
+        log.warning("worker %s: %s; the worker keeps running "
                     "(metric cdrpipe_format_mismatch_batches_total)", self.settings.worker_id, hint)
 
     def _route(self, msgs: list[Message]) -> _Batch | None:
@@ -739,7 +741,10 @@ class TransactionLoop:
                                    unit="messages")
             if hint is not None:
                 look = sniff(values)
-                batch.format_hint = (look.label if look is not None else "unknown", hint)
+                batch.format_hint = (look.label if look is not None else "unknown",
+                                     f"{hint}; the records went to the DLQ and retention")
+        elif routed.dlq_reasons.get(HEADER_MISMATCH):  # the rows after it are read in the wrong columns
+            batch.format_hint = (HEADER_MISMATCH, f"{HEADER_MISMATCH_HINT}; the batch was routed as read")
         return batch
 
     def _rewind_now(self, dropped: _Batch | None) -> None:

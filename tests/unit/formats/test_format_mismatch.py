@@ -223,3 +223,45 @@ def test_the_worker_warns_and_counts_a_batch_of_another_format_and_keeps_going(w
     assert value("cdrpipe_format_mismatch_batches_total", {"looks_like": "jsonl"}) == 1
     assert value("cdrpipe_format_mismatch") == 1
     assert loop.totals.counts["dlq"] == 20  # committed and counted like any batch
+
+
+def test_the_worker_warns_on_a_csv_header_in_another_order(worker_keyring, caplog, monkeypatch, tmp_path) -> None:
+    """A header message whose names are the mapping's columns reordered: the rows after it are misread; say so."""
+    from concurrent.futures import Future
+
+    import pipeline.runners.kafka as kafka_mod
+    from pipeline.formats import load_mapping
+    from pipeline.runners.kafka import TransactionLoop, WorkerSettings
+
+    mapping = tmp_path / "m.toml"
+    mapping.write_text('[csv]\nheader = true\ncolumns = ["id", "from", "to", "when", "secs"]\n\n'
+                       '[map]\nid = "record_id"\nfrom = "cli"\nto = "dialled"\nwhen = "start"\nsecs = "duration"\n')
+    metrics = WorkerMetrics()
+    router = Router(worker_keyring, CoreConfig(format="csv", format_options=load_mapping(mapping)))
+    loop = TransactionLoop(router, WorkerSettings(bootstrap="127.0.0.1:1", worker_id="w-test"), metrics)
+
+    class Msg:
+        def __init__(self, value: bytes, offset: int) -> None:
+            self._v, self._o = value, offset
+
+        def error(self): return None  # noqa: E704
+        def value(self): return self._v  # noqa: E704
+        def partition(self): return 0  # noqa: E704
+        def offset(self): return self._o  # noqa: E704
+
+    monkeypatch.setattr(kafka_mod, "Message", Msg)
+    rows = [b"id,to,from,when,secs"] + [b"a%d,+44%s,+447700900%03d,1436454408,5" % (i, NUMBER.encode(), i)
+                                        for i in range(10)]
+    batch = loop._route([Msg(v, i) for i, v in enumerate(rows)])
+    assert batch is not None and batch.format_hint is not None and batch.format_hint[0] == "header_mismatch"
+    done: Future = Future()
+    done.set_result(batch)
+    loop._in_flight = done
+    with caplog.at_level(logging.WARNING, logger="pipeline.runners.kafka"):
+        loop._settle()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "another order" in warnings[0] and "keeps running" in warnings[0]
+    assert NUMBER not in warnings[0]
+    value = metrics.registry.get_sample_value
+    assert value("cdrpipe_format_mismatch_batches_total", {"looks_like": "header_mismatch"}) == 1
+    assert loop.totals.counts["dlq"] == 1 and loop.totals.counts["analytics"] == 10
