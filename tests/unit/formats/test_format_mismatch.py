@@ -185,41 +185,48 @@ def test_messages_look_like_their_format(records, expected, look) -> None:
     assert NUMBER not in hint
 
 
-def test_the_worker_warns_and_counts_a_batch_of_another_format_and_keeps_going(worker_keyring, caplog,
-                                                                                 monkeypatch) -> None:
-    """The worker's batch path without a broker: route, settle (as after a commit), then a good batch."""
+class FakeMessage:
+    """What the worker's unpacking maps call on a consumed message (a real one needs a broker)."""
+
+    def __init__(self, value: bytes, offset: int) -> None:
+        self._v, self._o = value, offset
+
+    def error(self): return None  # noqa: E704
+    def value(self): return self._v  # noqa: E704
+    def partition(self): return 0  # noqa: E704
+    def offset(self): return self._o  # noqa: E704
+
+
+def _worker_batch(router: Router, values: list[bytes], caplog, monkeypatch):
+    """The worker's batch path without a broker: route, then settle as after a commit."""
     from concurrent.futures import Future
 
+    import pipeline.runners.kafka as kafka_mod
     from pipeline.runners.kafka import TransactionLoop, WorkerSettings
 
     metrics = WorkerMetrics()
-    loop = TransactionLoop(Router(worker_keyring, CoreConfig(format="asterisk-csv")),
-                           WorkerSettings(bootstrap="127.0.0.1:1", worker_id="w-test"), metrics)
-
-    class Msg:
-        def __init__(self, value: bytes, offset: int) -> None:
-            self._v, self._o = value, offset
-
-        def error(self): return None  # noqa: E704
-        def value(self): return self._v  # noqa: E704
-        def partition(self): return 0  # noqa: E704
-        def offset(self): return self._o  # noqa: E704
-
-    import pipeline.runners.kafka as kafka_mod
-    jsonl = [json.dumps({"cli": "+447911123456", "dialled": "+442079460321", "start": "2026-11-25T10:00:00Z",
-                         "duration": 3}).encode() for _ in range(20)]
-    monkeypatch.setattr(kafka_mod, "Message", Msg)  # the unpacking maps call Message.value etc. on each message
-    batch = loop._route([Msg(v, i) for i, v in enumerate(jsonl)])
-    assert batch is not None and batch.format_hint is not None and batch.format_hint[0] == "jsonl"
+    loop = TransactionLoop(router, WorkerSettings(bootstrap="127.0.0.1:1", worker_id="w-test"), metrics)
+    monkeypatch.setattr(kafka_mod, "Message", FakeMessage)  # the unpacking maps call Message.value etc.
+    batch = loop._route([FakeMessage(v, i) for i, v in enumerate(values)])
+    assert batch is not None
     done: Future = Future()
     done.set_result(batch)
     loop._in_flight = done
     with caplog.at_level(logging.WARNING, logger="pipeline.runners.kafka"):
         loop._settle()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    return loop, batch, warnings, metrics.registry.get_sample_value
+
+
+def test_the_worker_warns_and_counts_a_batch_of_another_format_and_keeps_going(worker_keyring, caplog,
+                                                                                 monkeypatch) -> None:
+    jsonl = [json.dumps({"cli": "+447911123456", "dialled": "+442079460321", "start": "2026-11-25T10:00:00Z",
+                         "duration": 3}).encode() for _ in range(20)]
+    loop, batch, warnings, value = _worker_batch(Router(worker_keyring, CoreConfig(format="asterisk-csv")), jsonl,
+                                                 caplog, monkeypatch)
+    assert batch.format_hint is not None and batch.format_hint[0] == "jsonl"
     assert len(warnings) == 1 and "use --format jsonl" in warnings[0] and "keeps running" in warnings[0]
     assert NUMBER not in warnings[0]
-    value = metrics.registry.get_sample_value
     assert value("cdrpipe_format_mismatch_batches_total", {"looks_like": "jsonl"}) == 1
     assert value("cdrpipe_format_mismatch") == 1
     assert loop.totals.counts["dlq"] == 20  # committed and counted like any batch
@@ -227,41 +234,17 @@ def test_the_worker_warns_and_counts_a_batch_of_another_format_and_keeps_going(w
 
 def test_the_worker_warns_on_a_csv_header_in_another_order(worker_keyring, caplog, monkeypatch, tmp_path) -> None:
     """A header message whose names are the mapping's columns reordered: the rows after it are misread; say so."""
-    from concurrent.futures import Future
-
-    import pipeline.runners.kafka as kafka_mod
     from pipeline.formats import load_mapping
-    from pipeline.runners.kafka import TransactionLoop, WorkerSettings
 
     mapping = tmp_path / "m.toml"
     mapping.write_text('[csv]\nheader = true\ncolumns = ["id", "from", "to", "when", "secs"]\n\n'
                        '[map]\nid = "record_id"\nfrom = "cli"\nto = "dialled"\nwhen = "start"\nsecs = "duration"\n')
-    metrics = WorkerMetrics()
     router = Router(worker_keyring, CoreConfig(format="csv", format_options=load_mapping(mapping)))
-    loop = TransactionLoop(router, WorkerSettings(bootstrap="127.0.0.1:1", worker_id="w-test"), metrics)
-
-    class Msg:
-        def __init__(self, value: bytes, offset: int) -> None:
-            self._v, self._o = value, offset
-
-        def error(self): return None  # noqa: E704
-        def value(self): return self._v  # noqa: E704
-        def partition(self): return 0  # noqa: E704
-        def offset(self): return self._o  # noqa: E704
-
-    monkeypatch.setattr(kafka_mod, "Message", Msg)
     rows = [b"id,to,from,when,secs"] + [b"a%d,+44%s,+447700900%03d,1436454408,5" % (i, NUMBER.encode(), i)
                                         for i in range(10)]
-    batch = loop._route([Msg(v, i) for i, v in enumerate(rows)])
-    assert batch is not None and batch.format_hint is not None and batch.format_hint[0] == "header_mismatch"
-    done: Future = Future()
-    done.set_result(batch)
-    loop._in_flight = done
-    with caplog.at_level(logging.WARNING, logger="pipeline.runners.kafka"):
-        loop._settle()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    loop, batch, warnings, value = _worker_batch(router, rows, caplog, monkeypatch)
+    assert batch.format_hint is not None and batch.format_hint[0] == "header_mismatch"
     assert len(warnings) == 1 and "another order" in warnings[0] and "keeps running" in warnings[0]
     assert NUMBER not in warnings[0]
-    value = metrics.registry.get_sample_value
     assert value("cdrpipe_format_mismatch_batches_total", {"looks_like": "header_mismatch"}) == 1
     assert loop.totals.counts["dlq"] == 1 and loop.totals.counts["analytics"] == 10
