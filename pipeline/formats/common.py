@@ -37,8 +37,7 @@ FORMAT_REASON_DETAIL = {
     WRONG_COLUMN_COUNT: "the row has a different number of columns than the format or mapping expects",
     COMMENT_LINE: "a comment line (starts with the mapping's comment character): kept in retention, not a call",
     HEADER_LINE: "the CSV header row: kept in retention, not a call",
-    HEADER_MISMATCH: "a CSV header row naming the mapping's columns in another order: the rows are read in the "
-                     "wrong columns; list `columns` in the mapping in the file's order",
+    HEADER_MISMATCH: HEADER_MISMATCH_HINT,
     ACC_IN_CALL_REQUEST: "an accounting row for a request inside a call (ACK, BYE, CANCEL...): its time is merged "
                          "into the call's INVITE record when both are in one batch; kept in retention, not a call",
     ACC_UNPAIRED_INVITE: "an answered INVITE with no BYE in the same batch and no duration column, so the call's "
