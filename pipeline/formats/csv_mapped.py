@@ -449,14 +449,11 @@ def reordered_header_rows(cells: pl.DataFrame, layout: Layout) -> pl.Series:
 
     Such a row that is not :func:`header_mask`'s is the file's header in another order than the
     mapping's: every row after it would be read in the wrong columns (a swapped cli and dialled
-    still look valid), so it is a reject of its own and ``cdrpipe process`` stops on it. Only
-    rows whose first cell is a column name are compared whole (sorting every row's cells cost
-    ~5 s per 1M rows).
+    still look valid), so it is a reject of its own and ``cdrpipe process`` stops on it.
     """
     names = sorted(c.lower() for c in layout.columns)
-    maybe = cells.filter(_header_cell(0).is_in(names))
     whole = pl.concat_list([_header_cell(i).fill_null("") for i in range(len(names))])
-    return maybe.filter(whole.list.sort().list.join("\x1f") == "\x1f".join(names))["row"]
+    return cells.filter(whole.list.sort().list.join("\x1f") == "\x1f".join(names))["row"]
 
 
 def to_raw(cells: pl.DataFrame, layout: Layout, schema: dict[str, pl.DataType],
@@ -537,15 +534,18 @@ def without_headers(cells: pl.DataFrame, reject_rows: list[int], reject_reasons:
                     layout: Layout) -> tuple[pl.DataFrame, list[int], list[str]]:
     """:func:`read_rows`'s result with header rows moved to the rejects (``header_line``, ``header_mismatch``)."""
     if layout.header and cells.height:
-        is_header = cells.select(header_mask(layout).fill_null(False).alias("h"))["h"]
-        reject_rows += cells.filter(is_header)["row"].to_list()
-        reject_reasons += [HEADER_LINE] * int(is_header.sum())
-        cells = cells.filter(~is_header)
-        reordered = reordered_header_rows(cells, layout)
-        if len(reordered):
-            reject_rows += reordered.to_list()
-            reject_reasons += [HEADER_MISMATCH] * len(reordered)
-            cells = cells.filter(~pl.col("row").is_in(reordered.implode()))
+        # Only rows whose first mapped cell is a column name can be either (a header names every
+        # mapped column): the full tests run on those alone (every row's cells cleaned and compared
+        # cost ~0.45 s per 1M rows, sorted ~5 s).
+        first = min((i for _t, idx in layout.targets for i in idx), default=0)
+        maybe = cells.filter(_header_cell(first).is_in([c.lower() for c in layout.columns]))
+        headers = maybe.filter(header_mask(layout).fill_null(False))["row"]
+        reordered = reordered_header_rows(maybe.filter(~pl.col("row").is_in(headers.implode())), layout)
+        for reason, rows in ((HEADER_LINE, headers), (HEADER_MISMATCH, reordered)):
+            reject_rows += rows.to_list()
+            reject_reasons += [reason] * len(rows)
+        if len(headers) or len(reordered):
+            cells = cells.filter(~pl.col("row").is_in(pl.concat([headers, reordered]).implode()))
     return cells, reject_rows, reject_reasons
 
 

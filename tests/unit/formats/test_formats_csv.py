@@ -56,6 +56,16 @@ def test_a_header_in_another_order_is_its_own_reject(tmp_path):
     assert parsed.frame["row"].to_list() == [1, 3]  # other names, or the same ones with one changed: a row
 
 
+def test_a_header_with_another_name_over_an_unmapped_column_is_a_header(tmp_path):
+    """pandas writes a blank name (or `Unnamed: 0`) over its index column: the mapped names decide."""
+    text = BASIC.replace('columns = ["id", "from", "to", "when", "secs", "addr"]',
+                         'columns = ["idx", "id", "from", "to", "when", "secs", "addr"]')
+    parsed = parse(tmp_path, [b"Unnamed: 0;id;from;to;when;secs;addr", b"0;a1;1001;1002;1436454408;5;10.0.0.1",
+                              b"idx;ID;To;From;when;secs;addr"], text)
+    assert dict(zip(parsed.reject_rows, parsed.reject_reasons)) == {0: "header_line", 2: "header_mismatch"}
+    assert parsed.frame["row"].to_list() == [1]
+
+
 @pytest.mark.parametrize("value", [
     "+44 7700 900123", "sip:+447700900123@192.0.2.1:5060;transport=UDP", "+447700900123@gw.example",
     "%2B447700900123", "%2B447700900123%40192.0.2.1", '"Alice" <sip:+447700900123@192.0.2.1>;tag=ab12',
