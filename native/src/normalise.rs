@@ -109,12 +109,11 @@ impl PhoneMeta {
             }
             return self.msisdn(&folded, out);
         }
-        let raw = uri_user(raw);
         if self.is_e164(raw.as_bytes()) {
             out.extend_from_slice(raw.as_bytes());
             return Fast::Value(E164);
         }
-        let t = raw.trim();
+        let t = uri_user(raw); // trimmed
         if self.withheld.iter().any(|w| w.eq_ignore_ascii_case(t)) {
             return Fast::NoValue(WITHHELD);
         }

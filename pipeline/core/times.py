@@ -12,6 +12,8 @@ from pipeline.lazy import polars as pl
 
 #: The shape most mediation systems emit (``Z`` or an offset) is tried on every value first.
 _ISO_TZ = "%Y-%m-%dT%H:%M:%S%.f%#z"
+#: ``YYYYMMDDhhmmss``, naive: exactly 14 digits, never a millisecond epoch.
+COMPACT_TIME = r"^\d{14}$"
 
 
 def parse_times(raw: pl.Series) -> pl.Series:
@@ -42,7 +44,7 @@ def _parse_other_times(s: pl.Series) -> pl.Series:
     return s.to_frame("s").select(pl.coalesce(
         pl.when(number).then(micros.cast(pl.Datetime("us", "UTC"))),
         # Exactly 14 digits (strptime alone would also read 13, taking one digit for the seconds).
-        pl.when(pl.col("s").str.contains(r"^\d{14}$"))
+        pl.when(pl.col("s").str.contains(COMPACT_TIME))
         .then(pl.col("s").str.to_datetime("%Y%m%d%H%M%S", strict=False, time_unit="us"))
         .dt.replace_time_zone("UTC"),
         pl.col("s").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us")

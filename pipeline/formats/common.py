@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pipeline.lazy import polars as pl
 
 from pipeline.core.parse import EMPTY, INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE, record_lines  # noqa: F401
+from pipeline.core.times import COMPACT_TIME
 
 # Reason codes the format adapters add (the core's parse codes are reused where they fit).
 INVALID_CSV = "invalid_csv"
@@ -64,8 +65,6 @@ _EXTENSION = r"^(.*\d)\s*(?i:x|ext\.?)\s*\d{1,6}$"
 #: A date-time followed by an offset and a zone name (Go's ``time.Time.String()``): keep the offset.
 _OFFSET_AND_NAME = r"^(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s*([+-]\d{2}:?\d{2})\s+[A-Za-z]{2,5}$"
 _NAIVE_TIME = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?$"
-#: ``YYYYMMDDhhmmss``, naive: exactly 14 digits (the router never reads those as a millisecond epoch).
-_COMPACT_TIME = r"^\d{14}$"
 ISO_OUT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 DURATION_FACTORS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
@@ -135,11 +134,11 @@ def time_text(e: pl.Expr, time_format: str | None = None, timezone: str | None =
     if timezone:
         naive = t.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", strict=False, time_unit="us")
         naive = pl.coalesce(naive, t.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="us"),
-                            pl.when(t.str.contains(_COMPACT_TIME))
+                            pl.when(t.str.contains(COMPACT_TIME))
                             .then(t.str.to_datetime("%Y%m%d%H%M%S", strict=False, time_unit="us")))
         local = naive.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
         # A naive time no calendar has (month 13) passes unchanged: the router rejects it as invalid.
-        return pl.when(naive.is_not_null() & (t.str.contains(_NAIVE_TIME) | t.str.contains(_COMPACT_TIME))) \
+        return pl.when(naive.is_not_null() & (t.str.contains(_NAIVE_TIME) | t.str.contains(COMPACT_TIME))) \
             .then(local.dt.convert_time_zone("UTC").dt.strftime(ISO_OUT)).otherwise(t)
     return t
 
