@@ -10,9 +10,6 @@ expression over whole columns; nothing runs per record in Python.
 """
 from __future__ import annotations
 
-import io
-from collections.abc import Sequence
-
 from pipeline.lazy import polars as pl
 
 from pipeline.core.parse import EMPTY, INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE, record_lines  # noqa: F401
